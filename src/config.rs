@@ -1,0 +1,179 @@
+//! The plugin configuration: parsed once, in `on_configure`, into typed values.
+//!
+//! Unknown fields and bad values are refused with the field named, so a typo fails Envoy's start
+//! instead of silently running with a default.
+
+use crate::members::MemberList;
+use crate::ring::{validate_vnodes, DEFAULT_VNODES};
+use serde::Deserialize;
+
+/// Environment variable read for the control token unless `control_token_env` names another.
+pub const DEFAULT_TOKEN_ENV: &str = "SHARDING_CONTROL_TOKEN";
+/// Request header that carries the owner to Envoy's ORIGINAL_DST cluster in proxy mode.
+pub const DEFAULT_DESTINATION_HEADER: &str = "x-sharding-destination";
+
+/// What a listener's filter instance does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer pushes with `307` to the owner.
+    #[default]
+    Redirect,
+    /// Route pushes to the owner through Envoy (`destination_header` + ORIGINAL_DST cluster).
+    Proxy,
+    /// Serve the member-list API (`/-/sharding/members`); put it on a loopback listener.
+    Control,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default = "default_vnodes")]
+    vnodes: u32,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    control_token: Option<String>,
+    #[serde(default = "default_token_env")]
+    control_token_env: String,
+    #[serde(default = "default_destination_header")]
+    destination_header: String,
+}
+
+fn default_vnodes() -> u32 {
+    DEFAULT_VNODES
+}
+fn default_token_env() -> String {
+    DEFAULT_TOKEN_ENV.to_owned()
+}
+fn default_destination_header() -> String {
+    DEFAULT_DESTINATION_HEADER.to_owned()
+}
+
+/// The compiled configuration every request context shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    pub vnodes: u32,
+    /// Members used until the first accepted update (version 0).
+    pub bootstrap: MemberList,
+    /// Bearer token for `PUT /-/sharding/members`; `None` refuses every update.
+    pub control_token: Option<String>,
+    /// Where the token came from, for the log line (never the token itself).
+    pub control_token_source: String,
+    pub destination_header: String,
+}
+
+impl Config {
+    /// Parses the plugin configuration. An empty configuration means all defaults. `env` reads
+    /// an environment variable (the wasm VM's, as Envoy's `environment_variables` set it).
+    pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::from_str("{}").map_err(|e| e.to_string())?
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| {
+                format!(
+                    "plugin configuration: {e}; accepted fields: mode (redirect|proxy|control), vnodes, members, \
+                     control_token, control_token_env, destination_header"
+                )
+            })?
+        };
+        let vnodes = validate_vnodes(raw.vnodes).map_err(|e| format!("plugin configuration: field `vnodes`: {e}"))?;
+        let bootstrap =
+            MemberList::new(0, &raw.members).map_err(|e| format!("plugin configuration: field `members`: {e}"))?;
+        let destination_header = raw.destination_header.to_ascii_lowercase();
+        if !is_header_name(&destination_header) || matches!(destination_header.as_str(), "host" | "authorization") {
+            return Err(format!(
+                "plugin configuration: field `destination_header`: {:?} is not usable; expected a lower-case \
+                 header name of letters, digits and '-', such as {DEFAULT_DESTINATION_HEADER}",
+                raw.destination_header
+            ));
+        }
+        let (control_token, control_token_source) = match raw.control_token {
+            Some(t) if t.is_empty() => {
+                return Err("plugin configuration: field `control_token`: empty; omit it to use the environment".into())
+            }
+            Some(t) => (Some(t), "plugin configuration".to_owned()),
+            None => {
+                let from_env = env(&raw.control_token_env).filter(|t| !t.trim().is_empty());
+                (from_env.map(|t| t.trim().to_owned()), format!("environment variable {}", raw.control_token_env))
+            }
+        };
+        Ok(Config {
+            mode: raw.mode,
+            vnodes,
+            bootstrap,
+            control_token,
+            control_token_source,
+            destination_header,
+        })
+    }
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn empty_configuration_means_defaults() {
+        let c = Config::parse(b"", no_env).unwrap();
+        assert_eq!(c.mode, Mode::Redirect);
+        assert_eq!(c.vnodes, 500);
+        assert!(c.bootstrap.is_empty());
+        assert_eq!(c.control_token, None);
+        assert_eq!(c.destination_header, "x-sharding-destination");
+    }
+
+    #[test]
+    fn full_configuration() {
+        let c = Config::parse(
+            br#"{"mode":"proxy","vnodes":100,"members":["b:1","a:1"],"control_token":"s3cret","destination_header":"X-Owner"}"#,
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Proxy);
+        assert_eq!(c.vnodes, 100);
+        assert_eq!(c.bootstrap.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["a:1", "b:1"]);
+        assert_eq!(c.bootstrap.version, 0);
+        assert_eq!(c.control_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.destination_header, "x-owner");
+    }
+
+    #[test]
+    fn token_from_the_environment() {
+        let env = |k: &str| (k == "MY_TOKEN").then(|| " t0k \n".to_owned());
+        let c = Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
+        assert_eq!(c.control_token.as_deref(), Some("t0k"));
+        assert_eq!(c.control_token_source, "environment variable MY_TOKEN");
+        let c = Config::parse(br#"{"mode":"control"}"#, |k| (k == DEFAULT_TOKEN_ENV).then(|| "x".into())).unwrap();
+        assert_eq!(c.control_token.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (json, needle) in [
+            (&br#"{"mode":"round-robin"}"#[..], "unknown variant `round-robin`"),
+            (br#"{"vnode":5}"#, "unknown field `vnode`"),
+            (br#"{"vnodes":0}"#, "field `vnodes`"),
+            (br#"{"vnodes":20000}"#, "expected 1 to 10000"),
+            (br#"{"members":["nope"]}"#, "field `members`: members[0]"),
+            (br#"{"destination_header":"bad header"}"#, "field `destination_header`"),
+            (br#"{"destination_header":"host"}"#, "field `destination_header`"),
+            (br#"{"control_token":""}"#, "field `control_token`"),
+            (b"[1]", "accepted fields"),
+        ] {
+            let err = Config::parse(json, no_env).unwrap_err();
+            assert!(err.contains(needle), "{}: {err}", String::from_utf8_lossy(json));
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The member-list API served on the control listener: `PUT` and `GET /-/sharding/members`.
+//!
+//! Version rules (consul-sync relies on them; see the README's control API section):
+//! - Nothing stored yet: the bootstrap list counts as version 0, so any update with a version of
+//!   1 or more is taken. A restarted Envoy is therefore healed by the next push of any pusher.
+//! - The same members as stored: `200`, nothing changes but a higher version is recorded. Two
+//!   pushers that agree never conflict, whatever their versions.
+//! - Different members: taken only with a version above the stored one, else `409` with the stored
+//!   version. Pushers use the time they observed the list (Unix milliseconds), so the newest
+//!   observation wins and a restarted pusher starts above what it sent before.
+//!
+//! Nothing is stored unless everything was valid; a refused update leaves the list as it was.
+
+use crate::members::{MemberDiff, MemberList, MAX_UPDATE_BYTES};
+use crate::routing::Reply;
+use crate::store::{bump_generation, load_members, SharedStore, StoreError, MEMBERS_KEY};
+use serde_json::json;
+
+pub const MEMBERS_PATH: &str = "/-/sharding/members";
+
+/// What a control request did, for stats and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// An update was stored; the diff and versions are for the info log.
+    Accepted { old: MemberList, new: MemberList },
+    /// The members were already in force.
+    Unchanged,
+    /// Refused (bad body, stale version, bad token); the text is for the warn log.
+    Rejected(String),
+    /// A read, or a path that is not the API.
+    Read,
+}
+
+/// True when `path_and_query` names the members resource.
+pub fn is_control_path(path_and_query: &str) -> bool {
+    path_and_query.split('?').next() == Some(MEMBERS_PATH)
+}
+
+/// Serves one complete control request.
+pub fn handle(
+    method: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+    token: Option<&str>,
+    bootstrap: &MemberList,
+    store: &mut dyn SharedStore,
+) -> (Reply, ControlOutcome) {
+    match method {
+        "GET" | "HEAD" => match current(store, bootstrap) {
+            Ok((list, _)) => (Reply::json(200, json!({"version": list.version, "members": list.members}).to_string()), ControlOutcome::Read),
+            Err(e) => internal(e),
+        },
+        "PUT" => put(authorization, body, token, bootstrap, store),
+        other => {
+            let mut reply = error(405, format!("method {other} is not allowed on {MEMBERS_PATH}; allowed: GET, PUT"));
+            reply.headers.push(("allow", "GET, PUT".to_owned()));
+            (reply, ControlOutcome::Rejected(format!("method {other}")))
+        }
+    }
+}
+
+fn put(
+    authorization: Option<&str>,
+    body: &[u8],
+    token: Option<&str>,
+    bootstrap: &MemberList,
+    store: &mut dyn SharedStore,
+) -> (Reply, ControlOutcome) {
+    let Some(token) = token else {
+        let why = "no control token is configured: set SHARDING_CONTROL_TOKEN for Envoy (or control_token in the plugin configuration)";
+        return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
+    };
+    let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        let why = "missing or wrong token: send Authorization: Bearer <token>";
+        return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
+    }
+    if body.len() > MAX_UPDATE_BYTES {
+        let why = format!("body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted", body.len());
+        return (error(413, why.clone()), ControlOutcome::Rejected(why));
+    }
+    let new = match MemberList::from_json(body) {
+        Ok(list) => list,
+        Err(why) => return (error(400, why.clone()), ControlOutcome::Rejected(why)),
+    };
+    // A CAS loop: another worker's control request may store between our read and our write.
+    for _ in 0..16 {
+        let (old, cas) = match current(store, bootstrap) {
+            Ok(v) => v,
+            Err(e) => return internal(e),
+        };
+        let same_members = old.members == new.members;
+        if !same_members && new.version <= old.version {
+            let why = format!(
+                "version {} is not above the stored version {} and the members differ; send a higher version",
+                new.version, old.version
+            );
+            let body = json!({"error": why, "version": old.version}).to_string();
+            return (Reply::json(409, body), ControlOutcome::Rejected(why));
+        }
+        if same_members && new.version <= old.version {
+            return (accepted(&old, false), ControlOutcome::Unchanged);
+        }
+        match store.set(MEMBERS_KEY, new.to_json().as_bytes(), cas) {
+            Ok(()) => {}
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return internal(e),
+        }
+        if let Err(e) = bump_generation(store) {
+            return internal(e);
+        }
+        let outcome = if same_members {
+            ControlOutcome::Unchanged
+        } else {
+            ControlOutcome::Accepted { old, new: new.clone() }
+        };
+        return (accepted(&new, !same_members), outcome);
+    }
+    internal(StoreError::CasMismatch)
+}
+
+/// The stored list, or the bootstrap list before the first update.
+fn current(store: &dyn SharedStore, bootstrap: &MemberList) -> Result<(MemberList, Option<u32>), StoreError> {
+    Ok(load_members(store)?.unwrap_or_else(|| (bootstrap.clone(), None)))
+}
+
+fn accepted(list: &MemberList, changed: bool) -> Reply {
+    Reply::json(200, json!({"version": list.version, "count": list.len(), "changed": changed}).to_string())
+}
+
+fn error(status: u32, why: String) -> Reply {
+    Reply::json(status, json!({ "error": why }).to_string())
+}
+
+fn unauthorized(why: &str) -> Reply {
+    let mut reply = error(401, why.to_owned());
+    reply.headers.push(("www-authenticate", "Bearer".to_owned()));
+    reply
+}
+
+fn internal(e: StoreError) -> (Reply, ControlOutcome) {
+    let why = format!("could not store the member list: {e}; the stored list is unchanged");
+    (error(500, why.clone()), ControlOutcome::Rejected(why))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A log line for an accepted update: versions, counts and what changed.
+pub fn describe(old: &MemberList, new: &MemberList) -> String {
+    format!(
+        "member list version {} -> {}, {} -> {} members, {}",
+        old.version,
+        new.version,
+        old.len(),
+        new.len(),
+        MemberDiff::between(&old.members, &new.members)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{load_generation, MemoryStore};
+
+    const TOKEN: Option<&str> = Some("t");
+    const AUTH: Option<&str> = Some("Bearer t");
+
+    fn boot() -> MemberList {
+        MemberList::new(0, &["boot:1"]).unwrap()
+    }
+
+    fn put(store: &mut MemoryStore, body: &str) -> (Reply, ControlOutcome) {
+        handle("PUT", AUTH, body.as_bytes(), TOKEN, &boot(), store)
+    }
+
+    fn stored(store: &MemoryStore) -> MemberList {
+        load_members(store).unwrap().map(|(l, _)| l).unwrap_or_else(boot)
+    }
+
+    #[test]
+    fn get_shows_bootstrap_then_updates() {
+        let mut s = MemoryStore::default();
+        let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
+        assert_eq!(r.body, r#"{"members":["boot:1"],"version":0}"#);
+        put(&mut s, r#"{"version": 3, "members": ["b:1", "a:1"]}"#);
+        let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
+        assert_eq!(r.body, r#"{"members":["a:1","b:1"],"version":3}"#);
+    }
+
+    #[test]
+    fn accepted_update_raises_the_generation() {
+        let mut s = MemoryStore::default();
+        let (r, outcome) = put(&mut s, r#"{"version": 1, "members": ["a:1"]}"#);
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"changed":true,"count":1,"version":1}"#));
+        assert!(matches!(outcome, ControlOutcome::Accepted { .. }));
+        assert_eq!(load_generation(&s).unwrap(), 1);
+    }
+
+    #[test]
+    fn version_rules() {
+        let mut s = MemoryStore::default();
+        put(&mut s, r#"{"version": 10, "members": ["a:1"]}"#);
+        // Same members, lower version: in sync, nothing stored.
+        let (r, o) = put(&mut s, r#"{"version": 5, "members": ["a:1"]}"#);
+        assert_eq!((r.status, o), (200, ControlOutcome::Unchanged));
+        assert_eq!(stored(&s).version, 10);
+        // Same members, higher version: the version is recorded.
+        let (r, o) = put(&mut s, r#"{"version": 11, "members": ["a:1"]}"#);
+        assert_eq!((r.status, o), (200, ControlOutcome::Unchanged));
+        assert_eq!(stored(&s).version, 11);
+        // Different members, not newer: 409 naming the stored version, nothing stored.
+        let (r, o) = put(&mut s, r#"{"version": 11, "members": ["b:1"]}"#);
+        assert_eq!(r.status, 409);
+        assert!(r.body.contains(r#""version":11"#), "{}", r.body);
+        assert!(matches!(o, ControlOutcome::Rejected(_)));
+        assert_eq!(stored(&s).members, MemberList::new(0, &["a:1"]).unwrap().members);
+        // Empty list with a newer version is honest and taken.
+        let (r, _) = put(&mut s, r#"{"version": 12, "members": []}"#);
+        assert_eq!(r.status, 200);
+        assert!(stored(&s).is_empty());
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut s = MemoryStore::default();
+        put(&mut s, r#"{"version": 1, "members": ["a:1"]}"#);
+        let before = stored(&s);
+        let cases: [(Option<&str>, &str, u32, &str); 6] = [
+            (None, r#"{"version": 2, "members": []}"#, 401, "missing or wrong token"),
+            (Some("Bearer x"), r#"{"version": 2, "members": []}"#, 401, "missing or wrong token"),
+            (AUTH, r#"{"version": 2, "members": ["a:1", "a:1"]}"#, 400, "duplicates"),
+            (AUTH, r#"{"version": 2, "members": ["a:99999"]}"#, 400, "members[0]"),
+            (AUTH, r#"{"version": "2", "members": []}"#, 400, "body is not"),
+            (AUTH, r#"{"version": 2, "members": [], "x": 1}"#, 400, "unknown field"),
+        ];
+        for (auth, body, status, needle) in cases {
+            let (r, _) = handle("PUT", auth, body.as_bytes(), TOKEN, &boot(), &mut s);
+            assert_eq!(r.status, status, "{body}");
+            assert!(r.body.contains(needle), "{body}: {}", r.body);
+            assert_eq!(stored(&s), before);
+        }
+        let big = format!(r#"{{"version": 2, "members": [], "pad": "{}"}}"#, "x".repeat(MAX_UPDATE_BYTES));
+        let (r, _) = put(&mut s, &big);
+        assert_eq!(r.status, 413);
+        assert_eq!(stored(&s), before);
+        assert_eq!(load_generation(&s).unwrap(), 1);
+    }
+
+    #[test]
+    fn no_token_configured_refuses_updates() {
+        let mut s = MemoryStore::default();
+        let (r, _) = handle("PUT", AUTH, br#"{"version":1,"members":[]}"#, None, &boot(), &mut s);
+        assert_eq!(r.status, 401);
+        assert!(r.body.contains("SHARDING_CONTROL_TOKEN"));
+    }
+
+    #[test]
+    fn paths_and_methods() {
+        assert!(is_control_path("/-/sharding/members"));
+        assert!(is_control_path("/-/sharding/members?x=1"));
+        assert!(!is_control_path("/-/sharding/members/x"));
+        let (r, _) = handle("DELETE", AUTH, b"", TOKEN, &boot(), &mut MemoryStore::default());
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn describe_names_versions_counts_and_diff() {
+        let a = MemberList::new(1, &["a:1"]).unwrap();
+        let b = MemberList::new(2, &["b:1", "a:1"]).unwrap();
+        assert_eq!(describe(&a, &b), "member list version 1 -> 2, 1 -> 2 members, added [b:1] removed []");
+    }
+}

@@ -1,0 +1,423 @@
+//! Push paths and the grouping keys they name.
+//!
+//! Owns the one rule that decides which group a push belongs to. It follows pushgateway 1.5.1
+//! exactly: the path is percent-decoded, cleaned (`//`, `.`, `..`, which pushgateway answers with a
+//! 301 to the cleaned path), then split; labels come in `name/value` pairs, `name@base64` marks a
+//! base64url value, the job from the path wins over a `job` label, and a later duplicate label wins
+//! over an earlier one. Every spelling of one group yields one [`GroupingKey`] and so one hash.
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+use std::fmt;
+
+/// Prefix of every push path (pushgateway's default `--web.route-prefix`).
+const METRICS_PREFIX: &str = "/metrics/job";
+const BASE64_SUFFIX: &str = "@base64";
+
+/// Pushgateway decodes `@base64` values with Go's `base64.RawURLEncoding` after trimming trailing
+/// `=`; Go's decoder is lenient about the unused trailing bits, so this one is too.
+const PUSHGATEWAY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// A pushgateway group: the job and the grouping labels, sorted by name, values decoded.
+///
+/// `job` is stored as an ordinary label, so the canonical form is simply "all labels sorted".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupingKey {
+    labels: Vec<(String, String)>,
+}
+
+/// Why a path is not a push path that pushgateway would accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Not under `/metrics/job…`: somebody else's path, not ours to judge.
+    NotPushPath,
+    /// A push path pushgateway would answer with 400; the text says what is wrong.
+    Invalid(String),
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathError::NotPushPath => write!(f, "not a push path (expected /metrics/job/<job>{{/<label>/<value>}})"),
+            PathError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn invalid(why: impl Into<String>) -> PathError {
+    PathError::Invalid(why.into())
+}
+
+impl GroupingKey {
+    /// Parses the path part of a request target (no query string) into its grouping key.
+    pub fn from_path(raw_path: &str) -> Result<GroupingKey, PathError> {
+        // Cheap rejection first: most foreign paths never pay for decoding.
+        if !may_be_push_path(raw_path) {
+            return Err(PathError::NotPushPath);
+        }
+        let decoded = percent_decode(raw_path)?;
+        let cleaned = clean_path(&decoded);
+        let rest = cleaned.strip_prefix(METRICS_PREFIX).ok_or(PathError::NotPushPath)?;
+        let (job_is_base64, rest) = match rest.strip_prefix(BASE64_SUFFIX) {
+            Some(after) => (true, after),
+            None => (false, rest),
+        };
+        let rest = match rest.strip_prefix('/') {
+            Some(after) => after,
+            // `/metrics/jobs/...` or `/metrics/job` alone: not the push API.
+            None if rest.is_empty() => return Err(invalid("job name is required: /metrics/job/<job>")),
+            None => return Err(PathError::NotPushPath),
+        };
+        let (job_raw, label_part) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let job = if job_is_base64 {
+            decode_base64(job_raw).map_err(|e| invalid(format!("invalid base64 encoding for job {job_raw:?}: {e}")))?
+        } else {
+            job_raw.to_owned()
+        };
+        if job.is_empty() {
+            return Err(invalid("job name is required: /metrics/job/<job>"));
+        }
+        let mut labels = split_labels(label_part)?;
+        // The job from the path wins over a `job` label, as in pushgateway.
+        labels.retain(|(name, _)| name != "job");
+        labels.push(("job".to_owned(), job));
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(GroupingKey { labels })
+    }
+
+    /// The labels, sorted by name, `job` included.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    /// The job name.
+    pub fn job(&self) -> &str {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == "job")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+
+    /// Unambiguous bytes of the key: for each label, name and value, each as a 4-byte big-endian
+    /// length and the UTF-8 bytes. Lengths make `a=bc` and `ab=c` differ; fixed width keeps the
+    /// encoding the same on 32-bit wasm and 64-bit hosts.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let size: usize = self.labels.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+        let mut out = Vec::with_capacity(size);
+        for (name, value) in &self.labels {
+            push_len_prefixed(&mut out, name.as_bytes());
+            push_len_prefixed(&mut out, value.as_bytes());
+        }
+        out
+    }
+
+    /// XXH64 (seed 0) of [`GroupingKey::canonical_bytes`]: the group's position on the ring.
+    pub fn hash(&self) -> u64 {
+        crate::ring::xxh64(&self.canonical_bytes())
+    }
+}
+
+impl fmt::Display for GroupingKey {
+    /// Prometheus-style `{a="1",job="j"}`, for logs and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (name, value)) in self.labels.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}={value:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+pub(crate) fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Paths are bounded by the proxy's header limits, far below 4 GiB.
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// True when the path could decode to something under `/metrics/job`. Paths with `%`, `.` or `//`
+/// may hide the prefix, so they go through the full parse.
+fn may_be_push_path(raw: &str) -> bool {
+    raw.starts_with(METRICS_PREFIX) || raw.contains('%') || raw.contains("/.") || raw.contains("//")
+}
+
+/// Go's `url.PathUnescape`: `%XX` with two hex digits, anything else after `%` is an error.
+fn percent_decode(raw: &str) -> Result<String, PathError> {
+    if !raw.contains('%') {
+        return Ok(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = bytes.get(i + 1).and_then(|b| hex_value(*b));
+            let lo = bytes.get(i + 2).and_then(|b| hex_value(*b));
+            match (hi, lo) {
+                (Some(h), Some(l)) => out.push(h << 4 | l),
+                _ => {
+                    let end = (i + 3).min(bytes.len());
+                    let bad = String::from_utf8_lossy(&bytes[i..end]);
+                    return Err(invalid(format!("invalid percent-encoding {bad:?} in path: expected % followed by two hex digits")));
+                }
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid("path is not valid UTF-8 after percent-decoding"))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Go's `http.ServeMux` path cleaning, which pushgateway applies with a 301: `path.Clean`, then the
+/// trailing slash put back when the input had one.
+fn clean_path(p: &str) -> String {
+    if !p.contains("//") && !p.contains("/.") && p.starts_with('/') {
+        return p.to_owned();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut out = String::with_capacity(p.len() + 1);
+    for seg in &parts {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    } else if p.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+/// Pushgateway's `splitLabels`: `""` and `"/"` are no labels; otherwise an odd number of
+/// components after the leading slash is an error.
+fn split_labels(labels: &str) -> Result<Vec<(String, String)>, PathError> {
+    let mut result: Vec<(String, String)> = Vec::new();
+    if labels.len() <= 1 {
+        return Ok(result);
+    }
+    let components: Vec<&str> = labels.split('/').collect();
+    if components.len() % 2 == 0 {
+        return Err(invalid(format!(
+            "odd number of components in label string {labels:?}: expected /<label>/<value> pairs"
+        )));
+    }
+    for pair in components[1..].chunks_exact(2) {
+        let (name, value) = (pair[0], pair[1]);
+        let (trimmed, is_base64) = match name.strip_suffix(BASE64_SUFFIX) {
+            Some(t) => (t, true),
+            None => (name, false),
+        };
+        if !is_valid_label_name(trimmed) || trimmed.starts_with("__") {
+            return Err(invalid(format!(
+                "improper label name {trimmed:?}: expected [a-zA-Z_][a-zA-Z0-9_]* not starting with __"
+            )));
+        }
+        let value = if is_base64 {
+            decode_base64(value)
+                .map_err(|e| invalid(format!("invalid base64 encoding for label {trimmed}={value:?}: {e}")))?
+        } else {
+            value.to_owned()
+        };
+        // Later duplicates win, as in pushgateway's map.
+        match result.iter_mut().find(|(n, _)| n == trimmed) {
+            Some(entry) => entry.1 = value,
+            None => result.push((trimmed.to_owned(), value)),
+        }
+    }
+    Ok(result)
+}
+
+fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.bytes();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == b'_' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Pushgateway's `decodeBase64`: trailing `=` trimmed, then unpadded base64url.
+fn decode_base64(s: &str) -> Result<String, String> {
+    let bytes = PUSHGATEWAY_BASE64
+        .decode(s.trim_end_matches('='))
+        .map_err(|e| format!("{e} (expected unpadded or padded base64url, RFC 4648 section 5)"))?;
+    String::from_utf8(bytes).map_err(|_| "decoded value is not valid UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &str) -> GroupingKey {
+        match GroupingKey::from_path(path) {
+            Ok(k) => k,
+            Err(e) => unreachable!("{path}: {e}"),
+        }
+    }
+
+    fn labels(path: &str) -> Vec<(String, String)> {
+        key(path).labels().to_vec()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    fn invalid_reason(path: &str) -> String {
+        match GroupingKey::from_path(path) {
+            Err(PathError::Invalid(why)) => why,
+            other => unreachable!("{path}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn job_only() {
+        assert_eq!(labels("/metrics/job/j"), pairs(&[("job", "j")]));
+    }
+
+    #[test]
+    fn label_order_does_not_matter() {
+        assert_eq!(key("/metrics/job/j/a/1/b/2"), key("/metrics/job/j/b/2/a/1"));
+        assert_eq!(labels("/metrics/job/j/b/2/a/1"), pairs(&[("a", "1"), ("b", "2"), ("job", "j")]));
+    }
+
+    #[test]
+    fn base64_forms_name_the_same_group() {
+        let plain = key("/metrics/job/a/x/1");
+        assert_eq!(key("/metrics/job@base64/YQ/x/1"), plain);
+        assert_eq!(key("/metrics/job@base64/YQ==/x/1"), plain);
+        assert_eq!(key("/metrics/job/a/x@base64/MQ"), plain);
+        assert_eq!(key("/metrics/job/a/x@base64/MQ=="), plain);
+        // `=` alone is the empty value.
+        assert_eq!(labels("/metrics/job/j/x@base64/="), pairs(&[("job", "j"), ("x", "")]));
+        // URL-safe alphabet: "/~?" encodes to "L34_" in base64url.
+        assert_eq!(labels("/metrics/job/j/p@base64/L34_"), pairs(&[("job", "j"), ("p", "/~?")]));
+        assert_eq!(key("/metrics/job@base64/ag=="), key("/metrics/job/j"));
+    }
+
+    #[test]
+    fn standard_alphabet_is_refused_as_pushgateway_does() {
+        // "/~?" in the standard alphabet is "L34/" (unsendable) and ">>>" is "Pj4+".
+        let why = invalid_reason("/metrics/job/j/p@base64/Pj4+");
+        assert!(why.contains("p=\"Pj4+\""), "{why}");
+        assert!(why.contains("base64url"), "{why}");
+    }
+
+    #[test]
+    fn percent_decoding_happens_before_splitting() {
+        assert_eq!(key("/metrics/job/j/a%2Fb"), key("/metrics/job/j/a/b"));
+        assert_eq!(key("/metrics/job/j%20k"), key("/metrics/job/j k"));
+        assert_eq!(key("%2Fmetrics%2Fjob%2Fj"), key("/metrics/job/j"));
+        assert_eq!(labels("/metrics/job/%E2%9C%93"), pairs(&[("job", "✓")]));
+    }
+
+    #[test]
+    fn bad_percent_encoding_is_refused() {
+        assert!(invalid_reason("/metrics/job/j%2").contains("percent-encoding"));
+        assert!(invalid_reason("/metrics/job/j%zz").contains("\"%zz\""));
+        assert!(invalid_reason("/metrics/job/%ff").contains("UTF-8"));
+    }
+
+    #[test]
+    fn trailing_slash_only_after_job() {
+        assert_eq!(key("/metrics/job/j/"), key("/metrics/job/j"));
+        assert!(invalid_reason("/metrics/job/j/a/1/").contains("odd number of components"));
+        assert!(invalid_reason("/metrics/job/j/a").contains("odd number of components"));
+    }
+
+    #[test]
+    fn first_job_wins() {
+        assert_eq!(labels("/metrics/job/j/job/k"), pairs(&[("job", "j")]));
+        assert_eq!(labels("/metrics/job/j/job@base64/aw"), pairs(&[("job", "j")]));
+    }
+
+    #[test]
+    fn later_duplicate_label_wins() {
+        assert_eq!(labels("/metrics/job/j/a/1/a/2"), pairs(&[("a", "2"), ("job", "j")]));
+    }
+
+    #[test]
+    fn unclean_paths_name_the_cleaned_group() {
+        assert_eq!(key("/metrics/job//j"), key("/metrics/job/j"));
+        assert_eq!(key("/metrics/./job/j/a/1"), key("/metrics/job/j/a/1"));
+        assert_eq!(key("/metrics/job/x/../j/a/1"), key("/metrics/job/j/a/1"));
+        assert_eq!(key("//metrics/job/j"), key("/metrics/job/j"));
+    }
+
+    #[test]
+    fn empty_job_is_refused() {
+        assert!(invalid_reason("/metrics/job/").contains("job name is required"));
+        assert!(invalid_reason("/metrics/job").contains("job name is required"));
+        assert!(invalid_reason("/metrics/job@base64/=").contains("job name is required"));
+    }
+
+    #[test]
+    fn bad_label_names_are_refused() {
+        assert!(invalid_reason("/metrics/job/j/1a/x").contains("improper label name \"1a\""));
+        assert!(invalid_reason("/metrics/job/j/__a/x").contains("\"__a\""));
+        assert!(invalid_reason("/metrics/job/j/a-b/x").contains("\"a-b\""));
+        assert!(invalid_reason("/metrics/job/j/a@base64@base64/x").contains("\"a@base64\""));
+        // `//` is cleaned first, leaving a lone label name.
+        assert!(invalid_reason("/metrics/job/j//x").contains("odd number"));
+    }
+
+    #[test]
+    fn bad_base64_is_refused() {
+        assert!(invalid_reason("/metrics/job@base64/!!").contains("job"));
+        assert!(invalid_reason("/metrics/job/j/a@base64/A").contains("a=\"A\""));
+    }
+
+    #[test]
+    fn foreign_paths_are_not_push_paths() {
+        for p in ["/", "/metrics", "/metrics/jobs/x", "/api/v1/metrics", "/-/healthy", "/Metrics/job/j"] {
+            assert_eq!(GroupingKey::from_path(p), Err(PathError::NotPushPath), "{p}");
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_are_unambiguous() {
+        assert_ne!(key("/metrics/job/j/a/bc").canonical_bytes(), key("/metrics/job/j/ab/c").canonical_bytes());
+        assert_ne!(key("/metrics/job/j/a/").hash(), key("/metrics/job/j").hash());
+        assert_ne!(key("/metrics/job/j/a/1").hash(), key("/metrics/job/j/a/2").hash());
+        assert_eq!(key("/metrics/job/j/b/2/a/1").hash(), key("/metrics/job@base64/ag/a@base64/MQ/b/2").hash());
+    }
+
+    #[test]
+    fn display_is_prometheus_like() {
+        assert_eq!(key("/metrics/job/j/a/1").to_string(), r#"{a="1",job="j"}"#);
+    }
+}

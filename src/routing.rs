@@ -1,0 +1,189 @@
+//! What a request on a data listener gets: the decision, free of host calls.
+//!
+//! Redirect mode answers pushes with `307` to the owner; proxy mode names the owner for Envoy to
+//! route to. Both answer lookups (`GET`), refuse paths pushgateway would refuse, and say `503`
+//! when no member is known.
+
+use crate::config::Mode;
+use crate::grouping_key::{GroupingKey, PathError};
+use crate::members::Member;
+use crate::ring::Ring;
+
+/// Seconds a client is asked to wait when no member is known: about one health-check interval.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+const ALLOWED_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
+
+/// A reply the filter sends itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn text(status: u32, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
+            body: body.into(),
+        }
+    }
+
+    pub fn json(status: u32, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: body.into(),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// What the filter does with a data request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not a push path: on to the route.
+    PassThrough,
+    /// Answer with this reply. `outcome` is what to count.
+    Reply { reply: Reply, outcome: Outcome },
+    /// Proxy mode: route to this member.
+    Route { owner: Member },
+}
+
+/// What a decision counts as, one counter each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Redirect,
+    Lookup,
+    BadRequest,
+    NoMember,
+    MethodNotAllowed,
+}
+
+/// Decides for `method` and the request target `path_and_query` (as received) on a data listener.
+pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> Decision {
+    let (path, _query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let key = match GroupingKey::from_path(path) {
+        Ok(key) => key,
+        Err(PathError::NotPushPath) => return Decision::PassThrough,
+        Err(PathError::Invalid(why)) => {
+            return Decision::Reply {
+                reply: Reply::text(400, format!("bad push path {path:?}: {why}\n")),
+                outcome: Outcome::BadRequest,
+            }
+        }
+    };
+    let is_lookup = matches!(method, "GET" | "HEAD");
+    if !is_lookup && !matches!(method, "PUT" | "POST" | "DELETE") {
+        return Decision::Reply {
+            reply: Reply::text(405, format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"))
+                .with_header("allow", ALLOWED_METHODS.to_owned()),
+            outcome: Outcome::MethodNotAllowed,
+        };
+    }
+    let Some(owner) = ring.owner(key.hash()) else {
+        return Decision::Reply {
+            reply: Reply::text(
+                503,
+                format!("no healthy pushgateway is known (the member list is empty); group {key} cannot be placed\n"),
+            )
+            .with_header("retry-after", RETRY_AFTER_SECONDS.to_string()),
+            outcome: Outcome::NoMember,
+        };
+    };
+    let url = format!("http://{owner}{path_and_query}");
+    if is_lookup {
+        // The Go original's lookup answer, kept byte for byte so scripts that parse it still work.
+        let body = if method == "HEAD" { String::new() } else { format!("nextUrl:{url}") };
+        return Decision::Reply {
+            reply: Reply::text(200, body).with_header("x-sharding-owner", owner.to_string()),
+            outcome: Outcome::Lookup,
+        };
+    }
+    match mode {
+        Mode::Proxy => Decision::Route { owner: owner.clone() },
+        Mode::Redirect | Mode::Control => Decision::Reply {
+            reply: Reply {
+                status: 307,
+                headers: vec![("location", url)],
+                body: String::new(),
+            },
+            outcome: Outcome::Redirect,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::MemberList;
+
+    fn ring(members: &[&str]) -> Ring {
+        Ring::new(&MemberList::new(1, members).unwrap().members, 500)
+    }
+
+    fn reply(d: Decision) -> Reply {
+        match d {
+            Decision::Reply { reply, .. } => reply,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn pushes_are_redirected_to_the_owner_with_path_and_query() {
+        let r = ring(&["a:1", "b:2", "c:3"]);
+        let key = GroupingKey::from_path("/metrics/job/j/x/1").unwrap();
+        let owner = r.owner(key.hash()).unwrap();
+        for method in ["PUT", "POST", "DELETE"] {
+            let rep = reply(decide(Mode::Redirect, method, "/metrics/job/j/x/1?a=b", &r));
+            assert_eq!(rep.status, 307);
+            assert_eq!(header(&rep, "location"), Some(format!("http://{owner}/metrics/job/j/x/1?a=b").as_str()));
+        }
+        // Another spelling of the same group: same owner, own path kept.
+        let rep = reply(decide(Mode::Redirect, "PUT", "/metrics/job@base64/ag/x@base64/MQ", &r));
+        assert_eq!(header(&rep, "location"), Some(format!("http://{owner}/metrics/job@base64/ag/x@base64/MQ").as_str()));
+    }
+
+    #[test]
+    fn get_is_the_go_originals_lookup() {
+        let r = ring(&["a:1"]);
+        let rep = reply(decide(Mode::Redirect, "GET", "/metrics/job/j", &r));
+        assert_eq!((rep.status, rep.body.as_str()), (200, "nextUrl:http://a:1/metrics/job/j"));
+        let rep = reply(decide(Mode::Proxy, "HEAD", "/metrics/job/j", &r));
+        assert_eq!((rep.status, rep.body.as_str()), (200, ""));
+    }
+
+    #[test]
+    fn proxy_mode_routes_to_the_owner() {
+        let r = ring(&["a:1", "b:2", "c:3"]);
+        let owner = r.owner(GroupingKey::from_path("/metrics/job/j").unwrap().hash()).unwrap().clone();
+        assert_eq!(decide(Mode::Proxy, "PUT", "/metrics/job/j/", &r), Decision::Route { owner });
+    }
+
+    #[test]
+    fn errors() {
+        let r = ring(&["a:1"]);
+        let rep = reply(decide(Mode::Redirect, "PUT", "/metrics/job/j/a", &r));
+        assert_eq!(rep.status, 400);
+        assert!(rep.body.contains("odd number of components"), "{}", rep.body);
+        let rep = reply(decide(Mode::Redirect, "PATCH", "/metrics/job/j", &r));
+        assert_eq!((rep.status, header(&rep, "allow")), (405, Some(ALLOWED_METHODS)));
+        let rep = reply(decide(Mode::Proxy, "PUT", "/metrics/job/j", &Ring::default()));
+        assert_eq!((rep.status, header(&rep, "retry-after")), (503, Some("5")));
+        assert!(rep.body.contains("no healthy pushgateway is known"));
+        assert_eq!(decide(Mode::Redirect, "PUT", "/api/v1/metrics", &r), Decision::PassThrough);
+    }
+}
