@@ -80,11 +80,14 @@ impl Config {
                 )
             })?
         };
-        let vnodes = validate_vnodes(raw.vnodes).map_err(|e| format!("plugin configuration: field `vnodes`: {e}"))?;
-        let bootstrap =
-            MemberList::new(0, &raw.members).map_err(|e| format!("plugin configuration: field `members`: {e}"))?;
+        let vnodes = validate_vnodes(raw.vnodes)
+            .map_err(|e| format!("plugin configuration: field `vnodes`: {e}"))?;
+        let bootstrap = MemberList::new(0, &raw.members)
+            .map_err(|e| format!("plugin configuration: field `members`: {e}"))?;
         let destination_header = raw.destination_header.to_ascii_lowercase();
-        if !is_header_name(&destination_header) || matches!(destination_header.as_str(), "host" | "authorization") {
+        if !is_header_name(&destination_header)
+            || matches!(destination_header.as_str(), "host" | "authorization")
+        {
             return Err(format!(
                 "plugin configuration: field `destination_header`: {:?} is not usable; expected a lower-case \
                  header name of letters, digits and '-', such as {DEFAULT_DESTINATION_HEADER}",
@@ -113,7 +116,9 @@ impl Config {
 }
 
 fn is_header_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -143,7 +148,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.mode, Mode::Proxy);
         assert_eq!(c.vnodes, 100);
-        assert_eq!(c.bootstrap.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["a:1", "b:1"]);
+        assert_eq!(
+            c.bootstrap
+                .members
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>(),
+            ["a:1", "b:1"]
+        );
         assert_eq!(c.bootstrap.version, 0);
         assert_eq!(c.control_token.as_deref(), Some("s3cret"));
         assert_eq!(c.destination_header, "x-owner");
@@ -152,28 +164,45 @@ mod tests {
     #[test]
     fn token_from_the_environment() {
         let env = |k: &str| (k == "MY_TOKEN").then(|| " t0k \n".to_owned());
-        let c = Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
+        let c =
+            Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
         assert_eq!(c.control_token.as_deref(), Some("t0k"));
         assert_eq!(c.control_token_source, "environment variable MY_TOKEN");
-        let c = Config::parse(br#"{"mode":"control"}"#, |k| (k == DEFAULT_TOKEN_ENV).then(|| "x".into())).unwrap();
+        let c = Config::parse(br#"{"mode":"control"}"#, |k| {
+            (k == DEFAULT_TOKEN_ENV).then(|| "x".into())
+        })
+        .unwrap();
         assert_eq!(c.control_token.as_deref(), Some("x"));
     }
 
     #[test]
     fn refusals_name_the_field() {
         for (json, needle) in [
-            (&br#"{"mode":"round-robin"}"#[..], "unknown variant `round-robin`"),
+            (
+                &br#"{"mode":"round-robin"}"#[..],
+                "unknown variant `round-robin`",
+            ),
             (br#"{"vnode":5}"#, "unknown field `vnode`"),
             (br#"{"vnodes":0}"#, "field `vnodes`"),
             (br#"{"vnodes":20000}"#, "expected 1 to 10000"),
             (br#"{"members":["nope"]}"#, "field `members`: members[0]"),
-            (br#"{"destination_header":"bad header"}"#, "field `destination_header`"),
-            (br#"{"destination_header":"host"}"#, "field `destination_header`"),
+            (
+                br#"{"destination_header":"bad header"}"#,
+                "field `destination_header`",
+            ),
+            (
+                br#"{"destination_header":"host"}"#,
+                "field `destination_header`",
+            ),
             (br#"{"control_token":""}"#, "field `control_token`"),
             (b"[1]", "accepted fields"),
         ] {
             let err = Config::parse(json, no_env).unwrap_err();
-            assert!(err.contains(needle), "{}: {err}", String::from_utf8_lossy(json));
+            assert!(
+                err.contains(needle),
+                "{}: {err}",
+                String::from_utf8_lossy(json)
+            );
         }
     }
 }

@@ -47,12 +47,21 @@ pub fn handle(
 ) -> (Reply, ControlOutcome) {
     match method {
         "GET" | "HEAD" => match current(store, bootstrap) {
-            Ok((list, _)) => (Reply::json(200, json!({"version": list.version, "members": list.members}).to_string()), ControlOutcome::Read),
+            Ok((list, _)) => (
+                Reply::json(
+                    200,
+                    json!({"version": list.version, "members": list.members}).to_string(),
+                ),
+                ControlOutcome::Read,
+            ),
             Err(e) => internal(e),
         },
         "PUT" => put(authorization, body, token, bootstrap, store),
         other => {
-            let mut reply = error(405, format!("method {other} is not allowed on {MEMBERS_PATH}; allowed: GET, PUT"));
+            let mut reply = error(
+                405,
+                format!("method {other} is not allowed on {MEMBERS_PATH}; allowed: GET, PUT"),
+            );
             reply.headers.push(("allow", "GET, PUT".to_owned()));
             (reply, ControlOutcome::Rejected(format!("method {other}")))
         }
@@ -70,13 +79,18 @@ fn put(
         let why = "no control token is configured: set SHARDING_CONTROL_TOKEN for Envoy (or control_token in the plugin configuration)";
         return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
     };
-    let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+    let presented = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
     if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
         let why = "missing or wrong token: send Authorization: Bearer <token>";
         return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
     }
     if body.len() > MAX_UPDATE_BYTES {
-        let why = format!("body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted", body.len());
+        let why = format!(
+            "body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted",
+            body.len()
+        );
         return (error(413, why.clone()), ControlOutcome::Rejected(why));
     }
     let new = match MemberList::from_json(body) {
@@ -112,7 +126,10 @@ fn put(
         let outcome = if same_members {
             ControlOutcome::Unchanged
         } else {
-            ControlOutcome::Accepted { old, new: new.clone() }
+            ControlOutcome::Accepted {
+                old,
+                new: new.clone(),
+            }
         };
         return (accepted(&new, !same_members), outcome);
     }
@@ -120,12 +137,18 @@ fn put(
 }
 
 /// The stored list, or the bootstrap list before the first update.
-fn current(store: &dyn SharedStore, bootstrap: &MemberList) -> Result<(MemberList, Option<u32>), StoreError> {
+fn current(
+    store: &dyn SharedStore,
+    bootstrap: &MemberList,
+) -> Result<(MemberList, Option<u32>), StoreError> {
     Ok(load_members(store)?.unwrap_or_else(|| (bootstrap.clone(), None)))
 }
 
 fn accepted(list: &MemberList, changed: bool) -> Reply {
-    Reply::json(200, json!({"version": list.version, "count": list.len(), "changed": changed}).to_string())
+    Reply::json(
+        200,
+        json!({"version": list.version, "count": list.len(), "changed": changed}).to_string(),
+    )
 }
 
 fn error(status: u32, why: String) -> Reply {
@@ -134,7 +157,9 @@ fn error(status: u32, why: String) -> Reply {
 
 fn unauthorized(why: &str) -> Reply {
     let mut reply = error(401, why.to_owned());
-    reply.headers.push(("www-authenticate", "Bearer".to_owned()));
+    reply
+        .headers
+        .push(("www-authenticate", "Bearer".to_owned()));
     reply
 }
 
@@ -179,7 +204,10 @@ mod tests {
     }
 
     fn stored(store: &MemoryStore) -> MemberList {
-        load_members(store).unwrap().map(|(l, _)| l).unwrap_or_else(boot)
+        load_members(store)
+            .unwrap()
+            .map(|(l, _)| l)
+            .unwrap_or_else(boot)
     }
 
     #[test]
@@ -196,7 +224,10 @@ mod tests {
     fn accepted_update_raises_the_generation() {
         let mut s = MemoryStore::default();
         let (r, outcome) = put(&mut s, r#"{"version": 1, "members": ["a:1"]}"#);
-        assert_eq!((r.status, r.body.as_str()), (200, r#"{"changed":true,"count":1,"version":1}"#));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, r#"{"changed":true,"count":1,"version":1}"#)
+        );
         assert!(matches!(outcome, ControlOutcome::Accepted { .. }));
         assert_eq!(load_generation(&s).unwrap(), 1);
     }
@@ -218,7 +249,10 @@ mod tests {
         assert_eq!(r.status, 409);
         assert!(r.body.contains(r#""version":11"#), "{}", r.body);
         assert!(matches!(o, ControlOutcome::Rejected(_)));
-        assert_eq!(stored(&s).members, MemberList::new(0, &["a:1"]).unwrap().members);
+        assert_eq!(
+            stored(&s).members,
+            MemberList::new(0, &["a:1"]).unwrap().members
+        );
         // Empty list with a newer version is honest and taken.
         let (r, _) = put(&mut s, r#"{"version": 12, "members": []}"#);
         assert_eq!(r.status, 200);
@@ -231,12 +265,42 @@ mod tests {
         put(&mut s, r#"{"version": 1, "members": ["a:1"]}"#);
         let before = stored(&s);
         let cases: [(Option<&str>, &str, u32, &str); 6] = [
-            (None, r#"{"version": 2, "members": []}"#, 401, "missing or wrong token"),
-            (Some("Bearer x"), r#"{"version": 2, "members": []}"#, 401, "missing or wrong token"),
-            (AUTH, r#"{"version": 2, "members": ["a:1", "a:1"]}"#, 400, "duplicates"),
-            (AUTH, r#"{"version": 2, "members": ["a:99999"]}"#, 400, "members[0]"),
-            (AUTH, r#"{"version": "2", "members": []}"#, 400, "body is not"),
-            (AUTH, r#"{"version": 2, "members": [], "x": 1}"#, 400, "unknown field"),
+            (
+                None,
+                r#"{"version": 2, "members": []}"#,
+                401,
+                "missing or wrong token",
+            ),
+            (
+                Some("Bearer x"),
+                r#"{"version": 2, "members": []}"#,
+                401,
+                "missing or wrong token",
+            ),
+            (
+                AUTH,
+                r#"{"version": 2, "members": ["a:1", "a:1"]}"#,
+                400,
+                "duplicates",
+            ),
+            (
+                AUTH,
+                r#"{"version": 2, "members": ["a:99999"]}"#,
+                400,
+                "members[0]",
+            ),
+            (
+                AUTH,
+                r#"{"version": "2", "members": []}"#,
+                400,
+                "body is not",
+            ),
+            (
+                AUTH,
+                r#"{"version": 2, "members": [], "x": 1}"#,
+                400,
+                "unknown field",
+            ),
         ];
         for (auth, body, status, needle) in cases {
             let (r, _) = handle("PUT", auth, body.as_bytes(), TOKEN, &boot(), &mut s);
@@ -244,7 +308,10 @@ mod tests {
             assert!(r.body.contains(needle), "{body}: {}", r.body);
             assert_eq!(stored(&s), before);
         }
-        let big = format!(r#"{{"version": 2, "members": [], "pad": "{}"}}"#, "x".repeat(MAX_UPDATE_BYTES));
+        let big = format!(
+            r#"{{"version": 2, "members": [], "pad": "{}"}}"#,
+            "x".repeat(MAX_UPDATE_BYTES)
+        );
         let (r, _) = put(&mut s, &big);
         assert_eq!(r.status, 413);
         assert_eq!(stored(&s), before);
@@ -254,7 +321,14 @@ mod tests {
     #[test]
     fn no_token_configured_refuses_updates() {
         let mut s = MemoryStore::default();
-        let (r, _) = handle("PUT", AUTH, br#"{"version":1,"members":[]}"#, None, &boot(), &mut s);
+        let (r, _) = handle(
+            "PUT",
+            AUTH,
+            br#"{"version":1,"members":[]}"#,
+            None,
+            &boot(),
+            &mut s,
+        );
         assert_eq!(r.status, 401);
         assert!(r.body.contains("SHARDING_CONTROL_TOKEN"));
     }
@@ -264,7 +338,14 @@ mod tests {
         assert!(is_control_path("/-/sharding/members"));
         assert!(is_control_path("/-/sharding/members?x=1"));
         assert!(!is_control_path("/-/sharding/members/x"));
-        let (r, _) = handle("DELETE", AUTH, b"", TOKEN, &boot(), &mut MemoryStore::default());
+        let (r, _) = handle(
+            "DELETE",
+            AUTH,
+            b"",
+            TOKEN,
+            &boot(),
+            &mut MemoryStore::default(),
+        );
         assert_eq!(r.status, 405);
     }
 
@@ -272,6 +353,9 @@ mod tests {
     fn describe_names_versions_counts_and_diff() {
         let a = MemberList::new(1, &["a:1"]).unwrap();
         let b = MemberList::new(2, &["b:1", "a:1"]).unwrap();
-        assert_eq!(describe(&a, &b), "member list version 1 -> 2, 1 -> 2 members, added [b:1] removed []");
+        assert_eq!(
+            describe(&a, &b),
+            "member list version 1 -> 2, 1 -> 2 members, added [b:1] removed []"
+        );
     }
 }

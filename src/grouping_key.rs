@@ -44,7 +44,10 @@ pub enum PathError {
 impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PathError::NotPushPath => write!(f, "not a push path (expected /metrics/job/<job>{{/<label>/<value>}})"),
+            PathError::NotPushPath => write!(
+                f,
+                "not a push path (expected /metrics/job/<job>{{/<label>/<value>}})"
+            ),
             PathError::Invalid(why) => f.write_str(why),
         }
     }
@@ -65,7 +68,9 @@ impl GroupingKey {
         }
         let decoded = percent_decode(raw_path)?;
         let cleaned = clean_path(&decoded);
-        let rest = cleaned.strip_prefix(METRICS_PREFIX).ok_or(PathError::NotPushPath)?;
+        let rest = cleaned
+            .strip_prefix(METRICS_PREFIX)
+            .ok_or(PathError::NotPushPath)?;
         let (job_is_base64, rest) = match rest.strip_prefix(BASE64_SUFFIX) {
             Some(after) => (true, after),
             None => (false, rest),
@@ -73,7 +78,9 @@ impl GroupingKey {
         let rest = match rest.strip_prefix('/') {
             Some(after) => after,
             // `/metrics/jobs/...` or `/metrics/job` alone: not the push API.
-            None if rest.is_empty() => return Err(invalid("job name is required: /metrics/job/<job>")),
+            None if rest.is_empty() => {
+                return Err(invalid("job name is required: /metrics/job/<job>"))
+            }
             None => return Err(PathError::NotPushPath),
         };
         let (job_raw, label_part) = match rest.find('/') {
@@ -81,7 +88,8 @@ impl GroupingKey {
             None => (rest, ""),
         };
         let job = if job_is_base64 {
-            decode_base64(job_raw).map_err(|e| invalid(format!("invalid base64 encoding for job {job_raw:?}: {e}")))?
+            decode_base64(job_raw)
+                .map_err(|e| invalid(format!("invalid base64 encoding for job {job_raw:?}: {e}")))?
         } else {
             job_raw.to_owned()
         };
@@ -214,9 +222,8 @@ fn clean_path(p: &str) -> String {
         out.push('/');
         out.push_str(seg);
     }
-    if out.is_empty() {
-        out.push('/');
-    } else if p.ends_with('/') {
+    // The root, or a cleaned path whose input ended in '/', ends in '/'.
+    if out.is_empty() || p.ends_with('/') {
         out.push('/');
     }
     out
@@ -247,8 +254,11 @@ fn split_labels(labels: &str) -> Result<Vec<(String, String)>, PathError> {
             )));
         }
         let value = if is_base64 {
-            decode_base64(value)
-                .map_err(|e| invalid(format!("invalid base64 encoding for label {trimmed}={value:?}: {e}")))?
+            decode_base64(value).map_err(|e| {
+                invalid(format!(
+                    "invalid base64 encoding for label {trimmed}={value:?}: {e}"
+                ))
+            })?
         } else {
             value.to_owned()
         };
@@ -294,7 +304,9 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     fn invalid_reason(path: &str) -> String {
@@ -312,7 +324,10 @@ mod tests {
     #[test]
     fn label_order_does_not_matter() {
         assert_eq!(key("/metrics/job/j/a/1/b/2"), key("/metrics/job/j/b/2/a/1"));
-        assert_eq!(labels("/metrics/job/j/b/2/a/1"), pairs(&[("a", "1"), ("b", "2"), ("job", "j")]));
+        assert_eq!(
+            labels("/metrics/job/j/b/2/a/1"),
+            pairs(&[("a", "1"), ("b", "2"), ("job", "j")])
+        );
     }
 
     #[test]
@@ -323,9 +338,15 @@ mod tests {
         assert_eq!(key("/metrics/job/a/x@base64/MQ"), plain);
         assert_eq!(key("/metrics/job/a/x@base64/MQ=="), plain);
         // `=` alone is the empty value.
-        assert_eq!(labels("/metrics/job/j/x@base64/="), pairs(&[("job", "j"), ("x", "")]));
+        assert_eq!(
+            labels("/metrics/job/j/x@base64/="),
+            pairs(&[("job", "j"), ("x", "")])
+        );
         // URL-safe alphabet: "/~?" encodes to "L34_" in base64url.
-        assert_eq!(labels("/metrics/job/j/p@base64/L34_"), pairs(&[("job", "j"), ("p", "/~?")]));
+        assert_eq!(
+            labels("/metrics/job/j/p@base64/L34_"),
+            pairs(&[("job", "j"), ("p", "/~?")])
+        );
         assert_eq!(key("/metrics/job@base64/ag=="), key("/metrics/job/j"));
     }
 
@@ -362,12 +383,18 @@ mod tests {
     #[test]
     fn first_job_wins() {
         assert_eq!(labels("/metrics/job/j/job/k"), pairs(&[("job", "j")]));
-        assert_eq!(labels("/metrics/job/j/job@base64/aw"), pairs(&[("job", "j")]));
+        assert_eq!(
+            labels("/metrics/job/j/job@base64/aw"),
+            pairs(&[("job", "j")])
+        );
     }
 
     #[test]
     fn later_duplicate_label_wins() {
-        assert_eq!(labels("/metrics/job/j/a/1/a/2"), pairs(&[("a", "2"), ("job", "j")]));
+        assert_eq!(
+            labels("/metrics/job/j/a/1/a/2"),
+            pairs(&[("a", "2"), ("job", "j")])
+        );
     }
 
     #[test]
@@ -403,17 +430,40 @@ mod tests {
 
     #[test]
     fn foreign_paths_are_not_push_paths() {
-        for p in ["/", "/metrics", "/metrics/jobs/x", "/api/v1/metrics", "/-/healthy", "/Metrics/job/j"] {
-            assert_eq!(GroupingKey::from_path(p), Err(PathError::NotPushPath), "{p}");
+        for p in [
+            "/",
+            "/metrics",
+            "/metrics/jobs/x",
+            "/api/v1/metrics",
+            "/-/healthy",
+            "/Metrics/job/j",
+        ] {
+            assert_eq!(
+                GroupingKey::from_path(p),
+                Err(PathError::NotPushPath),
+                "{p}"
+            );
         }
     }
 
     #[test]
     fn canonical_bytes_are_unambiguous() {
-        assert_ne!(key("/metrics/job/j/a/bc").canonical_bytes(), key("/metrics/job/j/ab/c").canonical_bytes());
-        assert_ne!(key("/metrics/job/j/a/").hash(), key("/metrics/job/j").hash());
-        assert_ne!(key("/metrics/job/j/a/1").hash(), key("/metrics/job/j/a/2").hash());
-        assert_eq!(key("/metrics/job/j/b/2/a/1").hash(), key("/metrics/job@base64/ag/a@base64/MQ/b/2").hash());
+        assert_ne!(
+            key("/metrics/job/j/a/bc").canonical_bytes(),
+            key("/metrics/job/j/ab/c").canonical_bytes()
+        );
+        assert_ne!(
+            key("/metrics/job/j/a/").hash(),
+            key("/metrics/job/j").hash()
+        );
+        assert_ne!(
+            key("/metrics/job/j/a/1").hash(),
+            key("/metrics/job/j/a/2").hash()
+        );
+        assert_eq!(
+            key("/metrics/job/j/b/2/a/1").hash(),
+            key("/metrics/job@base64/ag/a@base64/MQ/b/2").hash()
+        );
     }
 
     #[test]

@@ -14,3 +14,5 @@ pub mod ring;
 pub mod routing;
 pub mod store;
 
+#[cfg(target_os = "wasi")]
+mod filter;

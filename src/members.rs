@@ -16,7 +16,8 @@ pub const MAX_MEMBERS: usize = 1024;
 /// Largest control-API body accepted, in bytes.
 pub const MAX_UPDATE_BYTES: usize = 64 * 1024;
 
-const ACCEPTED: &str = "expected host:port with a DNS name, an IPv4 address or [IPv6], and a port from 1 to 65535";
+const ACCEPTED: &str =
+    "expected host:port with a DNS name, an IPv4 address or [IPv6], and a port from 1 to 65535";
 
 /// One pushgateway, in canonical spelling: lower-case name, or the standard form of an IP address,
 /// then `:port`. IPv6 addresses are bracketed.
@@ -29,12 +30,20 @@ impl Member {
     pub fn parse(input: &str) -> Result<Member, String> {
         let bad = |why: &str| format!("{input:?} is not a valid member: {why}; {ACCEPTED}");
         if input.contains("://") || input.contains('/') {
-            return Err(bad("a member is an address, not a URL: leave out the scheme and path"));
+            return Err(bad(
+                "a member is an address, not a URL: leave out the scheme and path",
+            ));
         }
         let (host, port) = if let Some(rest) = input.strip_prefix('[') {
-            let (addr, after) = rest.split_once(']').ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
-            let port = after.strip_prefix(':').ok_or_else(|| bad("missing :port after ']'"))?;
-            let ip: Ipv6Addr = addr.parse().map_err(|_| bad("not an IPv6 address between [ and ]"))?;
+            let (addr, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| bad("missing :port after ']'"))?;
+            let ip: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| bad("not an IPv6 address between [ and ]"))?;
             (format!("[{ip}]"), port)
         } else {
             let (host, port) = input.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
@@ -43,7 +52,8 @@ impl Member {
             }
             (canonical_host(host).map_err(|why| bad(&why))?, port)
         };
-        let port = parse_port(port).ok_or_else(|| bad(&format!("port {port:?} is not a number from 1 to 65535")))?;
+        let port = parse_port(port)
+            .ok_or_else(|| bad(&format!("port {port:?} is not a number from 1 to 65535")))?;
         Ok(Member(format!("{host}:{port}")))
     }
 
@@ -58,7 +68,10 @@ impl Member {
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.0.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -99,14 +112,21 @@ fn canonical_host(host: &str) -> Result<String, String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
             return Err(format!("{host:?} is not a host name (labels of letters, digits, '-', '_', at most 63 each)"));
         }
     }
     // An all-digit last label is a mistyped IPv4 address (`10.0.0.256`), not a name.
-    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!("{host:?} is neither an IPv4 address nor a host name"));
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is neither an IPv4 address nor a host name"
+        ));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -130,7 +150,10 @@ impl MemberList {
     /// Builds a list from member strings, refusing bad or duplicate entries.
     pub fn new<S: AsRef<str>>(version: u64, members: &[S]) -> Result<MemberList, String> {
         if members.len() > MAX_MEMBERS {
-            return Err(format!("{} members given; at most {MAX_MEMBERS} are accepted", members.len()));
+            return Err(format!(
+                "{} members given; at most {MAX_MEMBERS} are accepted",
+                members.len()
+            ));
         }
         let mut parsed: Vec<Member> = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
@@ -144,13 +167,19 @@ impl MemberList {
             parsed.push(member);
         }
         parsed.sort();
-        Ok(MemberList { version, members: parsed })
+        Ok(MemberList {
+            version,
+            members: parsed,
+        })
     }
 
     /// Decodes and validates a control-API body `{"version": <u64>, "members": ["host:port", ...]}`.
     pub fn from_json(body: &[u8]) -> Result<MemberList, String> {
         if body.len() > MAX_UPDATE_BYTES {
-            return Err(format!("body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted", body.len()));
+            return Err(format!(
+                "body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted",
+                body.len()
+            ));
         }
         let wire: WireList = serde_json::from_slice(body).map_err(|e| {
             format!(r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}}: {e}"#)
@@ -202,7 +231,12 @@ impl MemberDiff {
 impl fmt::Display for MemberDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let join = |v: &[Member]| v.iter().map(Member::as_str).collect::<Vec<_>>().join(",");
-        write!(f, "added [{}] removed [{}]", join(&self.added), join(&self.removed))
+        write!(
+            f,
+            "added [{}] removed [{}]",
+            join(&self.added),
+            join(&self.removed)
+        )
     }
 }
 
@@ -255,26 +289,48 @@ mod tests {
     #[test]
     fn list_is_sorted_and_deduplicated_by_canonical_form() {
         let list = MemberList::new(3, &["b:2", "a:1"]).unwrap_or_default();
-        assert_eq!(list.members, vec![Member("a:1".into()), Member("b:2".into())]);
-        let err = MemberList::new(1, &["A:1", "a:1"]).err().unwrap_or_default();
-        assert!(err.contains("members[1]") && err.contains("duplicates members[0]"), "{err}");
+        assert_eq!(
+            list.members,
+            vec![Member("a:1".into()), Member("b:2".into())]
+        );
+        let err = MemberList::new(1, &["A:1", "a:1"])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("members[1]") && err.contains("duplicates members[0]"),
+            "{err}"
+        );
     }
 
     #[test]
     fn json_round_trip_and_refusals() {
-        let list = MemberList::from_json(br#"{"version": 7, "members": ["h:1", "[::1]:2"]}"#).unwrap_or_default();
+        let list = MemberList::from_json(br#"{"version": 7, "members": ["h:1", "[::1]:2"]}"#)
+            .unwrap_or_default();
         assert_eq!(list.version, 7);
         assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list));
         for (body, reason) in [
             (&br#"{"version": 1}"#[..], "missing field `members`"),
             (br#"{"version": -1, "members": []}"#, "version"),
-            (br#"{"version": 1, "members": [], "extra": 1}"#, "unknown field `extra`"),
-            (br#"{"version": 1, "members": [5]}"#, "members[0]: 5 is not a string"),
-            (br#"{"version": 1, "members": ["ok:1", "bad"]}"#, "members[1]"),
+            (
+                br#"{"version": 1, "members": [], "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+            (
+                br#"{"version": 1, "members": [5]}"#,
+                "members[0]: 5 is not a string",
+            ),
+            (
+                br#"{"version": 1, "members": ["ok:1", "bad"]}"#,
+                "members[1]",
+            ),
             (b"not json", "body is not"),
         ] {
             let err = MemberList::from_json(body).err().unwrap_or_default();
-            assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.contains(reason),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -285,7 +341,10 @@ mod tests {
         assert!(err.contains("at most 1024"), "{err}");
         assert!(MemberList::new(1, &many[..MAX_MEMBERS]).is_ok());
         let big = vec![b' '; MAX_UPDATE_BYTES + 1];
-        assert!(MemberList::from_json(&big).err().unwrap_or_default().contains("at most 65536"));
+        assert!(MemberList::from_json(&big)
+            .err()
+            .unwrap_or_default()
+            .contains("at most 65536"));
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub fn validate_vnodes(vnodes: u32) -> Result<u32, String> {
     if (MIN_VNODES..=MAX_VNODES).contains(&vnodes) {
         Ok(vnodes)
     } else {
-        Err(format!("vnodes {vnodes} is out of range: expected {MIN_VNODES} to {MAX_VNODES}"))
+        Err(format!(
+            "vnodes {vnodes} is out of range: expected {MIN_VNODES} to {MAX_VNODES}"
+        ))
     }
 }
 
@@ -56,7 +58,11 @@ impl Ring {
     }
 
     /// The ring with an injected point hash, so tests can place points where they want them.
-    fn with_point_hash(members: &[Member], vnodes: u32, mut point_hash: impl FnMut(&Member, u32) -> u64) -> Ring {
+    fn with_point_hash(
+        members: &[Member],
+        vnodes: u32,
+        mut point_hash: impl FnMut(&Member, u32) -> u64,
+    ) -> Ring {
         let vnodes = vnodes.clamp(MIN_VNODES, MAX_VNODES);
         let mut members = members.to_vec();
         members.sort();
@@ -106,14 +112,24 @@ mod tests {
     use std::collections::HashMap;
 
     fn members(n: usize) -> Vec<Member> {
-        (0..n).map(|i| Member::parse(&format!("10.0.{}.{}:9091", i / 250, i % 250 + 1)).unwrap()).collect()
+        (0..n)
+            .map(|i| Member::parse(&format!("10.0.{}.{}:9091", i / 250, i % 250 + 1)).unwrap())
+            .collect()
     }
 
     /// Deterministic key hashes: grouping keys of realistic shape, so the test covers the real
     /// key encoding and not just uniformly random integers.
     fn key_hashes(n: usize) -> Vec<u64> {
         (0..n)
-            .map(|i| GroupingKey::from_path(&format!("/metrics/job/batch_{}/instance/host-{}", i % 97, i)).unwrap().hash())
+            .map(|i| {
+                GroupingKey::from_path(&format!(
+                    "/metrics/job/batch_{}/instance/host-{}",
+                    i % 97,
+                    i
+                ))
+                .unwrap()
+                .hash()
+            })
             .collect()
     }
 
@@ -149,7 +165,11 @@ mod tests {
             assert_eq!(counts.len(), n, "every member owns some keys");
             let mean = keys.len() as f64 / n as f64;
             let max = *counts.values().max().unwrap() as f64;
-            assert!(max / mean <= 1.20, "{n} members: max/mean {:.3}", max / mean);
+            assert!(
+                max / mean <= 1.20,
+                "{n} members: max/mean {:.3}",
+                max / mean
+            );
         }
     }
 
@@ -171,7 +191,10 @@ mod tests {
             }
             let limit = 1.2 / (n as f64 + 1.0);
             let share = moved as f64 / keys.len() as f64;
-            assert!(share <= limit, "{n}+1 members: moved {share:.4} > {limit:.4}");
+            assert!(
+                share <= limit,
+                "{n}+1 members: moved {share:.4} > {limit:.4}"
+            );
             assert!(moved > 0);
         }
     }
@@ -220,7 +243,9 @@ mod tests {
 
     #[test]
     fn vnodes_are_validated() {
-        assert!(validate_vnodes(0).unwrap_err().contains("expected 1 to 10000"));
+        assert!(validate_vnodes(0)
+            .unwrap_err()
+            .contains("expected 1 to 10000"));
         assert!(validate_vnodes(10_001).is_err());
         assert_eq!(validate_vnodes(1), Ok(1));
         assert_eq!(Ring::new(&members(2), 3).points(), 6);

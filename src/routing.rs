@@ -85,8 +85,13 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
     let is_lookup = matches!(method, "GET" | "HEAD");
     if !is_lookup && !matches!(method, "PUT" | "POST" | "DELETE") {
         return Decision::Reply {
-            reply: Reply::text(405, format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"))
-                .with_header("allow", ALLOWED_METHODS.to_owned()),
+            reply: Reply::text(
+                405,
+                format!(
+                    "method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"
+                ),
+            )
+            .with_header("allow", ALLOWED_METHODS.to_owned()),
             outcome: Outcome::MethodNotAllowed,
         };
     }
@@ -103,14 +108,20 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
     let url = format!("http://{owner}{path_and_query}");
     if is_lookup {
         // The Go original's lookup answer, kept byte for byte so scripts that parse it still work.
-        let body = if method == "HEAD" { String::new() } else { format!("nextUrl:{url}") };
+        let body = if method == "HEAD" {
+            String::new()
+        } else {
+            format!("nextUrl:{url}")
+        };
         return Decision::Reply {
             reply: Reply::text(200, body).with_header("x-sharding-owner", owner.to_string()),
             outcome: Outcome::Lookup,
         };
     }
     match mode {
-        Mode::Proxy => Decision::Route { owner: owner.clone() },
+        Mode::Proxy => Decision::Route {
+            owner: owner.clone(),
+        },
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
                 status: 307,
@@ -139,7 +150,10 @@ mod tests {
     }
 
     fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-        r.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -150,18 +164,32 @@ mod tests {
         for method in ["PUT", "POST", "DELETE"] {
             let rep = reply(decide(Mode::Redirect, method, "/metrics/job/j/x/1?a=b", &r));
             assert_eq!(rep.status, 307);
-            assert_eq!(header(&rep, "location"), Some(format!("http://{owner}/metrics/job/j/x/1?a=b").as_str()));
+            assert_eq!(
+                header(&rep, "location"),
+                Some(format!("http://{owner}/metrics/job/j/x/1?a=b").as_str())
+            );
         }
         // Another spelling of the same group: same owner, own path kept.
-        let rep = reply(decide(Mode::Redirect, "PUT", "/metrics/job@base64/ag/x@base64/MQ", &r));
-        assert_eq!(header(&rep, "location"), Some(format!("http://{owner}/metrics/job@base64/ag/x@base64/MQ").as_str()));
+        let rep = reply(decide(
+            Mode::Redirect,
+            "PUT",
+            "/metrics/job@base64/ag/x@base64/MQ",
+            &r,
+        ));
+        assert_eq!(
+            header(&rep, "location"),
+            Some(format!("http://{owner}/metrics/job@base64/ag/x@base64/MQ").as_str())
+        );
     }
 
     #[test]
     fn get_is_the_go_originals_lookup() {
         let r = ring(&["a:1"]);
         let rep = reply(decide(Mode::Redirect, "GET", "/metrics/job/j", &r));
-        assert_eq!((rep.status, rep.body.as_str()), (200, "nextUrl:http://a:1/metrics/job/j"));
+        assert_eq!(
+            (rep.status, rep.body.as_str()),
+            (200, "nextUrl:http://a:1/metrics/job/j")
+        );
         let rep = reply(decide(Mode::Proxy, "HEAD", "/metrics/job/j", &r));
         assert_eq!((rep.status, rep.body.as_str()), (200, ""));
     }
@@ -169,8 +197,14 @@ mod tests {
     #[test]
     fn proxy_mode_routes_to_the_owner() {
         let r = ring(&["a:1", "b:2", "c:3"]);
-        let owner = r.owner(GroupingKey::from_path("/metrics/job/j").unwrap().hash()).unwrap().clone();
-        assert_eq!(decide(Mode::Proxy, "PUT", "/metrics/job/j/", &r), Decision::Route { owner });
+        let owner = r
+            .owner(GroupingKey::from_path("/metrics/job/j").unwrap().hash())
+            .unwrap()
+            .clone();
+        assert_eq!(
+            decide(Mode::Proxy, "PUT", "/metrics/job/j/", &r),
+            Decision::Route { owner }
+        );
     }
 
     #[test]
@@ -178,12 +212,27 @@ mod tests {
         let r = ring(&["a:1"]);
         let rep = reply(decide(Mode::Redirect, "PUT", "/metrics/job/j/a", &r));
         assert_eq!(rep.status, 400);
-        assert!(rep.body.contains("odd number of components"), "{}", rep.body);
+        assert!(
+            rep.body.contains("odd number of components"),
+            "{}",
+            rep.body
+        );
         let rep = reply(decide(Mode::Redirect, "PATCH", "/metrics/job/j", &r));
-        assert_eq!((rep.status, header(&rep, "allow")), (405, Some(ALLOWED_METHODS)));
-        let rep = reply(decide(Mode::Proxy, "PUT", "/metrics/job/j", &Ring::default()));
+        assert_eq!(
+            (rep.status, header(&rep, "allow")),
+            (405, Some(ALLOWED_METHODS))
+        );
+        let rep = reply(decide(
+            Mode::Proxy,
+            "PUT",
+            "/metrics/job/j",
+            &Ring::default(),
+        ));
         assert_eq!((rep.status, header(&rep, "retry-after")), (503, Some("5")));
         assert!(rep.body.contains("no healthy pushgateway is known"));
-        assert_eq!(decide(Mode::Redirect, "PUT", "/api/v1/metrics", &r), Decision::PassThrough);
+        assert_eq!(
+            decide(Mode::Redirect, "PUT", "/api/v1/metrics", &r),
+            Decision::PassThrough
+        );
     }
 }

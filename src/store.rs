@@ -62,16 +62,20 @@ impl SharedStore for MemoryStore {
             }
         }
         self.next_cas = self.next_cas.wrapping_add(1).max(1);
-        self.entries.insert(key.to_owned(), (value.to_vec(), self.next_cas));
+        self.entries
+            .insert(key.to_owned(), (value.to_vec(), self.next_cas));
         Ok(())
     }
 }
 
 /// The stored list and its CAS token, or `None` if no update was ever accepted.
-pub fn load_members(store: &dyn SharedStore) -> Result<Option<(MemberList, Option<u32>)>, StoreError> {
+pub fn load_members(
+    store: &dyn SharedStore,
+) -> Result<Option<(MemberList, Option<u32>)>, StoreError> {
     match store.get(MEMBERS_KEY)? {
         (Some(bytes), cas) => {
-            let list = MemberList::from_json(&bytes).map_err(|e| StoreError::Host(format!("stored list unreadable: {e}")))?;
+            let list = MemberList::from_json(&bytes)
+                .map_err(|e| StoreError::Host(format!("stored list unreadable: {e}")))?;
             Ok(Some((list, cas)))
         }
         (None, _) => Ok(None),
@@ -82,10 +86,12 @@ pub fn load_members(store: &dyn SharedStore) -> Result<Option<(MemberList, Optio
 pub fn load_generation(store: &dyn SharedStore) -> Result<u64, StoreError> {
     match store.get(GENERATION_KEY)? {
         (Some(bytes), _) => {
-            let arr: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Host(format!("{GENERATION_KEY} holds {} bytes, expected 8", bytes.len())))?;
+            let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Host(format!(
+                    "{GENERATION_KEY} holds {} bytes, expected 8",
+                    bytes.len()
+                ))
+            })?;
             Ok(u64::from_le_bytes(arr))
         }
         (None, _) => Ok(0),
@@ -96,7 +102,14 @@ pub fn load_generation(store: &dyn SharedStore) -> Result<u64, StoreError> {
 pub fn bump_generation(store: &mut dyn SharedStore) -> Result<u64, StoreError> {
     for _ in 0..16 {
         let (current, cas) = match store.get(GENERATION_KEY)? {
-            (Some(bytes), cas) => (bytes.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0), cas),
+            (Some(bytes), cas) => (
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0),
+                cas,
+            ),
             (None, cas) => (0, cas),
         };
         let next = current.wrapping_add(1).max(1);
@@ -193,13 +206,24 @@ mod tests {
         let mut s = MemoryStore::default();
         let boot = MemberList::new(0, &["a:1"]).unwrap();
         let mut view = MemberView::new(&boot, 10);
-        assert_eq!(view.refresh(&s).unwrap(), None, "nothing stored: bootstrap stays");
+        assert_eq!(
+            view.refresh(&s).unwrap(),
+            None,
+            "nothing stored: bootstrap stays"
+        );
         let list = MemberList::new(5, &["a:1", "b:1"]).unwrap();
         s.set(MEMBERS_KEY, list.to_json().as_bytes(), None).unwrap();
-        assert_eq!(view.refresh(&s).unwrap(), None, "stored but generation not raised yet");
+        assert_eq!(
+            view.refresh(&s).unwrap(),
+            None,
+            "stored but generation not raised yet"
+        );
         bump_generation(&mut s).unwrap();
         let change = view.refresh(&s).unwrap().unwrap();
-        assert_eq!((change.old_version, change.new_version, change.new_count), (0, 5, 2));
+        assert_eq!(
+            (change.old_version, change.new_version, change.new_count),
+            (0, 5, 2)
+        );
         assert_eq!(view.ring().members().len(), 2);
         assert_eq!(view.refresh(&s).unwrap(), None);
     }
@@ -208,6 +232,9 @@ mod tests {
     fn bad_generation_value_is_an_error_not_a_panic() {
         let mut s = MemoryStore::default();
         s.set(GENERATION_KEY, b"xyz", None).unwrap();
-        assert!(load_generation(&s).unwrap_err().to_string().contains("expected 8"));
+        assert!(load_generation(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 8"));
     }
 }

@@ -1,0 +1,318 @@
+//! The proxy-wasm host calls the request path makes, returning errors instead of panicking.
+//!
+//! The SDK's `hostcalls` panic on any status they do not expect and `unwrap()` header values as
+//! UTF-8; with `panic = "abort"` either would kill the VM for every request on the worker. These
+//! thin wrappers declare the same ABI imports with a plain `u32` status (an unknown status is then
+//! not undefined behaviour) and map everything to `Result`.
+
+use crate::store::{SharedStore, StoreError};
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::ptr::{null, null_mut};
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: MetricType,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+/// A host call that did not succeed: which one and the status it gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError {
+    pub call: &'static str,
+    pub status: u32,
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host call {} failed with status {}",
+            self.call, self.status
+        )
+    }
+}
+
+fn check(call: &'static str, status: u32) -> Result<(), HostError> {
+    if status == OK {
+        Ok(())
+    } else {
+        Err(HostError { call, status })
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data`/`size` must come from a successful host call that returned a fresh allocation.
+unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// A request header as bytes; `None` when absent.
+pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
+    let status = unsafe {
+        proxy_get_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    match status {
+        OK => Ok(Some(unsafe { owned(data, size) })),
+        NOT_FOUND => Ok(None),
+        s => Err(HostError {
+            call: "get_header_map_value",
+            status: s,
+        }),
+    }
+}
+
+/// A request header as text; a value that is not UTF-8 reads as absent.
+pub fn request_header_str(name: &str) -> Result<Option<String>, HostError> {
+    Ok(request_header(name)?.and_then(|b| String::from_utf8(b).ok()))
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths of live slices.
+    let status = unsafe {
+        proxy_replace_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    check("replace_header_map_value", status)
+}
+
+pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    // SAFETY: pointer and length of a live slice.
+    let status = unsafe {
+        proxy_remove_header_map_value(MapType::HttpRequestHeaders, name.as_ptr(), name.len())
+    };
+    // Removing an absent header is not an error.
+    if status == NOT_FOUND {
+        return Ok(());
+    }
+    check("remove_header_map_value", status)
+}
+
+/// The request body bytes `[start, start + max)` that Envoy holds for this filter.
+pub fn request_body(start: usize, max: usize) -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
+    let status = unsafe {
+        proxy_get_buffer_bytes(
+            BufferType::HttpRequestBody,
+            start,
+            max,
+            &mut data,
+            &mut size,
+        )
+    };
+    match status {
+        OK => Ok(unsafe { owned(data, size) }),
+        NOT_FOUND => Ok(Vec::new()),
+        s => Err(HostError {
+            call: "get_buffer_bytes",
+            status: s,
+        }),
+    }
+}
+
+/// Replaces the request body bytes `[0, size)` with nothing.
+pub fn drop_request_body(size: usize) -> Result<(), HostError> {
+    // SAFETY: an empty slice is a valid pointer/length pair.
+    let status =
+        unsafe { proxy_set_buffer_bytes(BufferType::HttpRequestBody, 0, size, [].as_ptr(), 0) };
+    check("set_buffer_bytes", status)
+}
+
+/// Sends a local reply. Envoy's HTTP/1 codec keeps the connection open when the request was read
+/// to its end before this call.
+pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    let serialized = serialize_headers(headers);
+    // SAFETY: pointers and lengths of live buffers; details omitted (null, 0).
+    let s = unsafe {
+        proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            serialized.as_ptr(),
+            serialized.len(),
+            -1,
+        )
+    };
+    check("send_local_response", s)
+}
+
+/// The proxy-wasm header map encoding: count, then (name length, value length) pairs, then the
+/// NUL-terminated names and values.
+fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + headers
+        .iter()
+        .map(|(n, v)| 10 + n.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (n, v) in headers {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in headers {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
+    let mut id = 0;
+    // SAFETY: pointer and length of a live slice, pointer to a local.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    check("define_metric", status).map(|()| id)
+}
+
+pub fn increment_metric(id: u32, by: i64) -> Result<(), HostError> {
+    // SAFETY: plain values.
+    check("increment_metric", unsafe {
+        proxy_increment_metric(id, by)
+    })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: plain values.
+    check("record_metric", unsafe { proxy_record_metric(id, value) })
+}
+
+/// Envoy shared data (per `vm_id`, all workers) as a [`SharedStore`].
+pub struct EnvoySharedData;
+
+impl SharedStore for EnvoySharedData {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        let mut cas = 0;
+        // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
+        let status = unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            OK => {
+                let value = if data.is_null() {
+                    None
+                } else {
+                    Some(unsafe { owned(data, size) })
+                };
+                Ok((value, (cas != 0).then_some(cas)))
+            }
+            NOT_FOUND => Ok((None, None)),
+            s => Err(StoreError::Host(format!(
+                "get_shared_data({key}) returned status {s}"
+            ))),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        // SAFETY: pointers and lengths of live slices.
+        let status = unsafe {
+            proxy_set_shared_data(
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+                cas.unwrap_or(0),
+            )
+        };
+        match status {
+            OK => Ok(()),
+            CAS_MISMATCH => Err(StoreError::CasMismatch),
+            s => Err(StoreError::Host(format!(
+                "set_shared_data({key}) returned status {s}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The Envoy entry point: a thin proxy-wasm shell around the host-free modules.
+//!
+//! One root context per listener configuration and worker parses the configuration once and keeps
+//! the worker's [`MemberView`]; each request gets an [`HttpFilter`] that asks [`routing::decide`] or
+//! [`control::handle`] and carries out the answer with the calls in [`host`].
+//!
+//! Redirect mode answers a push with a body only after the body was read (then Envoy keeps the
+//! connection alive): the headers continue to the `buffer` filter that must follow this one, which
+//! holds them, while this filter throws each body chunk away and replies at the end of the stream.
+
+mod host;
+
+use crate::config::{Config, Mode};
+use crate::control::{self, ControlOutcome};
+use crate::routing::{self, Decision, Outcome, Reply};
+use crate::store::MemberView;
+use host::{EnvoySharedData, HostError};
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        // The VM aborts after this; at least say why in Envoy's log.
+        error!("dynamic-sharding panicked: {info}");
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// How often an idle worker checks for a new member list, so the ring is rebuilt off the request
+/// path; requests check too, so this only bounds how stale the gauges of an idle worker get.
+const REFRESH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Stat ids, defined once per VM (Envoy shares a stat of one name across workers).
+#[derive(Default, Clone, Copy)]
+struct Metrics {
+    redirects: u32,
+    proxied: u32,
+    lookups: u32,
+    bad_requests: u32,
+    no_member: u32,
+    updates_accepted: u32,
+    updates_rejected: u32,
+    host_errors: u32,
+    members: u32,
+    version: u32,
+}
+
+impl Metrics {
+    fn define() -> Result<Metrics, HostError> {
+        use MetricType::{Counter, Gauge};
+        let d = |kind, name: &str| host::define_metric(kind, &format!("dynamic_sharding.{name}"));
+        Ok(Metrics {
+            redirects: d(Counter, "redirects")?,
+            proxied: d(Counter, "proxied")?,
+            lookups: d(Counter, "lookups")?,
+            bad_requests: d(Counter, "bad_requests")?,
+            no_member: d(Counter, "no_member")?,
+            updates_accepted: d(Counter, "member_updates_accepted")?,
+            updates_rejected: d(Counter, "member_updates_rejected")?,
+            host_errors: d(Counter, "host_errors")?,
+            members: d(Gauge, "members")?,
+            version: d(Gauge, "members_version")?,
+        })
+    }
+
+    fn count(&self, id: u32) {
+        // A stat that cannot be counted is not worth failing a request for.
+        let _ = host::increment_metric(id, 1);
+    }
+
+    fn set(&self, id: u32, value: u64) {
+        let _ = host::record_metric(id, value);
+    }
+}
+
+/// What every request of one root context shares.
+struct Shared {
+    config: Config,
+    metrics: Metrics,
+    view: RefCell<MemberView>,
+}
+
+impl Shared {
+    /// Brings the worker's view up to date (one 8-byte shared-data read when nothing changed).
+    fn refresh(&self) {
+        let Ok(mut view) = self.view.try_borrow_mut() else {
+            return;
+        };
+        match view.refresh(&EnvoySharedData) {
+            Ok(Some(change)) => {
+                info!(
+                    "worker now uses member list version {} ({} members; was version {}, {} members)",
+                    change.new_version, change.new_count, change.old_version, change.old_count
+                );
+                self.metrics
+                    .set(self.metrics.members, change.new_count as u64);
+                self.metrics.set(self.metrics.version, change.new_version);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.count(self.metrics.host_errors);
+                warn!("could not read the member list, keeping the current one: {e}");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&bytes, |k| std::env::var(k).ok()) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("dynamic-sharding refused its configuration: {e}");
+                return false;
+            }
+        };
+        let metrics = match Metrics::define() {
+            Ok(m) => m,
+            Err(e) => {
+                error!("dynamic-sharding could not define its stats: {e}");
+                return false;
+            }
+        };
+        if config.mode == Mode::Control {
+            match &config.control_token {
+                Some(_) => info!(
+                    "control API enabled, token from {}",
+                    config.control_token_source
+                ),
+                None => warn!(
+                    "control API has no token ({} is unset): every member update will be refused",
+                    config.control_token_source
+                ),
+            }
+        }
+        info!(
+            "dynamic-sharding configured: mode {:?}, vnodes {}, {} bootstrap members",
+            config.mode,
+            config.vnodes,
+            config.bootstrap.len()
+        );
+        let view = MemberView::new(&config.bootstrap, config.vnodes);
+        let shared = Rc::new(Shared {
+            config,
+            metrics,
+            view: RefCell::new(view),
+        });
+        shared.refresh();
+        if let Ok(view) = shared.view.try_borrow() {
+            metrics.set(metrics.members, view.list().len() as u64);
+            metrics.set(metrics.version, view.list().version);
+        }
+        self.shared = Some(shared);
+        self.set_tick_period(REFRESH_PERIOD);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            if shared.config.mode != Mode::Control {
+                shared.refresh();
+            }
+        }
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(HttpFilter {
+            shared,
+            pending: None,
+            control: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A control request waiting for its body.
+struct ControlRequest {
+    method: String,
+    authorization: Option<String>,
+}
+
+struct HttpFilter {
+    shared: Rc<Shared>,
+    /// Redirect mode: the reply to send once the request body has been read.
+    pending: Option<Reply>,
+    control: Option<ControlRequest>,
+}
+
+impl Context for HttpFilter {}
+
+impl HttpFilter {
+    fn reply(&self, reply: &Reply) -> Action {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        if let Err(e) = host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
+            self.shared.metrics.count(self.shared.metrics.host_errors);
+            error!("could not send the {} reply: {e}", reply.status);
+        }
+        Action::Pause
+    }
+
+    fn internal_error(&self, e: HostError) -> Action {
+        self.shared.metrics.count(self.shared.metrics.host_errors);
+        error!("request refused: {e}");
+        self.reply(&Reply::text(
+            500,
+            "dynamic-sharding: internal error, see the Envoy log\n",
+        ))
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let m = &self.shared.metrics;
+        m.count(match outcome {
+            Outcome::Redirect => m.redirects,
+            Outcome::Lookup => m.lookups,
+            Outcome::BadRequest | Outcome::MethodNotAllowed => m.bad_requests,
+            Outcome::NoMember => m.no_member,
+        });
+    }
+
+    fn data_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
+        let mode = self.shared.config.mode;
+        if mode == Mode::Proxy {
+            // Before anything else: only this filter may name the destination.
+            host::remove_request_header(&self.shared.config.destination_header)?;
+        }
+        let (Some(method), Some(path)) = (
+            host::request_header_str(":method")?,
+            host::request_header_str(":path")?,
+        ) else {
+            return Ok(Action::Continue);
+        };
+        self.shared.refresh();
+        let decision = match self.shared.view.try_borrow() {
+            Ok(view) => routing::decide(mode, &method, &path, view.ring()),
+            Err(_) => return Ok(Action::Continue),
+        };
+        match decision {
+            Decision::PassThrough => Ok(Action::Continue),
+            Decision::Route { owner } => {
+                host::set_request_header(&self.shared.config.destination_header, owner.as_str())?;
+                self.shared.metrics.count(self.shared.metrics.proxied);
+                Ok(Action::Continue)
+            }
+            Decision::Reply { reply, outcome } => {
+                self.count(outcome);
+                if end_of_stream || mode == Mode::Proxy {
+                    Ok(self.reply(&reply))
+                } else {
+                    // Answer once the body is read, so the connection stays open.
+                    self.pending = Some(reply);
+                    Ok(Action::Continue)
+                }
+            }
+        }
+    }
+
+    fn control_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
+        let Some(path) = host::request_header_str(":path")? else {
+            return Ok(Action::Continue);
+        };
+        if !control::is_control_path(&path) {
+            return Ok(Action::Continue);
+        }
+        let request = ControlRequest {
+            method: host::request_header_str(":method")?.unwrap_or_default(),
+            authorization: host::request_header_str("authorization")?,
+        };
+        if end_of_stream {
+            return Ok(self.serve_control(&request, &[]));
+        }
+        self.control = Some(request);
+        Ok(Action::Continue)
+    }
+
+    fn serve_control(&self, request: &ControlRequest, body: &[u8]) -> Action {
+        let config = &self.shared.config;
+        let (reply, outcome) = control::handle(
+            &request.method,
+            request.authorization.as_deref(),
+            body,
+            config.control_token.as_deref(),
+            &config.bootstrap,
+            &mut EnvoySharedData,
+        );
+        let m = &self.shared.metrics;
+        match outcome {
+            ControlOutcome::Accepted { old, new } => {
+                m.count(m.updates_accepted);
+                m.set(m.members, new.len() as u64);
+                m.set(m.version, new.version);
+                info!("{}", control::describe(&old, &new));
+            }
+            ControlOutcome::Unchanged => m.count(m.updates_accepted),
+            ControlOutcome::Rejected(why) => {
+                m.count(m.updates_rejected);
+                warn!("member update refused ({}): {why}", reply.status);
+            }
+            ControlOutcome::Read => {}
+        }
+        self.reply(&reply)
+    }
+}
+
+impl HttpContext for HttpFilter {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let result = match self.shared.config.mode {
+            Mode::Control => self.control_headers(end_of_stream),
+            Mode::Redirect | Mode::Proxy => self.data_headers(end_of_stream),
+        };
+        result.unwrap_or_else(|e| self.internal_error(e))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(request) = &self.control {
+            if body_size > crate::members::MAX_UPDATE_BYTES {
+                let why = format!("body is over {} bytes", crate::members::MAX_UPDATE_BYTES);
+                let reply = Reply::json(413, serde_json::json!({ "error": why }).to_string());
+                self.shared
+                    .metrics
+                    .count(self.shared.metrics.updates_rejected);
+                self.control = None;
+                return self.reply(&reply);
+            }
+            if !end_of_stream {
+                // Keep buffering in Envoy until the whole body is there.
+                return Action::Pause;
+            }
+            let body = match host::request_body(0, body_size) {
+                Ok(b) => b,
+                Err(e) => return self.internal_error(e),
+            };
+            return self.serve_control(request, &body);
+        }
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        // Nothing goes upstream: drop the bytes so the buffer filter behind us holds nothing.
+        if body_size > 0 {
+            if let Err(e) = host::drop_request_body(body_size) {
+                self.pending = None;
+                return self.internal_error(e);
+            }
+        }
+        if end_of_stream {
+            if let Some(reply) = self.pending.take() {
+                return self.reply(&reply);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if let Some(reply) = self.pending.take() {
+            return self.reply(&reply);
+        }
+        if let Some(request) = self.control.take() {
+            return self.serve_control(&request, &[]);
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,156 @@
+//! Test harness for the integration tests of dynamic-sharding and consul-sync.
+//!
+//! Owns the real processes a test needs (Consul, Pushgateway, Envoy, any binary): each runs on
+//! loopback on ports from [`free_port`], logs into a [`TestDir`], and is stopped by PID when its
+//! [`Proc`] is dropped, also when the test fails. Every wait is bounded ([`wait_until`]). A missing
+//! binary is a failure that names `./build.sh deps`, never a silent skip.
+//!
+//! Helpers panic on failure: they are for tests, where a panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod consul;
+pub mod envoy;
+pub mod http;
+pub mod proc;
+pub mod pushgateway;
+
+pub use consul::{Consul, ConsulPorts, ConsulService};
+pub use http::{http_get, http_request, try_http_get, try_http_request, HttpResponse};
+pub use proc::Proc;
+pub use pushgateway::Pushgateway;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The repository root (the parent of this crate's folder).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The executable for `name` ("envoy", "consul", "pushgateway", "prometheus", "wrk"): the
+/// `<NAME>_BIN` environment variable if set, else `<repo>/.deps/bin/<name>`. Panics naming the
+/// install command when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_ascii_uppercase());
+    let path = match std::env::var_os(&var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".deps").join("bin").join(name),
+    };
+    if !path.is_file() {
+        panic!(
+            "{name} not found at {}: run ./build.sh deps (or set {var}=...)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A free TCP port on 127.0.0.1. Never hands out the same port twice in one process, so tests
+/// running in parallel threads do not collide with each other.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port found in 1000 tries");
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; panics naming `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Like [`wait_until`] but returns `None` on timeout instead of panicking, for tests that check
+/// that something does NOT happen within a time.
+pub fn poll_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh folder under the system temp folder for one test's files and logs. Removed on drop,
+/// unless the test is panicking: then it is kept and its path printed.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// A new empty folder whose name starts with `name` (the test's name is a good choice).
+    pub fn new(name: &str) -> TestDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("ds-{safe}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `contents` to `name` in the folder and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(name);
+        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "testkit: test failed; its files are kept in {}",
+                self.path.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

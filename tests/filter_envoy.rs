@@ -1,0 +1,503 @@
+//! The filter in a real Envoy (two workers) in front of three real pushgateways: what a pusher
+//! sees in redirect mode, and what the control API does to every worker's member list.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use dynamic_sharding::grouping_key::GroupingKey;
+use dynamic_sharding::members::MemberList;
+use dynamic_sharding::ring::Ring;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use testkit::envoy::{run_python_clients, Envoy, EnvoyOptions, TEST_TOKEN};
+use testkit::pushgateway::labels;
+use testkit::{http_request, Pushgateway, TestDir};
+
+/// The owner the shared library computes: the same code consul-sync uses.
+fn expected_owner(members: &[String], path: &str) -> String {
+    let list = MemberList::new(0, members).unwrap();
+    let ring = Ring::new(&list.members, 500);
+    ring.owner(GroupingKey::from_path(path).unwrap().hash())
+        .unwrap()
+        .to_string()
+}
+
+struct Stack {
+    _dir: TestDir,
+    pgs: Vec<Pushgateway>,
+    envoy: Envoy,
+}
+
+fn stack(name: &str) -> Stack {
+    let dir = TestDir::new(name);
+    let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
+    let members = pgs.iter().map(|p| p.addr()).collect();
+    let envoy = Envoy::start(
+        &dir,
+        EnvoyOptions {
+            members,
+            ..Default::default()
+        },
+    );
+    Stack {
+        _dir: dir,
+        pgs,
+        envoy,
+    }
+}
+
+impl Stack {
+    fn members(&self) -> Vec<String> {
+        self.pgs.iter().map(|p| p.addr()).collect()
+    }
+
+    /// Which pushgateways hold a group with exactly these grouping labels.
+    fn holders(&self, group: &BTreeMap<String, String>) -> Vec<String> {
+        self.pgs
+            .iter()
+            .filter(|p| p.groups().contains(group))
+            .map(|p| p.addr())
+            .collect()
+    }
+}
+
+/// Spellings of one group: plain, reordered, base64, percent-encoded.
+fn spellings(i: usize) -> (BTreeMap<String, String>, Vec<String>) {
+    let job = format!("batch-{i}");
+    let inst = format!("host/{i}");
+    let b64 = |s: &str| base64_url(s.as_bytes());
+    let group = labels(&[("job", &job), ("instance", &inst), ("zone", "eu")]);
+    let paths = vec![
+        format!("/metrics/job/{job}/instance@base64/{}/zone/eu", b64(&inst)),
+        format!(
+            "/metrics/job@base64/{}/zone/eu/instance@base64/{}=",
+            b64(&job),
+            b64(&inst)
+        ),
+        // Percent-encoding, a dot segment and a doubled slash, all cleaned as pushgateway would.
+        format!(
+            "/metrics/./job/%62atch-{i}//zone/e%75/instance@base64/{}",
+            b64(&inst)
+        ),
+    ];
+    (group, paths)
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (k, b)| acc | (u32::from(*b) << (16 - 8 * k)));
+        for k in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_spelling_of_a_group_lands_on_its_owner_and_nowhere_else() {
+    let s = stack("spellings");
+    let mut requests = Vec::new();
+    let mut groups = Vec::new();
+    for i in 0..20 {
+        let (group, paths) = spellings(i);
+        for (k, path) in paths.iter().enumerate() {
+            let method = if k == 1 { "POST" } else { "PUT" };
+            let body = format!("pushed_value{{n=\"{k}\"}} {i}\n");
+            requests.push(json!({"client": "requests", "base": s.envoy.redirect_url(), "method": method, "path": path, "body": body}));
+        }
+        groups.push((group, paths));
+    }
+    let results = run_python_clients(&requests);
+    for r in &results {
+        assert_eq!(r["status"], 200, "push failed: {r}");
+    }
+    let members = s.members();
+    for (group, paths) in &groups {
+        let owner = expected_owner(&members, &paths[0]);
+        for p in paths {
+            assert_eq!(
+                expected_owner(&members, p),
+                owner,
+                "{p} names another group"
+            );
+        }
+        assert_eq!(s.holders(group), vec![owner.clone()], "group {group:?}");
+    }
+    // The 307s really went to more than one pushgateway.
+    let used: std::collections::BTreeSet<String> = groups
+        .iter()
+        .map(|(_, p)| expected_owner(&members, &p[0]))
+        .collect();
+    assert!(used.len() > 1);
+    assert!(s.envoy.stat("redirects") >= 60);
+}
+
+#[test]
+fn delete_is_redirected_to_the_owner_and_removes_the_group() {
+    let s = stack("delete");
+    let path = "/metrics/job/cleanup/instance/a";
+    let push = json!({"client": "requests", "base": s.envoy.redirect_url(), "method": "PUT", "path": path, "body": "x 1\n"});
+    let del = json!({"client": "requests", "base": s.envoy.redirect_url(), "method": "DELETE", "path": "/metrics/job/cleanup/instance@base64/YQ"});
+    let group = labels(&[("job", "cleanup"), ("instance", "a")]);
+    let r = run_python_clients(&[push]);
+    assert_eq!(r[0]["status"], 200);
+    assert_eq!(s.holders(&group), vec![expected_owner(&s.members(), path)]);
+    let r = run_python_clients(&[del]);
+    assert_eq!(r[0]["status"], 202, "{}", r[0]);
+    assert!(s.holders(&group).is_empty());
+}
+
+#[test]
+fn lookup_bad_paths_and_foreign_paths() {
+    let s = stack("lookup");
+    let url = s.envoy.redirect_url();
+    let r = http_request("GET", &format!("{url}/metrics/job/j/a/1"), &[], b"");
+    let owner = expected_owner(&s.members(), "/metrics/job/j/a/1");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            200,
+            format!("nextUrl:http://{owner}/metrics/job/j/a/1").as_str()
+        )
+    );
+
+    let r = http_request("PUT", &format!("{url}/metrics/job/j/a"), &[], b"x 1\n");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("odd number of components"), "{}", r.body);
+    assert_eq!(r.header("location"), None);
+    let r = http_request("PUT", &format!("{url}/metrics/job/j/__x/1"), &[], b"x 1\n");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("improper label name \"__x\""), "{}", r.body);
+    let r = http_request(
+        "PUT",
+        &format!("{url}/metrics/job@base64/!!"),
+        &[],
+        b"x 1\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("base64"), "{}", r.body);
+
+    let r = http_request("PATCH", &format!("{url}/metrics/job/j"), &[], b"");
+    assert_eq!(
+        (r.status, r.header("allow")),
+        (405, Some("GET, HEAD, PUT, POST, DELETE"))
+    );
+    let r = http_request("GET", &format!("{url}/api/v1/metrics"), &[], b"");
+    assert_eq!(r.status, 404);
+    // The control API is not served on the data listener.
+    let r = http_request("GET", &format!("{url}/-/sharding/members"), &[], b"");
+    assert_eq!(r.status, 404);
+    assert!(s.envoy.stat("bad_requests") >= 4);
+    assert!(s.envoy.stat("lookups") >= 1);
+    // Nothing reached any pushgateway.
+    assert!(s.pgs.iter().all(|p| p.groups().is_empty()));
+}
+
+/// Minimal HTTP/1.1 over one socket, to see what happens to the connection.
+fn send_on(
+    conn: &mut BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>) {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.get_mut().write_all(head.as_bytes()).unwrap();
+    conn.get_mut().write_all(body).unwrap();
+    let mut status_line = String::new();
+    conn.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut rest = vec![0; len];
+    conn.read_exact(&mut rest).unwrap();
+    (status, headers)
+}
+
+#[test]
+fn pushes_with_bodies_keep_the_connection_alive() {
+    let s = stack("keepalive");
+    let before = s
+        .envoy
+        .envoy_stat("http.sharding_redirect.downstream_cx_total");
+    let stream = TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut conn = BufReader::new(stream);
+    let big = vec![b'#'; 300 * 1024];
+    for (i, body) in [&b"a 1\n"[..], &b"b 2\n"[..], &big[..], &b"c 3\n"[..]]
+        .iter()
+        .enumerate()
+    {
+        let method = if i % 2 == 0 { "PUT" } else { "POST" };
+        let (status, headers) = send_on(&mut conn, method, &format!("/metrics/job/ka/i/{i}"), body);
+        assert_eq!(status, 307, "request {i}");
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v == "close"),
+            "request {i} closed: {headers:?}"
+        );
+        let location = headers
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let path = format!("/metrics/job/ka/i/{i}");
+        assert_eq!(
+            location,
+            format!("http://{}{path}", expected_owner(&s.members(), &path))
+        );
+    }
+    let after = s
+        .envoy
+        .envoy_stat("http.sharding_redirect.downstream_cx_total");
+    assert_eq!(after - before, 1, "all four pushes on one connection");
+}
+
+#[test]
+fn a_large_push_is_redirected_not_refused() {
+    let s = stack("large");
+    let body = vec![b'#'; 4 * 1024 * 1024];
+    let r = http_request(
+        "PUT",
+        &format!("{}/metrics/job/big", s.envoy.redirect_url()),
+        &[],
+        &body,
+    );
+    assert_eq!(r.status, 307, "{}", r.body);
+}
+
+#[test]
+fn member_updates_reach_both_workers() {
+    let s = stack("update");
+    let members = s.members();
+    let paths: Vec<String> = (0..40).map(|i| format!("/metrics/job/w/i/{i}")).collect();
+    let only_first = vec![members[0].clone()];
+    let r = s.envoy.put_members(10, &[&members[0]]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"version": 10, "count": 1, "changed": true})
+    );
+    // Fresh connections spread over both workers; every one must use the new list at once.
+    let worker_stat = |w: u32| {
+        s.envoy.envoy_stat(&format!(
+            "listener.127.0.0.1_{}.worker_{w}.downstream_cx_total",
+            s.envoy.ports.redirect
+        ))
+    };
+    let (w0, w1) = (worker_stat(0), worker_stat(1));
+    for p in &paths {
+        let r = http_request(
+            "PUT",
+            &format!("{}{p}", s.envoy.redirect_url()),
+            &[("connection", "close")],
+            b"x 1\n",
+        );
+        assert_eq!(r.status, 307);
+        assert_eq!(
+            r.header("location").unwrap(),
+            format!("http://{}{p}", only_first[0])
+        );
+    }
+    assert!(
+        worker_stat(0) > w0 && worker_stat(1) > w1,
+        "both workers served requests"
+    );
+    // Back to three members: owners follow the ring again.
+    let r = s
+        .envoy
+        .put_members(11, &members.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.status, 200);
+    for p in &paths {
+        let r = http_request(
+            "PUT",
+            &format!("{}{p}", s.envoy.redirect_url()),
+            &[("connection", "close")],
+            b"x 1\n",
+        );
+        assert_eq!(
+            r.header("location").unwrap(),
+            format!("http://{}{p}", expected_owner(&members, p))
+        );
+    }
+    assert_eq!(
+        s.envoy.members(),
+        (11, {
+            let mut m = members.clone();
+            m.sort();
+            m
+        })
+    );
+    assert_eq!(s.envoy.stat("members"), 3);
+    assert_eq!(s.envoy.stat("members_version"), 11);
+}
+
+#[test]
+fn bad_updates_are_refused_and_change_nothing() {
+    let s = stack("badupdates");
+    assert_eq!(
+        s.envoy
+            .put_members(5, &["127.0.0.1:1", "127.0.0.1:2"])
+            .status,
+        200
+    );
+    let before = s.envoy.members();
+    let lookup =
+        |p: &str| http_request("GET", &format!("{}{p}", s.envoy.redirect_url()), &[], b"").body;
+    let owner_before = lookup("/metrics/job/x");
+    let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            None,
+            br#"{"version":6,"members":[]}"#.to_vec(),
+            401,
+            "token",
+        ),
+        (
+            Some("wrong"),
+            br#"{"version":6,"members":[]}"#.to_vec(),
+            401,
+            "token",
+        ),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":6,"members":["127.0.0.1"]}"#.to_vec(),
+            400,
+            "members[0]",
+        ),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":6,"members":["a:1","A:1"]}"#.to_vec(),
+            400,
+            "duplicates",
+        ),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":6,"members":["[::1:1"]}"#.to_vec(),
+            400,
+            "members[0]",
+        ),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":6}"#.to_vec(),
+            400,
+            "members",
+        ),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":6,"members":[],"x":1}"#.to_vec(),
+            400,
+            "unknown field",
+        ),
+        (Some(TEST_TOKEN), b"nonsense".to_vec(), 400, "body is not"),
+        (
+            Some(TEST_TOKEN),
+            br#"{"version":4,"members":["127.0.0.1:3"]}"#.to_vec(),
+            409,
+            "not above the stored version 5",
+        ),
+        (
+            Some(TEST_TOKEN),
+            format!(
+                r#"{{"version":6,"members":[],"pad":"{}"}}"#,
+                "x".repeat(70_000)
+            )
+            .into_bytes(),
+            413,
+            "65536",
+        ),
+    ];
+    for (token, body, status, needle) in &cases {
+        let r = s.envoy.put_members_raw(*token, body);
+        assert_eq!(
+            r.status,
+            *status,
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+        assert!(r.body.contains(needle), "{status}: {}", r.body);
+        assert_eq!(s.envoy.members(), before);
+    }
+    assert_eq!(lookup("/metrics/job/x"), owner_before);
+    assert!(s.envoy.stat("member_updates_rejected") >= cases.len() as u64);
+}
+
+#[test]
+fn empty_member_list_gives_503_with_retry_after() {
+    let s = stack("empty");
+    assert_eq!(s.envoy.put_members(1, &[]).status, 200);
+    let r = http_request(
+        "PUT",
+        &format!("{}/metrics/job/j", s.envoy.redirect_url()),
+        &[],
+        b"x 1\n",
+    );
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    assert!(
+        r.body.contains("no healthy pushgateway is known"),
+        "{}",
+        r.body
+    );
+    assert!(s.envoy.stat("no_member") >= 1);
+}
+
+#[test]
+fn stats_are_exported_for_prometheus() {
+    let s = stack("stats");
+    http_request(
+        "PUT",
+        &format!("{}/metrics/job/j", s.envoy.redirect_url()),
+        &[],
+        b"x 1\n",
+    );
+    let r = http_request(
+        "GET",
+        &format!("{}/stats/prometheus", s.envoy.admin_url()),
+        &[],
+        b"",
+    );
+    for name in [
+        "redirects",
+        "lookups",
+        "bad_requests",
+        "no_member",
+        "member_updates_accepted",
+        "member_updates_rejected",
+        "members",
+        "members_version",
+    ] {
+        assert!(
+            r.body.contains(&format!("dynamic_sharding_{name}")),
+            "{name} missing from /stats/prometheus"
+        );
+    }
+}

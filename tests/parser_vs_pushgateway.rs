@@ -1,0 +1,89 @@
+//! The grouping-key parser against the real pushgateway 1.5.1: for every path of a corpus, the
+//! parser accepts exactly what pushgateway accepts, and names the group pushgateway stores.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use dynamic_sharding::grouping_key::{GroupingKey, PathError};
+use std::collections::BTreeMap;
+use testkit::{http_request, Pushgateway, TestDir};
+
+const CORPUS: &[&str] = &[
+    "/metrics/job/j",
+    "/metrics/job/j/",
+    "/metrics/job/j/a/1",
+    "/metrics/job/j/b/2/a/1",
+    "/metrics/job/j/a/1/",
+    "/metrics/job/j/a",
+    "/metrics/job/j/a/",
+    "/metrics/job/j/a/1/a/2",
+    "/metrics/job/j/job/k",
+    "/metrics/job@base64/ag",
+    "/metrics/job@base64/ag==",
+    "/metrics/job@base64/=",
+    "/metrics/job@base64/!!",
+    "/metrics/job/j/a@base64/MQ",
+    "/metrics/job/j/a@base64/MQ==",
+    "/metrics/job/j/a@base64/=",
+    "/metrics/job/j/a@base64/Pj4-",
+    "/metrics/job/j/a@base64/Pj4+",
+    "/metrics/job/j/a@base64/A",
+    "/metrics/job/j/a@base64/YQ%3D%3D",
+    "/metrics/job/j/a%2Fb",
+    "/metrics/job/j/a%2F1",
+    "/metrics/job/j%20k/x/%E2%9C%93",
+    "/metrics/job/j/1a/x",
+    "/metrics/job/j/__a/x",
+    "/metrics/job/j/a-b/x",
+    "/metrics/job/j/_a/x",
+    "/metrics/job/j/a@base64@base64/x",
+    "/metrics/job//j",
+    "/metrics/job/j//a/1",
+    "/metrics/./job/j/a/1",
+    "/metrics/job/x/../j/a/1",
+];
+
+/// What pushgateway did with a PUT of a valid body to `path`: `Some(labels)` when it stored a
+/// group, `None` when it refused the path. Follows its 301 for unclean paths, as clients do.
+fn pushgateway_verdict(pg: &Pushgateway, path: &str) -> Option<BTreeMap<String, String>> {
+    pg.wipe();
+    let mut url = format!("{}{path}", pg.url());
+    for _ in 0..3 {
+        let r = http_request("PUT", &url, &[], b"corpus_metric 1\n");
+        match r.status {
+            200 => {
+                let groups = pg.groups();
+                assert_eq!(groups.len(), 1, "{path}: {groups:?}");
+                return groups.into_iter().next();
+            }
+            301 => {
+                let loc = r.header("location").unwrap();
+                url = if loc.starts_with("http") {
+                    loc.to_owned()
+                } else {
+                    format!("{}{loc}", pg.url())
+                };
+            }
+            400 => return None,
+            other => panic!("{path}: pushgateway answered {other}: {}", r.body),
+        }
+    }
+    panic!("{path}: redirect loop");
+}
+
+#[test]
+fn parser_agrees_with_pushgateway_on_every_path_of_the_corpus() {
+    let dir = TestDir::new("parser-corpus");
+    let pg = Pushgateway::start(&dir);
+    for path in CORPUS {
+        let ours = GroupingKey::from_path(path);
+        let theirs = pushgateway_verdict(&pg, path);
+        match (ours, theirs) {
+            (Ok(key), Some(group)) => {
+                let ours: BTreeMap<String, String> = key.labels().iter().cloned().collect();
+                assert_eq!(ours, group, "{path}: different group");
+            }
+            (Err(PathError::Invalid(_)), None) => {}
+            (ours, theirs) => panic!("{path}: parser says {ours:?}, pushgateway says {theirs:?}"),
+        }
+    }
+}
