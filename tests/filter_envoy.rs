@@ -3,65 +3,17 @@
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::MemberList;
-use dynamic_sharding::ring::Ring;
+mod common;
+
+use common::{base64_url, expected_owner, send_on, stack};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::Duration;
-use testkit::envoy::{run_python_clients, Envoy, EnvoyOptions, TEST_TOKEN};
+use testkit::envoy::{run_python_clients, TEST_TOKEN};
+use testkit::http_request;
 use testkit::pushgateway::labels;
-use testkit::{http_request, Pushgateway, TestDir};
-
-/// The owner the shared library computes: the same code consul-sync uses.
-fn expected_owner(members: &[String], path: &str) -> String {
-    let list = MemberList::new(0, members).unwrap();
-    let ring = Ring::new(&list.members, 500);
-    ring.owner(GroupingKey::from_path(path).unwrap().hash())
-        .unwrap()
-        .to_string()
-}
-
-struct Stack {
-    _dir: TestDir,
-    pgs: Vec<Pushgateway>,
-    envoy: Envoy,
-}
-
-fn stack(name: &str) -> Stack {
-    let dir = TestDir::new(name);
-    let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
-    let members = pgs.iter().map(|p| p.addr()).collect();
-    let envoy = Envoy::start(
-        &dir,
-        EnvoyOptions {
-            members,
-            ..Default::default()
-        },
-    );
-    Stack {
-        _dir: dir,
-        pgs,
-        envoy,
-    }
-}
-
-impl Stack {
-    fn members(&self) -> Vec<String> {
-        self.pgs.iter().map(|p| p.addr()).collect()
-    }
-
-    /// Which pushgateways hold a group with exactly these grouping labels.
-    fn holders(&self, group: &BTreeMap<String, String>) -> Vec<String> {
-        self.pgs
-            .iter()
-            .filter(|p| p.groups().contains(group))
-            .map(|p| p.addr())
-            .collect()
-    }
-}
 
 /// Spellings of one group: plain, reordered, base64, percent-encoded.
 fn spellings(i: usize) -> (BTreeMap<String, String>, Vec<String>) {
@@ -83,21 +35,6 @@ fn spellings(i: usize) -> (BTreeMap<String, String>, Vec<String>) {
         ),
     ];
     (group, paths)
-}
-
-fn base64_url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (k, b)| acc | (u32::from(*b) << (16 - 8 * k)));
-        for k in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 #[test]
@@ -198,47 +135,6 @@ fn lookup_bad_paths_and_foreign_paths() {
     assert!(s.envoy.stat("lookups") >= 1);
     // Nothing reached any pushgateway.
     assert!(s.pgs.iter().all(|p| p.groups().is_empty()));
-}
-
-/// Minimal HTTP/1.1 over one socket, to see what happens to the connection.
-fn send_on(
-    conn: &mut BufReader<TcpStream>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, Vec<(String, String)>) {
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.get_mut().write_all(head.as_bytes()).unwrap();
-    conn.get_mut().write_all(body).unwrap();
-    let mut status_line = String::new();
-    conn.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').unwrap();
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut rest = vec![0; len];
-    conn.read_exact(&mut rest).unwrap();
-    (status, headers)
 }
 
 #[test]
