@@ -197,7 +197,7 @@ fn member_updates_reach_both_workers() {
     let s = stack("update");
     let members = s.members();
     let paths: Vec<String> = (0..40).map(|i| format!("/metrics/job/w/i/{i}")).collect();
-    let only_first = vec![members[0].clone()];
+    let only_first = [members[0].clone()];
     let r = s.envoy.put_members(10, &[&members[0]]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
