@@ -1,0 +1,269 @@
+//! A small typed client for the three Consul HTTP calls consul-sync makes: register a service,
+//! and read the passing instances of a service with a blocking query.
+//!
+//! Owns the wire format (registration body, health response) and the mapping of Consul's answers
+//! to members. Basic auth and the ACL token are sent on every request when configured.
+
+use crate::config::{CheckConfig, ConsulConfig};
+use dynamic_sharding::members::Member;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Tag every registration carries, so Prometheus `consul_sd_configs` can select on it.
+pub const TAG: &str = "dynamic-sharding";
+/// `Meta` key naming what registered the service.
+pub const META_MANAGED_BY: &str = "managed_by";
+/// `Meta` key holding the member (`host:port`) the service is in the ring.
+pub const META_MEMBER: &str = "member";
+
+/// Time allowed to connect to Consul.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for a request that does not block.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    /// No HTTP answer: refused, reset, timed out.
+    #[error("{what}: Consul at {url} did not answer: {source}")]
+    Unreachable {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An HTTP answer other than 200.
+    #[error("{what}: Consul at {url} answered {status}: {body}")]
+    Status { what: &'static str, url: String, status: u16, body: String },
+    /// A 200 whose body is not what Consul sends.
+    #[error("{what}: Consul at {url} sent an unexpected answer: {why}")]
+    BadResponse { what: &'static str, url: String, why: String },
+}
+
+/// The passing instances of a service and the index to block on next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub members: Vec<Member>,
+    pub index: u64,
+    /// Instances whose address was not a valid member, for a warning.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    config: ConsulConfig,
+}
+
+/// `PUT /v1/agent/service/register` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Registration {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub check: RegistrationCheck,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegistrationCheck {
+    pub name: String,
+    #[serde(rename = "HTTP")]
+    pub http: String,
+    pub interval: String,
+    pub timeout: String,
+    pub deregister_critical_service_after: String,
+}
+
+impl Registration {
+    /// The registration of one pushgateway: ID `<host>_<port>` as the Go original, so its
+    /// documented `.../v1/agent/service/deregister/1.1.1.1_9091` keeps working.
+    pub fn for_member(member: &Member, service_name: &str, check: &CheckConfig) -> Registration {
+        let address = member.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let go = |d: Duration| format!("{}ms", d.as_millis());
+        Registration {
+            id: format!("{address}_{}", member.port()),
+            name: service_name.to_owned(),
+            address,
+            port: member.port(),
+            tags: vec![TAG.to_owned()],
+            meta: BTreeMap::from([
+                (META_MANAGED_BY.to_owned(), "consul-sync".to_owned()),
+                (META_MEMBER.to_owned(), member.to_string()),
+            ]),
+            check: RegistrationCheck {
+                name: format!("pushgateway {member} /-/healthy"),
+                http: format!("http://{member}/-/healthy"),
+                interval: go(check.interval),
+                timeout: go(check.timeout),
+                deregister_critical_service_after: go(check.deregister_after),
+            },
+        }
+    }
+}
+
+/// One entry of `/v1/health/service/<name>`; only what is used.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    #[serde(default)]
+    node: HealthNode,
+    service: HealthService,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+}
+
+/// Members from a health response body: the service address (the node's when empty, as Consul
+/// means it) and port; sorted, duplicates removed.
+pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), String> {
+    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut members = Vec::with_capacity(entries.len());
+    let mut skipped = Vec::new();
+    for e in entries {
+        let host = if e.service.address.is_empty() { &e.node.address } else { &e.service.address };
+        let addr = if host.contains(':') { format!("[{host}]:{}", e.service.port) } else { format!("{host}:{}", e.service.port) };
+        match Member::parse(&addr) {
+            Ok(m) => members.push(m),
+            Err(why) => skipped.push(format!("service {}: {why}", e.service.id)),
+        }
+    }
+    members.sort();
+    members.dedup();
+    Ok((members, skipped))
+}
+
+impl ConsulClient {
+    pub fn new(config: ConsulConfig) -> Result<ConsulClient, reqwest::Error> {
+        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).no_proxy().build()?;
+        Ok(ConsulClient { http, config })
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let mut req = req;
+        if let Some(user) = &self.config.username {
+            req = req.basic_auth(user, self.config.password.as_deref());
+        }
+        if let Some(token) = &self.config.token {
+            req = req.header("X-Consul-Token", token);
+        }
+        req
+    }
+
+    /// Registers (or registers again, which Consul takes as an update that keeps check status).
+    pub async fn register(&self, reg: &Registration) -> Result<(), ConsulError> {
+        const WHAT: &str = "registering a service";
+        let url = format!("{}/v1/agent/service/register", self.config.base_url);
+        let body = serde_json::to_vec(reg).map_err(|e| ConsulError::BadResponse { what: WHAT, url: url.clone(), why: e.to_string() })?;
+        let req = self
+            .http
+            .put(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(REQUEST_TIMEOUT);
+        let resp = self.authorize(req).send().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ConsulError::Status { what: WHAT, url, status, body: body.trim().to_owned() });
+        }
+        Ok(())
+    }
+
+    /// The passing instances of `service`. With `index > 0` this is a blocking query: Consul
+    /// answers when the result may have changed or after `wait`.
+    pub async fn passing(&self, service: &str, index: u64, wait: Duration) -> Result<Health, ConsulError> {
+        const WHAT: &str = "reading passing services";
+        let mut url = format!("{}/v1/health/service/{service}?passing", self.config.base_url);
+        let mut timeout = REQUEST_TIMEOUT;
+        if index > 0 {
+            url.push_str(&format!("&index={index}&wait={}ms", wait.as_millis()));
+            // Consul adds up to wait/16 of jitter before it answers.
+            timeout += wait + wait / 16;
+        }
+        let req = self.http.get(&url).timeout(timeout);
+        let resp = self.authorize(req).send().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ConsulError::Status { what: WHAT, url, status, body: body.trim().to_owned() });
+        }
+        let index = resp.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let Some(index) = index else {
+            return Err(ConsulError::BadResponse { what: WHAT, url, why: "no X-Consul-Index header".to_owned() });
+        };
+        let body = resp.bytes().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
+        let (members, skipped) = members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;
+        Ok(Health { members, index, skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_matches_the_original_and_adds_what_prometheus_relabels_on() {
+        let m = Member::parse("10.0.0.1:9091").unwrap();
+        let check = CheckConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(2500),
+            deregister_after: Duration::from_secs(600),
+        };
+        let json = serde_json::to_value(Registration::for_member(&m, "pushgateway", &check)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "ID": "10.0.0.1_9091", "Name": "pushgateway", "Address": "10.0.0.1", "Port": 9091,
+                "Tags": ["dynamic-sharding"],
+                "Meta": {"managed_by": "consul-sync", "member": "10.0.0.1:9091"},
+                "Check": {
+                    "Name": "pushgateway 10.0.0.1:9091 /-/healthy",
+                    "HTTP": "http://10.0.0.1:9091/-/healthy",
+                    "Interval": "5000ms", "Timeout": "2500ms", "DeregisterCriticalServiceAfter": "600000ms"
+                }
+            })
+        );
+        let v6 = Registration::for_member(&Member::parse("[::1]:1").unwrap(), "p", &check);
+        assert_eq!((v6.id.as_str(), v6.address.as_str(), v6.check.http.as_str()), ("::1_1", "::1", "http://[::1]:1/-/healthy"));
+    }
+
+    #[test]
+    fn health_entries_become_sorted_members() {
+        let body = br#"[
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "b", "Address": "10.0.0.2", "Port": 9091}},
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "node-addr", "Address": "", "Port": 9092}},
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "a", "Address": "10.0.0.1", "Port": 9091}},
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "dup", "Address": "10.0.0.1", "Port": 9091}},
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "v6", "Address": "::1", "Port": 1}},
+            {"Node": {"Address": "10.1.1.1"}, "Service": {"ID": "bad", "Address": "10.0.0.3", "Port": 0}}
+        ]"#;
+        let (members, skipped) = members_from_health(body).unwrap();
+        let got: Vec<&str> = members.iter().map(Member::as_str).collect();
+        assert_eq!(got, ["10.0.0.1:9091", "10.0.0.2:9091", "10.1.1.1:9092", "[::1]:1"]);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].starts_with("service bad:"), "{skipped:?}");
+        assert_eq!(members_from_health(b"[]").unwrap().0, Vec::<Member>::new());
+        assert!(members_from_health(b"{}").is_err());
+    }
+}
