@@ -80,8 +80,8 @@ impl Config {
                 )
             })?
         };
-        let vnodes = validate_vnodes(raw.vnodes)
-            .map_err(|e| format!("plugin configuration: field `vnodes`: {e}"))?;
+        let vnodes =
+            validate_vnodes(raw.vnodes).map_err(|e| format!("plugin configuration: field `vnodes`: {e}"))?;
         let bootstrap = MemberList::new(0, &raw.members)
             .map_err(|e| format!("plugin configuration: field `members`: {e}"))?;
         let destination_header = raw.destination_header.to_ascii_lowercase();
@@ -96,12 +96,18 @@ impl Config {
         }
         let (control_token, control_token_source) = match raw.control_token {
             Some(t) if t.is_empty() => {
-                return Err("plugin configuration: field `control_token`: empty; omit it to use the environment".into())
+                return Err(
+                    "plugin configuration: field `control_token`: empty; omit it to use the environment"
+                        .into(),
+                )
             }
             Some(t) => (Some(t), "plugin configuration".to_owned()),
             None => {
                 let from_env = env(&raw.control_token_env).filter(|t| !t.trim().is_empty());
-                (from_env.map(|t| t.trim().to_owned()), format!("environment variable {}", raw.control_token_env))
+                (
+                    from_env.map(|t| t.trim().to_owned()),
+                    format!("environment variable {}", raw.control_token_env),
+                )
             }
         };
         Ok(Config {
@@ -149,11 +155,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Proxy);
         assert_eq!(c.vnodes, 100);
         assert_eq!(
-            c.bootstrap
-                .members
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>(),
+            c.bootstrap.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
             ["a:1", "b:1"]
         );
         assert_eq!(c.bootstrap.version, 0);
@@ -164,8 +166,7 @@ mod tests {
     #[test]
     fn token_from_the_environment() {
         let env = |k: &str| (k == "MY_TOKEN").then(|| " t0k \n".to_owned());
-        let c =
-            Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
+        let c = Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
         assert_eq!(c.control_token.as_deref(), Some("t0k"));
         assert_eq!(c.control_token_source, "environment variable MY_TOKEN");
         let c = Config::parse(br#"{"mode":"control"}"#, |k| {
@@ -178,10 +179,7 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         for (json, needle) in [
-            (
-                &br#"{"mode":"round-robin"}"#[..],
-                "unknown variant `round-robin`",
-            ),
+            (&br#"{"mode":"round-robin"}"#[..], "unknown variant `round-robin`"),
             (br#"{"vnode":5}"#, "unknown field `vnode`"),
             (br#"{"vnodes":0}"#, "field `vnodes`"),
             (br#"{"vnodes":20000}"#, "expected 1 to 10000"),
@@ -190,19 +188,12 @@ mod tests {
                 br#"{"destination_header":"bad header"}"#,
                 "field `destination_header`",
             ),
-            (
-                br#"{"destination_header":"host"}"#,
-                "field `destination_header`",
-            ),
+            (br#"{"destination_header":"host"}"#, "field `destination_header`"),
             (br#"{"control_token":""}"#, "field `control_token`"),
             (b"[1]", "accepted fields"),
         ] {
             let err = Config::parse(json, no_env).unwrap_err();
-            assert!(
-                err.contains(needle),
-                "{}: {err}",
-                String::from_utf8_lossy(json)
-            );
+            assert!(err.contains(needle), "{}: {err}", String::from_utf8_lossy(json));
         }
     }
 }

@@ -137,10 +137,7 @@ fn put(
 }
 
 /// The stored list, or the bootstrap list before the first update.
-fn current(
-    store: &dyn SharedStore,
-    bootstrap: &MemberList,
-) -> Result<(MemberList, Option<u32>), StoreError> {
+fn current(store: &dyn SharedStore, bootstrap: &MemberList) -> Result<(MemberList, Option<u32>), StoreError> {
     Ok(load_members(store)?.unwrap_or_else(|| (bootstrap.clone(), None)))
 }
 
@@ -157,9 +154,7 @@ fn error(status: u32, why: String) -> Reply {
 
 fn unauthorized(why: &str) -> Reply {
     let mut reply = error(401, why.to_owned());
-    reply
-        .headers
-        .push(("www-authenticate", "Bearer".to_owned()));
+    reply.headers.push(("www-authenticate", "Bearer".to_owned()));
     reply
 }
 
@@ -204,10 +199,7 @@ mod tests {
     }
 
     fn stored(store: &MemoryStore) -> MemberList {
-        load_members(store)
-            .unwrap()
-            .map(|(l, _)| l)
-            .unwrap_or_else(boot)
+        load_members(store).unwrap().map(|(l, _)| l).unwrap_or_else(boot)
     }
 
     #[test]
@@ -249,10 +241,7 @@ mod tests {
         assert_eq!(r.status, 409);
         assert!(r.body.contains(r#""version":11"#), "{}", r.body);
         assert!(matches!(o, ControlOutcome::Rejected(_)));
-        assert_eq!(
-            stored(&s).members,
-            MemberList::new(0, &["a:1"]).unwrap().members
-        );
+        assert_eq!(stored(&s).members, MemberList::new(0, &["a:1"]).unwrap().members);
         // Empty list with a newer version is honest and taken.
         let (r, _) = put(&mut s, r#"{"version": 12, "members": []}"#);
         assert_eq!(r.status, 200);
@@ -289,12 +278,7 @@ mod tests {
                 400,
                 "members[0]",
             ),
-            (
-                AUTH,
-                r#"{"version": "2", "members": []}"#,
-                400,
-                "body is not",
-            ),
+            (AUTH, r#"{"version": "2", "members": []}"#, 400, "body is not"),
             (
                 AUTH,
                 r#"{"version": 2, "members": [], "x": 1}"#,
@@ -338,14 +322,7 @@ mod tests {
         assert!(is_control_path("/-/sharding/members"));
         assert!(is_control_path("/-/sharding/members?x=1"));
         assert!(!is_control_path("/-/sharding/members/x"));
-        let (r, _) = handle(
-            "DELETE",
-            AUTH,
-            b"",
-            TOKEN,
-            &boot(),
-            &mut MemoryStore::default(),
-        );
+        let (r, _) = handle("DELETE", AUTH, b"", TOKEN, &boot(), &mut MemoryStore::default());
         assert_eq!(r.status, 405);
     }
 

@@ -78,9 +78,7 @@ impl GroupingKey {
         let rest = match rest.strip_prefix('/') {
             Some(after) => after,
             // `/metrics/jobs/...` or `/metrics/job` alone: not the push API.
-            None if rest.is_empty() => {
-                return Err(invalid("job name is required: /metrics/job/<job>"))
-            }
+            None if rest.is_empty() => return Err(invalid("job name is required: /metrics/job/<job>")),
             None => return Err(PathError::NotPushPath),
         };
         let (job_raw, label_part) = match rest.find('/') {
@@ -180,7 +178,9 @@ fn percent_decode(raw: &str) -> Result<String, PathError> {
                 _ => {
                     let end = (i + 3).min(bytes.len());
                     let bad = String::from_utf8_lossy(&bytes[i..end]);
-                    return Err(invalid(format!("invalid percent-encoding {bad:?} in path: expected % followed by two hex digits")));
+                    return Err(invalid(format!(
+                        "invalid percent-encoding {bad:?} in path: expected % followed by two hex digits"
+                    )));
                 }
             }
             i += 3;
@@ -304,9 +304,7 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     fn invalid_reason(path: &str) -> String {
@@ -383,10 +381,7 @@ mod tests {
     #[test]
     fn first_job_wins() {
         assert_eq!(labels("/metrics/job/j/job/k"), pairs(&[("job", "j")]));
-        assert_eq!(
-            labels("/metrics/job/j/job@base64/aw"),
-            pairs(&[("job", "j")])
-        );
+        assert_eq!(labels("/metrics/job/j/job@base64/aw"), pairs(&[("job", "j")]));
     }
 
     #[test]
@@ -438,11 +433,7 @@ mod tests {
             "/-/healthy",
             "/Metrics/job/j",
         ] {
-            assert_eq!(
-                GroupingKey::from_path(p),
-                Err(PathError::NotPushPath),
-                "{p}"
-            );
+            assert_eq!(GroupingKey::from_path(p), Err(PathError::NotPushPath), "{p}");
         }
     }
 
@@ -452,14 +443,8 @@ mod tests {
             key("/metrics/job/j/a/bc").canonical_bytes(),
             key("/metrics/job/j/ab/c").canonical_bytes()
         );
-        assert_ne!(
-            key("/metrics/job/j/a/").hash(),
-            key("/metrics/job/j").hash()
-        );
-        assert_ne!(
-            key("/metrics/job/j/a/1").hash(),
-            key("/metrics/job/j/a/2").hash()
-        );
+        assert_ne!(key("/metrics/job/j/a/").hash(), key("/metrics/job/j").hash());
+        assert_ne!(key("/metrics/job/j/a/1").hash(), key("/metrics/job/j/a/2").hash());
         assert_eq!(
             key("/metrics/job/j/b/2/a/1").hash(),
             key("/metrics/job@base64/ag/a@base64/MQ/b/2").hash()

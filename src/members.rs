@@ -52,8 +52,8 @@ impl Member {
             }
             (canonical_host(host).map_err(|why| bad(&why))?, port)
         };
-        let port = parse_port(port)
-            .ok_or_else(|| bad(&format!("port {port:?} is not a number from 1 to 65535")))?;
+        let port =
+            parse_port(port).ok_or_else(|| bad(&format!("port {port:?} is not a number from 1 to 65535")))?;
         Ok(Member(format!("{host}:{port}")))
     }
 
@@ -116,7 +116,9 @@ fn canonical_host(host: &str) -> Result<String, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
-            return Err(format!("{host:?} is not a host name (labels of letters, digits, '-', '_', at most 63 each)"));
+            return Err(format!(
+                "{host:?} is not a host name (labels of letters, digits, '-', '_', at most 63 each)"
+            ));
         }
     }
     // An all-digit last label is a mistyped IPv4 address (`10.0.0.256`), not a name.
@@ -124,9 +126,7 @@ fn canonical_host(host: &str) -> Result<String, String> {
         .last()
         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(format!(
-            "{host:?} is neither an IPv4 address nor a host name"
-        ));
+        return Err(format!("{host:?} is neither an IPv4 address nor a host name"));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -289,13 +289,8 @@ mod tests {
     #[test]
     fn list_is_sorted_and_deduplicated_by_canonical_form() {
         let list = MemberList::new(3, &["b:2", "a:1"]).unwrap_or_default();
-        assert_eq!(
-            list.members,
-            vec![Member("a:1".into()), Member("b:2".into())]
-        );
-        let err = MemberList::new(1, &["A:1", "a:1"])
-            .err()
-            .unwrap_or_default();
+        assert_eq!(list.members, vec![Member("a:1".into()), Member("b:2".into())]);
+        let err = MemberList::new(1, &["A:1", "a:1"]).err().unwrap_or_default();
         assert!(
             err.contains("members[1]") && err.contains("duplicates members[0]"),
             "{err}"
@@ -304,8 +299,8 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_refusals() {
-        let list = MemberList::from_json(br#"{"version": 7, "members": ["h:1", "[::1]:2"]}"#)
-            .unwrap_or_default();
+        let list =
+            MemberList::from_json(br#"{"version": 7, "members": ["h:1", "[::1]:2"]}"#).unwrap_or_default();
         assert_eq!(list.version, 7);
         assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list));
         for (body, reason) in [
@@ -319,18 +314,11 @@ mod tests {
                 br#"{"version": 1, "members": [5]}"#,
                 "members[0]: 5 is not a string",
             ),
-            (
-                br#"{"version": 1, "members": ["ok:1", "bad"]}"#,
-                "members[1]",
-            ),
+            (br#"{"version": 1, "members": ["ok:1", "bad"]}"#, "members[1]"),
             (b"not json", "body is not"),
         ] {
             let err = MemberList::from_json(body).err().unwrap_or_default();
-            assert!(
-                err.contains(reason),
-                "{}: {err}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
         }
     }
 

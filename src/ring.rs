@@ -122,13 +122,9 @@ mod tests {
     fn key_hashes(n: usize) -> Vec<u64> {
         (0..n)
             .map(|i| {
-                GroupingKey::from_path(&format!(
-                    "/metrics/job/batch_{}/instance/host-{}",
-                    i % 97,
-                    i
-                ))
-                .unwrap()
-                .hash()
+                GroupingKey::from_path(&format!("/metrics/job/batch_{}/instance/host-{}", i % 97, i))
+                    .unwrap()
+                    .hash()
             })
             .collect()
     }
@@ -165,11 +161,7 @@ mod tests {
             assert_eq!(counts.len(), n, "every member owns some keys");
             let mean = keys.len() as f64 / n as f64;
             let max = *counts.values().max().unwrap() as f64;
-            assert!(
-                max / mean <= 1.20,
-                "{n} members: max/mean {:.3}",
-                max / mean
-            );
+            assert!(max / mean <= 1.20, "{n} members: max/mean {:.3}", max / mean);
         }
     }
 
@@ -191,10 +183,7 @@ mod tests {
             }
             let limit = 1.2 / (n as f64 + 1.0);
             let share = moved as f64 / keys.len() as f64;
-            assert!(
-                share <= limit,
-                "{n}+1 members: moved {share:.4} > {limit:.4}"
-            );
+            assert!(share <= limit, "{n}+1 members: moved {share:.4} > {limit:.4}");
             assert!(moved > 0);
         }
     }
@@ -243,9 +232,7 @@ mod tests {
 
     #[test]
     fn vnodes_are_validated() {
-        assert!(validate_vnodes(0)
-            .unwrap_err()
-            .contains("expected 1 to 10000"));
+        assert!(validate_vnodes(0).unwrap_err().contains("expected 1 to 10000"));
         assert!(validate_vnodes(10_001).is_err());
         assert_eq!(validate_vnodes(1), Ok(1));
         assert_eq!(Ring::new(&members(2), 3).points(), 6);

@@ -87,9 +87,7 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
         return Decision::Reply {
             reply: Reply::text(
                 405,
-                format!(
-                    "method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"
-                ),
+                format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"),
             )
             .with_header("allow", ALLOWED_METHODS.to_owned()),
             outcome: Outcome::MethodNotAllowed,
@@ -119,9 +117,7 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
         };
     }
     match mode {
-        Mode::Proxy => Decision::Route {
-            owner: owner.clone(),
-        },
+        Mode::Proxy => Decision::Route { owner: owner.clone() },
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
                 status: 307,
@@ -212,22 +208,10 @@ mod tests {
         let r = ring(&["a:1"]);
         let rep = reply(decide(Mode::Redirect, "PUT", "/metrics/job/j/a", &r));
         assert_eq!(rep.status, 400);
-        assert!(
-            rep.body.contains("odd number of components"),
-            "{}",
-            rep.body
-        );
+        assert!(rep.body.contains("odd number of components"), "{}", rep.body);
         let rep = reply(decide(Mode::Redirect, "PATCH", "/metrics/job/j", &r));
-        assert_eq!(
-            (rep.status, header(&rep, "allow")),
-            (405, Some(ALLOWED_METHODS))
-        );
-        let rep = reply(decide(
-            Mode::Proxy,
-            "PUT",
-            "/metrics/job/j",
-            &Ring::default(),
-        ));
+        assert_eq!((rep.status, header(&rep, "allow")), (405, Some(ALLOWED_METHODS)));
+        let rep = reply(decide(Mode::Proxy, "PUT", "/metrics/job/j", &Ring::default()));
         assert_eq!((rep.status, header(&rep, "retry-after")), (503, Some("5")));
         assert!(rep.body.contains("no healthy pushgateway is known"));
         assert_eq!(

@@ -69,9 +69,7 @@ impl SharedStore for MemoryStore {
 }
 
 /// The stored list and its CAS token, or `None` if no update was ever accepted.
-pub fn load_members(
-    store: &dyn SharedStore,
-) -> Result<Option<(MemberList, Option<u32>)>, StoreError> {
+pub fn load_members(store: &dyn SharedStore) -> Result<Option<(MemberList, Option<u32>)>, StoreError> {
     match store.get(MEMBERS_KEY)? {
         (Some(bytes), cas) => {
             let list = MemberList::from_json(&bytes)
@@ -103,11 +101,7 @@ pub fn bump_generation(store: &mut dyn SharedStore) -> Result<u64, StoreError> {
     for _ in 0..16 {
         let (current, cas) = match store.get(GENERATION_KEY)? {
             (Some(bytes), cas) => (
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .unwrap_or(0),
+                bytes.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0),
                 cas,
             ),
             (None, cas) => (0, cas),
@@ -206,11 +200,7 @@ mod tests {
         let mut s = MemoryStore::default();
         let boot = MemberList::new(0, &["a:1"]).unwrap();
         let mut view = MemberView::new(&boot, 10);
-        assert_eq!(
-            view.refresh(&s).unwrap(),
-            None,
-            "nothing stored: bootstrap stays"
-        );
+        assert_eq!(view.refresh(&s).unwrap(), None, "nothing stored: bootstrap stays");
         let list = MemberList::new(5, &["a:1", "b:1"]).unwrap();
         s.set(MEMBERS_KEY, list.to_json().as_bytes(), None).unwrap();
         assert_eq!(

@@ -59,11 +59,7 @@ fn every_spelling_of_a_group_lands_on_its_owner_and_nowhere_else() {
     for (group, paths) in &groups {
         let owner = expected_owner(&members, &paths[0]);
         for p in paths {
-            assert_eq!(
-                expected_owner(&members, p),
-                owner,
-                "{p} names another group"
-            );
+            assert_eq!(expected_owner(&members, p), owner, "{p} names another group");
         }
         assert_eq!(s.holders(group), vec![owner.clone()], "group {group:?}");
     }
@@ -73,7 +69,7 @@ fn every_spelling_of_a_group_lands_on_its_owner_and_nowhere_else() {
         .map(|(_, p)| expected_owner(&members, &p[0]))
         .collect();
     assert!(used.len() > 1);
-    assert!(s.envoy.stat("redirects") >= 60);
+    assert!(s.envoy.stat("redirects_total") >= 60);
 }
 
 #[test]
@@ -99,10 +95,7 @@ fn lookup_bad_paths_and_foreign_paths() {
     let owner = expected_owner(&s.members(), "/metrics/job/j/a/1");
     assert_eq!(
         (r.status, r.body.as_str()),
-        (
-            200,
-            format!("nextUrl:http://{owner}/metrics/job/j/a/1").as_str()
-        )
+        (200, format!("nextUrl:http://{owner}/metrics/job/j/a/1").as_str())
     );
 
     let r = http_request("PUT", &format!("{url}/metrics/job/j/a"), &[], b"x 1\n");
@@ -112,12 +105,7 @@ fn lookup_bad_paths_and_foreign_paths() {
     let r = http_request("PUT", &format!("{url}/metrics/job/j/__x/1"), &[], b"x 1\n");
     assert_eq!(r.status, 400);
     assert!(r.body.contains("improper label name \"__x\""), "{}", r.body);
-    let r = http_request(
-        "PUT",
-        &format!("{url}/metrics/job@base64/!!"),
-        &[],
-        b"x 1\n",
-    );
+    let r = http_request("PUT", &format!("{url}/metrics/job@base64/!!"), &[], b"x 1\n");
     assert_eq!(r.status, 400);
     assert!(r.body.contains("base64"), "{}", r.body);
 
@@ -131,8 +119,8 @@ fn lookup_bad_paths_and_foreign_paths() {
     // The control API is not served on the data listener.
     let r = http_request("GET", &format!("{url}/-/sharding/members"), &[], b"");
     assert_eq!(r.status, 404);
-    assert!(s.envoy.stat("bad_requests") >= 4);
-    assert!(s.envoy.stat("lookups") >= 1);
+    assert!(s.envoy.stat("bad_requests_total") >= 4);
+    assert!(s.envoy.stat("lookups_total") >= 1);
     // Nothing reached any pushgateway.
     assert!(s.pgs.iter().all(|p| p.groups().is_empty()));
 }
@@ -140,13 +128,9 @@ fn lookup_bad_paths_and_foreign_paths() {
 #[test]
 fn pushes_with_bodies_keep_the_connection_alive() {
     let s = stack("keepalive");
-    let before = s
-        .envoy
-        .envoy_stat("http.sharding_redirect.downstream_cx_total");
+    let before = s.envoy.envoy_stat("http.sharding_redirect.downstream_cx_total");
     let stream = TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut conn = BufReader::new(stream);
     let big = vec![b'#'; 300 * 1024];
     for (i, body) in [&b"a 1\n"[..], &b"b 2\n"[..], &big[..], &b"c 3\n"[..]]
@@ -157,9 +141,7 @@ fn pushes_with_bodies_keep_the_connection_alive() {
         let (status, headers) = send_on(&mut conn, method, &format!("/metrics/job/ka/i/{i}"), body);
         assert_eq!(status, 307, "request {i}");
         assert!(
-            !headers
-                .iter()
-                .any(|(k, v)| k == "connection" && v == "close"),
+            !headers.iter().any(|(k, v)| k == "connection" && v == "close"),
             "request {i} closed: {headers:?}"
         );
         let location = headers
@@ -173,9 +155,7 @@ fn pushes_with_bodies_keep_the_connection_alive() {
             format!("http://{}{path}", expected_owner(&s.members(), &path))
         );
     }
-    let after = s
-        .envoy
-        .envoy_stat("http.sharding_redirect.downstream_cx_total");
+    let after = s.envoy.envoy_stat("http.sharding_redirect.downstream_cx_total");
     assert_eq!(after - before, 1, "all four pushes on one connection");
 }
 
@@ -200,10 +180,7 @@ fn member_updates_reach_both_workers() {
     let only_first = [members[0].clone()];
     let r = s.envoy.put_members(10, &[&members[0]]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.json(),
-        json!({"version": 10, "count": 1, "changed": true})
-    );
+    assert_eq!(r.json(), json!({"version": 10, "count": 1, "changed": true}));
     // Fresh connections spread over both workers; every one must use the new list at once.
     let worker_stat = |w: u32| {
         s.envoy.envoy_stat(&format!(
@@ -262,22 +239,14 @@ fn member_updates_reach_both_workers() {
 fn bad_updates_are_refused_and_change_nothing() {
     let s = stack("badupdates");
     assert_eq!(
-        s.envoy
-            .put_members(5, &["127.0.0.1:1", "127.0.0.1:2"])
-            .status,
+        s.envoy.put_members(5, &["127.0.0.1:1", "127.0.0.1:2"]).status,
         200
     );
     let before = s.envoy.members();
-    let lookup =
-        |p: &str| http_request("GET", &format!("{}{p}", s.envoy.redirect_url()), &[], b"").body;
+    let lookup = |p: &str| http_request("GET", &format!("{}{p}", s.envoy.redirect_url()), &[], b"").body;
     let owner_before = lookup("/metrics/job/x");
     let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
-        (
-            None,
-            br#"{"version":6,"members":[]}"#.to_vec(),
-            401,
-            "token",
-        ),
+        (None, br#"{"version":6,"members":[]}"#.to_vec(), 401, "token"),
         (
             Some("wrong"),
             br#"{"version":6,"members":[]}"#.to_vec(),
@@ -302,12 +271,7 @@ fn bad_updates_are_refused_and_change_nothing() {
             400,
             "members[0]",
         ),
-        (
-            Some(TEST_TOKEN),
-            br#"{"version":6}"#.to_vec(),
-            400,
-            "members",
-        ),
+        (Some(TEST_TOKEN), br#"{"version":6}"#.to_vec(), 400, "members"),
         (
             Some(TEST_TOKEN),
             br#"{"version":6,"members":[],"x":1}"#.to_vec(),
@@ -323,11 +287,7 @@ fn bad_updates_are_refused_and_change_nothing() {
         ),
         (
             Some(TEST_TOKEN),
-            format!(
-                r#"{{"version":6,"members":[],"pad":"{}"}}"#,
-                "x".repeat(70_000)
-            )
-            .into_bytes(),
+            format!(r#"{{"version":6,"members":[],"pad":"{}"}}"#, "x".repeat(70_000)).into_bytes(),
             413,
             "65536",
         ),
@@ -344,7 +304,7 @@ fn bad_updates_are_refused_and_change_nothing() {
         assert_eq!(s.envoy.members(), before);
     }
     assert_eq!(lookup("/metrics/job/x"), owner_before);
-    assert!(s.envoy.stat("member_updates_rejected") >= cases.len() as u64);
+    assert!(s.envoy.stat("member_updates_rejected_total") >= cases.len() as u64);
 }
 
 #[test]
@@ -358,12 +318,8 @@ fn empty_member_list_gives_503_with_retry_after() {
         b"x 1\n",
     );
     assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
-    assert!(
-        r.body.contains("no healthy pushgateway is known"),
-        "{}",
-        r.body
-    );
-    assert!(s.envoy.stat("no_member") >= 1);
+    assert!(r.body.contains("no healthy pushgateway is known"), "{}", r.body);
+    assert!(s.envoy.stat("no_member_total") >= 1);
 }
 
 #[test]
@@ -382,18 +338,26 @@ fn stats_are_exported_for_prometheus() {
         b"",
     );
     for name in [
-        "redirects",
-        "lookups",
-        "bad_requests",
-        "no_member",
-        "member_updates_accepted",
-        "member_updates_rejected",
+        "redirects_total",
+        "proxied_total",
+        "lookups_total",
+        "bad_requests_total",
+        "no_member_total",
+        "member_updates_accepted_total",
+        "member_updates_rejected_total",
         "members",
         "members_version",
     ] {
         assert!(
-            r.body.contains(&format!("dynamic_sharding_{name}")),
+            r.body
+                .lines()
+                .any(|l| l.starts_with(&format!("dynamic_sharding_{name}{{}} "))),
             "{name} missing from /stats/prometheus"
         );
     }
+    assert!(
+        r.body.contains("dynamic_sharding_redirects_total{} 1\n"),
+        "one redirect counted"
+    );
+    assert!(r.body.contains("dynamic_sharding_members{} 3\n"));
 }

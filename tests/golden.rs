@@ -55,7 +55,9 @@ fn compute() -> Value {
                     json!({"path": p, "key_hash": format!("{:016x}", key.hash()), "owner": ring.owner(key.hash()).unwrap().as_str()})
                 })
                 .collect();
-            cases.push(json!({"members": members, "vnodes": vnodes, "points": ring.points(), "owners": owners}));
+            cases.push(
+                json!({"members": members, "vnodes": vnodes, "points": ring.points(), "owners": owners}),
+            );
         }
     }
     json!({"xxh64": xxh, "cases": cases})
@@ -75,11 +77,7 @@ fn owners_match_the_golden_vectors() {
     #[cfg(not(target_arch = "wasm32"))]
     if std::env::var_os("GOLDEN_REGENERATE").is_some() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden_vectors.json");
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(&computed).unwrap() + "\n",
-        )
-        .unwrap();
+        std::fs::write(path, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
         return;
     }
     let pinned: Value = serde_json::from_str(VECTORS).unwrap();

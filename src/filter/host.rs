@@ -29,11 +29,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
-    fn proxy_remove_header_map_value(
-        map_type: MapType,
-        key_data: *const u8,
-        key_size: usize,
-    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: MapType, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: BufferType,
         start: usize,
@@ -92,11 +88,7 @@ pub struct HostError {
 
 impl std::fmt::Display for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "host call {} failed with status {}",
-            self.call, self.status
-        )
+        write!(f, "host call {} failed with status {}", self.call, self.status)
     }
 }
 
@@ -165,9 +157,8 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
 
 pub fn remove_request_header(name: &str) -> Result<(), HostError> {
     // SAFETY: pointer and length of a live slice.
-    let status = unsafe {
-        proxy_remove_header_map_value(MapType::HttpRequestHeaders, name.as_ptr(), name.len())
-    };
+    let status =
+        unsafe { proxy_remove_header_map_value(MapType::HttpRequestHeaders, name.as_ptr(), name.len()) };
     // Removing an absent header is not an error.
     if status == NOT_FOUND {
         return Ok(());
@@ -180,15 +171,8 @@ pub fn request_body(start: usize, max: usize) -> Result<Vec<u8>, HostError> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
-    let status = unsafe {
-        proxy_get_buffer_bytes(
-            BufferType::HttpRequestBody,
-            start,
-            max,
-            &mut data,
-            &mut size,
-        )
-    };
+    let status =
+        unsafe { proxy_get_buffer_bytes(BufferType::HttpRequestBody, start, max, &mut data, &mut size) };
     match status {
         OK => Ok(unsafe { owned(data, size) }),
         NOT_FOUND => Ok(Vec::new()),
@@ -202,8 +186,7 @@ pub fn request_body(start: usize, max: usize) -> Result<Vec<u8>, HostError> {
 /// Replaces the request body bytes `[0, size)` with nothing.
 pub fn drop_request_body(size: usize) -> Result<(), HostError> {
     // SAFETY: an empty slice is a valid pointer/length pair.
-    let status =
-        unsafe { proxy_set_buffer_bytes(BufferType::HttpRequestBody, 0, size, [].as_ptr(), 0) };
+    let status = unsafe { proxy_set_buffer_bytes(BufferType::HttpRequestBody, 0, size, [].as_ptr(), 0) };
     check("set_buffer_bytes", status)
 }
 
@@ -230,10 +213,7 @@ pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<
 /// The proxy-wasm header map encoding: count, then (name length, value length) pairs, then the
 /// NUL-terminated names and values.
 fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + headers
-        .iter()
-        .map(|(n, v)| 10 + n.len() + v.len())
-        .sum::<usize>();
+    let size = 4 + headers.iter().map(|(n, v)| 10 + n.len() + v.len()).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
     for (n, v) in headers {
@@ -258,9 +238,7 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
 
 pub fn increment_metric(id: u32, by: i64) -> Result<(), HostError> {
     // SAFETY: plain values.
-    check("increment_metric", unsafe {
-        proxy_increment_metric(id, by)
-    })
+    check("increment_metric", unsafe { proxy_increment_metric(id, by) })
 }
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
@@ -277,9 +255,8 @@ impl SharedStore for EnvoySharedData {
         let mut size = 0;
         let mut cas = 0;
         // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
-        let status = unsafe {
-            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
-        };
+        let status =
+            unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
         match status {
             OK => {
                 let value = if data.is_null() {

@@ -55,14 +55,14 @@ impl Metrics {
         use MetricType::{Counter, Gauge};
         let d = |kind, name: &str| host::define_metric(kind, &format!("dynamic_sharding.{name}"));
         Ok(Metrics {
-            redirects: d(Counter, "redirects")?,
-            proxied: d(Counter, "proxied")?,
-            lookups: d(Counter, "lookups")?,
-            bad_requests: d(Counter, "bad_requests")?,
-            no_member: d(Counter, "no_member")?,
-            updates_accepted: d(Counter, "member_updates_accepted")?,
-            updates_rejected: d(Counter, "member_updates_rejected")?,
-            host_errors: d(Counter, "host_errors")?,
+            redirects: d(Counter, "redirects_total")?,
+            proxied: d(Counter, "proxied_total")?,
+            lookups: d(Counter, "lookups_total")?,
+            bad_requests: d(Counter, "bad_requests_total")?,
+            no_member: d(Counter, "no_member_total")?,
+            updates_accepted: d(Counter, "member_updates_accepted_total")?,
+            updates_rejected: d(Counter, "member_updates_rejected_total")?,
+            host_errors: d(Counter, "host_errors_total")?,
             members: d(Gauge, "members")?,
             version: d(Gauge, "members_version")?,
         })
@@ -97,8 +97,7 @@ impl Shared {
                     "worker now uses member list version {} ({} members; was version {}, {} members)",
                     change.new_version, change.new_count, change.old_version, change.old_count
                 );
-                self.metrics
-                    .set(self.metrics.members, change.new_count as u64);
+                self.metrics.set(self.metrics.members, change.new_count as u64);
                 self.metrics.set(self.metrics.version, change.new_version);
             }
             Ok(None) => {}
@@ -136,10 +135,7 @@ impl RootContext for Root {
         };
         if config.mode == Mode::Control {
             match &config.control_token {
-                Some(_) => info!(
-                    "control API enabled, token from {}",
-                    config.control_token_source
-                ),
+                Some(_) => info!("control API enabled, token from {}", config.control_token_source),
                 None => warn!(
                     "control API has no token ({} is unset): every member update will be refused",
                     config.control_token_source
@@ -207,11 +203,7 @@ impl Context for HttpFilter {}
 
 impl HttpFilter {
     fn reply(&self, reply: &Reply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(e) = host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
             self.shared.metrics.count(self.shared.metrics.host_errors);
             error!("could not send the {} reply: {e}", reply.status);
@@ -336,9 +328,7 @@ impl HttpContext for HttpFilter {
             if body_size > crate::members::MAX_UPDATE_BYTES {
                 let why = format!("body is over {} bytes", crate::members::MAX_UPDATE_BYTES);
                 let reply = Reply::json(413, serde_json::json!({ "error": why }).to_string());
-                self.shared
-                    .metrics
-                    .count(self.shared.metrics.updates_rejected);
+                self.shared.metrics.count(self.shared.metrics.updates_rejected);
                 self.control = None;
                 return self.reply(&reply);
             }

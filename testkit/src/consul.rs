@@ -134,8 +134,7 @@ impl Consul {
     /// Every instance of `service` with its aggregated check status; empty when Consul does not
     /// answer.
     pub fn services(&self, service: &str) -> Vec<ConsulService> {
-        let Ok((200, body)) = try_http_get(&format!("{}/v1/health/service/{service}", self.url()))
-        else {
+        let Ok((200, body)) = try_http_get(&format!("{}/v1/health/service/{service}", self.url())) else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

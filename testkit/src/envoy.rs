@@ -89,32 +89,22 @@ fn replace_exactly(config: String, from: &str, to: &str, times: usize) -> String
 /// The shipped configuration rewritten for a test on loopback.
 pub fn render_config(options: &EnvoyOptions, ports: EnvoyPorts) -> String {
     let shipped = repo_root().join("envoy/envoy.yaml");
-    let mut c = std::fs::read_to_string(&shipped)
-        .unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
+    let mut c =
+        std::fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
     c = replace_exactly(
         c,
         "port_value: 9292",
         &format!("port_value: {}", ports.redirect),
         1,
     );
-    c = replace_exactly(
-        c,
-        "port_value: 9290",
-        &format!("port_value: {}", ports.proxy),
-        1,
-    );
+    c = replace_exactly(c, "port_value: 9290", &format!("port_value: {}", ports.proxy), 1);
     c = replace_exactly(
         c,
         "port_value: 9293",
         &format!("port_value: {}", ports.control),
         1,
     );
-    c = replace_exactly(
-        c,
-        "port_value: 9901",
-        &format!("port_value: {}", ports.admin),
-        1,
-    );
+    c = replace_exactly(c, "port_value: 9901", &format!("port_value: {}", ports.admin), 1);
     c = replace_exactly(c, "address: 0.0.0.0", "address: 127.0.0.1", 2);
     c = replace_exactly(c, SHIPPED_WASM, &wasm_path().display().to_string(), 1);
     let members = serde_json::to_string(&options.members).unwrap_or_default();
@@ -214,8 +204,7 @@ impl Envoy {
         if r.status != 200 {
             return Err(format!("GET members: {} {}", r.status, r.body));
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
         let version = v["version"].as_u64().ok_or("no version")?;
         let members = v["members"]
             .as_array()
@@ -251,11 +240,7 @@ impl Envoy {
     /// A stat of the filter (`dynamic_sharding.<name>`) from the admin endpoint; 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
         let full = format!("wasmcustom.dynamic_sharding.{name}");
-        let url = format!(
-            "{}/stats?filter=^{}$",
-            self.admin_url(),
-            full.replace('.', "\\.")
-        );
+        let url = format!("{}/stats?filter=^{}$", self.admin_url(), full.replace('.', "\\."));
         let r = try_http_request("GET", &url, &[], b"").unwrap_or_else(|e| panic!("{e}"));
         r.body
             .lines()
@@ -266,11 +251,7 @@ impl Envoy {
 
     /// Envoy's own stat (e.g. `http.sharding_redirect.downstream_cx_total`).
     pub fn envoy_stat(&self, full: &str) -> u64 {
-        let url = format!(
-            "{}/stats?filter=^{}$",
-            self.admin_url(),
-            full.replace('.', "\\.")
-        );
+        let url = format!("{}/stats?filter=^{}$", self.admin_url(), full.replace('.', "\\."));
         let r = try_http_request("GET", &url, &[], b"").unwrap_or_else(|e| panic!("{e}"));
         r.body
             .lines()
@@ -284,7 +265,10 @@ impl Envoy {
 pub fn venv_python() -> PathBuf {
     let p = repo_root().join(".deps/venv/bin/python");
     if !p.is_file() {
-        panic!("{} is missing: run ./build.sh deps (it creates the venv with prometheus_client and requests)", p.display());
+        panic!(
+            "{} is missing: run ./build.sh deps (it creates the venv with prometheus_client and requests)",
+            p.display()
+        );
     }
     p
 }

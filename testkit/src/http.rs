@@ -56,9 +56,7 @@ pub fn try_http_request(
     let req = req
         .body(body.to_vec())
         .map_err(|e| format!("{method} {url}: bad request: {e}"))?;
-    let mut resp = agent()
-        .run(req)
-        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let mut resp = agent().run(req).map_err(|e| format!("{method} {url}: {e}"))?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -84,12 +82,7 @@ pub fn try_http_request(
 }
 
 /// Like [`try_http_request`] but panics when there is no response.
-pub fn http_request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
+pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     try_http_request(method, url, headers, body).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -120,8 +120,7 @@ impl TestDir {
                 }
             })
             .collect();
-        let path =
-            std::env::temp_dir().join(format!("ds-{safe}-{}-{n}-{nanos}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("ds-{safe}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TestDir { path }
     }

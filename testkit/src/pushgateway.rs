@@ -34,10 +34,7 @@ impl Pushgateway {
             READY_TIMEOUT,
             || {
                 if !pg.proc.is_running() {
-                    panic!(
-                        "pushgateway on port {port} exited:\n{}",
-                        pg.proc.log_tail(20)
-                    );
+                    panic!("pushgateway on port {port} exited:\n{}", pg.proc.log_tail(20));
                 }
                 matches!(try_http_get(&url), Ok((200, _))).then_some(())
             },
@@ -57,13 +54,7 @@ impl Pushgateway {
 
     /// Pushes `body` (text format) with `PUT` to `path` (e.g. `/metrics/job/j`); returns the status.
     pub fn push(&self, path: &str, body: &str) -> u16 {
-        http_request(
-            "PUT",
-            &format!("{}{path}", self.url()),
-            &[],
-            body.as_bytes(),
-        )
-        .status
+        http_request("PUT", &format!("{}{path}", self.url()), &[], body.as_bytes()).status
     }
 
     /// The raw `GET /api/v1/metrics` data: one JSON object per group.
@@ -97,12 +88,7 @@ impl Pushgateway {
 
     /// Deletes every group (admin API).
     pub fn wipe(&self) {
-        let r = http_request(
-            "PUT",
-            &format!("{}/api/v1/admin/wipe", self.url()),
-            &[],
-            b"",
-        );
+        let r = http_request("PUT", &format!("{}/api/v1/admin/wipe", self.url()), &[], b"");
         assert!(r.status < 300, "wipe: {} {}", r.status, r.body);
     }
 }

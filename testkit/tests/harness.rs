@@ -4,9 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::pushgateway::labels;
-use testkit::{
-    free_port, http_request, try_http_get, wait_until, Consul, Proc, Pushgateway, TestDir,
-};
+use testkit::{free_port, http_request, try_http_get, wait_until, Consul, Proc, Pushgateway, TestDir};
 
 #[test]
 fn free_ports_are_never_handed_out_twice() {
@@ -42,10 +40,7 @@ fn proc_stop_kill_freeze_and_log() {
 
     // A process that ignores SIGTERM is killed after the grace time.
     let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        "trap '' TERM; echo ready; while :; do sleep 0.1; done",
-    ]);
+    cmd.args(["-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"]);
     let mut p = Proc::spawn("stubborn", cmd, &dir);
     wait_until("stubborn is ready", Duration::from_secs(5), || {
         p.log().contains("ready").then_some(())
@@ -69,21 +64,13 @@ fn test_dir_is_removed_on_drop() {
 fn pushgateway_lists_a_push_and_its_value() {
     let dir = TestDir::new("pushgateway");
     let pg = Pushgateway::start(&dir);
-    assert_eq!(
-        pg.push("/metrics/job/j/instance/i", "some_metric 42\n"),
-        200
-    );
+    assert_eq!(pg.push("/metrics/job/j/instance/i", "some_metric 42\n"), 200);
     let group = labels(&[("job", "j"), ("instance", "i")]);
     assert_eq!(pg.groups(), vec![group.clone()]);
     assert_eq!(pg.metric_value(&group, "some_metric"), Some(42.0));
     assert_eq!(pg.metric_value(&group, "missing"), None);
     // Redirects are not followed and statuses are not errors.
-    let r = http_request(
-        "PUT",
-        &format!("{}/metrics//job/x", pg.url()),
-        &[],
-        b"m 1\n",
-    );
+    let r = http_request("PUT", &format!("{}/metrics//job/x", pg.url()), &[], b"m 1\n");
     assert_eq!(r.status, 301, "{r:?}");
     pg.wipe();
     assert!(pg.groups().is_empty());

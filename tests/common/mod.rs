@@ -85,12 +85,7 @@ pub fn send_on(
     conn.get_mut().write_all(body).unwrap();
     let mut status_line = String::new();
     conn.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
+    let status: u16 = status_line.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
