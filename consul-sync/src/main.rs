@@ -1,1 +1,82 @@
-fn main() {}
+//! The `consul-sync` binary: parses flags, loads the configuration, binds the HTTP endpoint,
+//! builds the shutdown future (SIGTERM or SIGINT) and hands over to [`consul_sync::run`].
+
+use clap::Parser;
+use consul_sync::config::{Config, DEFAULT_CONFIG_FILE};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing::{error, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Registers pushgateways in Consul and keeps every Envoy's member list equal to the healthy ones")]
+struct Flags {
+    /// The configuration file (the Go dynamic-sharding's keys are accepted as they are).
+    #[arg(long = "config.file", default_value = DEFAULT_CONFIG_FILE)]
+    config_file: PathBuf,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long = "log.level", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&flags.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+
+    let (config, warnings) = match Config::load(&flags.config_file) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in warnings {
+        warn!("{}: {w}", flags.config_file.display());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(&config.http_listen_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("http_listen_addr {}: cannot listen: {e}", config.http_listen_addr);
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("installing signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match consul_sync::run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}

@@ -1,0 +1,96 @@
+-- wrk script for bench/run.sh: PUT of a 4-byte text-format body ("m 1\n") to 10,000 distinct
+-- groups /metrics/job/bench_<n>, cycling, over keep-alive connections (wrk's HTTP/1.1 default).
+--
+--   wrk -t1 -c16 -d10s -s bench/put.lua http://127.0.0.1:PORT -- <expected status>
+--
+-- wrk itself only reports statuses >= 400 ("Non-2xx or 3xx responses"), so a redirect listener
+-- that answered 200, 404 or 503 would look healthy. Every response is checked here against the
+-- expected status and done() prints one line "BENCH_JSON {...}" that run.sh parses; a wrong
+-- status fails the run there.
+
+local GROUPS = 10000
+local BODY = "m 1\n"
+
+-- Each thread has its own Lua state; setup() runs in the main state, so it keeps the thread
+-- objects to read their counters back in done().
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_index", #threads)
+  table.insert(threads, thread)
+end
+
+local requests = {}
+local next_index
+local expected
+-- Globals, not locals: done() reads them with thread:get().
+unexpected = 0
+statuses = {}
+
+function init(args)
+  expected = tonumber(args[1])
+  if expected == nil then
+    error("put.lua: pass the expected status after --, e.g. -- 307")
+  end
+  -- Pre-formatted once: building the request per call would cost the load generator CPU that
+  -- it shares with Envoy on a small machine.
+  for n = 0, GROUPS - 1 do
+    requests[n + 1] = wrk.format("PUT", "/metrics/job/bench_" .. n, nil, BODY)
+  end
+  -- Threads start at different groups so that they do not push the same group in lockstep.
+  next_index = ((thread_index or 0) * 7919) % GROUPS
+end
+
+function request()
+  next_index = next_index % GROUPS + 1
+  return requests[next_index]
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status ~= expected then
+    unexpected = unexpected + 1
+  end
+end
+
+local function json_value(v)
+  if type(v) == "table" then
+    local parts = {}
+    for k, x in pairs(v) do
+      table.insert(parts, string.format("%q:%s", tostring(k), json_value(x)))
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif type(v) == "number" then
+    return string.format("%.17g", v)
+  end
+  return string.format("%q", tostring(v))
+end
+
+function done(summary, latency, _requests)
+  local all_statuses, all_unexpected = {}, 0
+  for _, t in ipairs(threads) do
+    all_unexpected = all_unexpected + (t:get("unexpected") or 0)
+    for status, count in pairs(t:get("statuses") or {}) do
+      all_statuses[status] = (all_statuses[status] or 0) + count
+    end
+  end
+  local e = summary.errors
+  local result = {
+    requests = summary.requests,
+    duration_us = summary.duration,
+    bytes = summary.bytes,
+    errors = { connect = e.connect, read = e.read, write = e.write, timeout = e.timeout },
+    unexpected_status = all_unexpected,
+    statuses = all_statuses,
+    latency_us = {
+      mean = latency.mean,
+      stdev = latency.stdev,
+      max = latency.max,
+      p50 = latency:percentile(50),
+      p90 = latency:percentile(90),
+      p99 = latency:percentile(99),
+      p999 = latency:percentile(99.9),
+    },
+  }
+  io.write("BENCH_JSON ", json_value(result), "\n")
+end

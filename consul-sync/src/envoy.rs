@@ -1,0 +1,252 @@
+//! Pushes the published member list to one Envoy's control API, `PUT <url>/-/sharding/members`.
+//!
+//! Owns the per-Envoy retry rules. Each Envoy has its own task, so one that hangs or is down
+//! delays no other. A push happens when the list changes and again every resync interval (a
+//! restarted Envoy is healed by the next one). Answers:
+//! - 200: in force (`changed` says whether it was new to that Envoy).
+//! - 409: the Envoy holds a newer, different list from another writer. Logged and counted, not
+//!   fought: no re-push with a higher version; the next resync tries again with the same version.
+//! - 400, 401, 413 and other 4xx: a configuration error (token, size); logged as an error and
+//!   tried again at the next resync.
+//! - No answer, 429 or 5xx: retried with backoff until it succeeds or the list changes.
+
+use crate::backoff::Backoff;
+use crate::metrics::{Metrics, PushResult};
+use dynamic_sharding::control::MEMBERS_PATH;
+use dynamic_sharding::members::MemberList;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+/// Time allowed to connect to an Envoy.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time allowed for one push.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How one push ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// 200: the Envoy holds these members; `changed` when this push changed them.
+    Accepted { changed: bool },
+    /// 409: another writer's newer, different list is in force there.
+    Conflict { stored_version: Option<u64>, error: String },
+    /// A 4xx other than 409 and 429: retrying will not help before the configuration changes.
+    Refused { status: u16, error: String },
+    /// No answer, 429 or 5xx: retry soon.
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<String>,
+    version: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OkBody {
+    changed: Option<bool>,
+}
+
+/// Classifies a control-API answer.
+pub fn classify(status: u16, body: &str) -> PushOutcome {
+    let err: Option<ErrorBody> = serde_json::from_str(body).ok();
+    let text = || err.as_ref().and_then(|e| e.error.clone()).unwrap_or_else(|| body.trim().chars().take(500).collect());
+    match status {
+        200 => PushOutcome::Accepted {
+            changed: serde_json::from_str::<OkBody>(body).ok().and_then(|b| b.changed).unwrap_or(true),
+        },
+        409 => PushOutcome::Conflict { stored_version: err.as_ref().and_then(|e| e.version), error: text() },
+        429 => PushOutcome::Failed(format!("429: {}", text())),
+        400..=499 => PushOutcome::Refused { status, error: text() },
+        _ => PushOutcome::Failed(format!("{status}: {}", text())),
+    }
+}
+
+/// Tells when every Envoy has taken a list once (readiness).
+pub trait ReadySink: Send + Sync {
+    fn envoy_synced(&self, index: usize);
+}
+
+pub struct Pusher {
+    pub index: usize,
+    /// The base URL as configured, for logs and metric labels.
+    pub base_url: String,
+    pub token: String,
+    pub resync_interval: Duration,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<dyn ReadySink>,
+    http: reqwest::Client,
+}
+
+impl Pusher {
+    pub fn new(
+        index: usize,
+        base_url: String,
+        token: String,
+        resync_interval: Duration,
+        metrics: Arc<Metrics>,
+        ready: Arc<dyn ReadySink>,
+    ) -> Result<Pusher, reqwest::Error> {
+        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).no_proxy().build()?;
+        Ok(Pusher { index, base_url, token, resync_interval, metrics, ready, http })
+    }
+
+    /// One push of `list`.
+    pub async fn push(&self, list: &MemberList) -> PushOutcome {
+        let url = format!("{}{MEMBERS_PATH}", self.base_url);
+        let resp = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(list.to_json())
+            .send()
+            .await;
+        match resp {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                match r.text().await {
+                    Ok(body) => classify(status, &body),
+                    Err(e) => PushOutcome::Failed(format!("reading the answer: {e}")),
+                }
+            }
+            Err(e) => PushOutcome::Failed(error_chain(&e)),
+        }
+    }
+
+    /// Pushes on every change of `published` and every resync interval until `shutdown`.
+    pub async fn run(self, mut published: watch::Receiver<Option<MemberList>>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        let mut failures: u64 = 0;
+        let mut synced_once = false;
+        // Far enough to mean "only on a change".
+        let idle = Duration::from_secs(365 * 24 * 3600);
+        loop {
+            let current = published.borrow_and_update().clone();
+            let wait = match current {
+                None => idle,
+                Some(list) => {
+                    let outcome = tokio::select! {
+                        _ = shutdown.changed() => return,
+                        changed = published.changed() => {
+                            // A newer list: abandon this push and send that one.
+                            if changed.is_err() { return; }
+                            continue;
+                        }
+                        o = self.push(&list) => o,
+                    };
+                    self.after_push(&list, outcome, &mut backoff, &mut failures, &mut synced_once)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = published.changed() => if changed.is_err() { return; },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Logs and counts an outcome; returns the time until the next push.
+    fn after_push(
+        &self,
+        list: &MemberList,
+        outcome: PushOutcome,
+        backoff: &mut Backoff,
+        failures: &mut u64,
+        synced_once: &mut bool,
+    ) -> Duration {
+        let envoy = &self.base_url;
+        let recovered = |failures: &mut u64| {
+            if *failures > 0 {
+                info!("envoy {envoy}: reachable again after {failures} failed pushes");
+                *failures = 0;
+            }
+        };
+        match outcome {
+            PushOutcome::Accepted { changed } => {
+                recovered(failures);
+                backoff.reset();
+                self.metrics.push(envoy, PushResult::Ok);
+                self.metrics.pushed(envoy, list.version);
+                if changed {
+                    info!("envoy {envoy}: took member list version {} ({} members)", list.version, list.len());
+                } else {
+                    debug!("envoy {envoy}: member list version {} already in force", list.version);
+                }
+                if !*synced_once {
+                    *synced_once = true;
+                    self.ready.envoy_synced(self.index);
+                }
+                self.resync_interval
+            }
+            PushOutcome::Conflict { stored_version, error } => {
+                recovered(failures);
+                backoff.reset();
+                self.metrics.push(envoy, PushResult::Conflict);
+                let stored = stored_version.map_or_else(|| "?".to_owned(), |v| v.to_string());
+                warn!(
+                    "envoy {envoy}: holds a newer, different member list (version {stored}) from another writer; \
+                     not overriding it (ours: version {}, {} members): {error}",
+                    list.version,
+                    list.len()
+                );
+                self.resync_interval
+            }
+            PushOutcome::Refused { status, error } => {
+                recovered(failures);
+                backoff.reset();
+                self.metrics.push(envoy, PushResult::Refused);
+                error!("envoy {envoy}: refused the member list with {status}: {error}; trying again in {:?}", self.resync_interval);
+                self.resync_interval
+            }
+            PushOutcome::Failed(why) => {
+                *failures += 1;
+                self.metrics.push(envoy, PushResult::Failed);
+                let delay = backoff.next_delay();
+                if *failures == 1 || *failures % 10 == 0 {
+                    warn!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
+                } else {
+                    debug!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
+                }
+                delay
+            }
+        }
+    }
+}
+
+/// The error and its causes, as reqwest's Display shows only the outermost.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_as_the_control_api_defines_them() {
+        assert_eq!(classify(200, r#"{"version":5,"count":2,"changed":true}"#), PushOutcome::Accepted { changed: true });
+        assert_eq!(classify(200, r#"{"version":5,"count":2,"changed":false}"#), PushOutcome::Accepted { changed: false });
+        assert_eq!(
+            classify(409, r#"{"error":"version 3 is not above","version":9}"#),
+            PushOutcome::Conflict { stored_version: Some(9), error: "version 3 is not above".into() }
+        );
+        assert_eq!(classify(401, r#"{"error":"missing or wrong token"}"#), PushOutcome::Refused {
+            status: 401,
+            error: "missing or wrong token".into()
+        });
+        assert!(matches!(classify(413, "{\"error\":\"big\"}"), PushOutcome::Refused { status: 413, .. }));
+        assert!(matches!(classify(400, "not json"), PushOutcome::Refused { status: 400, ref error } if error == "not json"));
+        assert!(matches!(classify(503, "upstream"), PushOutcome::Failed(ref s) if s.contains("503")));
+        assert!(matches!(classify(429, "{}"), PushOutcome::Failed(_)));
+    }
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The whole dynamic-sharding stack on this machine, in the foreground (`./build.sh demo` builds first).
+#
+#   Consul dev agent          127.0.0.1:8500
+#   three pushgateways        127.0.0.1:9091, 9092, 9093
+#   Envoy with the filter     :9292 redirect mode, :9290 proxy mode, 127.0.0.1:9293 control, 127.0.0.1:9901 admin
+#   consul-sync               127.0.0.1:9294 (registers the pushgateways, keeps Envoy's member list true)
+#   Prometheus                127.0.0.1:9090 (scrapes the passing pushgateways through Consul discovery)
+#
+# Ctrl-C or SIGTERM stops everything it started. Ports move with DEMO_*_PORT variables (below);
+# state and logs live in $DEMO_DIR (default .demo/, git-ignored), wiped at each start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DEMO_DIR=${DEMO_DIR:-$ROOT/.demo}
+CONSUL_PORT=${DEMO_CONSUL_PORT:-8500}
+CONSUL_SERVER_PORT=${DEMO_CONSUL_SERVER_PORT:-8300}
+CONSUL_SERF_LAN_PORT=${DEMO_CONSUL_SERF_LAN_PORT:-8301}
+CONSUL_SERF_WAN_PORT=${DEMO_CONSUL_SERF_WAN_PORT:-8302}
+read -r -a PG_PORTS <<<"${DEMO_PUSHGATEWAY_PORTS:-9091 9092 9093}"
+REDIRECT_PORT=${DEMO_REDIRECT_PORT:-9292}
+PROXY_PORT=${DEMO_PROXY_PORT:-9290}
+CONTROL_PORT=${DEMO_CONTROL_PORT:-9293}
+ADMIN_PORT=${DEMO_ADMIN_PORT:-9901}
+SYNC_PORT=${DEMO_CONSUL_SYNC_PORT:-9294}
+PROMETHEUS_PORT=${DEMO_PROMETHEUS_PORT:-9090}
+# The data listeners listen on all interfaces as shipped; tests keep them on loopback.
+DATA_ADDRESS=${DEMO_DATA_ADDRESS:-0.0.0.0}
+# Health-check interval of the pushgateways in Consul, and Prometheus' scrape interval.
+CHECK_INTERVAL=${DEMO_CHECK_INTERVAL:-1s}
+SCRAPE_INTERVAL=${DEMO_SCRAPE_INTERVAL:-5s}
+# The control token Envoy and consul-sync share; a random one per demo unless given.
+TOKEN=${SHARDING_CONTROL_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+
+bin() {
+    local name=$1 var
+    var="$(echo "$name" | tr '[:lower:]' '[:upper:]')_BIN"
+    local path=${!var:-$ROOT/.deps/bin/$name}
+    if [ ! -x "$path" ]; then
+        echo "demo: $name not found at $path: run ./build.sh deps (or set $var)" >&2
+        exit 1
+    fi
+    echo "$path"
+}
+ENVOY=$(bin envoy)
+CONSUL=$(bin consul)
+PUSHGATEWAY=$(bin pushgateway)
+PROMETHEUS=$(bin prometheus)
+WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
+CONSUL_SYNC=$ROOT/target/release/consul-sync
+for f in "$WASM" "$CONSUL_SYNC"; do
+    if [ ! -f "$f" ]; then
+        echo "demo: $f is missing: run ./build.sh (or ./build.sh demo, which builds first)" >&2
+        exit 1
+    fi
+done
+
+# A busy port would make one component fail later with a less helpful message: refuse now.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for spec in "Consul HTTP:DEMO_CONSUL_PORT:$CONSUL_PORT" "Consul server:DEMO_CONSUL_SERVER_PORT:$CONSUL_SERVER_PORT" \
+    "Consul serf LAN:DEMO_CONSUL_SERF_LAN_PORT:$CONSUL_SERF_LAN_PORT" "Consul serf WAN:DEMO_CONSUL_SERF_WAN_PORT:$CONSUL_SERF_WAN_PORT" \
+    "Envoy redirect:DEMO_REDIRECT_PORT:$REDIRECT_PORT" "Envoy proxy:DEMO_PROXY_PORT:$PROXY_PORT" \
+    "Envoy control:DEMO_CONTROL_PORT:$CONTROL_PORT" "Envoy admin:DEMO_ADMIN_PORT:$ADMIN_PORT" \
+    "consul-sync:DEMO_CONSUL_SYNC_PORT:$SYNC_PORT" "Prometheus:DEMO_PROMETHEUS_PORT:$PROMETHEUS_PORT"; do
+    IFS=: read -r what var port <<<"$spec"
+    if port_busy "$port"; then
+        echo "demo: port $port ($what) is in use; stop what uses it or move it with $var=<port>" >&2
+        exit 1
+    fi
+done
+for port in "${PG_PORTS[@]}"; do
+    if port_busy "$port"; then
+        echo "demo: port $port (pushgateway) is in use; stop what uses it or move them with DEMO_PUSHGATEWAY_PORTS=\"<p1> <p2> <p3>\"" >&2
+        exit 1
+    fi
+done
+
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR/logs"
+PIDS=()
+
+stop_all() {
+    trap - INT TERM EXIT
+    echo "demo: stopping"
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Bounded wait, then no mercy: the demo must leave no process behind.
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    echo "demo: stopped"
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+# start NAME CMD...: runs in the background with its log under $DEMO_DIR/logs, remembered by PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$DEMO_DIR/logs/$name.log" 2>&1 &
+    PIDS+=("$!")
+    echo "$name $!" >>"$DEMO_DIR/pids"
+}
+
+# wait_http NAME URL: bounded wait until URL answers 200; shows the log if the process died.
+wait_http() {
+    local name=$1 url=$2
+    for _ in $(seq 300); do
+        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "demo: $name did not become ready at $url; last lines of $DEMO_DIR/logs/$name.log:" >&2
+    tail -n 20 "$DEMO_DIR/logs/$name.log" >&2 || true
+    exit 1
+}
+
+start consul "$CONSUL" agent -dev -client 127.0.0.1 -bind 127.0.0.1 -http-port "$CONSUL_PORT" \
+    -server-port "$CONSUL_SERVER_PORT" -serf-lan-port "$CONSUL_SERF_LAN_PORT" -serf-wan-port "$CONSUL_SERF_WAN_PORT" \
+    -dns-port -1 -grpc-port -1 -data-dir "$DEMO_DIR/consul"
+MEMBERS=()
+for port in "${PG_PORTS[@]}"; do
+    start "pushgateway-$port" "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$port" --persistence.file= \
+        --web.enable-admin-api
+    MEMBERS+=("127.0.0.1:$port")
+done
+
+# Envoy: the shipped config, with this demo's ports and the absolute wasm path.
+python3 - "$ROOT/envoy/envoy.yaml" "$DEMO_DIR/envoy.yaml" <<EOF
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+c = open(src).read()
+def swap(old, new, times):
+    global c
+    assert c.count(old) == times, f"envoy/envoy.yaml: expected {times} of {old!r}"
+    c = c.replace(old, new)
+swap("port_value: 9292", "port_value: $REDIRECT_PORT", 1)
+swap("port_value: 9290", "port_value: $PROXY_PORT", 1)
+swap("port_value: 9293", "port_value: $CONTROL_PORT", 1)
+swap("port_value: 9901", "port_value: $ADMIN_PORT", 1)
+swap("target/wasm32-wasip1/release/dynamic_sharding.wasm", "$WASM", 1)
+swap("address: 0.0.0.0", "address: $DATA_ADDRESS", 2)
+swap('["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093"]', json.dumps("${MEMBERS[*]}".split()), 3)
+open(dst, "w").write(c)
+EOF
+SHARDING_CONTROL_TOKEN=$TOKEN start envoy "$ENVOY" -c "$DEMO_DIR/envoy.yaml" --disable-hot-restart \
+    --concurrency 2 --log-level warning --component-log-level wasm:info
+
+wait_http consul "http://127.0.0.1:$CONSUL_PORT/v1/status/leader"
+for port in "${PG_PORTS[@]}"; do wait_http "pushgateway-$port" "http://127.0.0.1:$port/-/ready"; done
+wait_http envoy "http://127.0.0.1:$ADMIN_PORT/ready"
+
+cat >"$DEMO_DIR/dynamic-sharding.yml" <<EOF
+# consul-sync's configuration for the demo (the keys are documented in consul-sync/dynamic-sharding.yml).
+consul_server:
+  addr: 127.0.0.1:$CONSUL_PORT
+register_service_name: pushgateway
+pushgateway:
+  port: ${PG_PORTS[0]}
+  servers:
+$(for m in "${MEMBERS[@]}"; do echo "    - $m"; done)
+http_listen_addr: 127.0.0.1:$SYNC_PORT
+check:
+  interval: $CHECK_INTERVAL
+  timeout: 1s
+  deregister_after: 1m
+envoy:
+  control_urls:
+    - http://127.0.0.1:$CONTROL_PORT
+resync_interval: 10s
+EOF
+SHARDING_CONTROL_TOKEN=$TOKEN start consul-sync "$CONSUL_SYNC" --config.file "$DEMO_DIR/dynamic-sharding.yml"
+
+cat >"$DEMO_DIR/prometheus.yml" <<EOF
+global:
+  scrape_interval: $SCRAPE_INTERVAL
+  evaluation_interval: $SCRAPE_INTERVAL
+scrape_configs:
+  # Every pushgateway that Consul says is passing. honor_labels keeps the pushed job/instance.
+  - job_name: pushgateway
+    honor_labels: true
+    consul_sd_configs:
+      - server: 127.0.0.1:$CONSUL_PORT
+        services: [pushgateway]
+    relabel_configs:
+      - source_labels: [__meta_consul_health]
+        regex: passing
+        action: keep
+  - job_name: consul-sync
+    static_configs:
+      - targets: [127.0.0.1:$SYNC_PORT]
+  - job_name: envoy
+    metrics_path: /stats/prometheus
+    static_configs:
+      - targets: [127.0.0.1:$ADMIN_PORT]
+EOF
+start prometheus "$PROMETHEUS" --config.file="$DEMO_DIR/prometheus.yml" --storage.tsdb.path="$DEMO_DIR/prometheus" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+
+wait_http consul-sync "http://127.0.0.1:$SYNC_PORT/-/ready"
+wait_http prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+
+echo "dynamic-sharding demo ready: push with  curl -L -X PUT --data-binary 'demo_metric 42' http://127.0.0.1:$REDIRECT_PORT/metrics/job/demo/instance/a  (or without -L to :$PROXY_PORT), then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric  (logs: $DEMO_DIR/logs, Ctrl-C stops)"
+
+# Foreground until a signal, or until a component dies (then say which and stop the rest).
+while true; do
+    i=0
+    while read -r name pid; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "demo: $name (pid $pid) exited; last lines of $DEMO_DIR/logs/$name.log:" >&2
+            tail -n 20 "$DEMO_DIR/logs/$name.log" >&2 || true
+            exit 1
+        fi
+        i=$((i + 1))
+    done <"$DEMO_DIR/pids"
+    sleep 1 &
+    wait $! || true
+done
