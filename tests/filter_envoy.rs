@@ -361,3 +361,31 @@ fn stats_are_exported_for_prometheus() {
     );
     assert!(r.body.contains("dynamic_sharding_members{} 3\n"));
 }
+
+#[test]
+fn expect_100_continue_gets_the_redirect_before_the_body_is_sent() {
+    use std::io::{BufRead, Write};
+    let s = stack("expect");
+    let mut stream = TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = "PUT /metrics/job/huge HTTP/1.1\r\nhost: t\r\ncontent-length: 16777216\r\nexpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    // Not one byte of the 16 MiB body is sent: the answer must come anyway, and be the redirect.
+    let mut conn = BufReader::new(stream);
+    let mut status = String::new();
+    conn.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 307"), "{status}");
+    let owner = expected_owner(&s.members(), "/metrics/job/huge");
+    let mut location = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        if let Some(v) = line.strip_prefix("location: ") {
+            location = Some(v.trim().to_owned());
+        }
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(location, Some(format!("http://{owner}/metrics/job/huge")));
+}

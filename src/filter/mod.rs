@@ -256,7 +256,12 @@ impl HttpFilter {
             }
             Decision::Reply { reply, outcome } => {
                 self.count(outcome);
-                if end_of_stream || mode == Mode::Proxy {
+                // A client that sent `Expect: 100-continue` has not uploaded the body yet: answering
+                // now saves it an upload that would only be thrown away (Envoy then closes the
+                // connection, a fair price for a large push).
+                let expects_continue = host::request_header_str("expect")?
+                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                if end_of_stream || mode == Mode::Proxy || expects_continue {
                     Ok(self.reply(&reply))
                 } else {
                     // Answer once the body is read, so the connection stays open.

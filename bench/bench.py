@@ -1,0 +1,629 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh: config rendering, readiness probes, process and Envoy snapshots,
+result assembly and the report. Standard library only, so the benchmark needs nothing installed
+beyond what `./build.sh deps` provides.
+
+Every subcommand prints one result (or nothing) on stdout and exits non-zero with a message on
+stderr when something is wrong; run.sh stops at the first failure (set -e).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+SHIPPED_WASM = "target/wasm32-wasip1/release/dynamic_sharding.wasm"
+SHIPPED_MEMBERS = '["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093"]'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def die(msg):
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---- ports --------------------------------------------------------------------------------------
+
+
+def cmd_ports(a):
+    # All sockets are held open until every port is chosen, so one call never returns a port
+    # twice. Another program can still take one before we bind it: the readiness probes then
+    # fail loudly instead of measuring the wrong server.
+    socks = []
+    try:
+        for _ in range(a.count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        print(" ".join(str(s.getsockname()[1]) for s in socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+
+def replace_exactly(text, old, new, times):
+    # Same rule as testkit's render_config: if the shipped file changed shape, fail here rather
+    # than benchmark a config that still points at :9292 or at the wrong members.
+    found = text.count(old)
+    if found != times:
+        die(f"envoy/envoy.yaml: expected {times} of {old!r}, found {found}")
+    return text.replace(old, new)
+
+
+def cmd_render_shipped(a):
+    with open(a.src) as f:
+        c = f.read()
+    redirect, proxy, control, admin = a.ports.split(",")
+    c = replace_exactly(c, "port_value: 9292", f"port_value: {redirect}", 1)
+    c = replace_exactly(c, "port_value: 9290", f"port_value: {proxy}", 1)
+    c = replace_exactly(c, "port_value: 9293", f"port_value: {control}", 1)
+    c = replace_exactly(c, "port_value: 9901", f"port_value: {admin}", 1)
+    c = replace_exactly(c, "address: 0.0.0.0", "address: 127.0.0.1", 2)
+    c = replace_exactly(c, SHIPPED_WASM, a.wasm, 1)
+    c = replace_exactly(c, SHIPPED_MEMBERS, json.dumps(a.members.split(",")), 3)
+    with open(a.out, "w") as f:
+        f.write(c)
+
+
+# The HTTP connection manager settings the shipped listeners use, so a baseline differs from its
+# scenario only by what the wasm filter does.
+HCM_HEAD = """\
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          normalize_path: true
+          merge_slashes: true
+"""
+
+ADMIN = """\
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+"""
+
+BASELINE_REDIRECT = (
+    ADMIN
+    + """\
+static_resources:
+  listeners:
+  - name: baseline_redirect
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+"""
+    + HCM_HEAD
+    + """\
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 307 }}
+                # The same Location the filter sends: the owner plus the path as received.
+                response_headers_to_add:
+                - header: {{ key: location, value: "http://{location}%REQ(:path)%" }}
+          http_filters:
+{buffer}\
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+)
+
+# The shipped redirect listener holds the headers until the body is read, so the 307 goes out
+# after the whole request and the connection stays open. Without it Envoy answers from the
+# headers and closes the connection (components.md, "Facts that bite").
+BUFFER = """\
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 65536
+"""
+
+BASELINE_PROXY = (
+    ADMIN
+    + """\
+static_resources:
+  listeners:
+  - name: baseline_proxy
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    per_connection_buffer_limit_bytes: 1048576
+    filter_chains:
+    - filters:
+"""
+    + HCM_HEAD
+    + """\
+          request_timeout: 0s
+          stream_idle_timeout: 60s
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route:
+                  cluster: pushgateways
+                  timeout: 120s
+                  retry_policy: {{ num_retries: 0 }}
+                  # The raw path: two spellings of one group may land on different pushgateways,
+                  # which the sharding filter's grouping key prevents.
+                  hash_policy:
+                  - header: {{ header_name: ":path" }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: pushgateways
+    type: STATIC
+    lb_policy: RING_HASH
+    connect_timeout: 2s
+    per_connection_buffer_limit_bytes: 1048576
+    load_assignment:
+      cluster_name: pushgateways
+      endpoints:
+      - lb_endpoints:
+{endpoints}"""
+)
+
+
+def cmd_render_baseline_redirect(a):
+    text = BASELINE_REDIRECT.format(
+        admin=a.admin,
+        port=a.port,
+        prefix="baseline_redirect",
+        location=a.location,
+        buffer="" if a.no_buffer else BUFFER,
+    )
+    with open(a.out, "w") as f:
+        f.write(text)
+
+
+def cmd_render_baseline_proxy(a):
+    endpoints = "".join(
+        "        - endpoint: {{ address: {{ socket_address: {{ address: {h}, port_value: {p} }} }} }}\n".format(
+            h=m.rsplit(":", 1)[0], p=m.rsplit(":", 1)[1]
+        )
+        for m in a.members.split(",")
+    )
+    text = BASELINE_PROXY.format(
+        admin=a.admin, port=a.port, prefix="baseline_proxy", endpoints=endpoints
+    )
+    with open(a.out, "w") as f:
+        f.write(text)
+
+
+# ---- probes -------------------------------------------------------------------------------------
+
+
+def request(method, host, port, path, body=None, timeout=2.0):
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # A zombie has exited; it only waits to be reaped by run.sh.
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cmd_wait_http(a):
+    """Polls until METHOD URL answers STATUS; fails when the deadline passes or a watched
+    process exits (a port taken by someone else makes Envoy exit: no point waiting)."""
+    url = urllib.parse.urlparse(a.url)
+    body = a.body.encode() if a.body is not None else None
+    deadline = time.monotonic() + a.timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for pid in a.pid or []:
+            if not alive(pid):
+                die(f"process {pid} exited while waiting for {a.method} {a.url} (see its log)")
+        try:
+            status, headers, data = request(a.method, url.hostname, url.port, url.path, body)
+            if status == a.status:
+                if a.header:
+                    name, want = a.header.split(":", 1)
+                    got = {k.lower(): v for k, v in headers.items()}.get(name.lower(), "")
+                    if not got.startswith(want):
+                        die(f"{a.method} {a.url}: header {name} is {got!r}, expected {want}...")
+                return
+            last = f"status {status}: {data[:200]!r}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    die(f"{a.method} {a.url} did not answer {a.status} within {a.timeout} s (last: {last})")
+
+
+# ---- snapshots ----------------------------------------------------------------------------------
+
+
+def proc_cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        # Fields after the command name (which may hold spaces): state is [0], utime [11], stime [12].
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def proc_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def host_cpu():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return {"busy": sum(v[:8]) - idle, "total": sum(v[:8])}
+
+
+def envoy_stats(admin):
+    # Connection and request totals of every HTTP listener and cluster: the record picks its own.
+    pattern = r"^(http\.[a-z_]+\.downstream_(cx|rq)_total|cluster\.[a-z_]+\.upstream_(cx|rq)_total)$"
+    q = urllib.parse.quote(pattern)
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter={q}", timeout=5) as r:
+        text = r.read().decode()
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+def cmd_snapshot(a):
+    snap = {
+        "time": time.monotonic(),
+        "host": host_cpu(),
+        "envoy_ticks": proc_cpu_ticks(a.envoy_pid),
+        "envoy_rss_kb": proc_rss_kb(a.envoy_pid),
+        "backend_ticks": sum(proc_cpu_ticks(p) for p in a.backend_pid or []),
+        "stats": envoy_stats(a.admin),
+    }
+    with open(a.out, "w") as f:
+        json.dump(snap, f)
+
+
+def cmd_groups(a):
+    """Group count per pushgateway: each of the 10,000 paths is one group and must exist on
+    exactly one pushgateway, so the sum tells whether every push landed once."""
+    counts = []
+    for m in a.members.split(","):
+        with urllib.request.urlopen(f"http://{m}/api/v1/metrics", timeout=30) as r:
+            counts.append(len(json.load(r).get("data") or []))
+    print(json.dumps(counts))
+
+
+def cmd_meta(a):
+    """What the figures depend on: the machine, the binaries, the build and the load settings."""
+    import hashlib
+    import subprocess
+
+    def run(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return ""
+
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open(a.wasm, "rb") as f:
+        wasm_sha = hashlib.sha256(f.read()).hexdigest()
+    rev = run("git", "-C", a.root, "rev-parse", "--short", "HEAD")
+    # Others edit the tree while benchmarks run: say whether the build may include local changes.
+    dirty = run("git", "-C", a.root, "status", "--porcelain", "--untracked-files=no")
+    envoy_version = run(a.envoy, "--version").split("version:")[-1].strip()
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": os.uname().release,
+        "loadavg_before": open("/proc/loadavg").read().split()[:3],
+        "envoy_version": envoy_version,
+        "envoy_concurrency": a.concurrency,
+        "wrk_version": run(a.wrk, "-v").splitlines()[0] if run(a.wrk, "-v") else "",
+        "wasm_sha256": wasm_sha,
+        "git": rev + (" (with local changes)" if dirty else ""),
+        "rounds": a.rounds,
+        "wrk": {
+            "threads": a.threads,
+            "connections": a.connections,
+            "duration_s": a.duration,
+            "warmup_s": a.warmup,
+        },
+    }
+    with open(a.out, "w") as f:
+        json.dump(meta, f)
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+
+def parse_wrk(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("BENCH_JSON "):
+                return json.loads(line[len("BENCH_JSON "):])
+    die(f"{path}: no BENCH_JSON line from put.lua (wrk failed?)")
+
+
+def cmd_record(a):
+    """One scenario's result from wrk's output and the snapshots around the measured run."""
+    w = parse_wrk(a.wrk)
+    warm = parse_wrk(a.warmup)
+    with open(a.before) as f:
+        before = json.load(f)
+    with open(a.after) as f:
+        after = json.load(f)
+    requests = w["requests"]
+    seconds = w["duration_us"] / 1e6
+
+    def delta(name):
+        return after["stats"].get(name, 0) - before["stats"].get(name, 0)
+
+    host_total = after["host"]["total"] - before["host"]["total"]
+    per_1k = 1000.0 / CLK_TCK / (requests / 1000.0) if requests else 0.0
+    r = {
+        "scenario": a.scenario,
+        "round": a.round,
+        "url": a.url,
+        "expected_status": a.status,
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "rps": round(requests / seconds, 1) if seconds else 0.0,
+        "latency_ms": {k: round(v / 1000.0, 3) for k, v in w["latency_us"].items()},
+        "statuses": {str(k): v for k, v in w["statuses"].items()},
+        "unexpected_status": w["unexpected_status"] + warm["unexpected_status"],
+        "socket_errors": w["errors"],
+        "envoy_cpu_ms_per_1k": round((after["envoy_ticks"] - before["envoy_ticks"]) * per_1k, 3),
+        "envoy_rss_mb": round(after["envoy_rss_kb"] / 1024.0, 1),
+        "host_busy_pct": round(100.0 * (after["host"]["busy"] - before["host"]["busy"]) / host_total, 1)
+        if host_total
+        else None,
+        # Connections Envoy accepted during the measured run: wrk opens exactly --connections,
+        # so more means Envoy closed connections and wrk had to reconnect.
+        "downstream_cx": delta(f"http.{a.prefix}.downstream_cx_total"),
+        "downstream_rq": delta(f"http.{a.prefix}.downstream_rq_total"),
+    }
+    if a.cluster:
+        r["upstream_cx"] = delta(f"cluster.{a.cluster}.upstream_cx_total")
+        r["upstream_rq"] = delta(f"cluster.{a.cluster}.upstream_rq_total")
+        r["pushgateway_cpu_ms_per_1k"] = round(
+            (after["backend_ticks"] - before["backend_ticks"]) * per_1k, 3
+        )
+    if a.groups:
+        r["groups_per_pushgateway"] = json.loads(a.groups)
+    with open(a.out, "a") as f:
+        f.write(json.dumps(r) + "\n")
+    # run.sh fails the run on this, after the record is written (so the JSON shows what came).
+    bad = r["unexpected_status"]
+    errs = sum(w["errors"][k] for k in ("connect", "read", "write"))
+    if bad or errs:
+        die(
+            f"{a.scenario}: {bad} responses were not {a.status} (statuses {r['statuses']}), "
+            f"socket errors {w['errors']}"
+        )
+
+
+def median_record(runs):
+    """The median of every number over rounds (each metric on its own)."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    out = dict(runs[-1])
+    for key in ("rps", "envoy_cpu_ms_per_1k", "envoy_rss_mb", "host_busy_pct", "downstream_cx"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            out[key] = statistics.median(vals)
+    out["latency_ms"] = {
+        k: statistics.median(r["latency_ms"][k] for r in runs) for k in runs[0]["latency_ms"]
+    }
+    out["rps_min"] = min(r["rps"] for r in runs)
+    out["rps_max"] = max(r["rps"] for r in runs)
+    return out
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def cmd_report(a):
+    with open(a.records) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    with open(a.meta) as f:
+        meta = json.load(f)
+    order = []
+    by = {}
+    for r in runs:
+        if r["scenario"] not in by:
+            order.append(r["scenario"])
+        by.setdefault(r["scenario"], []).append(r)
+    summary = {s: median_record(by[s]) for s in order}
+
+    comparisons = []
+    for scen, base in (("redirect", "baseline-redirect"), ("proxy", "baseline-proxy")):
+        if scen in summary and base in summary:
+            s, b = summary[scen], summary[base]
+            comparisons.append(
+                {
+                    "name": f"{scen}/{base}",
+                    "rps": ratio(s["rps"], b["rps"]),
+                    "p99": ratio(s["latency_ms"]["p99"], b["latency_ms"]["p99"]),
+                    "envoy_cpu_per_request": ratio(s["envoy_cpu_ms_per_1k"], b["envoy_cpu_ms_per_1k"]),
+                }
+            )
+
+    result = {"machine": meta, "scenarios": summary, "comparisons": comparisons, "runs": runs}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    m = meta
+    print()
+    print(f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}")
+    print(f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}")
+    print(
+        f"wrk: {m['wrk']['threads']} thread(s), {m['wrk']['connections']} connections, "
+        f"{m['wrk']['duration_s']} s after {m['wrk']['warmup_s']} s warm-up, "
+        f"{m['rounds']} round(s){' (medians)' if m['rounds'] > 1 else ''}; "
+        f"PUT 'm 1\\n' to 10,000 groups"
+    )
+    print()
+    head = ("scenario", "req/s", "p50 ms", "p99 ms", "envoy CPU ms/1k", "RSS MB", "host busy", "conns", "upstream conns")
+    rows = []
+    for s in order:
+        r = summary[s]
+        rows.append(
+            (
+                s,
+                f"{r['rps']:.0f}",
+                f"{r['latency_ms']['p50']:.2f}",
+                f"{r['latency_ms']['p99']:.2f}",
+                f"{r['envoy_cpu_ms_per_1k']:.1f}",
+                f"{r['envoy_rss_mb']:.0f}",
+                f"{r['host_busy_pct']:.0f}%" if r.get("host_busy_pct") is not None else "-",
+                str(r["downstream_cx"]),
+                str(r["upstream_cx"]) if "upstream_cx" in r else "-",
+            )
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    print(line(head))
+    for row in rows:
+        print(line(row))
+    if comparisons:
+        print()
+        for c in comparisons:
+            print(
+                f"{c['name']}: req/s x{c['rps']}, p99 x{c['p99']}, envoy CPU per request x{c['envoy_cpu_per_request']}"
+            )
+    notes = []
+    for s in order:
+        r = summary[s]
+        if r["downstream_cx"] > m["wrk"]["connections"]:
+            notes.append(
+                f"{s}: Envoy accepted {r['downstream_cx']} connections for {m['wrk']['connections']} "
+                f"wrk connections: it closes connections (wrk reconnects)"
+            )
+        if "groups_per_pushgateway" in r:
+            g = r["groups_per_pushgateway"]
+            notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)})")
+        if r["socket_errors"].get("timeout"):
+            notes.append(f"{s}: {r['socket_errors']['timeout']} wrk timeouts")
+    if notes:
+        print()
+        for n in notes:
+            print("note: " + n)
+    print()
+    print(f"results: {a.out}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("ports")
+    s.add_argument("count", type=int)
+    s.set_defaults(f=cmd_ports)
+
+    s = sub.add_parser("render-shipped")
+    s.add_argument("--src", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--ports", required=True, help="redirect,proxy,control,admin")
+    s.add_argument("--members", required=True, help="host:port,...")
+    s.add_argument("--wasm", required=True)
+    s.set_defaults(f=cmd_render_shipped)
+
+    s = sub.add_parser("render-baseline-redirect")
+    s.add_argument("--out", required=True)
+    s.add_argument("--port", required=True)
+    s.add_argument("--admin", required=True)
+    s.add_argument("--location", required=True, help="host:port the 307 points at")
+    s.add_argument("--no-buffer", action="store_true")
+    s.set_defaults(f=cmd_render_baseline_redirect)
+
+    s = sub.add_parser("render-baseline-proxy")
+    s.add_argument("--out", required=True)
+    s.add_argument("--port", required=True)
+    s.add_argument("--admin", required=True)
+    s.add_argument("--members", required=True)
+    s.set_defaults(f=cmd_render_baseline_proxy)
+
+    s = sub.add_parser("wait-http")
+    s.add_argument("method")
+    s.add_argument("url")
+    s.add_argument("status", type=int)
+    s.add_argument("--body")
+    s.add_argument("--header", help="name:prefix the answer must carry")
+    s.add_argument("--timeout", type=float, default=30)
+    s.add_argument("--pid", type=int, action="append")
+    s.set_defaults(f=cmd_wait_http)
+
+    s = sub.add_parser("snapshot")
+    s.add_argument("--out", required=True)
+    s.add_argument("--envoy-pid", type=int, required=True)
+    s.add_argument("--backend-pid", type=int, action="append")
+    s.add_argument("--admin", required=True)
+    s.set_defaults(f=cmd_snapshot)
+
+    s = sub.add_parser("groups")
+    s.add_argument("--members", required=True)
+    s.set_defaults(f=cmd_groups)
+
+    s = sub.add_parser("record")
+    for name in ("scenario", "url", "prefix", "wrk", "warmup", "before", "after", "out"):
+        s.add_argument(f"--{name}", required=True)
+    s.add_argument("--round", type=int, default=1)
+    s.add_argument("--status", type=int, required=True)
+    s.add_argument("--cluster")
+    s.add_argument("--groups")
+    s.set_defaults(f=cmd_record)
+
+    s = sub.add_parser("meta")
+    for name in ("out", "root", "envoy", "wrk", "wasm"):
+        s.add_argument(f"--{name}", required=True)
+    for name in ("concurrency", "threads", "connections", "duration", "warmup", "rounds"):
+        s.add_argument(f"--{name}", type=int, required=True)
+    s.set_defaults(f=cmd_meta)
+
+    s = sub.add_parser("report")
+    s.add_argument("--records", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(f=cmd_report)
+
+    a = p.parse_args()
+    a.f(a)
+
+
+if __name__ == "__main__":
+    main()

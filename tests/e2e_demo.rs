@@ -1,0 +1,173 @@
+//! The whole stack as the demo runs it (Consul, three pushgateways, Envoy with the filter,
+//! consul-sync, Prometheus with Consul discovery), on free loopback ports: what a user sees in
+//! Prometheus, and that the demo leaves nothing behind.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+use testkit::envoy::run_python_clients;
+use testkit::{free_port, http_get, http_request, poll_for, repo_root, wait_until, Proc, TestDir};
+
+struct Demo {
+    proc: Proc,
+    dir: TestDir,
+    pg_ports: Vec<u16>,
+    redirect_port: u16,
+    prometheus_port: u16,
+    sync_port: u16,
+}
+
+impl Demo {
+    fn start(name: &str) -> Demo {
+        let dir = TestDir::new(name);
+        let pg_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let (redirect_port, prometheus_port, sync_port) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(repo_root().join("scripts/demo.sh"));
+        cmd.env("DEMO_DIR", dir.join("demo"))
+            .env("DEMO_DATA_ADDRESS", "127.0.0.1")
+            .env("DEMO_CONSUL_PORT", free_port().to_string())
+            .env("DEMO_CONSUL_SERVER_PORT", free_port().to_string())
+            .env("DEMO_CONSUL_SERF_LAN_PORT", free_port().to_string())
+            .env("DEMO_CONSUL_SERF_WAN_PORT", free_port().to_string())
+            .env(
+                "DEMO_PUSHGATEWAY_PORTS",
+                pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
+            )
+            .env("DEMO_REDIRECT_PORT", redirect_port.to_string())
+            .env("DEMO_PROXY_PORT", free_port().to_string())
+            .env("DEMO_CONTROL_PORT", free_port().to_string())
+            .env("DEMO_ADMIN_PORT", free_port().to_string())
+            .env("DEMO_CONSUL_SYNC_PORT", sync_port.to_string())
+            .env("DEMO_PROMETHEUS_PORT", prometheus_port.to_string())
+            .env("DEMO_CHECK_INTERVAL", "1s")
+            .env("DEMO_SCRAPE_INTERVAL", "1s");
+        let mut proc = Proc::spawn("demo", cmd, &dir);
+        wait_until("the demo prints its ready line", Duration::from_secs(120), || {
+            assert!(proc.is_running(), "the demo exited:\n{}", proc.log_tail(40));
+            proc.log().contains("dynamic-sharding demo ready").then_some(())
+        });
+        Demo {
+            proc,
+            dir,
+            pg_ports,
+            redirect_port,
+            prometheus_port,
+            sync_port,
+        }
+    }
+
+    /// The demo's children, by name, from its pids file.
+    fn children(&self) -> BTreeMap<String, i32> {
+        std::fs::read_to_string(self.dir.join("demo/pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(n, p)| (n.to_owned(), p.parse().unwrap())))
+            .collect()
+    }
+
+    fn query(&self, promql: &str) -> Vec<Value> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/query?query={}",
+            self.prometheus_port,
+            encode(promql)
+        );
+        let (status, body) = http_get(&url);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is gone for our purposes; /proc/<pid>/stat's third field is the state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let children = self.children();
+        self.proc.signal(Signal::SIGTERM);
+        self.proc.wait_exit(Duration::from_secs(15));
+        // Whatever the outcome of the test, nothing it started survives it.
+        for pid in children.values() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn demo_becomes_ready_and_sigterm_leaves_no_process_behind() {
+    let mut demo = Demo::start("demo-lifecycle");
+    let children = demo.children();
+    assert_eq!(children.len(), 7, "consul, 3 pushgateways, envoy, consul-sync, prometheus: {children:?}");
+    assert!(children.values().all(|p| alive(*p)));
+    let (status, _) = http_get(&format!("http://127.0.0.1:{}/-/ready", demo.sync_port));
+    assert_eq!(status, 200);
+    demo.proc.signal(Signal::SIGTERM);
+    let exit = demo.proc.wait_exit(Duration::from_secs(15)).expect("the demo stops within 15 s of SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", demo.proc.log_tail(20));
+    let left: Vec<_> = children.iter().filter(|(_, p)| alive(**p)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn prometheus_sees_each_group_once_and_follows_a_failover() {
+    let demo = Demo::start("demo-e2e");
+    let base = format!("http://127.0.0.1:{}", demo.redirect_port);
+    let pushes: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"client": "requests", "base": base, "method": "PUT",
+                   "path": format!("/metrics/job/e2e/group/g{i}"), "body": format!("e2e_value {i}\n")})
+        })
+        .collect();
+    for r in run_python_clients(&pushes) {
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    // Exactly one series per group, from the owner, with the pushed value.
+    let series = wait_until("Prometheus has scraped 200 groups", Duration::from_secs(60), || {
+        let s = demo.query("e2e_value");
+        (s.len() >= 200).then_some(s)
+    });
+    assert_eq!(series.len(), 200, "one series per group, no copies");
+    for s in &series {
+        let group = s["metric"]["group"].as_str().unwrap();
+        let i: f64 = group.trim_start_matches('g').parse().unwrap();
+        assert_eq!(s["value"][1].as_str().unwrap().parse::<f64>().unwrap(), i);
+        let lookup = http_request("GET", &format!("{base}/metrics/job/e2e/group/{group}"), &[], b"").body;
+        let owner = lookup.trim_start_matches("nextUrl:http://").split('/').next().unwrap().to_owned();
+        assert_eq!(s["metric"]["instance"].as_str().unwrap(), owner, "{group} scraped from its owner");
+    }
+
+    // Kill the owner of g7, push g7 again: it goes to a live member and Prometheus shows one series.
+    let lookup = http_request("GET", &format!("{base}/metrics/job/e2e/group/g7"), &[], b"").body;
+    let owner_port: u16 = lookup.split(':').nth(3).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(demo.pg_ports.contains(&owner_port));
+    let pid = demo.children()[&format!("pushgateway-{owner_port}")];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let push = json!({"client": "requests", "base": base, "method": "PUT", "path": "/metrics/job/e2e/group/g7", "body": "e2e_value 700\n"});
+    wait_until("the push of g7 reaches a live pushgateway", Duration::from_secs(15), || {
+        let r = &run_python_clients(std::slice::from_ref(&push))[0];
+        (r["status"] == 200).then_some(())
+    });
+    let after = poll_for(Duration::from_secs(60), || {
+        let s = demo.query("e2e_value{group=\"g7\"}");
+        (s.len() == 1 && s[0]["value"][1] == "700").then_some(s)
+    });
+    let s = after.unwrap_or_else(|| panic!("g7: {:?}", demo.query("e2e_value{group=\"g7\"}")));
+    assert_ne!(s[0]["metric"]["instance"], format!("127.0.0.1:{owner_port}"));
+}
