@@ -111,9 +111,11 @@ static_resources:
               routes:
               - match: {{ prefix: "/" }}
                 direct_response: {{ status: 307 }}
-                # The same Location the filter sends: the owner plus the path as received.
+                # The same Location the filter sends: the owner plus the path as received. It
+                # overwrites the one Envoy adds to a 3xx direct_response (the request's own URL).
                 response_headers_to_add:
                 - header: {{ key: location, value: "http://{location}%REQ(:path)%" }}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD
           http_filters:
 {buffer}\
           - name: envoy.filters.http.router
@@ -340,8 +342,17 @@ def cmd_meta(a):
     # Others edit the tree while benchmarks run: say whether the build may include local changes.
     dirty = run("git", "-C", a.root, "status", "--porcelain", "--untracked-files=no")
     envoy_version = run(a.envoy, "--version").split("version:")[-1].strip()
+    # Other work on the machine (builds, tests) takes CPU from Envoy and wrk alike: sample how
+    # busy it is before anything of ours runs, so a noisy run can be recognised afterwards.
+    idle_before = host_cpu()
+    time.sleep(1)
+    idle_after = host_cpu()
+    busy_before = round(
+        100.0 * (idle_after["busy"] - idle_before["busy"]) / max(1, idle_after["total"] - idle_before["total"]), 1
+    )
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host_busy_pct_before": busy_before,
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": os.uname().release,
@@ -352,6 +363,7 @@ def cmd_meta(a):
         "wasm_sha256": wasm_sha,
         "git": rev + (" (with local changes)" if dirty else ""),
         "rounds": a.rounds,
+        "pushgateway_consistency_check": bool(a.pushgateway_check),
         "wrk": {
             "threads": a.threads,
             "connections": a.connections,
@@ -407,9 +419,11 @@ def cmd_record(a):
         "host_busy_pct": round(100.0 * (after["host"]["busy"] - before["host"]["busy"]) / host_total, 1)
         if host_total
         else None,
-        # Connections Envoy accepted during the measured run: wrk opens exactly --connections,
-        # so more means Envoy closed connections and wrk had to reconnect.
+        # Connections Envoy accepted during the measured run. wrk opens --connections plus one
+        # (it first connects once to check the address), so anything above that means Envoy
+        # closed connections and wrk had to reconnect.
         "downstream_cx": delta(f"http.{a.prefix}.downstream_cx_total"),
+        "reconnects": max(0, delta(f"http.{a.prefix}.downstream_cx_total") - a.connections - 1),
         "downstream_rq": delta(f"http.{a.prefix}.downstream_rq_total"),
     }
     if a.cluster:
@@ -437,7 +451,7 @@ def median_record(runs):
     if len(runs) == 1:
         return dict(runs[0])
     out = dict(runs[-1])
-    for key in ("rps", "envoy_cpu_ms_per_1k", "envoy_rss_mb", "host_busy_pct", "downstream_cx"):
+    for key in ("rps", "envoy_cpu_ms_per_1k", "envoy_rss_mb", "host_busy_pct", "downstream_cx", "reconnects"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         if vals:
             out[key] = statistics.median(vals)
@@ -467,7 +481,12 @@ def cmd_report(a):
     summary = {s: median_record(by[s]) for s in order}
 
     comparisons = []
-    for scen, base in (("redirect", "baseline-redirect"), ("proxy", "baseline-proxy")):
+    pairs = (
+        ("redirect", "baseline-redirect"),
+        ("redirect", "baseline-redirect-close"),
+        ("proxy", "baseline-proxy"),
+    )
+    for scen, base in pairs:
         if scen in summary and base in summary:
             s, b = summary[scen], summary[base]
             comparisons.append(
@@ -487,13 +506,17 @@ def cmd_report(a):
 
     m = meta
     print()
-    print(f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}")
+    print(
+        f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}; "
+        f"busy {m['host_busy_pct_before']}% before the run, load average {' '.join(m['loadavg_before'])}"
+    )
     print(f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}")
     print(
         f"wrk: {m['wrk']['threads']} thread(s), {m['wrk']['connections']} connections, "
         f"{m['wrk']['duration_s']} s after {m['wrk']['warmup_s']} s warm-up, "
         f"{m['rounds']} round(s){' (medians)' if m['rounds'] > 1 else ''}; "
-        f"PUT 'm 1\\n' to 10,000 groups"
+        f"PUT 'm 1\\n' to 10,000 groups; pushgateway consistency check "
+        f"{'on' if m['pushgateway_consistency_check'] else 'off'}"
     )
     print()
     head = ("scenario", "req/s", "p50 ms", "p99 ms", "envoy CPU ms/1k", "RSS MB", "host busy", "conns", "upstream conns")
@@ -529,16 +552,23 @@ def cmd_report(a):
     notes = []
     for s in order:
         r = summary[s]
-        if r["downstream_cx"] > m["wrk"]["connections"]:
+        if r["reconnects"]:
             notes.append(
                 f"{s}: Envoy accepted {r['downstream_cx']} connections for {m['wrk']['connections']} "
-                f"wrk connections: it closes connections (wrk reconnects)"
+                f"wrk connections: it closed connections and wrk reconnected"
             )
         if "groups_per_pushgateway" in r:
             g = r["groups_per_pushgateway"]
-            notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)})")
+            # 10,000 bench groups plus the readiness probe's; each group must be on one pushgateway.
+            verdict = {True: "every group once", False: "expected 10001"}[sum(g) == 10001]
+            notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)}: {verdict})")
         if r["socket_errors"].get("timeout"):
             notes.append(f"{s}: {r['socket_errors']['timeout']} wrk timeouts")
+    if m["host_busy_pct_before"] > 10:
+        notes.append(
+            f"the machine was {m['host_busy_pct_before']}% busy before the run (other work): "
+            "the figures are noisier than usual; run again on an idle machine"
+        )
     if notes:
         print()
         for n in notes:
@@ -604,6 +634,7 @@ def main():
         s.add_argument(f"--{name}", required=True)
     s.add_argument("--round", type=int, default=1)
     s.add_argument("--status", type=int, required=True)
+    s.add_argument("--connections", type=int, required=True)
     s.add_argument("--cluster")
     s.add_argument("--groups")
     s.set_defaults(f=cmd_record)
@@ -611,7 +642,7 @@ def main():
     s = sub.add_parser("meta")
     for name in ("out", "root", "envoy", "wrk", "wasm"):
         s.add_argument(f"--{name}", required=True)
-    for name in ("concurrency", "threads", "connections", "duration", "warmup", "rounds"):
+    for name in ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check"):
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_meta)
 

@@ -150,7 +150,7 @@ fn prometheus_sees_each_group_once_and_follows_a_failover() {
         assert_eq!(s["value"][1].as_str().unwrap().parse::<f64>().unwrap(), i);
         let lookup = http_request("GET", &format!("{base}/metrics/job/e2e/group/{group}"), &[], b"").body;
         let owner = lookup.trim_start_matches("nextUrl:http://").split('/').next().unwrap().to_owned();
-        assert_eq!(s["metric"]["instance"].as_str().unwrap(), owner, "{group} scraped from its owner");
+        assert_eq!(s["metric"]["pushgateway"].as_str(), Some(owner.as_str()), "{group} scraped from its owner");
     }
 
     // Kill the owner of g7, push g7 again: it goes to a live member and Prometheus shows one series.
@@ -169,5 +169,5 @@ fn prometheus_sees_each_group_once_and_follows_a_failover() {
         (s.len() == 1 && s[0]["value"][1] == "700").then_some(s)
     });
     let s = after.unwrap_or_else(|| panic!("g7: {:?}", demo.query("e2e_value{group=\"g7\"}")));
-    assert_ne!(s[0]["metric"]["instance"], format!("127.0.0.1:{owner_port}"));
+    assert_ne!(s[0]["metric"]["pushgateway"], format!("127.0.0.1:{owner_port}"));
 }

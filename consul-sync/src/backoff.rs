@@ -22,21 +22,44 @@ pub struct Backoff {
 impl Backoff {
     /// The default schedule (200 ms doubling to 10 s), seeded from the clock.
     pub fn new() -> Backoff {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x5eed);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed);
         Backoff::with_seed(BASE, CAP, seed)
     }
 
+    /// The default schedule with a lower cap (e.g. the resync interval, so retries are never
+    /// rarer than resyncs).
+    pub fn with_cap(cap: Duration) -> Backoff {
+        let mut b = Backoff::new();
+        b.cap = cap.clamp(BASE, CAP);
+        b
+    }
+
     pub fn with_seed(base: Duration, cap: Duration, seed: u64) -> Backoff {
-        Backoff { base, cap: cap.max(base), attempt: 0, rng: seed }
+        Backoff {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+            rng: seed,
+        }
     }
 
     /// The delay before the next attempt; each call doubles the nominal delay up to the cap.
     pub fn next_delay(&mut self) -> Duration {
-        let nominal = self.base.saturating_mul(1u32 << self.attempt.min(30)).min(self.cap);
+        let nominal = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(30))
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let half = nominal / 2;
         let span = (nominal - half).as_nanos() as u64;
-        let jitter = if span == 0 { 0 } else { self.next_u64() % (span + 1) };
+        let jitter = if span == 0 {
+            0
+        } else {
+            self.next_u64() % (span + 1)
+        };
         half + Duration::from_nanos(jitter)
     }
 
@@ -77,18 +100,30 @@ mod tests {
             for n in 0..40u32 {
                 let nominal = BASE.saturating_mul(1 << n.min(30)).min(CAP);
                 let d = b.next_delay();
-                assert!(d >= nominal / 2 && d <= nominal, "seed {seed}, attempt {n}: {d:?} not in [{:?}, {nominal:?}]", nominal / 2);
+                assert!(
+                    d >= nominal / 2 && d <= nominal,
+                    "seed {seed}, attempt {n}: {d:?} not in [{:?}, {nominal:?}]",
+                    nominal / 2
+                );
                 assert!(d <= CAP && d >= BASE / 2);
             }
             assert_eq!(b.attempts(), 40);
             b.reset();
             assert!(b.next_delay() <= BASE);
         }
+        let mut b = Backoff::with_cap(Duration::from_secs(2));
+        assert!((0..20)
+            .map(|_| b.next_delay())
+            .all(|d| d <= Duration::from_secs(2)));
+        let mut b = Backoff::with_cap(Duration::from_secs(60));
+        assert!((0..20).map(|_| b.next_delay()).all(|d| d <= CAP));
     }
 
     #[test]
     fn jitter_spreads_instances_that_failed_together() {
-        let delays: Vec<Duration> = (0..20).map(|seed| Backoff::with_seed(BASE, CAP, seed).next_delay()).collect();
+        let delays: Vec<Duration> = (0..20)
+            .map(|seed| Backoff::with_seed(BASE, CAP, seed).next_delay())
+            .collect();
         let mut distinct = delays.clone();
         distinct.sort();
         distinct.dedup();

@@ -174,7 +174,10 @@ struct RawEnvoy {
 // ---- values checked while reading, so errors carry the line ------------------------------------
 
 /// Deserializes a string and checks it with `check`, whose error says what is accepted.
-fn checked<'de, D: Deserializer<'de>, T>(d: D, check: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error> {
+fn checked<'de, D: Deserializer<'de>, T>(
+    d: D,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
     let s = String::deserialize(d)?;
     check(&s).map_err(serde::de::Error::custom)
 }
@@ -191,7 +194,8 @@ impl<'de> Deserialize<'de> for Dur {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const ACCEPTED: &str = "expected a positive number with a unit, e.g. 500ms, 5s, 1m, 1h30m";
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?} ({e}); {ACCEPTED}"))?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); {ACCEPTED}"))?;
     if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be above zero; {ACCEPTED}"));
     }
@@ -206,7 +210,9 @@ impl<'de> Deserialize<'de> for Port {
         let v = u64::deserialize(d)?;
         match u16::try_from(v) {
             Ok(p) if p != 0 => Ok(Port(p)),
-            _ => Err(serde::de::Error::custom(format!("port {v} is out of range: expected 1 to 65535"))),
+            _ => Err(serde::de::Error::custom(format!(
+                "port {v} is out of range: expected 1 to 65535"
+            ))),
         }
     }
 }
@@ -228,7 +234,10 @@ struct ServiceName(String);
 impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked(d, |s| {
-            let ok = !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let ok = !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if ok {
                 Ok(ServiceName(s.to_owned()))
             } else {
@@ -258,16 +267,27 @@ fn parse_listen_addr(s: &str) -> Result<ListenAddr, String> {
         format!("invalid listen address {s:?}: {why}; expected host:port (e.g. 127.0.0.1:9294, [::1]:9294) or :port for all interfaces")
     };
     let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
     if host.is_empty() {
-        return Ok(ListenAddr { addr: format!("0.0.0.0:{port}"), all_interfaces: true });
+        return Ok(ListenAddr {
+            addr: format!("0.0.0.0:{port}"),
+            all_interfaces: true,
+        });
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>().map_err(|_| bad("not an IPv6 address between [ and ]"))?;
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| bad("not an IPv6 address between [ and ]"))?;
     } else if host.contains(':') || host.contains('/') || host.contains(' ') {
-        return Err(bad("the host is neither a name, an IPv4 address nor a bracketed IPv6 address"));
+        return Err(bad(
+            "the host is neither a name, an IPv4 address nor a bracketed IPv6 address",
+        ));
     }
-    Ok(ListenAddr { addr: s.to_owned(), all_interfaces: false })
+    Ok(ListenAddr {
+        addr: s.to_owned(),
+        all_interfaces: false,
+    })
 }
 
 /// Consul's HTTP address: `host:port` as the original, or `http://host:port`.
@@ -285,7 +305,9 @@ fn parse_consul_addr(s: &str) -> Result<String, String> {
         format!("invalid Consul address {s:?}: {why}; expected host:port (e.g. localhost:8500) or http://host:port")
     };
     if s.starts_with("https://") {
-        return Err(bad("HTTPS is not supported; use plain HTTP to the local Consul agent"));
+        return Err(bad(
+            "HTTPS is not supported; use plain HTTP to the local Consul agent",
+        ));
     }
     let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
     if rest.contains("://") || rest.contains('/') {
@@ -311,7 +333,9 @@ fn parse_control_url(s: &str) -> Result<String, String> {
     };
     let url = reqwest::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "http" {
-        return Err(bad("only http:// is supported (the control listener is on loopback or a private network)"));
+        return Err(bad(
+            "only http:// is supported (the control listener is on loopback or a private network)",
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -328,8 +352,11 @@ pub fn parse_server(entry: &str, default_port: u16) -> Result<Member, String> {
     if let Ok(m) = Member::parse(entry) {
         return Ok(m);
     }
-    let with_port =
-        if entry.parse::<Ipv6Addr>().is_ok() { format!("[{entry}]:{default_port}") } else { format!("{entry}:{default_port}") };
+    let with_port = if entry.parse::<Ipv6Addr>().is_ok() {
+        format!("[{entry}]:{default_port}")
+    } else {
+        format!("{entry}:{default_port}")
+    };
     Member::parse(&with_port).map_err(|_| match Member::parse(entry) {
         Err(e) if entry.contains(':') => e,
         _ => format!(
@@ -386,7 +413,8 @@ fn locate(text: &str, path: &str) -> Option<usize> {
             let found = (from..lines.len()).find(|&i| {
                 let l = lines[i];
                 let body = l.trim_start().trim_start_matches("- ").trim_start();
-                indent(l) >= min_indent && (body.starts_with(&format!("{key}:")) || body.starts_with(&format!("{key} :")))
+                indent(l) >= min_indent
+                    && (body.starts_with(&format!("{key}:")) || body.starts_with(&format!("{key} :")))
             })?;
             min_indent = indent(lines[found]) + 1;
             at = Some(found);
@@ -394,7 +422,9 @@ fn locate(text: &str, path: &str) -> Option<usize> {
         if let Some(n) = index {
             let start = at.map_or(0, |a| a + 1);
             let items: Vec<usize> = (start..lines.len())
-                .take_while(|&i| lines[i].trim().is_empty() || indent(lines[i]) >= min_indent.saturating_sub(1))
+                .take_while(|&i| {
+                    lines[i].trim().is_empty() || indent(lines[i]) >= min_indent.saturating_sub(1)
+                })
                 .filter(|&i| lines[i].trim_start().starts_with("- "))
                 .collect();
             if let Some(&i) = items.get(n) {
@@ -413,7 +443,10 @@ impl Config {
     /// Reads and checks `path`; the environment supplies tokens not in the file.
     pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         let read_file = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
         Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)
     }
@@ -426,7 +459,10 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
         read_file: impl Fn(&Path) -> Result<String, String>,
     ) -> Result<(Config, Vec<Warning>), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { file: file.to_owned(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
         // An empty file is all defaults, as serde would refuse the missing mapping.
         let raw = read_raw(text).map_err(invalid)?;
         let mut warnings = Vec::new();
@@ -435,7 +471,9 @@ impl Config {
         let mut servers: Vec<Member> = Vec::new();
         for (i, entry) in raw.pushgateway.servers.unwrap_or_default().iter().enumerate() {
             let key = format!("pushgateway.servers[{i}]");
-            let at = locate(text, &key).map(|l| format!(" (line {l})")).unwrap_or_default();
+            let at = locate(text, &key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
             let m = parse_server(entry, port).map_err(|e| invalid(format!("{key}{at}: {e}")))?;
             if let Some(j) = servers.iter().position(|s| *s == m) {
                 return Err(invalid(format!(
@@ -453,10 +491,16 @@ impl Config {
         let check = CheckConfig {
             interval: raw.check.interval.map_or(DEFAULT_CHECK_INTERVAL, |d| d.0),
             timeout: raw.check.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
-            deregister_after: raw.check.deregister_after.map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
+            deregister_after: raw
+                .check
+                .deregister_after
+                .map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
         };
         if check.interval < CONSUL_MIN_INTERVAL {
-            warnings.push(format!("check.interval {:?} is below 1s; Consul runs checks at most once a second", check.interval));
+            warnings.push(format!(
+                "check.interval {:?} is below 1s; Consul runs checks at most once a second",
+                check.interval
+            ));
         }
         if check.deregister_after < CONSUL_MIN_DEREGISTER {
             warnings.push(format!(
@@ -479,22 +523,36 @@ impl Config {
             None => DEFAULT_HTTP_LISTEN_ADDR.to_owned(),
         };
 
-        let control_urls: Vec<String> = raw.envoy.control_urls.unwrap_or_default().into_iter().map(|u| u.0).collect();
+        let control_urls: Vec<String> = raw
+            .envoy
+            .control_urls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u.0)
+            .collect();
         for (i, u) in control_urls.iter().enumerate() {
             if let Some(j) = control_urls[..i].iter().position(|v| v == u) {
-                return Err(invalid(format!("envoy.control_urls[{i}]: {u:?} repeats envoy.control_urls[{j}]; list each once")));
+                return Err(invalid(format!(
+                    "envoy.control_urls[{i}]: {u:?} repeats envoy.control_urls[{j}]; list each once"
+                )));
             }
         }
         let token = match &raw.envoy.token_file {
             Some(p) => {
-                let t = read_file(p).map_err(|e| invalid(format!("envoy.token_file: cannot read {}: {e}", p.display())))?;
+                let t = read_file(p)
+                    .map_err(|e| invalid(format!("envoy.token_file: cannot read {}: {e}", p.display())))?;
                 let t = t.trim().to_owned();
                 if t.is_empty() {
-                    return Err(invalid(format!("envoy.token_file: {} is empty; it must hold the control token", p.display())));
+                    return Err(invalid(format!(
+                        "envoy.token_file: {} is empty; it must hold the control token",
+                        p.display()
+                    )));
                 }
                 Some(t)
             }
-            None => env(CONTROL_TOKEN_ENV).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            None => env(CONTROL_TOKEN_ENV)
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
         };
         if !control_urls.is_empty() && token.is_none() {
             return Err(invalid(format!(
@@ -503,7 +561,10 @@ impl Config {
             )));
         }
         if control_urls.is_empty() {
-            warnings.push("envoy.control_urls is empty: the member list is only served on /prometheus/targets".to_owned());
+            warnings.push(
+                "envoy.control_urls is empty: the member list is only served on /prometheus/targets"
+                    .to_owned(),
+            );
         }
 
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
@@ -517,12 +578,17 @@ impl Config {
             token: nonempty(raw.consul_server.token).or_else(|| nonempty(env(CONSUL_TOKEN_ENV))),
         };
         if consul.password.is_some() && consul.username.is_none() {
-            return Err(invalid("consul_server.password is set without consul_server.username; set both for basic auth".into()));
+            return Err(invalid(
+                "consul_server.password is set without consul_server.username; set both for basic auth"
+                    .into(),
+            ));
         }
 
         let config = Config {
             consul,
-            service_name: raw.register_service_name.map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0),
+            service_name: raw
+                .register_service_name
+                .map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0),
             servers,
             http_listen_addr,
             check,
@@ -552,12 +618,21 @@ http_listen_addr: :9292
 ";
 
     fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<(Config, Vec<Warning>), String> {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Config::parse(
             text,
             "test.yml",
             |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
-            |p| if p == Path::new("/tok") { Ok("file-token\n".into()) } else { Err("No such file".into()) },
+            |p| {
+                if p == Path::new("/tok") {
+                    Ok("file-token\n".into())
+                } else {
+                    Err("No such file".into())
+                }
+            },
         )
         .map_err(|e| e.to_string())
     }
@@ -577,15 +652,24 @@ http_listen_addr: :9292
     fn the_original_sample_is_accepted_as_is() {
         let (c, warnings) = parse(ORIGINAL).unwrap();
         assert_eq!(c.consul.base_url, "http://localhost:8500");
-        assert_eq!((c.consul.username.as_deref(), c.consul.password.as_deref()), (None, None));
+        assert_eq!(
+            (c.consul.username.as_deref(), c.consul.password.as_deref()),
+            (None, None)
+        );
         assert_eq!(c.service_name, "pushgateway");
         let servers: Vec<&str> = c.servers.iter().map(Member::as_str).collect();
         assert_eq!(servers, ["1.1.1.1:9091", "2.2.2.2:9091"]);
         assert_eq!(c.http_listen_addr, "0.0.0.0:9292");
-        assert!(warnings.iter().any(|w| w.contains("\":9292\" listens on all interfaces") && w.contains("not the push")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("\":9292\" listens on all interfaces") && w.contains("not the push")));
         assert_eq!(
             c.check,
-            CheckConfig { interval: Duration::from_secs(5), timeout: Duration::from_secs(2), deregister_after: Duration::from_secs(600) }
+            CheckConfig {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                deregister_after: Duration::from_secs(600)
+            }
         );
         assert_eq!(c.resync_interval, Duration::from_secs(10));
         assert_eq!(c.vnodes, 500);
@@ -624,67 +708,185 @@ vnodes: 100
         assert_eq!(c.consul.base_url, "http://127.0.0.1:8600");
         assert_eq!(c.consul.token.as_deref(), Some("abc"));
         let servers: Vec<&str> = c.servers.iter().map(Member::as_str).collect();
-        assert_eq!(servers, ["a.example:9100", "10.0.0.1:9091", "[::1]:9091", "[::2]:7"]);
+        assert_eq!(
+            servers,
+            ["a.example:9100", "10.0.0.1:9091", "[::1]:9091", "[::2]:7"]
+        );
         assert_eq!(c.check.timeout, Duration::from_millis(500));
-        assert_eq!(c.envoy.control_urls, ["http://127.0.0.1:9293", "http://envoy-2:9293"]);
-        assert_eq!(c.envoy.token.as_deref(), Some("file-token"), "the token file wins over the environment");
+        assert_eq!(
+            c.envoy.control_urls,
+            ["http://127.0.0.1:9293", "http://envoy-2:9293"]
+        );
+        assert_eq!(
+            c.envoy.token.as_deref(),
+            Some("file-token"),
+            "the token file wins over the environment"
+        );
         assert_eq!(c.resync_interval, Duration::from_secs(60));
         assert_eq!(c.vnodes, 100);
-        assert!(warnings.iter().any(|w| w.contains("raises it to 1m")), "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("raises it to 1m")),
+            "{warnings:?}"
+        );
         // Secrets never reach Debug output.
         let debug = format!("{c:?}");
-        assert!(!debug.contains("abc") && !debug.contains("file-token") && debug.contains("<set>"), "{debug}");
+        assert!(
+            !debug.contains("abc") && !debug.contains("file-token") && debug.contains("<set>"),
+            "{debug}"
+        );
     }
 
     #[test]
     fn tokens_from_the_environment() {
         let text = "envoy: {control_urls: ['http://127.0.0.1:1']}";
         let (c, _) = parse_env(text, &[(CONTROL_TOKEN_ENV, " t1 "), (CONSUL_TOKEN_ENV, "t2")]).unwrap();
-        assert_eq!((c.envoy.token.as_deref(), c.consul.token.as_deref()), (Some("t1"), Some("t2")));
+        assert_eq!(
+            (c.envoy.token.as_deref(), c.consul.token.as_deref()),
+            (Some("t1"), Some("t2"))
+        );
         let e = parse(text).unwrap_err();
-        assert!(e.contains("no control token") && e.contains("envoy.token_file") && e.contains(CONTROL_TOKEN_ENV), "{e}");
+        assert!(
+            e.contains("no control token") && e.contains("envoy.token_file") && e.contains(CONTROL_TOKEN_ENV),
+            "{e}"
+        );
     }
 
     #[test]
     fn refusals_name_file_key_line_and_what_is_accepted() {
         for (text, needles) in [
             // Unknown keys, at every level.
-            ("consul_server:\n  adr: x:1\n", &["test.yml", "consul_server", "unknown field `adr`", "expected one of `addr`", "line 2"][..]),
-            ("pushgatway: {}\n", &["unknown field `pushgatway`", "register_service_name", "line 1"]),
-            ("check:\n  intervall: 5s\n", &["check", "unknown field `intervall`", "deregister_after", "line 2"]),
+            (
+                "consul_server:\n  adr: x:1\n",
+                &[
+                    "test.yml",
+                    "consul_server",
+                    "unknown field `adr`",
+                    "expected one of `addr`",
+                    "(line 2)",
+                ][..],
+            ),
+            (
+                "pushgatway: {}\n",
+                &["unknown field `pushgatway`", "register_service_name", "(line 1)"],
+            ),
+            (
+                "check:\n  intervall: 5s\n",
+                &[
+                    "check",
+                    "unknown field `intervall`",
+                    "deregister_after",
+                    "(line 2)",
+                ],
+            ),
             // Bad durations.
-            ("check:\n  interval: 5\n", &["check.interval", "invalid duration \"5\"", "e.g. 500ms, 5s", "line 2"]),
-            ("check:\n  timeout: 0s\n", &["check.timeout", "above zero", "line 2"]),
-            ("\nresync_interval: soon\n", &["resync_interval", "invalid duration", "line 2"]),
+            (
+                "check:\n  interval: 5\n",
+                &[
+                    "check.interval",
+                    "invalid duration \"5\"",
+                    "e.g. 500ms, 5s",
+                    "(line 2)",
+                ],
+            ),
+            (
+                "check:\n  timeout: 0s\n",
+                &["check.timeout", "above zero", "(line 2)"],
+            ),
+            (
+                "\nresync_interval: soon\n",
+                &["resync_interval", "invalid duration", "(line 2)"],
+            ),
             // Bad addresses.
-            ("http_listen_addr: localhost\n", &["http_listen_addr", "missing :port", "expected host:port", "line 1"]),
-            ("http_listen_addr: ':99999'\n", &["http_listen_addr", "0 to 65535", "line 1"]),
-            ("consul_server: {addr: 'https://c:8500'}\n", &["consul_server.addr", "HTTPS is not supported", "expected host:port"]),
-            ("consul_server: {addr: 'c'}\n", &["consul_server.addr", "missing :port", "expected host:port"]),
-            ("envoy: {control_urls: ['127.0.0.1:9293']}\n", &["envoy.control_urls", "expected the base URL", "line 1"]),
-            ("envoy: {control_urls: ['https://e:1']}\n", &["envoy.control_urls", "only http://"]),
-            ("pushgateway:\n  servers: ['a b']\n", &["pushgateway.servers[0]", "\"a b\"", "expected host"]),
-            ("pushgateway:\n  servers: ['h:0']\n", &["pushgateway.servers[0]", "1 to 65535"]),
-            ("pushgateway:\n  servers: [h, 'H:9091']\n", &["pushgateway.servers[1]", "same pushgateway as pushgateway.servers[0]"]),
-            ("pushgateway:\n  port: 70000\n", &["pushgateway.port", "expected 1 to 65535", "line 2"]),
+            (
+                "http_listen_addr: localhost\n",
+                &[
+                    "http_listen_addr",
+                    "missing :port",
+                    "expected host:port",
+                    "(line 1)",
+                ],
+            ),
+            (
+                "http_listen_addr: ':99999'\n",
+                &["http_listen_addr", "0 to 65535", "(line 1)"],
+            ),
+            (
+                "consul_server: {addr: 'https://c:8500'}\n",
+                &[
+                    "consul_server.addr (line 1)",
+                    "HTTPS is not supported",
+                    "expected host:port",
+                ],
+            ),
+            (
+                "consul_server: {addr: 'c'}\n",
+                &["consul_server.addr", "missing :port", "expected host:port"],
+            ),
+            (
+                "envoy: {control_urls: ['127.0.0.1:9293']}\n",
+                &["envoy.control_urls", "expected the base URL", "(line 1)"],
+            ),
+            (
+                "envoy: {control_urls: ['https://e:1']}\n",
+                &["envoy.control_urls", "only http://"],
+            ),
+            (
+                "pushgateway:\n  servers: ['a b']\n",
+                &["pushgateway.servers[0]", "\"a b\"", "expected host"],
+            ),
+            (
+                "pushgateway:\n  servers: ['h:0']\n",
+                &["pushgateway.servers[0]", "1 to 65535"],
+            ),
+            (
+                "pushgateway:\n  servers: [h, 'H:9091']\n",
+                &[
+                    "pushgateway.servers[1]",
+                    "same pushgateway as pushgateway.servers[0]",
+                ],
+            ),
+            (
+                "pushgateway:\n  port: 70000\n",
+                &["pushgateway.port", "expected 1 to 65535", "(line 2)"],
+            ),
             // Other values.
-            ("vnodes: 0\n", &["vnodes", "expected 1 to 10000", "line 1"]),
-            ("register_service_name: 'a/b'\n", &["register_service_name", "letters, digits", "line 1"]),
-            ("envoy: {control_urls: ['http://e:1'], token_file: /nope}\n", &["envoy.token_file", "cannot read /nope"]),
-            ("consul_server: {password: p}\n", &["consul_server.password", "without consul_server.username"]),
+            ("vnodes: 0\n", &["vnodes", "expected 1 to 10000", "(line 1)"]),
+            (
+                "register_service_name: 'a/b'\n",
+                &["register_service_name", "letters, digits", "(line 1)"],
+            ),
+            (
+                "envoy: {control_urls: ['http://e:1'], token_file: /nope}\n",
+                &["envoy.token_file", "cannot read /nope"],
+            ),
+            (
+                "consul_server: {password: p}\n",
+                &["consul_server.password", "without consul_server.username"],
+            ),
             ("- a\n", &["test.yml", "expected struct"]),
+            // Lines of block-style entries are found exactly.
+            (
+                "pushgateway:\n  port: 9091\n  servers:\n    - a:1\n    - b:1\n    - 'c d'\n",
+                &["pushgateway.servers[2] (line 6)", "\"c d\""],
+            ),
+            (
+                "consul_server:\n  addr: a:1\ncheck:\n  timeout: 1s\n  interval: 1x\n",
+                &["check.interval (line 5)"],
+            ),
         ] {
             let e = refused(text);
-            eprintln!("MSG {text:?} => {e}");
             for n in needles {
-                if !e.contains(n) { eprintln!("LACKS {n:?}"); }
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
             }
         }
     }
 
     #[test]
     fn server_entries() {
-        assert_eq!(parse_server("Host.Example", 1).unwrap().as_str(), "host.example:1");
+        assert_eq!(
+            parse_server("Host.Example", 1).unwrap().as_str(),
+            "host.example:1"
+        );
         assert_eq!(parse_server("fe80::1", 2).unwrap().as_str(), "[fe80::1]:2");
         assert!(parse_server("h:x", 1).unwrap_err().contains("port"));
     }

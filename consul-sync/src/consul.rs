@@ -34,10 +34,19 @@ pub enum ConsulError {
     },
     /// An HTTP answer other than 200.
     #[error("{what}: Consul at {url} answered {status}: {body}")]
-    Status { what: &'static str, url: String, status: u16, body: String },
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// A 200 whose body is not what Consul sends.
     #[error("{what}: Consul at {url} sent an unexpected answer: {why}")]
-    BadResponse { what: &'static str, url: String, why: String },
+    BadResponse {
+        what: &'static str,
+        url: String,
+        why: String,
+    },
 }
 
 /// The passing instances of a service and the index to block on next.
@@ -84,7 +93,11 @@ impl Registration {
     /// The registration of one pushgateway: ID `<host>_<port>` as the Go original, so its
     /// documented `.../v1/agent/service/deregister/1.1.1.1_9091` keeps working.
     pub fn for_member(member: &Member, service_name: &str, check: &CheckConfig) -> Registration {
-        let address = member.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let address = member
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let go = |d: Duration| format!("{}ms", d.as_millis());
         Registration {
             id: format!("{address}_{}", member.port()),
@@ -141,8 +154,16 @@ pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), St
     let mut members = Vec::with_capacity(entries.len());
     let mut skipped = Vec::new();
     for e in entries {
-        let host = if e.service.address.is_empty() { &e.node.address } else { &e.service.address };
-        let addr = if host.contains(':') { format!("[{host}]:{}", e.service.port) } else { format!("{host}:{}", e.service.port) };
+        let host = if e.service.address.is_empty() {
+            &e.node.address
+        } else {
+            &e.service.address
+        };
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", e.service.port)
+        } else {
+            format!("{host}:{}", e.service.port)
+        };
         match Member::parse(&addr) {
             Ok(m) => members.push(m),
             Err(why) => skipped.push(format!("service {}: {why}", e.service.id)),
@@ -155,7 +176,10 @@ pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), St
 
 impl ConsulClient {
     pub fn new(config: ConsulConfig) -> Result<ConsulClient, reqwest::Error> {
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).no_proxy().build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .build()?;
         Ok(ConsulClient { http, config })
     }
 
@@ -174,18 +198,35 @@ impl ConsulClient {
     pub async fn register(&self, reg: &Registration) -> Result<(), ConsulError> {
         const WHAT: &str = "registering a service";
         let url = format!("{}/v1/agent/service/register", self.config.base_url);
-        let body = serde_json::to_vec(reg).map_err(|e| ConsulError::BadResponse { what: WHAT, url: url.clone(), why: e.to_string() })?;
+        let body = serde_json::to_vec(reg).map_err(|e| ConsulError::BadResponse {
+            what: WHAT,
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
         let req = self
             .http
             .put(&url)
             .header("content-type", "application/json")
             .body(body)
             .timeout(REQUEST_TIMEOUT);
-        let resp = self.authorize(req).send().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
+        let resp = self
+            .authorize(req)
+            .send()
+            .await
+            .map_err(|source| ConsulError::Unreachable {
+                what: WHAT,
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status { what: WHAT, url, status, body: body.trim().to_owned() });
+            return Err(ConsulError::Status {
+                what: WHAT,
+                url,
+                status,
+                body: body.trim().to_owned(),
+            });
         }
         Ok(())
     }
@@ -202,19 +243,49 @@ impl ConsulClient {
             timeout += wait + wait / 16;
         }
         let req = self.http.get(&url).timeout(timeout);
-        let resp = self.authorize(req).send().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
+        let resp = self
+            .authorize(req)
+            .send()
+            .await
+            .map_err(|source| ConsulError::Unreachable {
+                what: WHAT,
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status { what: WHAT, url, status, body: body.trim().to_owned() });
+            return Err(ConsulError::Status {
+                what: WHAT,
+                url,
+                status,
+                body: body.trim().to_owned(),
+            });
         }
-        let index = resp.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let Some(index) = index else {
-            return Err(ConsulError::BadResponse { what: WHAT, url, why: "no X-Consul-Index header".to_owned() });
+            return Err(ConsulError::BadResponse {
+                what: WHAT,
+                url,
+                why: "no X-Consul-Index header".to_owned(),
+            });
         };
-        let body = resp.bytes().await.map_err(|source| ConsulError::Unreachable { what: WHAT, url: url.clone(), source })?;
-        let (members, skipped) = members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;
-        Ok(Health { members, index, skipped })
+        let body = resp.bytes().await.map_err(|source| ConsulError::Unreachable {
+            what: WHAT,
+            url: url.clone(),
+            source,
+        })?;
+        let (members, skipped) =
+            members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;
+        Ok(Health {
+            members,
+            index,
+            skipped,
+        })
     }
 }
 
@@ -245,7 +316,10 @@ mod tests {
             })
         );
         let v6 = Registration::for_member(&Member::parse("[::1]:1").unwrap(), "p", &check);
-        assert_eq!((v6.id.as_str(), v6.address.as_str(), v6.check.http.as_str()), ("::1_1", "::1", "http://[::1]:1/-/healthy"));
+        assert_eq!(
+            (v6.id.as_str(), v6.address.as_str(), v6.check.http.as_str()),
+            ("::1_1", "::1", "http://[::1]:1/-/healthy")
+        );
     }
 
     #[test]
@@ -260,7 +334,10 @@ mod tests {
         ]"#;
         let (members, skipped) = members_from_health(body).unwrap();
         let got: Vec<&str> = members.iter().map(Member::as_str).collect();
-        assert_eq!(got, ["10.0.0.1:9091", "10.0.0.2:9091", "10.1.1.1:9092", "[::1]:1"]);
+        assert_eq!(
+            got,
+            ["10.0.0.1:9091", "10.0.0.2:9091", "10.1.1.1:9092", "[::1]:1"]
+        );
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].starts_with("service bad:"), "{skipped:?}");
         assert_eq!(members_from_health(b"[]").unwrap().0, Vec::<Member>::new());

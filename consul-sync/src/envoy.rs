@@ -8,7 +8,8 @@
 //!   fought: no re-push with a higher version; the next resync tries again with the same version.
 //! - 400, 401, 413 and other 4xx: a configuration error (token, size); logged as an error and
 //!   tried again at the next resync.
-//! - No answer, 429 or 5xx: retried with backoff until it succeeds or the list changes.
+//! - No answer, 429 or 5xx: retried with backoff (capped at the resync interval) until it
+//!   succeeds or the list changes.
 
 use crate::backoff::Backoff;
 use crate::metrics::{Metrics, PushResult};
@@ -31,7 +32,10 @@ pub enum PushOutcome {
     /// 200: the Envoy holds these members; `changed` when this push changed them.
     Accepted { changed: bool },
     /// 409: another writer's newer, different list is in force there.
-    Conflict { stored_version: Option<u64>, error: String },
+    Conflict {
+        stored_version: Option<u64>,
+        error: String,
+    },
     /// A 4xx other than 409 and 429: retrying will not help before the configuration changes.
     Refused { status: u16, error: String },
     /// No answer, 429 or 5xx: retry soon.
@@ -52,14 +56,27 @@ struct OkBody {
 /// Classifies a control-API answer.
 pub fn classify(status: u16, body: &str) -> PushOutcome {
     let err: Option<ErrorBody> = serde_json::from_str(body).ok();
-    let text = || err.as_ref().and_then(|e| e.error.clone()).unwrap_or_else(|| body.trim().chars().take(500).collect());
+    let text = || {
+        err.as_ref()
+            .and_then(|e| e.error.clone())
+            .unwrap_or_else(|| body.trim().chars().take(500).collect())
+    };
     match status {
         200 => PushOutcome::Accepted {
-            changed: serde_json::from_str::<OkBody>(body).ok().and_then(|b| b.changed).unwrap_or(true),
+            changed: serde_json::from_str::<OkBody>(body)
+                .ok()
+                .and_then(|b| b.changed)
+                .unwrap_or(true),
         },
-        409 => PushOutcome::Conflict { stored_version: err.as_ref().and_then(|e| e.version), error: text() },
+        409 => PushOutcome::Conflict {
+            stored_version: err.as_ref().and_then(|e| e.version),
+            error: text(),
+        },
         429 => PushOutcome::Failed(format!("429: {}", text())),
-        400..=499 => PushOutcome::Refused { status, error: text() },
+        400..=499 => PushOutcome::Refused {
+            status,
+            error: text(),
+        },
         _ => PushOutcome::Failed(format!("{status}: {}", text())),
     }
 }
@@ -89,8 +106,20 @@ impl Pusher {
         metrics: Arc<Metrics>,
         ready: Arc<dyn ReadySink>,
     ) -> Result<Pusher, reqwest::Error> {
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).no_proxy().build()?;
-        Ok(Pusher { index, base_url, token, resync_interval, metrics, ready, http })
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .build()?;
+        Ok(Pusher {
+            index,
+            base_url,
+            token,
+            resync_interval,
+            metrics,
+            ready,
+            http,
+        })
     }
 
     /// One push of `list`.
@@ -117,8 +146,13 @@ impl Pusher {
     }
 
     /// Pushes on every change of `published` and every resync interval until `shutdown`.
-    pub async fn run(self, mut published: watch::Receiver<Option<MemberList>>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new();
+    pub async fn run(
+        self,
+        mut published: watch::Receiver<Option<MemberList>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        // Retries are never rarer than resyncs: a restarted Envoy is healed within the interval.
+        let mut backoff = Backoff::with_cap(self.resync_interval);
         let mut failures: u64 = 0;
         let mut synced_once = false;
         // Far enough to mean "only on a change".
@@ -171,9 +205,16 @@ impl Pusher {
                 self.metrics.push(envoy, PushResult::Ok);
                 self.metrics.pushed(envoy, list.version);
                 if changed {
-                    info!("envoy {envoy}: took member list version {} ({} members)", list.version, list.len());
+                    info!(
+                        "envoy {envoy}: took member list version {} ({} members)",
+                        list.version,
+                        list.len()
+                    );
                 } else {
-                    debug!("envoy {envoy}: member list version {} already in force", list.version);
+                    debug!(
+                        "envoy {envoy}: member list version {} already in force",
+                        list.version
+                    );
                 }
                 if !*synced_once {
                     *synced_once = true;
@@ -181,7 +222,10 @@ impl Pusher {
                 }
                 self.resync_interval
             }
-            PushOutcome::Conflict { stored_version, error } => {
+            PushOutcome::Conflict {
+                stored_version,
+                error,
+            } => {
                 recovered(failures);
                 backoff.reset();
                 self.metrics.push(envoy, PushResult::Conflict);
@@ -198,7 +242,10 @@ impl Pusher {
                 recovered(failures);
                 backoff.reset();
                 self.metrics.push(envoy, PushResult::Refused);
-                error!("envoy {envoy}: refused the member list with {status}: {error}; trying again in {:?}", self.resync_interval);
+                error!(
+                    "envoy {envoy}: refused the member list with {status}: {error}; trying again in {:?}",
+                    self.resync_interval
+                );
                 self.resync_interval
             }
             PushOutcome::Failed(why) => {
@@ -234,18 +281,35 @@ mod tests {
 
     #[test]
     fn answers_are_classified_as_the_control_api_defines_them() {
-        assert_eq!(classify(200, r#"{"version":5,"count":2,"changed":true}"#), PushOutcome::Accepted { changed: true });
-        assert_eq!(classify(200, r#"{"version":5,"count":2,"changed":false}"#), PushOutcome::Accepted { changed: false });
+        assert_eq!(
+            classify(200, r#"{"version":5,"count":2,"changed":true}"#),
+            PushOutcome::Accepted { changed: true }
+        );
+        assert_eq!(
+            classify(200, r#"{"version":5,"count":2,"changed":false}"#),
+            PushOutcome::Accepted { changed: false }
+        );
         assert_eq!(
             classify(409, r#"{"error":"version 3 is not above","version":9}"#),
-            PushOutcome::Conflict { stored_version: Some(9), error: "version 3 is not above".into() }
+            PushOutcome::Conflict {
+                stored_version: Some(9),
+                error: "version 3 is not above".into()
+            }
         );
-        assert_eq!(classify(401, r#"{"error":"missing or wrong token"}"#), PushOutcome::Refused {
-            status: 401,
-            error: "missing or wrong token".into()
-        });
-        assert!(matches!(classify(413, "{\"error\":\"big\"}"), PushOutcome::Refused { status: 413, .. }));
-        assert!(matches!(classify(400, "not json"), PushOutcome::Refused { status: 400, ref error } if error == "not json"));
+        assert_eq!(
+            classify(401, r#"{"error":"missing or wrong token"}"#),
+            PushOutcome::Refused {
+                status: 401,
+                error: "missing or wrong token".into()
+            }
+        );
+        assert!(matches!(
+            classify(413, "{\"error\":\"big\"}"),
+            PushOutcome::Refused { status: 413, .. }
+        ));
+        assert!(
+            matches!(classify(400, "not json"), PushOutcome::Refused { status: 400, ref error } if error == "not json")
+        );
         assert!(matches!(classify(503, "upstream"), PushOutcome::Failed(ref s) if s.contains("503")));
         assert!(matches!(classify(429, "{}"), PushOutcome::Failed(_)));
     }

@@ -34,7 +34,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -44,8 +48,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     match s.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -56,14 +71,22 @@ async fn healthy() -> &'static str {
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
     match s.ready.not_ready_reason() {
         None => (StatusCode::OK, "consul-sync is ready.\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("consul-sync is not ready: {why}\n")).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("consul-sync is not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn targets(State(s): State<Arc<Shared>>) -> Response {
     let list = s.published.borrow().clone();
     match list {
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no member list yet: Consul has not been read\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no member list yet: Consul has not been read\n",
+        )
+            .into_response(),
         Some(list) => {
             let body = targets_json(&list, &s.service_name);
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -83,6 +106,9 @@ mod tests {
     #[test]
     fn targets_are_http_sd_json() {
         let list = MemberList::new(3, &["b:2", "a:1"]).unwrap();
-        assert_eq!(targets_json(&list, "pushgateway"), r#"[{"labels":{"service":"pushgateway"},"targets":["a:1","b:2"]}]"#);
+        assert_eq!(
+            targets_json(&list, "pushgateway"),
+            r#"[{"labels":{"service":"pushgateway"},"targets":["a:1","b:2"]}]"#
+        );
     }
 }

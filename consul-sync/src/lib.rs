@@ -64,10 +64,16 @@ impl Readiness {
     /// `None` when ready, else why not.
     pub fn not_ready_reason(&self) -> Option<String> {
         if self.envoys.is_empty() {
-            return (!self.consul_read.load(Ordering::Relaxed)).then(|| "no member list read from Consul yet".to_owned());
+            return (!self.consul_read.load(Ordering::Relaxed))
+                .then(|| "no member list read from Consul yet".to_owned());
         }
         let synced = self.synced.load(Ordering::Relaxed);
-        (synced < self.envoys.len()).then(|| format!("{synced} of {} Envoys have taken a member list", self.envoys.len()))
+        (synced < self.envoys.len()).then(|| {
+            format!(
+                "{synced} of {} Envoys have taken a member list",
+                self.envoys.len()
+            )
+        })
     }
 }
 
@@ -84,7 +90,10 @@ impl ReadySink for Readiness {
 /// Runs consul-sync until `shutdown` completes; the HTTP endpoint serves on `listener`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -> Result<(), Error> {
     let config = Arc::new(config);
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.http_listen_addr.clone());
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.http_listen_addr.clone());
     let metrics = Arc::new(Metrics::new(&config.envoy.control_urls));
     let ready = Arc::new(Readiness::new(config.envoy.control_urls.len()));
     let (published_tx, published_rx) = watch::channel(None);
@@ -92,7 +101,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     let client = ConsulClient::new(config.consul.clone())?;
 
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
-    let watcher = Watcher { config: config.clone(), client, metrics: metrics.clone(), published: published_tx };
+    let watcher = Watcher {
+        config: config.clone(),
+        client,
+        metrics: metrics.clone(),
+        published: published_tx,
+    };
     tasks.spawn(watcher.run(stop_rx.clone()).map_ok());
     // Readiness without Envoys: the first published list.
     {
@@ -101,16 +115,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
                 _ = rx.wait_for(Option::is_some) => ready.consul_read(),
             }
+            // Every task runs until shutdown: one that ends early stops `run`.
+            let _ = stop.wait_for(|s| *s).await;
             Ok(())
         });
     }
     let token = config.envoy.token.clone().unwrap_or_default();
     for (i, url) in config.envoy.control_urls.iter().enumerate() {
         let sink: Arc<dyn ReadySink> = ready.clone();
-        let pusher = Pusher::new(i, url.clone(), token.clone(), config.resync_interval, metrics.clone(), sink)?;
+        let pusher = Pusher::new(
+            i,
+            url.clone(),
+            token.clone(),
+            config.resync_interval,
+            metrics.clone(),
+            sink,
+        )?;
         tasks.spawn(pusher.run(published_rx.clone(), stop_rx.clone()).map_ok());
     }
     let shared = Arc::new(http::Shared {
@@ -122,7 +145,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     {
         let addr = addr.clone();
         let stop = stop_rx.clone();
-        tasks.spawn(async move { http::serve(listener, shared, stop).await.map_err(|source| Error::Serve { addr, source }) });
+        tasks.spawn(async move {
+            http::serve(listener, shared, stop)
+                .await
+                .map_err(|source| Error::Serve { addr, source })
+        });
     }
     info!(
         "consul-sync serving on http://{addr}; Consul {}; service {}; {} pushgateways to register; {} Envoys",
@@ -144,7 +171,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         }
     }
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         warn!("tasks still busy after {SHUTDOWN_GRACE:?}; stopping them");
         tasks.abort_all();
     }

@@ -9,7 +9,10 @@ use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about = "Registers pushgateways in Consul and keeps every Envoy's member list equal to the healthy ones")]
+#[command(
+    version,
+    about = "Registers pushgateways in Consul and keeps every Envoy's member list equal to the healthy ones"
+)]
 struct Flags {
     /// The configuration file (the Go dynamic-sharding's keys are accepted as they are).
     #[arg(long = "config.file", default_value = DEFAULT_CONFIG_FILE)]
@@ -24,7 +27,10 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&flags.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 
     let (config, warnings) = match Config::load(&flags.config_file) {
         Ok(c) => c,

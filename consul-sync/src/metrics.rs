@@ -73,7 +73,10 @@ pub struct Metrics {
 }
 
 fn now_seconds() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Metrics {
@@ -93,31 +96,70 @@ impl Metrics {
             last_push: Family::default(),
             envoy_version: Family::default(),
         };
-        registry.register("consul_requests", "Requests to Consul, by kind (register, health)", m.consul_requests.clone());
-        registry.register("consul_errors", "Requests to Consul that failed, by kind", m.consul_errors.clone());
-        registry.register("consul_up", "1 when the last request to Consul succeeded", m.consul_up.clone());
+        registry.register(
+            "consul_requests",
+            "Requests to Consul, by kind (register, health)",
+            m.consul_requests.clone(),
+        );
+        registry.register(
+            "consul_errors",
+            "Requests to Consul that failed, by kind",
+            m.consul_errors.clone(),
+        );
+        registry.register(
+            "consul_up",
+            "1 when the last request to Consul succeeded",
+            m.consul_up.clone(),
+        );
         registry.register(
             "last_consul_sync_timestamp_seconds",
             "Unix time of the last successful read of the passing pushgateways from Consul",
             m.last_consul_sync.clone(),
         );
-        registry.register("member_changes", "Changes of the member list after the first list", m.member_changes.clone());
-        registry.register("members", "Members (passing pushgateways) in the current list", m.members.clone());
-        registry.register("member_list_version", "Version of the current member list (Unix milliseconds)", m.version.clone());
-        registry.register("pushes", "Pushes of the member list per Envoy, by result (ok, conflict, refused, failed)", m.pushes.clone());
+        registry.register(
+            "member_changes",
+            "Changes of the member list after the first list",
+            m.member_changes.clone(),
+        );
+        registry.register(
+            "members",
+            "Members (passing pushgateways) in the current list",
+            m.members.clone(),
+        );
+        registry.register(
+            "member_list_version",
+            "Version of the current member list (Unix milliseconds)",
+            m.version.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Pushes of the member list per Envoy, by result (ok, conflict, refused, failed)",
+            m.pushes.clone(),
+        );
         registry.register(
             "last_push_timestamp_seconds",
             "Unix time of the last push an Envoy accepted",
             m.last_push.clone(),
         );
-        registry.register("envoy_version", "Version of the member list an Envoy last accepted from us", m.envoy_version.clone());
+        registry.register(
+            "envoy_version",
+            "Version of the member list an Envoy last accepted from us",
+            m.envoy_version.clone(),
+        );
         for kind in ["register", "health"] {
-            let l = KindLabels { kind: kind.to_owned() };
+            let l = KindLabels {
+                kind: kind.to_owned(),
+            };
             let _ = m.consul_requests.get_or_create(&l);
             let _ = m.consul_errors.get_or_create(&l);
         }
         for e in envoys {
-            for r in [PushResult::Ok, PushResult::Conflict, PushResult::Refused, PushResult::Failed] {
+            for r in [
+                PushResult::Ok,
+                PushResult::Conflict,
+                PushResult::Refused,
+                PushResult::Failed,
+            ] {
                 let _ = m.pushes.get_or_create(&push_labels(e, r));
             }
             let _ = m.last_push.get_or_create(&EnvoyLabels { envoy: e.clone() });
@@ -127,11 +169,19 @@ impl Metrics {
     }
 
     pub fn consul_request(&self, kind: &str) {
-        self.consul_requests.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
+        self.consul_requests
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn consul_error(&self, kind: &str) {
-        self.consul_errors.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
+        self.consul_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
         self.consul_up.set(0);
     }
 
@@ -150,9 +200,13 @@ impl Metrics {
     }
 
     pub fn pushed(&self, envoy: &str, version: u64) {
-        let l = EnvoyLabels { envoy: envoy.to_owned() };
+        let l = EnvoyLabels {
+            envoy: envoy.to_owned(),
+        };
         self.last_push.get_or_create(&l).set(now_seconds());
-        self.envoy_version.get_or_create(&l).set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.envoy_version
+            .get_or_create(&l)
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition.
@@ -170,7 +224,10 @@ fn push_labels(envoy: &str, r: PushResult) -> PushLabels {
         PushResult::Refused => PushResultLabel::refused,
         PushResult::Failed => PushResultLabel::failed,
     };
-    PushLabels { envoy: envoy.to_owned(), result }
+    PushLabels {
+        envoy: envoy.to_owned(),
+        result,
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +240,10 @@ mod tests {
         m.consul_request("health");
         m.consul_error("health");
         m.push("http://e:1", PushResult::Conflict);
-        m.set_members(&MemberList { version: 7, members: vec![] });
+        m.set_members(&MemberList {
+            version: 7,
+            members: vec![],
+        });
         let text = m.encode().unwrap();
         for line in [
             "consul_sync_consul_requests_total{kind=\"health\"} 1",

@@ -9,7 +9,9 @@
 //! - Consul down: nothing is published; the last list stays in force (never an empty list because
 //!   Consul does not answer). Consul up with nothing passing: the empty list is published.
 //! - Settling: right after registering, checks that have not run yet read as critical. Until
-//!   every registered pushgateway passes or one check interval plus timeout (plus 1 s) has passed,
+//!   every registered pushgateway passes or two check intervals plus the timeout plus 2 s have
+//!   passed (Consul staggers a new check's first run over an interval and syncs its result to the
+//!   catalog afterwards; 3 s was measured under load for a 1 s interval),
 //!   a list that lacks a registered pushgateway is held back, so a (re)start pushes neither an
 //!   empty nor a partial list that would move groups twice.
 //! - Consul's index going backwards means its state was reset (e.g. an agent that lost its data):
@@ -32,8 +34,8 @@ pub const BLOCKING_WAIT: Duration = Duration::from_secs(300);
 /// Least time between the starts of two queries, so a Consul that answers at once never makes
 /// this loop spin.
 const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
-/// Added to interval + timeout for the settling time.
-const SETTLE_MARGIN: Duration = Duration::from_secs(1);
+/// Added to 2 × interval + timeout for the settling time.
+const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 /// Consul failures logged at warn: the first, then one in this many.
 const WARN_EVERY: u64 = 10;
 
@@ -53,7 +55,10 @@ impl VersionClock {
 }
 
 pub fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What to do with one answer from Consul.
@@ -64,7 +69,10 @@ pub enum Decision {
     /// Settling: held back until `until` unless every registered pushgateway passes first.
     Hold { until: Instant },
     /// A new list to publish.
-    Publish { old: Option<MemberList>, new: MemberList },
+    Publish {
+        old: Option<MemberList>,
+        new: MemberList,
+    },
 }
 
 /// The published list and the rules that change it; no I/O, so it is tested directly.
@@ -78,7 +86,12 @@ pub struct MemberView {
 
 impl MemberView {
     pub fn new(registered: Vec<Member>) -> MemberView {
-        MemberView { published: None, registered, settle_until: None, clock: VersionClock::default() }
+        MemberView {
+            published: None,
+            registered,
+            settle_until: None,
+            clock: VersionClock::default(),
+        }
     }
 
     /// Holds back lists lacking a registered pushgateway until `until`.
@@ -104,7 +117,10 @@ impl MemberView {
             }
             self.settle_until = None;
         }
-        let new = MemberList { version: self.clock.next(now_ms), members };
+        let new = MemberList {
+            version: self.clock.next(now_ms),
+            members,
+        };
         let old = self.published.replace(new.clone());
         Decision::Publish { old, new }
     }
@@ -116,7 +132,9 @@ pub fn moved_share(old: &[Member], new: &[Member], vnodes: u32) -> f64 {
     const SAMPLES: u64 = 4096;
     let (a, b) = (Ring::new(old, vnodes), Ring::new(new, vnodes));
     let step = u64::MAX / SAMPLES;
-    let moved = (0..SAMPLES).filter(|i| a.owner(i * step) != b.owner(i * step)).count();
+    let moved = (0..SAMPLES)
+        .filter(|i| a.owner(i * step) != b.owner(i * step))
+        .count();
     moved as f64 / SAMPLES as f64
 }
 
@@ -132,7 +150,10 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
     let moved = if old.members.is_empty() || new.members.is_empty() {
         String::new()
     } else {
-        format!(", about {:.0}% of groups move", 100.0 * moved_share(&old.members, &new.members, vnodes))
+        format!(
+            ", about {:.0}% of groups move",
+            100.0 * moved_share(&old.members, &new.members, vnodes)
+        )
     };
     format!(
         "member list changed: version {}, {} -> {} members, {diff}{moved}; old [{}] new [{}]",
@@ -159,7 +180,10 @@ impl Watcher {
         let mut backoff = Backoff::new();
         let mut failures: u64 = 0;
         // Registration first: a watch that starts before it would only see old state.
-        if !self.register_all(&mut backoff, &mut failures, &mut shutdown).await {
+        if !self
+            .register_all(&mut backoff, &mut failures, &mut shutdown)
+            .await
+        {
             return;
         }
         view.settle_until(Instant::now() + self.settle_time());
@@ -174,8 +198,14 @@ impl Watcher {
             }
             last_start = Instant::now();
             // While a list is held back, ask again without blocking once the settling ends.
-            let query_index = if hold_until.is_some_and(|t| Instant::now() >= t) { 0 } else { index };
-            let query = self.client.passing(&self.config.service_name, query_index, BLOCKING_WAIT);
+            let query_index = if hold_until.is_some_and(|t| Instant::now() >= t) {
+                0
+            } else {
+                index
+            };
+            let query = self
+                .client
+                .passing(&self.config.service_name, query_index, BLOCKING_WAIT);
             let hold_deadline = hold_until.unwrap_or_else(|| Instant::now() + BLOCKING_WAIT * 2);
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -201,7 +231,10 @@ impl Watcher {
                 }
             };
             if failures > 0 {
-                info!("Consul at {} answers again after {failures} failed requests", self.config.consul.base_url);
+                info!(
+                    "Consul at {} answers again after {failures} failed requests",
+                    self.config.consul.base_url
+                );
                 failures = 0;
             }
             backoff.reset();
@@ -213,7 +246,10 @@ impl Watcher {
                 );
                 last_index = 0;
                 index = 0;
-                if !self.register_all(&mut backoff, &mut failures, &mut shutdown).await {
+                if !self
+                    .register_all(&mut backoff, &mut failures, &mut shutdown)
+                    .await
+                {
                     return;
                 }
                 view.settle_until(Instant::now() + self.settle_time());
@@ -253,7 +289,7 @@ impl Watcher {
     }
 
     fn settle_time(&self) -> Duration {
-        self.config.check.interval + self.config.check.timeout + SETTLE_MARGIN
+        self.config.check.interval * 2 + self.config.check.timeout + SETTLE_MARGIN
     }
 
     fn log_failure(&self, e: &ConsulError, failures: u64, consequence: &str) {
@@ -265,7 +301,12 @@ impl Watcher {
     }
 
     /// Registers every configured pushgateway, retrying with backoff. False on shutdown.
-    async fn register_all(&self, backoff: &mut Backoff, failures: &mut u64, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn register_all(
+        &self,
+        backoff: &mut Backoff,
+        failures: &mut u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         for member in &self.config.servers {
             let reg = Registration::for_member(member, &self.config.service_name, &self.config.check);
             loop {
@@ -276,7 +317,10 @@ impl Watcher {
                 };
                 match result {
                     Ok(()) => {
-                        info!("registered {member} in Consul as {} (service {})", reg.id, reg.name);
+                        info!(
+                            "registered {member} in Consul as {} (service {})",
+                            reg.id, reg.name
+                        );
                         backoff.reset();
                         self.metrics.consul_ok();
                         break;
@@ -284,7 +328,11 @@ impl Watcher {
                     Err(e) => {
                         self.metrics.consul_error("register");
                         *failures += 1;
-                        self.log_failure(&e, *failures, "nothing is pushed before the pushgateways are registered");
+                        self.log_failure(
+                            &e,
+                            *failures,
+                            "nothing is pushed before the pushgateways are registered",
+                        );
                         if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
                             return false;
                         }
@@ -325,21 +373,27 @@ mod tests {
         assert_eq!(c.next(900), 1_002, "clock stepped back");
         assert_eq!(c.next(5_000), 5_000);
         // A restarted process starts from the clock, above what it sent before.
-        assert_eq!(VersionClock::default().next(unix_millis()) > 5_000, true);
+        assert!(VersionClock::default().next(unix_millis()) > 5_000);
     }
 
     #[test]
     fn only_a_change_of_members_publishes() {
         let now = Instant::now();
         let mut v = MemberView::new(vec![]);
-        let Decision::Publish { old: None, new } = v.observe(m(&["a:1", "b:1"]), now, 10) else { unreachable!() };
+        let Decision::Publish { old: None, new } = v.observe(m(&["a:1", "b:1"]), now, 10) else {
+            unreachable!()
+        };
         assert_eq!((new.version, new.len()), (10, 2));
         // Same members (e.g. Consul's index moved for another service): nothing.
         assert_eq!(v.observe(m(&["a:1", "b:1"]), now, 20), Decision::Unchanged);
-        let Decision::Publish { old: Some(old), new } = v.observe(m(&["a:1"]), now, 20) else { unreachable!() };
+        let Decision::Publish { old: Some(old), new } = v.observe(m(&["a:1"]), now, 20) else {
+            unreachable!()
+        };
         assert_eq!((old.version, new.version), (10, 20));
         // Nothing passing while Consul answers: the empty list is published.
-        let Decision::Publish { new, .. } = v.observe(vec![], now, 20) else { unreachable!() };
+        let Decision::Publish { new, .. } = v.observe(vec![], now, 20) else {
+            unreachable!()
+        };
         assert!(new.is_empty());
         assert_eq!(new.version, 21);
         assert_eq!(v.published().map(|l| l.version), Some(21));
@@ -354,7 +408,9 @@ mod tests {
         assert_eq!(v.observe(vec![], t0, 1), Decision::Hold { until });
         assert_eq!(v.observe(m(&["a:1", "b:1"]), t0, 1), Decision::Hold { until });
         // All registered ones pass (others may too): published at once.
-        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1", "x:1"]), t0, 2) else { unreachable!() };
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1", "x:1"]), t0, 2) else {
+            unreachable!()
+        };
         assert_eq!(new.len(), 4);
         // Settling is over: a loss is published at once.
         assert!(matches!(v.observe(m(&["a:1"]), t0, 3), Decision::Publish { .. }));
@@ -363,7 +419,9 @@ mod tests {
         let mut v = MemberView::new(m(&["a:1", "b:1"]));
         v.settle_until(until);
         assert!(matches!(v.observe(m(&["a:1"]), t0, 1), Decision::Hold { .. }));
-        let Decision::Publish { new, .. } = v.observe(m(&["a:1"]), until, 1) else { unreachable!() };
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1"]), until, 1) else {
+            unreachable!()
+        };
         assert_eq!(new.members, m(&["a:1"]));
     }
 
@@ -371,7 +429,10 @@ mod tests {
     fn settling_after_a_reset_keeps_the_published_list() {
         let t0 = Instant::now();
         let mut v = MemberView::new(m(&["a:1", "b:1"]));
-        assert!(matches!(v.observe(m(&["a:1", "b:1"]), t0, 1), Decision::Publish { .. }));
+        assert!(matches!(
+            v.observe(m(&["a:1", "b:1"]), t0, 1),
+            Decision::Publish { .. }
+        ));
         v.settle_until(t0 + Duration::from_secs(5));
         // A Consul that forgot everything shows nothing passing: held, not published.
         assert!(matches!(v.observe(vec![], t0, 2), Decision::Hold { .. }));
@@ -383,18 +444,35 @@ mod tests {
     fn no_registered_servers_means_no_settling() {
         let mut v = MemberView::new(vec![]);
         v.settle_until(Instant::now() + Duration::from_secs(60));
-        assert!(matches!(v.observe(vec![], Instant::now(), 1), Decision::Publish { .. }));
+        assert!(matches!(
+            v.observe(vec![], Instant::now(), 1),
+            Decision::Publish { .. }
+        ));
     }
 
     #[test]
     fn change_log_names_old_and_new_members_and_the_moved_share() {
-        let old = MemberList { version: 1, members: m(&["a:1", "b:1", "c:1"]) };
-        let new = MemberList { version: 2, members: m(&["a:1", "b:1"]) };
+        let old = MemberList {
+            version: 1,
+            members: m(&["a:1", "b:1", "c:1"]),
+        };
+        let new = MemberList {
+            version: 2,
+            members: m(&["a:1", "b:1"]),
+        };
         let line = describe_change(Some(&old), &new, 500);
-        assert!(line.starts_with("member list changed: version 2, 3 -> 2 members, added [] removed [c:1], about 3"), "{line}");
+        assert!(
+            line.starts_with(
+                "member list changed: version 2, 3 -> 2 members, added [] removed [c:1], about 3"
+            ),
+            "{line}"
+        );
         assert!(line.ends_with("old [a:1,b:1,c:1] new [a:1,b:1]"), "{line}");
         let first = describe_change(None, &old, 500);
-        assert!(first.contains("0 -> 3 members") && !first.contains("groups move"), "{first}");
+        assert!(
+            first.contains("0 -> 3 members") && !first.contains("groups move"),
+            "{first}"
+        );
         let share = moved_share(&old.members, &new.members, 500);
         assert!((0.28..0.39).contains(&share), "{share}");
         assert_eq!(moved_share(&old.members, &old.members, 500), 0.0);

@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# dynamic-sharding benchmark: the sharding filter against what Envoy alone does, in one run.
+#
+#   bench/run.sh [--quick] [scenario...]        (./build.sh bench [--quick] [scenario...])
+#
+# Scenarios (default: all, in this order):
+#   redirect                 shipped envoy/envoy.yaml, PUTs to the redirect listener; every answer 307
+#   baseline-redirect        Envoy alone: direct_response 307 + Location, the shipped filter chain
+#                            minus wasm (the buffer filter keeps connections open)
+#   baseline-redirect-close  the same without the buffer filter: Envoy answers from the headers and
+#                            closes every connection (what a minimal direct_response config gets)
+#   proxy                    shipped envoy/envoy.yaml, proxy listener, three real pushgateways; every answer
+#                            202 (pushgateway's answer without its consistency check; 200 with it)
+#   baseline-proxy           Envoy alone: RING_HASH on :path to three such pushgateways; same answers
+#
+# Settings (environment): BENCH_DURATION (s, default 10; 3 with --quick), BENCH_WARMUP (s, 2),
+# BENCH_CONNECTIONS (16), BENCH_THREADS (1), BENCH_ROUNDS (1: each round runs every scenario once,
+# the report shows medians), BENCH_ENVOY_CONCURRENCY (2), BENCH_PUSHGATEWAY_CHECK (0: pushgateways
+# run with --push.disable-consistency-check; 1: with their default check, see bench/README.md).
+# Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, WRK_BIN, else .deps/bin/<name>.
+#
+# Prints a table and writes bench/results/latest.json. See bench/README.md for how to read it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH=$ROOT/bench
+HELPER=(python3 "$BENCH/bench.py")
+
+SCENARIO_NAMES=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+    printf 'bench/run.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---- arguments and settings -----------------------------------------------------------------
+
+QUICK=0
+SCENARIOS=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help)
+            awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$BENCH/run.sh"
+            exit 0
+            ;;
+        -*) die "unknown option '$arg' (see --help)" ;;
+        *)
+            [[ " ${SCENARIO_NAMES[*]} " == *" $arg "* ]] ||
+                die "unknown scenario '$arg'; expected some of: ${SCENARIO_NAMES[*]}"
+            SCENARIOS+=("$arg")
+            ;;
+    esac
+done
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=("${SCENARIO_NAMES[@]}")
+
+if [ "$QUICK" = 1 ]; then DURATION=${BENCH_DURATION:-3}; else DURATION=${BENCH_DURATION:-10}; fi
+# Not shorter with --quick: the warm-up must push all 10,000 groups once (see measure).
+WARMUP=${BENCH_WARMUP:-2}
+CONNECTIONS=${BENCH_CONNECTIONS:-16}
+THREADS=${BENCH_THREADS:-1}
+ROUNDS=${BENCH_ROUNDS:-1}
+CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
+# Pushgateway 1.5.1 checks every push against all the groups it holds (an O(groups) gather):
+# about 200 pushes/s with 1,000 groups on this machine, so with the check on both proxy scenarios
+# measure the pushgateways, not Envoy. Off by default so the proxy path itself is compared.
+# Without the check a push is queued unchecked and answered 202 instead of 200.
+PG_FLAGS=(--persistence.file=)
+case "${BENCH_PUSHGATEWAY_CHECK:-0}" in
+    0)
+        PG_FLAGS+=(--push.disable-consistency-check)
+        PUSH_STATUS=202
+        ;;
+    1) PUSH_STATUS=200 ;;
+    *) die "BENCH_PUSHGATEWAY_CHECK must be 0 or 1" ;;
+esac
+for v in DURATION WARMUP CONNECTIONS THREADS ROUNDS CONCURRENCY; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_${v/CONCURRENCY/ENVOY_CONCURRENCY} must be a positive whole number, got '${!v}'"
+done
+[ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS ($CONNECTIONS) must be >= BENCH_THREADS ($THREADS)"
+
+ENVOY=${ENVOY_BIN:-$ROOT/.deps/bin/envoy}
+PUSHGATEWAY=${PUSHGATEWAY_BIN:-$ROOT/.deps/bin/pushgateway}
+WRK=${WRK_BIN:-$ROOT/.deps/bin/wrk}
+WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
+for v in ENVOY PUSHGATEWAY WRK; do
+    [ -x "${!v}" ] || die "${!v} is missing: run ./build.sh deps (or set ${v}_BIN)"
+done
+[ -f "$WASM" ] || die "$WASM is missing: run ./build.sh"
+command -v python3 >/dev/null || die "python3 is needed (config rendering and results)"
+
+# ---- processes: everything started here is stopped on exit, by PID --------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-bench.XXXXXX")
+PIDS=()
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log; sets STARTED_PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+# stop PID...: stops them now (the next scenario must not share the CPU with them).
+stop() {
+    local pid p keep
+    for pid in "$@"; do
+        stop_pid "$pid"
+        keep=()
+        for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+        PIDS=("${keep[@]}")
+    done
+}
+
+show_log() {
+    echo "---- last lines of $1.log" >&2
+    tail -n 30 "$WORK/$1.log" >&2 || true
+}
+
+ports() { "${HELPER[@]}" ports "$1"; }
+
+# start_envoy NAME CONFIG: Envoy on CONFIG, ready when its admin says so; sets ENVOY_PID.
+start_envoy() {
+    local name=$1 config=$2 admin=$3
+    # --disable-hot-restart: otherwise Envoy gets SIGTERM when the thread that spawned it exits
+    # (PR_SET_PDEATHSIG) and clashes on --base-id with any other Envoy on the machine.
+    start "$name" env SHARDING_CONTROL_TOKEN=bench-unused \
+        "$ENVOY" -c "$config" --disable-hot-restart --concurrency "$CONCURRENCY" --log-level warning
+    ENVOY_PID=$STARTED_PID
+    "${HELPER[@]}" wait-http GET "http://127.0.0.1:$admin/ready" 200 --pid "$ENVOY_PID" ||
+        {
+            show_log "$name"
+            die "$name did not become ready"
+        }
+}
+
+# start_pushgateways NAME: three fresh pushgateways (state in memory only) on free ports; sets
+# PG_PIDS and MEMBERS (host:port,...). Fresh per scenario so both proxy scenarios start empty.
+start_pushgateways() {
+    local name=$1 port i=0
+    PG_PIDS=()
+    MEMBERS=""
+    for port in $(ports 3); do
+        i=$((i + 1))
+        start "$name-pg$i" "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" "${PG_FLAGS[@]}"
+        PG_PIDS+=("$STARTED_PID")
+        MEMBERS+="${MEMBERS:+,}127.0.0.1:$port"
+    done
+    i=0
+    for port in ${MEMBERS//,/ }; do
+        i=$((i + 1))
+        "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 --pid "${PG_PIDS[$((i - 1))]}" ||
+            {
+                show_log "$name-pg$i"
+                die "pushgateway $port did not become ready"
+            }
+    done
+}
+
+# wrk_run NAME URL STATUS SECONDS: one wrk run with put.lua; its output is $WORK/NAME.txt.
+wrk_run() {
+    local name=$1 url=$2 status=$3 seconds=$4 pid
+    # In the background and waited for, so Ctrl-C reaches the trap at once and wrk is stopped.
+    "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "${seconds}s" -s "$BENCH/put.lua" "$url" -- "$status" \
+        >"$WORK/$name.txt" 2>&1 </dev/null &
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait "$pid"; then
+        cat "$WORK/$name.txt" >&2
+        die "wrk failed in $name"
+    fi
+    stop "$pid"
+}
+
+# measure SCENARIO URL STATUS PREFIX CLUSTER: warm-up, then the measured run between two
+# snapshots of Envoy's (and the pushgateways') CPU time and connection counters; appends one
+# record to $WORK/records.jsonl. Uses ENVOY_PID, ADMIN, PG_PIDS, MEMBERS.
+measure() {
+    local scen=$1 url=$2 status=$3 prefix=$4 cluster=$5 tag="$1-r$ROUND" backends=() groups=() p
+    for p in "${PG_PIDS[@]}"; do backends+=(--backend-pid "$p"); done
+    say "$scen (round $ROUND/$ROUNDS): warm-up ${WARMUP}s, then ${DURATION}s of PUTs to $url"
+    # The warm-up pushes every one of the 10,000 groups at least once (at the rates seen here)
+    # and warms Envoy's upstream connection pools, so both proxy scenarios are measured with
+    # full pushgateways, whatever their speed. The report shows the group counts to check it.
+    wrk_run "$tag-warmup" "$url" "$status" "$WARMUP"
+    "${HELPER[@]}" snapshot --out "$WORK/$tag-before.json" --envoy-pid "$ENVOY_PID" \
+        --admin "$ADMIN" "${backends[@]}"
+    wrk_run "$tag" "$url" "$status" "$DURATION"
+    "${HELPER[@]}" snapshot --out "$WORK/$tag-after.json" --envoy-pid "$ENVOY_PID" \
+        --admin "$ADMIN" "${backends[@]}"
+    kill -0 "$ENVOY_PID" 2>/dev/null || die "Envoy exited during $scen"
+    if [ -n "$cluster" ]; then
+        groups=(--cluster "$cluster" --groups "$("${HELPER[@]}" groups --members "$MEMBERS")")
+    fi
+    "${HELPER[@]}" record --scenario "$scen" --round "$ROUND" --url "$url" --status "$status" \
+        --connections "$CONNECTIONS" --prefix "$prefix" --wrk "$WORK/$tag.txt" --warmup "$WORK/$tag-warmup.txt" \
+        --before "$WORK/$tag-before.json" --after "$WORK/$tag-after.json" \
+        --out "$WORK/records.jsonl" "${groups[@]}" ||
+        {
+            sed -n '1,20p' "$WORK/$tag.txt" >&2
+            die "$scen failed (bench/results/ is not updated)"
+        }
+}
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+# The listener must answer a push as it will under load before anything is measured (a wrong
+# status here means a broken config or build, not a slow one).
+probe() {
+    local url=$1 status=$2
+    shift 2
+    "${HELPER[@]}" wait-http PUT "$url/metrics/job/bench_probe" "$status" --body $'m 1\n' \
+        --pid "$ENVOY_PID" "$@" || die "$url does not answer $status to a push"
+}
+
+# The shipped config with its ports, listen addresses, wasm path and members replaced (as
+# testkit's render_config does); every replacement must hit.
+render_shipped() {
+    local out=$1 redirect=$2 proxy=$3 control=$4 admin=$5 members=$6
+    "${HELPER[@]}" render-shipped --src "$ROOT/envoy/envoy.yaml" --out "$out" \
+        --ports "$redirect,$proxy,$control,$admin" --members "$members" --wasm "$WASM"
+}
+
+scenario_redirect() {
+    local redirect proxy control pg
+    read -r redirect proxy control ADMIN < <(ports 4)
+    # Redirect mode never connects to the members, so none runs; the addresses are free
+    # loopback ports, shaped like real ones (the Location length matches a real deployment).
+    MEMBERS=$(ports 3 | sed 's/\([0-9]*\)/127.0.0.1:\1/g; s/ /,/g')
+    PG_PIDS=()
+    render_shipped "$WORK/redirect.yaml" "$redirect" "$proxy" "$control" "$ADMIN" "$MEMBERS"
+    start_envoy envoy-redirect "$WORK/redirect.yaml" "$ADMIN"
+    probe "http://127.0.0.1:$redirect" 307 --header "location:http://127.0.0.1:"
+    measure redirect "http://127.0.0.1:$redirect" 307 sharding_redirect ""
+    stop "$ENVOY_PID"
+}
+
+baseline_redirect() {
+    local scen=$1 flags=() port
+    [ "$scen" = baseline-redirect-close ] && flags=(--no-buffer)
+    read -r port ADMIN pg < <(ports 3)
+    MEMBERS=""
+    PG_PIDS=()
+    "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
+        --admin "$ADMIN" --location "127.0.0.1:$pg" "${flags[@]}"
+    start_envoy "envoy-$scen" "$WORK/$scen.yaml" "$ADMIN"
+    probe "http://127.0.0.1:$port" 307 --header "location:http://127.0.0.1:$pg/metrics/job/bench_probe"
+    measure "$scen" "http://127.0.0.1:$port" 307 baseline_redirect ""
+    stop "$ENVOY_PID"
+}
+
+scenario_proxy() {
+    local redirect proxy control
+    start_pushgateways proxy
+    read -r redirect proxy control ADMIN < <(ports 4)
+    render_shipped "$WORK/proxy.yaml" "$redirect" "$proxy" "$control" "$ADMIN" "$MEMBERS"
+    start_envoy envoy-proxy "$WORK/proxy.yaml" "$ADMIN"
+    probe "http://127.0.0.1:$proxy" "$PUSH_STATUS"
+    measure proxy "http://127.0.0.1:$proxy" "$PUSH_STATUS" sharding_proxy pushgateway_owner
+    stop "$ENVOY_PID" "${PG_PIDS[@]}"
+}
+
+baseline_proxy() {
+    local port
+    start_pushgateways baseline-proxy
+    read -r port ADMIN < <(ports 2)
+    "${HELPER[@]}" render-baseline-proxy --out "$WORK/baseline-proxy.yaml" --port "$port" \
+        --admin "$ADMIN" --members "$MEMBERS"
+    start_envoy envoy-baseline-proxy "$WORK/baseline-proxy.yaml" "$ADMIN"
+    probe "http://127.0.0.1:$port" "$PUSH_STATUS"
+    measure baseline-proxy "http://127.0.0.1:$port" "$PUSH_STATUS" baseline_proxy pushgateways
+    stop "$ENVOY_PID" "${PG_PIDS[@]}"
+}
+
+# ---- main -------------------------------------------------------------------------------------
+
+START=$(date +%s)
+"${HELPER[@]}" meta --out "$WORK/meta.json" --root "$ROOT" --envoy "$ENVOY" --wrk "$WRK" \
+    --wasm "$WASM" --concurrency "$CONCURRENCY" --threads "$THREADS" --connections "$CONNECTIONS" \
+    --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" \
+    --pushgateway-check "${BENCH_PUSHGATEWAY_CHECK:-0}"
+say "scenarios: ${SCENARIOS[*]}; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s (+${WARMUP}s warm-up), $ROUNDS round(s); state in $WORK"
+
+for ROUND in $(seq "$ROUNDS"); do
+    for scen in "${SCENARIOS[@]}"; do
+        case "$scen" in
+            redirect) scenario_redirect ;;
+            baseline-redirect | baseline-redirect-close) baseline_redirect "$scen" ;;
+            proxy) scenario_proxy ;;
+            baseline-proxy) baseline_proxy ;;
+        esac
+    done
+done
+
+mkdir -p "$BENCH/results"
+"${HELPER[@]}" report --records "$WORK/records.jsonl" --meta "$WORK/meta.json" \
+    --out "$BENCH/results/latest.json"
+say "done in $(($(date +%s) - START)) s"

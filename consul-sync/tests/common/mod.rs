@@ -1,0 +1,148 @@
+//! What consul-sync's integration tests share: the real `consul-sync` binary with a written
+//! configuration, and readers of its endpoint.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use testkit::{free_port, try_http_get, wait_until, Proc, TestDir};
+
+/// Timing tests hold this so they do not compete for the 2 cores with each other.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What goes into the configuration file.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    pub consul_addr: String,
+    pub servers: Vec<String>,
+    pub control_urls: Vec<String>,
+    pub token: String,
+    pub interval: &'static str,
+    pub timeout: &'static str,
+    pub resync: &'static str,
+    pub service: &'static str,
+}
+
+impl SyncOptions {
+    pub fn new(consul_addr: String, servers: Vec<String>) -> SyncOptions {
+        SyncOptions {
+            consul_addr,
+            servers,
+            control_urls: Vec::new(),
+            token: testkit::envoy::TEST_TOKEN.to_owned(),
+            interval: "1s",
+            timeout: "1s",
+            resync: "2s",
+            service: "pushgateway",
+        }
+    }
+
+    fn yaml(&self, http_port: u16, token_file: &str) -> String {
+        let list = |v: &[String]| v.iter().map(|s| format!("\n    - '{s}'")).collect::<String>();
+        format!(
+            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n\
+             http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: 10m\n\
+             envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n",
+            self.consul_addr,
+            self.service,
+            if self.servers.is_empty() { " []".to_owned() } else { list(&self.servers) },
+            self.interval,
+            self.timeout,
+            if self.control_urls.is_empty() { " []".to_owned() } else { list(&self.control_urls) },
+            self.resync,
+        )
+    }
+}
+
+/// The `consul-sync` binary, running.
+pub struct ConsulSync {
+    pub proc: Proc,
+    pub http_port: u16,
+    pub options: SyncOptions,
+}
+
+impl ConsulSync {
+    pub fn start(dir: &TestDir, options: SyncOptions) -> ConsulSync {
+        ConsulSync::start_on(dir, options, free_port())
+    }
+
+    /// Starts it with its endpoint on `http_port` and waits until `/-/healthy` answers.
+    pub fn start_on(dir: &TestDir, options: SyncOptions, http_port: u16) -> ConsulSync {
+        let token_file = dir.write("control-token", &options.token);
+        let config = dir.write(
+            &format!("consul-sync-{http_port}.yml"),
+            options.yaml(http_port, &token_file.display().to_string()),
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_consul-sync"));
+        cmd.arg(format!("--config.file={}", config.display()))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        let mut proc = Proc::spawn(&format!("consul-sync-{http_port}"), cmd, dir);
+        let url = format!("http://127.0.0.1:{http_port}/-/healthy");
+        wait_until("consul-sync answers /-/healthy", Duration::from_secs(10), || {
+            assert!(proc.is_running(), "consul-sync exited:\n{}", proc.log_tail(30));
+            matches!(try_http_get(&url), Ok((200, _))).then_some(())
+        });
+        ConsulSync {
+            proc,
+            http_port,
+            options,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// The targets of `/prometheus/targets`, or `None` before the first list (503).
+    pub fn targets(&self) -> Option<Vec<String>> {
+        let (status, body) = try_http_get(&self.url("/prometheus/targets")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut t: Vec<String> = v[0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        Some(t)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = testkit::http_get(&self.url("/metrics"));
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of the series `series` (name with labels, exactly as exposed), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(try_http_get(&self.url("/-/ready")), Ok((200, _)))
+    }
+
+    /// SIGTERM; returns how long it took to exit and whether it exited cleanly.
+    pub fn stop_timed(&mut self) -> (Duration, bool) {
+        let start = Instant::now();
+        let status = self.proc.stop();
+        (start.elapsed(), status.success())
+    }
+}
+
+/// Sorted copy.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
