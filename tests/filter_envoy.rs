@@ -248,7 +248,7 @@ fn bad_updates_are_refused_and_change_nothing() {
     let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
         (None, br#"{"version":6,"members":[]}"#.to_vec(), 401, "token"),
         (
-            Some("wrong"),
+            Some("forged-7f3a"),
             br#"{"version":6,"members":[]}"#.to_vec(),
             401,
             "token",
@@ -304,6 +304,19 @@ fn bad_updates_are_refused_and_change_nothing() {
         assert_eq!(s.envoy.members(), before);
     }
     assert_eq!(lookup("/metrics/job/x"), owner_before);
+    // Envoy's own output, without the harness's line that shows its environment.
+    let log: String = s
+        .envoy
+        .proc
+        .log()
+        .lines()
+        .filter(|l| !l.starts_with("---- testkit"))
+        .collect();
+    assert!(log.contains("member update refused"), "refusals are logged");
+    assert!(
+        !log.contains(TEST_TOKEN) && !log.contains("forged-7f3a"),
+        "tokens never reach the log"
+    );
     assert!(s.envoy.stat("member_updates_rejected_total") >= cases.len() as u64);
 }
 
@@ -388,4 +401,35 @@ fn expect_100_continue_gets_the_redirect_before_the_body_is_sent() {
         }
     }
     assert_eq!(location, Some(format!("http://{owner}/metrics/job/huge")));
+}
+
+#[test]
+fn a_bad_plugin_configuration_stops_envoy_naming_the_field() {
+    let dir = testkit::TestDir::new("badconfig");
+    let options = testkit::envoy::EnvoyOptions {
+        members: vec!["127.0.0.1:1".into()],
+        ..Default::default()
+    };
+    let good = testkit::envoy::render_config(&options, testkit::envoy::EnvoyPorts::free());
+    for (from, to, needle) in [
+        (r#""vnodes": 500"#, r#""vnodes": 0"#, "field `vnodes`"),
+        (
+            r#""mode": "proxy""#,
+            r#""mode": "proxy", "members_typo": []"#,
+            "unknown field `members_typo`",
+        ),
+        (r#""127.0.0.1:1""#, r#""127.0.0.1""#, "field `members`"),
+    ] {
+        let bad = good.replacen(from, to, 1);
+        assert_ne!(bad, good);
+        let path = dir.write("bad.yaml", &bad);
+        let out = std::process::Command::new(testkit::bin("envoy"))
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "Envoy accepted {to}");
+        assert!(log.contains(needle), "{needle} not in the log:\n{log}");
+    }
 }

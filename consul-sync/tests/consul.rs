@@ -203,3 +203,51 @@ fn a_bad_configuration_is_refused_naming_file_key_and_line() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn a_consul_that_lost_its_state_gets_the_registrations_again_and_the_list_never_empties() {
+    let _serial = serial();
+    let dir = TestDir::new("consul-reset");
+    let pgs = three_pushgateways(&dir);
+    let mut consul = Consul::start(&dir);
+    let sync = ConsulSync::start(&dir, SyncOptions::new(consul.addr(), addrs(&pgs)));
+    let all = addrs(&pgs);
+    wait_until("the targets are the three", Duration::from_secs(10), || {
+        (sync.targets() == Some(all.clone())).then_some(())
+    });
+    // Raise Consul's index well above what a fresh agent starts with.
+    for i in 0..30 {
+        let r = testkit::http_request("PUT", &format!("{}/v1/kv/bump{i}", consul.url()), &[], b"x");
+        assert_eq!(r.status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ports = consul.ports;
+    consul.stop();
+    std::fs::remove_dir_all(dir.join(format!("consul-data-{}", ports.http))).unwrap();
+    let consul = Consul::start_on(&dir, ports);
+    let want_ids: Vec<String> = sorted(pgs.iter().map(|p| format!("127.0.0.1_{}", p.port)).collect());
+    let start = Instant::now();
+    // Until the registrations are back and passing, the targets never change.
+    while consul.passing_ids("pushgateway") != want_ids {
+        assert_eq!(
+            sync.targets(),
+            Some(all.clone()),
+            "the list changed while Consul had no registrations"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not registered again:\n{}",
+            sync.proc.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stable = poll_for(Duration::from_secs(3), || {
+        (sync.targets() != Some(all.clone())).then_some(())
+    });
+    assert!(stable.is_none(), "targets changed to {:?}", sync.targets());
+    assert!(
+        sync.proc.log().contains("registering the pushgateways again"),
+        "{}",
+        sync.proc.log_tail(20)
+    );
+}
