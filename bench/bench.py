@@ -195,12 +195,8 @@ def cmd_render_baseline_redirect(a):
 
 
 def cmd_render_baseline_proxy(a):
-    endpoints = "".join(
-        "        - endpoint: {{ address: {{ socket_address: {{ address: {h}, port_value: {p} }} }} }}\n".format(
-            h=m.rsplit(":", 1)[0], p=m.rsplit(":", 1)[1]
-        )
-        for m in a.members.split(",")
-    )
+    endpoint = "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n"
+    endpoints = "".join(endpoint.format(*m.rsplit(":", 1)) for m in a.members.split(","))
     text = BASELINE_PROXY.format(
         admin=a.admin, port=a.port, prefix="baseline_proxy", endpoints=endpoints
     )
@@ -347,9 +343,8 @@ def cmd_meta(a):
     idle_before = host_cpu()
     time.sleep(1)
     idle_after = host_cpu()
-    busy_before = round(
-        100.0 * (idle_after["busy"] - idle_before["busy"]) / max(1, idle_after["total"] - idle_before["total"]), 1
-    )
+    total = max(1, idle_after["total"] - idle_before["total"])
+    busy_before = round(100.0 * (idle_after["busy"] - idle_before["busy"]) / total, 1)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host_busy_pct_before": busy_before,
@@ -375,15 +370,41 @@ def cmd_meta(a):
         json.dump(meta, f)
 
 
+def cmd_wrk(a):
+    """Runs wrk and appends its own CPU time to its output. On 2 shared cores the load generator
+    may be what limits requests/s; its CPU use (from wait4, exact for this child alone) shows it."""
+    import signal
+    import subprocess
+
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    with open(a.out, "w") as out:
+        start = time.monotonic()
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        # run.sh stops this helper by PID on exit: pass it on so wrk never outlives the run.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: child.terminate())
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.monotonic() - start
+        cpu = {"user_s": usage.ru_utime, "sys_s": usage.ru_stime, "wall_s": wall}
+        out.write("BENCH_WRK_CPU " + json.dumps(cpu) + "\n")
+    sys.exit(os.waitstatus_to_exitcode(status))
+
+
 # ---- results ------------------------------------------------------------------------------------
 
 
 def parse_wrk(path):
+    result = cpu = None
     with open(path) as f:
         for line in f:
             if line.startswith("BENCH_JSON "):
-                return json.loads(line[len("BENCH_JSON "):])
-    die(f"{path}: no BENCH_JSON line from put.lua (wrk failed?)")
+                result = json.loads(line[len("BENCH_JSON "):])
+            elif line.startswith("BENCH_WRK_CPU "):
+                cpu = json.loads(line[len("BENCH_WRK_CPU "):])
+    if result is None:
+        die(f"{path}: no BENCH_JSON line from put.lua (wrk failed?)")
+    result["cpu"] = cpu
+    return result
 
 
 def cmd_record(a):
@@ -416,6 +437,10 @@ def cmd_record(a):
         "socket_errors": w["errors"],
         "envoy_cpu_ms_per_1k": round((after["envoy_ticks"] - before["envoy_ticks"]) * per_1k, 3),
         "envoy_rss_mb": round(after["envoy_rss_kb"] / 1024.0, 1),
+        # Share of one core wrk used: near 100 % means the load generator set the pace.
+        "wrk_cpu_pct": round(100.0 * (w["cpu"]["user_s"] + w["cpu"]["sys_s"]) / w["cpu"]["wall_s"], 1)
+        if w["cpu"]
+        else None,
         "host_busy_pct": round(100.0 * (after["host"]["busy"] - before["host"]["busy"]) / host_total, 1)
         if host_total
         else None,
@@ -451,7 +476,7 @@ def median_record(runs):
     if len(runs) == 1:
         return dict(runs[0])
     out = dict(runs[-1])
-    for key in ("rps", "envoy_cpu_ms_per_1k", "envoy_rss_mb", "host_busy_pct", "downstream_cx", "reconnects"):
+    for key in ("rps", "envoy_cpu_ms_per_1k", "envoy_rss_mb", "host_busy_pct", "wrk_cpu_pct", "reconnects"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         if vals:
             out[key] = statistics.median(vals)
@@ -510,7 +535,10 @@ def cmd_report(a):
         f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}; "
         f"busy {m['host_busy_pct_before']}% before the run, load average {' '.join(m['loadavg_before'])}"
     )
-    print(f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}")
+    print(
+        f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; "
+        f"wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}"
+    )
     print(
         f"wrk: {m['wrk']['threads']} thread(s), {m['wrk']['connections']} connections, "
         f"{m['wrk']['duration_s']} s after {m['wrk']['warmup_s']} s warm-up, "
@@ -519,7 +547,8 @@ def cmd_report(a):
         f"{'on' if m['pushgateway_consistency_check'] else 'off'}"
     )
     print()
-    head = ("scenario", "req/s", "p50 ms", "p99 ms", "envoy CPU ms/1k", "RSS MB", "host busy", "conns", "upstream conns")
+    head = ("scenario", "req/s", "p50 ms", "p99 ms", "envoy CPU ms/1k", "RSS MB", "host busy", "wrk CPU",
+            "conns", "upstream conns")
     rows = []
     for s in order:
         r = summary[s]
@@ -532,22 +561,20 @@ def cmd_report(a):
                 f"{r['envoy_cpu_ms_per_1k']:.1f}",
                 f"{r['envoy_rss_mb']:.0f}",
                 f"{r['host_busy_pct']:.0f}%" if r.get("host_busy_pct") is not None else "-",
+                f"{r['wrk_cpu_pct']:.0f}%" if r.get("wrk_cpu_pct") is not None else "-",
                 str(r["downstream_cx"]),
                 str(r["upstream_cx"]) if "upstream_cx" in r else "-",
             )
         )
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )
-    print(line(head))
-    for row in rows:
-        print(line(row))
+    for cells in (head, *rows):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     if comparisons:
         print()
         for c in comparisons:
             print(
-                f"{c['name']}: req/s x{c['rps']}, p99 x{c['p99']}, envoy CPU per request x{c['envoy_cpu_per_request']}"
+                f"{c['name']}: req/s x{c['rps']}, p99 x{c['p99']}, "
+                f"envoy CPU per request x{c['envoy_cpu_per_request']}"
             )
     notes = []
     for s in order:
@@ -564,6 +591,8 @@ def cmd_report(a):
             notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)}: {verdict})")
         if r["socket_errors"].get("timeout"):
             notes.append(f"{s}: {r['socket_errors']['timeout']} wrk timeouts")
+        if "rps_min" in r:
+            notes.append(f"{s}: req/s over {len(by[s])} rounds from {r['rps_min']:.0f} to {r['rps_max']:.0f}")
     if m["host_busy_pct_before"] > 10:
         notes.append(
             f"the machine was {m['host_busy_pct_before']}% busy before the run (other work): "
@@ -625,6 +654,11 @@ def main():
     s.add_argument("--admin", required=True)
     s.set_defaults(f=cmd_snapshot)
 
+    s = sub.add_parser("wrk")
+    s.add_argument("--out", required=True)
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(f=cmd_wrk)
+
     s = sub.add_parser("groups")
     s.add_argument("--members", required=True)
     s.set_defaults(f=cmd_groups)
@@ -642,7 +676,8 @@ def main():
     s = sub.add_parser("meta")
     for name in ("out", "root", "envoy", "wrk", "wasm"):
         s.add_argument(f"--{name}", required=True)
-    for name in ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check"):
+    numbers = ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check")
+    for name in numbers:
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_meta)
 

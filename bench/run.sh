@@ -185,9 +185,11 @@ start_pushgateways() {
 # wrk_run NAME URL STATUS SECONDS: one wrk run with put.lua; its output is $WORK/NAME.txt.
 wrk_run() {
     local name=$1 url=$2 status=$3 seconds=$4 pid
-    # In the background and waited for, so Ctrl-C reaches the trap at once and wrk is stopped.
-    "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "${seconds}s" -s "$BENCH/put.lua" "$url" -- "$status" \
-        >"$WORK/$name.txt" 2>&1 </dev/null &
+    # In the background and waited for, so Ctrl-C reaches the trap at once; the helper stops wrk
+    # when it is stopped, and adds wrk's own CPU time to the output.
+    "${HELPER[@]}" wrk --out "$WORK/$name.txt" -- \
+        "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "${seconds}s" -s "$BENCH/put.lua" "$url" -- "$status" \
+        </dev/null &
     pid=$!
     PIDS+=("$pid")
     if ! wait "$pid"; then
@@ -218,7 +220,8 @@ measure() {
         groups=(--cluster "$cluster" --groups "$("${HELPER[@]}" groups --members "$MEMBERS")")
     fi
     "${HELPER[@]}" record --scenario "$scen" --round "$ROUND" --url "$url" --status "$status" \
-        --connections "$CONNECTIONS" --prefix "$prefix" --wrk "$WORK/$tag.txt" --warmup "$WORK/$tag-warmup.txt" \
+        --connections "$CONNECTIONS" --prefix "$prefix" \
+        --wrk "$WORK/$tag.txt" --warmup "$WORK/$tag-warmup.txt" \
         --before "$WORK/$tag-before.json" --after "$WORK/$tag-after.json" \
         --out "$WORK/records.jsonl" "${groups[@]}" ||
         {

@@ -25,12 +25,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
     /// No HTTP answer: refused, reset, timed out.
-    #[error("{what}: Consul at {url} did not answer: {source}")]
+    #[error("{what}: Consul at {url} did not answer: {detail}")]
     Unreachable {
         what: &'static str,
         url: String,
-        #[source]
-        source: reqwest::Error,
+        detail: String,
     },
     /// An HTTP answer other than 200.
     #[error("{what}: Consul at {url} answered {status}: {body}")]
@@ -213,10 +212,10 @@ impl ConsulClient {
             .authorize(req)
             .send()
             .await
-            .map_err(|source| ConsulError::Unreachable {
+            .map_err(|e| ConsulError::Unreachable {
                 what: WHAT,
                 url: url.clone(),
-                source,
+                detail: crate::error_chain(&e),
             })?;
         let status = resp.status().as_u16();
         if status != 200 {
@@ -247,10 +246,10 @@ impl ConsulClient {
             .authorize(req)
             .send()
             .await
-            .map_err(|source| ConsulError::Unreachable {
+            .map_err(|e| ConsulError::Unreachable {
                 what: WHAT,
                 url: url.clone(),
-                source,
+                detail: crate::error_chain(&e),
             })?;
         let status = resp.status().as_u16();
         if status != 200 {
@@ -274,10 +273,10 @@ impl ConsulClient {
                 why: "no X-Consul-Index header".to_owned(),
             });
         };
-        let body = resp.bytes().await.map_err(|source| ConsulError::Unreachable {
+        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
             what: WHAT,
             url: url.clone(),
-            source,
+            detail: crate::error_chain(&e),
         })?;
         let (members, skipped) =
             members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;

@@ -141,7 +141,7 @@ impl Pusher {
                     Err(e) => PushOutcome::Failed(format!("reading the answer: {e}")),
                 }
             }
-            Err(e) => PushOutcome::Failed(error_chain(&e)),
+            Err(e) => PushOutcome::Failed(crate::error_chain(&e)),
         }
     }
 
@@ -261,18 +261,6 @@ impl Pusher {
             }
         }
     }
-}
-
-/// The error and its causes, as reqwest's Display shows only the outermost.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

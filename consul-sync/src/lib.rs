@@ -183,6 +183,18 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     result
 }
 
+/// The error and its causes, as reqwest's Display shows only the outermost.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// `async {}` → `async { Ok(()) }` for the task set.
 trait MapOk: Future<Output = ()> + Sized {
     fn map_ok(self) -> impl Future<Output = Result<(), Error>> {

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use consul_sync::config::{Config, DEFAULT_CONFIG_FILE};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, warn};
@@ -30,6 +31,8 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 
     let (config, warnings) = match Config::load(&flags.config_file) {

@@ -23,7 +23,8 @@ fn proc_stop_kill_freeze_and_log() {
     let mut p = Proc::spawn("sleeper", cmd, &dir);
     wait_until("both lines are logged", Duration::from_secs(5), || {
         let log = p.log();
-        (log.contains("hello") && log.contains("oops")).then_some(())
+        // Whole lines: the log's first line is the command, which contains both words.
+        (log.lines().any(|l| l == "hello") && log.lines().any(|l| l == "oops")).then_some(())
     });
     assert!(p.is_running());
     p.freeze();
@@ -43,11 +44,15 @@ fn proc_stop_kill_freeze_and_log() {
     cmd.args(["-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"]);
     let mut p = Proc::spawn("stubborn", cmd, &dir);
     wait_until("stubborn is ready", Duration::from_secs(5), || {
-        p.log().contains("ready").then_some(())
+        p.log().lines().any(|l| l == "ready").then_some(())
     });
     let start = Instant::now();
     p.stop();
-    assert!(start.elapsed() >= Duration::from_secs(3) && start.elapsed() < Duration::from_secs(6));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
 }
 
 #[test]
