@@ -144,7 +144,7 @@ show_log() {
 
 ports() { "${HELPER[@]}" ports "$1"; }
 
-# start_envoy NAME CONFIG: Envoy on CONFIG, ready when its admin says so; sets ENVOY_PID.
+# start_envoy NAME CONFIG ADMIN_PORT: Envoy on CONFIG, ready when its admin says so; sets ENVOY_PID.
 start_envoy() {
     local name=$1 config=$2 admin=$3
     # --disable-hot-restart: otherwise Envoy gets SIGTERM when the thread that spawned it exits
@@ -250,7 +250,7 @@ render_shipped() {
 }
 
 scenario_redirect() {
-    local redirect proxy control pg
+    local redirect proxy control
     read -r redirect proxy control ADMIN < <(ports 4)
     # Redirect mode never connects to the members, so none runs; the addresses are free
     # loopback ports, shaped like real ones (the Location length matches a real deployment).
@@ -264,8 +264,8 @@ scenario_redirect() {
 }
 
 baseline_redirect() {
-    local scen=$1 flags=() port
-    [ "$scen" = baseline-redirect-close ] && flags=(--no-buffer)
+    local scen=$1 flags=() port pg
+    if [ "$scen" = baseline-redirect-close ]; then flags=(--no-buffer); fi
     read -r port ADMIN pg < <(ports 3)
     MEMBERS=""
     PG_PIDS=()
