@@ -208,26 +208,37 @@ impl ConsulClient {
             .header("content-type", "application/json")
             .body(body)
             .timeout(REQUEST_TIMEOUT);
+        self.send(WHAT, &url, req).await?;
+        Ok(())
+    }
+
+    /// Sends an authorized request; anything but `200` is an error naming `what` and the URL.
+    async fn send(
+        &self,
+        what: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ConsulError> {
         let resp = self
             .authorize(req)
             .send()
             .await
             .map_err(|e| ConsulError::Unreachable {
-                what: WHAT,
-                url: url.clone(),
+                what,
+                url: url.to_owned(),
                 detail: crate::error_chain(&e),
             })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp.text().await.unwrap_or_default();
             return Err(ConsulError::Status {
-                what: WHAT,
-                url,
+                what,
+                url: url.to_owned(),
                 status,
                 body: body.trim().to_owned(),
             });
         }
-        Ok(())
+        Ok(resp)
     }
 
     /// The passing instances of `service`. With `index > 0` this is a blocking query: Consul
@@ -242,25 +253,7 @@ impl ConsulClient {
             timeout += wait + wait / 16;
         }
         let req = self.http.get(&url).timeout(timeout);
-        let resp = self
-            .authorize(req)
-            .send()
-            .await
-            .map_err(|e| ConsulError::Unreachable {
-                what: WHAT,
-                url: url.clone(),
-                detail: crate::error_chain(&e),
-            })?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status {
-                what: WHAT,
-                url,
-                status,
-                body: body.trim().to_owned(),
-            });
-        }
+        let resp = self.send(WHAT, &url, req).await?;
         let index = resp
             .headers()
             .get("x-consul-index")

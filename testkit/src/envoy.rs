@@ -239,14 +239,7 @@ impl Envoy {
 
     /// A stat of the filter (`dynamic_sharding.<name>`) from the admin endpoint; 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
-        let full = format!("wasmcustom.dynamic_sharding.{name}");
-        let url = format!("{}/stats?filter=^{}$", self.admin_url(), full.replace('.', "\\."));
-        let r = try_http_request("GET", &url, &[], b"").unwrap_or_else(|e| panic!("{e}"));
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{full}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        self.envoy_stat(&format!("wasmcustom.dynamic_sharding.{name}"))
     }
 
     /// Envoy's own stat (e.g. `http.sharding_redirect.downstream_cx_total`).
