@@ -370,7 +370,11 @@ impl HttpContext for HttpFilter {
             return self.reply(&reply);
         }
         if let Some(request) = self.control.take() {
-            return self.serve_control(&request, &[]);
+            // The body (paused, so held by Envoy) ended before the trailers.
+            return match host::request_body(0, crate::members::MAX_UPDATE_BYTES + 1) {
+                Ok(body) => self.serve_control(&request, &body),
+                Err(e) => self.internal_error(e),
+            };
         }
         Action::Continue
     }
