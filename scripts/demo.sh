@@ -187,6 +187,9 @@ scrape_configs:
     consul_sd_configs:
       - server: 127.0.0.1:$CONSUL_PORT
         services: [pushgateway]
+        # Consul discovery waits this long between catalog watches (default 30s): a new
+        # pushgateway is scraped sooner.
+        refresh_interval: 5s
     relabel_configs:
       - source_labels: [__meta_consul_health]
         regex: passing
@@ -209,8 +212,20 @@ start prometheus "$PROMETHEUS" --config.file="$DEMO_DIR/prometheus.yml" --storag
 
 wait_http consul-sync "http://127.0.0.1:$SYNC_PORT/-/ready"
 wait_http prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+# Ready means a push shows up in Prometheus: wait until it scrapes every pushgateway.
+for _ in $(seq 120); do
+    up=$(curl -fsS --max-time 1 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets" 2>/dev/null | python3 -c '
+import json, sys
+targets = json.load(sys.stdin)["data"]["activeTargets"]
+print(sum(1 for t in targets if t["labels"].get("job") == "pushgateway" and t["health"] == "up"))' 2>/dev/null || echo 0)
+    [ "$up" -ge "${#PG_PORTS[@]}" ] && break
+    sleep 0.5
+done
+if [ "$up" -lt "${#PG_PORTS[@]}" ]; then
+    echo "demo: Prometheus scrapes $up of ${#PG_PORTS[@]} pushgateways so far; see $DEMO_DIR/logs/prometheus.log" >&2
+fi
 
-echo "dynamic-sharding demo ready: push with  curl -L -X PUT --data-binary 'demo_metric 42' http://127.0.0.1:$REDIRECT_PORT/metrics/job/demo/instance/a  (or without -L to :$PROXY_PORT), then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric  (logs: $DEMO_DIR/logs, Ctrl-C stops)"
+echo "dynamic-sharding demo ready: push with  echo 'demo_metric 42' | curl -L -X PUT --data-binary @- http://127.0.0.1:$REDIRECT_PORT/metrics/job/demo/instance/a  (or without -L to :$PROXY_PORT), then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric  (logs: $DEMO_DIR/logs, Ctrl-C stops)"
 
 # Foreground until a signal. A pushgateway may die (try it: that is what the stack is for); any
 # other component dying ends the demo, as nothing would work without it.
