@@ -189,18 +189,15 @@ fn member_updates_reach_both_workers() {
         ))
     };
     let (w0, w1) = (worker_stat(0), worker_stat(1));
-    for p in &paths {
-        let r = http_request(
-            "PUT",
-            &format!("{}{p}", s.envoy.redirect_url()),
-            &[("connection", "close")],
-            b"x 1\n",
-        );
+    // A new connection per push, so the pushes spread over both workers.
+    let location_of = |p: &str| {
+        let url = format!("{}{p}", s.envoy.redirect_url());
+        let r = http_request("PUT", &url, &[("connection", "close")], b"x 1\n");
         assert_eq!(r.status, 307);
-        assert_eq!(
-            r.header("location").unwrap(),
-            format!("http://{}{p}", only_first[0])
-        );
+        r.header("location").unwrap().to_owned()
+    };
+    for p in &paths {
+        assert_eq!(location_of(p), format!("http://{}{p}", only_first[0]));
     }
     assert!(
         worker_stat(0) > w0 && worker_stat(1) > w1,
@@ -212,14 +209,8 @@ fn member_updates_reach_both_workers() {
         .put_members(11, &members.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r.status, 200);
     for p in &paths {
-        let r = http_request(
-            "PUT",
-            &format!("{}{p}", s.envoy.redirect_url()),
-            &[("connection", "close")],
-            b"x 1\n",
-        );
         assert_eq!(
-            r.header("location").unwrap(),
+            location_of(p),
             format!("http://{}{p}", expected_owner(&members, p))
         );
     }
