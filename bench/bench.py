@@ -13,13 +13,13 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
-SHIPPED_WASM = "target/wasm32-wasip1/release/dynamic_sharding.wasm"
-SHIPPED_MEMBERS = '["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093"]'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,28 +50,14 @@ def cmd_ports(a):
 # ---- configs ------------------------------------------------------------------------------------
 
 
-def replace_exactly(text, old, new, times):
-    # Same rule as testkit's render_config: if the shipped file changed shape, fail here rather
-    # than benchmark a config that still points at :9292 or at the wrong members.
-    found = text.count(old)
-    if found != times:
-        die(f"envoy/envoy.yaml: expected {times} of {old!r}, found {found}")
-    return text.replace(old, new)
-
-
 def cmd_render_shipped(a):
-    with open(a.src) as f:
-        c = f.read()
-    redirect, proxy, control, admin = a.ports.split(",")
-    c = replace_exactly(c, "port_value: 9292", f"port_value: {redirect}", 1)
-    c = replace_exactly(c, "port_value: 9290", f"port_value: {proxy}", 1)
-    c = replace_exactly(c, "port_value: 9293", f"port_value: {control}", 1)
-    c = replace_exactly(c, "port_value: 9901", f"port_value: {admin}", 1)
-    c = replace_exactly(c, "address: 0.0.0.0", "address: 127.0.0.1", 2)
-    c = replace_exactly(c, SHIPPED_WASM, a.wasm, 1)
-    c = replace_exactly(c, SHIPPED_MEMBERS, json.dumps(a.members.split(",")), 3)
-    with open(a.out, "w") as f:
-        f.write(c)
+    # The one renderer the demo and the tests use too.
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "render-envoy-config.py"),
+         "--src", a.src, "--out", a.out, "--ports", a.ports, "--wasm", a.wasm,
+         "--members", a.members, "--address", "127.0.0.1"],
+        check=True,
+    )
 
 
 # The HTTP connection manager settings the shipped listeners use, so a baseline differs from its

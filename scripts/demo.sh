@@ -131,23 +131,9 @@ for port in "${PG_PORTS[@]}"; do
 done
 
 # Envoy: the shipped config, with this demo's ports and the absolute wasm path.
-python3 - "$ROOT/envoy/envoy.yaml" "$DEMO_DIR/envoy.yaml" <<EOF
-import json, sys
-src, dst = sys.argv[1], sys.argv[2]
-c = open(src).read()
-def swap(old, new, times):
-    global c
-    assert c.count(old) == times, f"envoy/envoy.yaml: expected {times} of {old!r}"
-    c = c.replace(old, new)
-swap("port_value: 9292", "port_value: $REDIRECT_PORT", 1)
-swap("port_value: 9290", "port_value: $PROXY_PORT", 1)
-swap("port_value: 9293", "port_value: $CONTROL_PORT", 1)
-swap("port_value: 9901", "port_value: $ADMIN_PORT", 1)
-swap("target/wasm32-wasip1/release/dynamic_sharding.wasm", "$WASM", 1)
-swap("address: 0.0.0.0", "address: $DATA_ADDRESS", 2)
-swap('["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093"]', json.dumps("${MEMBERS[*]}".split()), 3)
-open(dst, "w").write(c)
-EOF
+MEMBER_LIST=$(IFS=,; echo "${MEMBERS[*]}")
+scripts/render-envoy-config.py --ports "$REDIRECT_PORT,$PROXY_PORT,$CONTROL_PORT,$ADMIN_PORT" \
+    --address "$DATA_ADDRESS" --wasm "$WASM" --members "$MEMBER_LIST" --out "$DEMO_DIR/envoy.yaml"
 SHARDING_CONTROL_TOKEN=$TOKEN start envoy "$ENVOY" -c "$DEMO_DIR/envoy.yaml" --disable-hot-restart \
     --concurrency 2 --log-level warning --component-log-level wasm:info
 

@@ -107,15 +107,6 @@ impl GroupingKey {
         &self.labels
     }
 
-    /// The job name.
-    pub fn job(&self) -> &str {
-        self.labels
-            .iter()
-            .find(|(n, _)| n == "job")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    }
-
     /// Unambiguous bytes of the key: for each label, name and value, each as a 4-byte big-endian
     /// length and the UTF-8 bytes. Lengths make `a=bc` and `ab=c` differ; fixed width keeps the
     /// encoding the same on 32-bit wasm and 64-bit hosts.

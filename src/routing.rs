@@ -68,10 +68,7 @@ pub enum Outcome {
 
 /// Decides for `method` and the request target `path_and_query` (as received) on a data listener.
 pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> Decision {
-    let (path, _query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
+    let path = path_and_query.split('?').next().unwrap_or(path_and_query);
     let key = match GroupingKey::from_path(path) {
         Ok(key) => key,
         Err(PathError::NotPushPath) => return Decision::PassThrough,

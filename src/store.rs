@@ -83,29 +83,27 @@ pub fn load_members(store: &dyn SharedStore) -> Result<Option<(MemberList, Optio
 /// The update counter; 0 before the first accepted update.
 pub fn load_generation(store: &dyn SharedStore) -> Result<u64, StoreError> {
     match store.get(GENERATION_KEY)? {
-        (Some(bytes), _) => {
-            let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Host(format!(
-                    "{GENERATION_KEY} holds {} bytes, expected 8",
-                    bytes.len()
-                ))
-            })?;
-            Ok(u64::from_le_bytes(arr))
-        }
+        (Some(bytes), _) => decode_generation(&bytes),
         (None, _) => Ok(0),
     }
 }
 
-/// Raises the counter by one, retrying (boundedly) when another worker raced us.
+fn decode_generation(bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| {
+        StoreError::Host(format!(
+            "{GENERATION_KEY} holds {} bytes, expected 8",
+            bytes.len()
+        ))
+    })?;
+    Ok(u64::from_le_bytes(arr))
+}
+
+/// Raises the counter by one, retrying (boundedly) when another worker raced us. An unreadable
+/// counter is overwritten: any new value makes every worker re-read the list.
 pub fn bump_generation(store: &mut dyn SharedStore) -> Result<u64, StoreError> {
     for _ in 0..16 {
-        let (current, cas) = match store.get(GENERATION_KEY)? {
-            (Some(bytes), cas) => (
-                bytes.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0),
-                cas,
-            ),
-            (None, cas) => (0, cas),
-        };
+        let (bytes, cas) = store.get(GENERATION_KEY)?;
+        let current = bytes.map_or(Ok(0), |b| decode_generation(&b)).unwrap_or(0);
         let next = current.wrapping_add(1).max(1);
         match store.set(GENERATION_KEY, &next.to_le_bytes(), cas) {
             Ok(()) => return Ok(next),

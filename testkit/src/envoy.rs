@@ -13,7 +13,6 @@ use std::time::Duration;
 /// The token tests use for the control API.
 pub const TEST_TOKEN: &str = "test-token";
 
-const SHIPPED_MEMBERS: &str = r#"["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093"]"#;
 const SHIPPED_WASM: &str = "target/wasm32-wasip1/release/dynamic_sharding.wasm";
 
 /// What to start Envoy with.
@@ -77,45 +76,27 @@ pub fn wasm_path() -> PathBuf {
     p
 }
 
-fn replace_exactly(config: String, from: &str, to: &str, times: usize) -> String {
-    let found = config.matches(from).count();
-    assert_eq!(
-        found, times,
-        "envoy/envoy.yaml: expected {times} of {from:?}, found {found}"
-    );
-    config.replace(from, to)
-}
-
-/// The shipped configuration rewritten for a test on loopback.
+/// The shipped configuration rewritten for a test on loopback, by `scripts/render-envoy-config.py`
+/// (the renderer the demo and the benchmarks use too).
 pub fn render_config(options: &EnvoyOptions, ports: EnvoyPorts) -> String {
-    let shipped = repo_root().join("envoy/envoy.yaml");
-    let mut c =
-        std::fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
-    c = replace_exactly(
-        c,
-        "port_value: 9292",
-        &format!("port_value: {}", ports.redirect),
-        1,
-    );
-    c = replace_exactly(c, "port_value: 9290", &format!("port_value: {}", ports.proxy), 1);
-    c = replace_exactly(
-        c,
-        "port_value: 9293",
-        &format!("port_value: {}", ports.control),
-        1,
-    );
-    c = replace_exactly(c, "port_value: 9901", &format!("port_value: {}", ports.admin), 1);
-    c = replace_exactly(c, "address: 0.0.0.0", "address: 127.0.0.1", 2);
-    c = replace_exactly(c, SHIPPED_WASM, &wasm_path().display().to_string(), 1);
-    let members = serde_json::to_string(&options.members).unwrap_or_default();
-    c = replace_exactly(c, SHIPPED_MEMBERS, &members, 3);
-    c = replace_exactly(
-        c,
-        "\"vnodes\": 500",
-        &format!("\"vnodes\": {}", options.vnodes),
-        3,
-    );
-    c
+    let script = repo_root().join("scripts/render-envoy-config.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--ports")
+        .arg(format!(
+            "{},{},{},{}",
+            ports.redirect, ports.proxy, ports.control, ports.admin
+        ))
+        .args(["--address", "127.0.0.1", "--wasm"])
+        .arg(wasm_path())
+        .arg("--members")
+        .arg(options.members.join(","))
+        .arg("--vnodes")
+        .arg(options.vnodes.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("run {} (python3 must be installed): {e}", script.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("rendered config: {e}"))
 }
 
 impl Envoy {

@@ -55,19 +55,10 @@ impl Stack {
     }
 }
 
+/// Unpadded base64url, as prometheus_client writes `@base64` values (the crate the filter uses).
 pub fn base64_url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (k, b)| acc | (u32::from(*b) << (16 - 8 * k)));
-        for k in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Minimal HTTP/1.1 over one socket, to see what happens to the connection.
