@@ -13,13 +13,11 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,16 +46,6 @@ def cmd_ports(a):
 
 
 # ---- configs ------------------------------------------------------------------------------------
-
-
-def cmd_render_shipped(a):
-    # The one renderer the demo and the tests use too.
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "render-envoy-config.py"),
-         "--src", a.src, "--out", a.out, "--ports", a.ports, "--wasm", a.wasm,
-         "--members", a.members, "--address", "127.0.0.1"],
-        check=True,
-    )
 
 
 # The HTTP connection manager settings the shipped listeners use, so a baseline differs from its
@@ -600,13 +588,6 @@ def main():
     s.add_argument("count", type=int)
     s.set_defaults(f=cmd_ports)
 
-    s = sub.add_parser("render-shipped")
-    s.add_argument("--src", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--ports", required=True, help="redirect,proxy,control,admin")
-    s.add_argument("--members", required=True, help="host:port,...")
-    s.add_argument("--wasm", required=True)
-    s.set_defaults(f=cmd_render_shipped)
 
     s = sub.add_parser("render-baseline-redirect")
     s.add_argument("--out", required=True)

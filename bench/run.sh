@@ -241,11 +241,11 @@ probe() {
         --pid "$ENVOY_PID" "$@" || die "$url does not answer $status to a push"
 }
 
-# The shipped config with its ports, listen addresses, wasm path and members replaced (as
-# testkit's render_config does); every replacement must hit.
+# The shipped config on loopback with this run's ports, wasm path and members, rendered as the
+# tests and the demo render it; every replacement must hit.
 render_shipped() {
     local out=$1 redirect=$2 proxy=$3 control=$4 admin=$5 members=$6
-    "${HELPER[@]}" render-shipped --src "$ROOT/envoy/envoy.yaml" --out "$out" \
+    python3 "$ROOT/scripts/render-envoy-config.py" --out "$out" --address 127.0.0.1 \
         --ports "$redirect,$proxy,$control,$admin" --members "$members" --wasm "$WASM"
 }
 
