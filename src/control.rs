@@ -47,13 +47,7 @@ pub fn handle(
 ) -> (Reply, ControlOutcome) {
     match method {
         "GET" | "HEAD" => match current(store, bootstrap) {
-            Ok((list, _)) => (
-                Reply::json(
-                    200,
-                    json!({"version": list.version, "members": list.members}).to_string(),
-                ),
-                ControlOutcome::Read,
-            ),
+            Ok((list, _)) => (Reply::json(200, list.to_json()), ControlOutcome::Read),
             Err(e) => internal(e),
         },
         "PUT" => put(authorization, body, token, bootstrap, store),
@@ -103,7 +97,7 @@ fn put(
             Ok(v) => v,
             Err(e) => return internal(e),
         };
-        let same_members = old.members == new.members;
+        let same_members = old.members == new.members && old.draining == new.draining;
         if !same_members && new.version <= old.version {
             let why = format!(
                 "version {} is not above the stored version {} and the members differ; send a higher version",
@@ -172,8 +166,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A log line for an accepted update: versions, counts and what changed.
 pub fn describe(old: &MemberList, new: &MemberList) -> String {
+    let draining = if new.draining.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = new.draining.iter().map(|m| m.as_str()).collect();
+        format!(", draining [{}]", names.join(","))
+    };
     format!(
-        "member list version {} -> {}, {} -> {} members, {}",
+        "member list version {} -> {}, {} -> {} members, {}{draining}",
         old.version,
         new.version,
         old.len(),
@@ -206,10 +206,10 @@ mod tests {
     fn get_shows_bootstrap_then_updates() {
         let mut s = MemoryStore::default();
         let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
-        assert_eq!(r.body, r#"{"members":["boot:1"],"version":0}"#);
+        assert_eq!(r.body, r#"{"version":0,"members":["boot:1"]}"#);
         put(&mut s, r#"{"version": 3, "members": ["b:1", "a:1"]}"#);
         let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
-        assert_eq!(r.body, r#"{"members":["a:1","b:1"],"version":3}"#);
+        assert_eq!(r.body, r#"{"version":3,"members":["a:1","b:1"]}"#);
     }
 
     #[test]

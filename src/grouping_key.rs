@@ -102,6 +102,56 @@ impl GroupingKey {
         Ok(GroupingKey { labels })
     }
 
+    /// The group named by grouping labels as pushgateway reports them (the `labels` of each
+    /// group in its `/api/v1/metrics`): the same key [`GroupingKey::from_path`] gives for any
+    /// path that names the group. Refuses what no push path could name: a missing or empty
+    /// `job`, a bad or reserved label name, a label given twice.
+    pub fn from_labels<N, V>(pairs: impl IntoIterator<Item = (N, V)>) -> Result<GroupingKey, String>
+    where
+        N: Into<String>,
+        V: Into<String>,
+    {
+        let mut labels: Vec<(String, String)> = Vec::new();
+        for (name, value) in pairs {
+            let (name, value) = (name.into(), value.into());
+            if !is_valid_label_name(&name) || name.starts_with("__") {
+                return Err(format!(
+                    "improper label name {name:?}: expected [a-zA-Z_][a-zA-Z0-9_]* not starting with __"
+                ));
+            }
+            if labels.iter().any(|(n, _)| *n == name) {
+                return Err(format!(
+                    "label {name:?} is given twice; a group names each label once"
+                ));
+            }
+            labels.push((name, value));
+        }
+        match labels.iter().find(|(n, _)| n == "job") {
+            Some((_, job)) if !job.is_empty() => {}
+            _ => return Err("a group needs a non-empty job label".to_owned()),
+        }
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(GroupingKey { labels })
+    }
+
+    /// A push path that names exactly this group (no query string), for `DELETE` and re-pushes.
+    /// Values are written as they are where that is unambiguous, else with `@base64` (values
+    /// with `/`, `%`, non-ASCII, `.` or `..`, and the empty value), so
+    /// `GroupingKey::from_path(&key.to_path()) == Ok(key)` for every key.
+    pub fn to_path(&self) -> String {
+        let mut out = String::with_capacity(METRICS_PREFIX.len() + 16 * self.labels.len());
+        out.push_str(METRICS_PREFIX);
+        if let Some((_, job)) = self.labels.iter().find(|(n, _)| n == "job") {
+            push_path_value(&mut out, job);
+        }
+        for (name, value) in self.labels.iter().filter(|(n, _)| n != "job") {
+            out.push('/');
+            out.push_str(name);
+            push_path_value(&mut out, value);
+        }
+        out
+    }
+
     /// The labels, sorted by name, `job` included.
     pub fn labels(&self) -> &[(String, String)] {
         &self.labels
@@ -137,6 +187,27 @@ impl fmt::Display for GroupingKey {
             write!(f, "{name}={value:?}")?;
         }
         f.write_str("}")
+    }
+}
+
+/// Appends `/<value>` or, where the plain form would be read differently, `@base64/<base64url>`.
+fn push_path_value(out: &mut String, value: &str) {
+    let plain = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':'));
+    if plain {
+        out.push('/');
+        out.push_str(value);
+    } else if value.is_empty() {
+        out.push_str(BASE64_SUFFIX);
+        out.push_str("/=");
+    } else {
+        out.push_str(BASE64_SUFFIX);
+        out.push('/');
+        out.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.as_bytes()));
     }
 }
 
@@ -440,6 +511,62 @@ mod tests {
             key("/metrics/job/j/b/2/a/1").hash(),
             key("/metrics/job@base64/ag/a@base64/MQ/b/2").hash()
         );
+    }
+
+    #[test]
+    fn labels_name_the_same_key_as_the_path() {
+        for path in [
+            "/metrics/job/j",
+            "/metrics/job/j/b/2/a/1",
+            "/metrics/job@base64/ag/a@base64/MQ/b/2",
+            "/metrics/job/j/a@base64/=",
+            "/metrics/job/j/p@base64/L34_",
+            "/metrics/job@base64/ai9r/v/%E2%9C%93",
+            "/metrics/job/j/v/50%25",
+            "/metrics/job/j/dot@base64/Lg/dots@base64/Li4",
+            "/metrics/job/j/job/x/instance/h-1.example:9100",
+        ] {
+            let k = key(path);
+            let pairs = k.labels().iter().rev().cloned();
+            assert_eq!(GroupingKey::from_labels(pairs).as_ref(), Ok(&k), "{path}");
+            assert_eq!(
+                GroupingKey::from_path(&k.to_path()).as_ref(),
+                Ok(&k),
+                "{path} -> {}",
+                k.to_path()
+            );
+        }
+    }
+
+    #[test]
+    fn paths_are_plain_where_they_can_be() {
+        assert_eq!(key("/metrics/job/j/b/2/a/1").to_path(), "/metrics/job/j/a/1/b/2");
+        assert_eq!(
+            key("/metrics/job/j/a@base64/=").to_path(),
+            "/metrics/job/j/a@base64/="
+        );
+        assert_eq!(
+            key("/metrics/job@base64/YS9i").to_path(),
+            "/metrics/job@base64/YS9i"
+        );
+        assert_eq!(
+            key("/metrics/job/j/v/%E2%9C%93").to_path(),
+            "/metrics/job/j/v@base64/4pyT"
+        );
+        assert_eq!(
+            key("/metrics/job/j/a@base64/Li4").to_path(),
+            "/metrics/job/j/a@base64/Li4"
+        );
+    }
+
+    #[test]
+    fn labels_that_no_path_could_name_are_refused() {
+        let refused = |p: &[(&str, &str)]| GroupingKey::from_labels(p.iter().copied()).unwrap_err();
+        assert!(refused(&[("a", "1")]).contains("job"));
+        assert!(refused(&[("job", "")]).contains("job"));
+        assert!(refused(&[("job", "j"), ("__x", "1")]).contains("improper label name"));
+        assert!(refused(&[("job", "j"), ("1a", "1")]).contains("improper label name"));
+        assert!(refused(&[("job", "j"), ("a", "1"), ("a", "2")]).contains("twice"));
     }
 
     #[test]

@@ -131,11 +131,17 @@ fn canonical_host(host: &str) -> Result<String, String> {
     Ok(host.to_ascii_lowercase())
 }
 
-/// A validated member list: canonical members, sorted, no duplicates, at most [`MAX_MEMBERS`].
+/// A validated member list: canonical members, sorted, no duplicates, at most [`MAX_MEMBERS`]
+/// in `members` and `draining` together.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemberList {
     pub version: u64,
+    /// The ring: every group is owned by one of these.
     pub members: Vec<Member>,
+    /// Pushgateways being drained: out of the ring (they own nothing) but still holding groups,
+    /// so a `DELETE` must reach them too. Sorted, disjoint from `members`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<Member>,
 }
 
 /// The control API's wire form, before validation.
@@ -144,6 +150,8 @@ pub struct MemberList {
 struct WireList {
     version: u64,
     members: Vec<serde_json::Value>,
+    #[serde(default)]
+    draining: Vec<serde_json::Value>,
 }
 
 impl MemberList {
@@ -170,7 +178,43 @@ impl MemberList {
         Ok(MemberList {
             version,
             members: parsed,
+            draining: Vec::new(),
         })
+    }
+
+    /// The same list with `draining` set, refusing bad entries, duplicates, entries that are
+    /// also ring members, and more than [`MAX_MEMBERS`] in all.
+    pub fn with_draining<S: AsRef<str>>(mut self, draining: &[S]) -> Result<MemberList, String> {
+        if self.members.len() + draining.len() > MAX_MEMBERS {
+            return Err(format!(
+                "{} members and {} draining given; at most {MAX_MEMBERS} in all are accepted",
+                self.members.len(),
+                draining.len()
+            ));
+        }
+        let mut parsed: Vec<Member> = Vec::with_capacity(draining.len());
+        for (i, m) in draining.iter().enumerate() {
+            let member = Member::parse(m.as_ref()).map_err(|e| format!("draining[{i}]: {e}"))?;
+            if parsed.contains(&member) {
+                return Err(format!(
+                    "draining[{i}]: {member} is listed twice; each pushgateway may appear once"
+                ));
+            }
+            if self.members.contains(&member) {
+                return Err(format!(
+                    "draining[{i}]: {member} is also in members; a draining pushgateway is out of the ring"
+                ));
+            }
+            parsed.push(member);
+        }
+        parsed.sort();
+        self.draining = parsed;
+        Ok(self)
+    }
+
+    /// Every pushgateway that may hold groups: the members, then the draining ones.
+    pub fn holders(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().chain(self.draining.iter())
     }
 
     /// Decodes and validates a control-API body `{"version": <u64>, "members": ["host:port", ...]}`.
@@ -184,14 +228,18 @@ impl MemberList {
         let wire: WireList = serde_json::from_slice(body).map_err(|e| {
             format!(r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}}: {e}"#)
         })?;
-        let mut strings = Vec::with_capacity(wire.members.len());
-        for (i, v) in wire.members.iter().enumerate() {
-            match v.as_str() {
-                Some(s) => strings.push(s),
-                None => return Err(format!("members[{i}]: {v} is not a string; {ACCEPTED}")),
-            }
-        }
-        MemberList::new(wire.version, &strings)
+        let strings = |field: &str, values: &[serde_json::Value]| -> Result<Vec<String>, String> {
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    Some(s) => Ok(s.to_owned()),
+                    None => Err(format!("{field}[{i}]: {v} is not a string; {ACCEPTED}")),
+                })
+                .collect()
+        };
+        MemberList::new(wire.version, &strings("members", &wire.members)?)?
+            .with_draining(&strings("draining", &wire.draining)?)
     }
 
     /// The JSON that [`MemberList::from_json`] reads back.
@@ -316,6 +364,40 @@ mod tests {
             ),
             (br#"{"version": 1, "members": ["ok:1", "bad"]}"#, "members[1]"),
             (b"not json", "body is not"),
+        ] {
+            let err = MemberList::from_json(body).err().unwrap_or_default();
+            assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn draining_members_travel_beside_the_ring() {
+        let list =
+            MemberList::from_json(br#"{"version": 2, "members": ["b:1"], "draining": ["c:1", "a:1"]}"#)
+                .unwrap_or_default();
+        assert_eq!(list.draining, vec![Member("a:1".into()), Member("c:1".into())]);
+        assert_eq!(list.holders().count(), 3);
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list));
+        // No draining field on the wire when nobody drains: older readers see the old body.
+        let plain = MemberList::new(1, &["a:1"]).unwrap_or_default();
+        assert_eq!(plain.to_json(), r#"{"version":1,"members":["a:1"]}"#);
+        for (body, reason) in [
+            (
+                &br#"{"version": 1, "members": ["a:1"], "draining": ["a:1"]}"#[..],
+                "also in members",
+            ),
+            (
+                br#"{"version": 1, "members": [], "draining": ["c:1", "C:1"]}"#,
+                "listed twice",
+            ),
+            (
+                br#"{"version": 1, "members": [], "draining": [3]}"#,
+                "draining[0]: 3 is not a string",
+            ),
+            (
+                br#"{"version": 1, "members": [], "draining": ["x"]}"#,
+                "draining[0]",
+            ),
         ] {
             let err = MemberList::from_json(body).err().unwrap_or_default();
             assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));

@@ -243,6 +243,7 @@ mod tests {
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
+            draining: vec![],
         });
         let text = m.encode().unwrap();
         for line in [

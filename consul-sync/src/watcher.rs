@@ -120,6 +120,7 @@ impl MemberView {
         let new = MemberList {
             version: self.clock.next(now_ms),
             members,
+            draining: Vec::new(),
         };
         let old = self.published.replace(new.clone());
         Decision::Publish { old, new }
@@ -455,10 +456,12 @@ mod tests {
         let old = MemberList {
             version: 1,
             members: m(&["a:1", "b:1", "c:1"]),
+            draining: vec![],
         };
         let new = MemberList {
             version: 2,
             members: m(&["a:1", "b:1"]),
+            draining: vec![],
         };
         let line = describe_change(Some(&old), &new, 500);
         assert!(
