@@ -21,6 +21,11 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DEREGISTER_AFTER: Duration = Duration::from_secs(600);
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the reconciler reads every pushgateway's groups when nothing else triggers it.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a draining pushgateway keeps the groups nobody pushed elsewhere before they are
+/// moved to their owners: long enough for jobs that push hourly to move them themselves.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Environment variable for the Consul ACL token when `consul_server.token` is not set.
 pub const CONSUL_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 /// Environment variable for the Envoy control token when `envoy.token_file` is not set.
@@ -55,8 +60,17 @@ pub struct Config {
     pub envoy: EnvoyConfig,
     /// Every Envoy gets the list again this often, so a restarted Envoy is healed.
     pub resync_interval: Duration,
-    /// Virtual nodes per member; must equal the filter's, used to report how much a change moves.
+    /// Virtual nodes per member; must equal the filter's: the reconciler places groups with it.
     pub vnodes: u32,
+    /// Pushgateways to take out of the ring (`pushgateway.drain`): they keep being registered and
+    /// scraped, their groups move to their owners at their next push, the rest at the deadline.
+    pub drain: Vec<Member>,
+    /// The reconciler reads every pushgateway this often, and after every member change.
+    pub reconcile_interval: Duration,
+    /// How long a drain waits for groups to be pushed elsewhere before it moves the rest.
+    pub drain_timeout: Duration,
+    /// The file it was read from: a reload reads it again.
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -127,6 +141,10 @@ struct RawConfig {
     resync_interval: Option<Dur>,
     #[serde(default)]
     vnodes: Option<Vnodes>,
+    #[serde(default)]
+    reconcile_interval: Option<Dur>,
+    #[serde(default)]
+    drain_timeout: Option<Dur>,
 }
 
 #[derive(Default, Deserialize)]
@@ -149,6 +167,8 @@ struct RawPushgateway {
     port: Option<Port>,
     #[serde(default)]
     servers: Option<Vec<String>>,
+    #[serde(default)]
+    drain: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -448,7 +468,41 @@ impl Config {
             source,
         })?;
         let read_file = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
-        Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)
+        let (mut config, warnings) = Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)?;
+        config.source = Some(path.to_path_buf());
+        Ok((config, warnings))
+    }
+
+    /// Refuses a reloaded configuration that changes what only a restart can change: the Consul
+    /// connection, the service name, the endpoint's address, the Envoys and the resync interval.
+    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, vnodes) is
+    /// taken live.
+    pub fn check_reload(&self, new: &Config) -> Result<(), String> {
+        let mut changed = Vec::new();
+        if self.consul != new.consul {
+            changed.push("consul_server");
+        }
+        if self.service_name != new.service_name {
+            changed.push("register_service_name");
+        }
+        if self.http_listen_addr != new.http_listen_addr {
+            changed.push("http_listen_addr");
+        }
+        if self.envoy != new.envoy {
+            changed.push("envoy");
+        }
+        if self.resync_interval != new.resync_interval {
+            changed.push("resync_interval");
+        }
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout and vnodes, \
+                 the rest needs a restart of consul-sync; nothing was changed",
+                changed.join(", ")
+            ))
+        }
     }
 
     /// Checks the YAML `text` of `file`. `env` reads an environment variable, `read_file` the
@@ -481,6 +535,25 @@ impl Config {
                 )));
             }
             servers.push(m);
+        }
+        let mut drain: Vec<Member> = Vec::new();
+        for (i, entry) in raw.pushgateway.drain.unwrap_or_default().iter().enumerate() {
+            let key = format!("pushgateway.drain[{i}]");
+            let at = locate(text, &key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            let m = parse_server(entry, port).map_err(|e| invalid(format!("{key}{at}: {e}")))?;
+            if let Some(j) = drain.iter().position(|s| *s == m) {
+                return Err(invalid(format!(
+                    "{key}{at}: {entry:?} is {m}, the same pushgateway as pushgateway.drain[{j}]; list each once"
+                )));
+            }
+            if !servers.contains(&m) {
+                warnings.push(format!(
+                    "{key}: {m} is not in pushgateway.servers; it is drained if something else registered it"
+                ));
+            }
+            drain.push(m);
         }
         if servers.is_empty() {
             warnings.push(
@@ -595,6 +668,10 @@ impl Config {
             envoy: EnvoyConfig { control_urls, token },
             resync_interval: raw.resync_interval.map_or(DEFAULT_RESYNC_INTERVAL, |d| d.0),
             vnodes: raw.vnodes.map_or(DEFAULT_VNODES, |v| v.0),
+            drain,
+            reconcile_interval: raw.reconcile_interval.map_or(DEFAULT_RECONCILE_INTERVAL, |d| d.0),
+            drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+            source: None,
         };
         Ok((config, warnings))
     }
@@ -733,6 +810,51 @@ vnodes: 100
         assert!(
             !debug.contains("abc") && !debug.contains("file-token") && debug.contains("<set>"),
             "{debug}"
+        );
+    }
+
+    #[test]
+    fn drain_and_reconcile_keys() {
+        let text = "pushgateway:\n  servers: [a:1, b:1, c:1]\n  drain: [c:1, 'D']\nreconcile_interval: 5s\ndrain_timeout: 2m\n";
+        let (c, warnings) = parse(text).unwrap();
+        let drain: Vec<&str> = c.drain.iter().map(Member::as_str).collect();
+        assert_eq!(drain, ["c:1", "d:9091"]);
+        assert_eq!(c.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(c.drain_timeout, Duration::from_secs(120));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("pushgateway.drain[1]") && w.contains("not in pushgateway.servers")),
+            "{warnings:?}"
+        );
+        let (c, _) = parse("").unwrap();
+        assert_eq!(
+            (c.reconcile_interval, c.drain_timeout, c.drain.len()),
+            (DEFAULT_RECONCILE_INTERVAL, DEFAULT_DRAIN_TIMEOUT, 0)
+        );
+        let e = refused("pushgateway:\n  drain:\n    - a:1\n    - A:1\n");
+        assert!(
+            e.contains("pushgateway.drain[1] (line 4)") && e.contains("list each once"),
+            "{e}"
+        );
+        let e = refused("drain_timeout: never\n");
+        assert!(
+            e.contains("drain_timeout (line 1)") && e.contains("invalid duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reloads_take_the_pushgateways_and_refuse_the_rest() {
+        let (old, _) = parse("pushgateway: {servers: [a:1]}\n").unwrap();
+        let (new, _) =
+            parse("pushgateway: {servers: [a:1, b:1], drain: [a:1]}\ncheck: {interval: 2s}\n").unwrap();
+        assert_eq!(old.check_reload(&new), Ok(()));
+        let (new, _) = parse("consul_server: {addr: 'x:1'}\nhttp_listen_addr: '127.0.0.1:1'\n").unwrap();
+        let e = old.check_reload(&new).unwrap_err();
+        assert!(
+            e.contains("consul_server, http_listen_addr changed") && e.contains("nothing was changed"),
+            "{e}"
         );
     }
 

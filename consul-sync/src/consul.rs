@@ -119,6 +119,26 @@ impl Registration {
     }
 }
 
+/// One service of `/v1/agent/services`; only what is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub meta: Option<BTreeMap<String, String>>,
+}
+
+impl AgentService {
+    /// True when consul-sync registered it (its `managed_by` meta), so it may deregister it.
+    pub fn managed_by_us(&self) -> bool {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.get(META_MANAGED_BY))
+            .is_some_and(|v| v == "consul-sync")
+    }
+}
+
 /// One entry of `/v1/health/service/<name>`; only what is used.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -208,6 +228,33 @@ impl ConsulClient {
             .header("content-type", "application/json")
             .body(body)
             .timeout(REQUEST_TIMEOUT);
+        self.send(WHAT, &url, req).await?;
+        Ok(())
+    }
+
+    /// The services registered with this agent, by ID (`GET /v1/agent/services`).
+    pub async fn agent_services(&self) -> Result<BTreeMap<String, AgentService>, ConsulError> {
+        const WHAT: &str = "listing the agent's services";
+        let url = format!("{}/v1/agent/services", self.config.base_url);
+        let req = self.http.get(&url).timeout(REQUEST_TIMEOUT);
+        let resp = self.send(WHAT, &url, req).await?;
+        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
+            what: WHAT,
+            url: url.clone(),
+            detail: crate::error_chain(&e),
+        })?;
+        serde_json::from_slice(&body).map_err(|e| ConsulError::BadResponse {
+            what: WHAT,
+            url,
+            why: e.to_string(),
+        })
+    }
+
+    /// Removes a service (and its check) from this agent.
+    pub async fn deregister(&self, id: &str) -> Result<(), ConsulError> {
+        const WHAT: &str = "deregistering a service";
+        let url = format!("{}/v1/agent/service/deregister/{id}", self.config.base_url);
+        let req = self.http.put(&url).timeout(REQUEST_TIMEOUT);
         self.send(WHAT, &url, req).await?;
         Ok(())
     }

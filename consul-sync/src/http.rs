@@ -1,15 +1,17 @@
-//! consul-sync's own HTTP endpoint: `/metrics`, `/-/healthy`, `/-/ready`, `/prometheus/targets`.
+//! consul-sync's own HTTP endpoint: `/metrics`, `/-/healthy`, `/-/ready`, `/prometheus/targets`,
+//! `/-/drain`, and `POST /-/reload`.
 //!
-//! `/prometheus/targets` is the current member list as Prometheus HTTP service discovery JSON, so
-//! a Prometheus built without Consul discovery can scrape exactly the pushgateways in the ring.
-//! Before the first list it answers 503, which makes Prometheus keep its previous targets.
+//! `/prometheus/targets` is the current member list (ring members and draining pushgateways) as
+//! Prometheus HTTP service discovery JSON, so a Prometheus built without Consul discovery scrapes
+//! exactly the pushgateways that hold groups. Before the first list it answers 503, which makes
+//! Prometheus keep its previous targets. `/-/drain` says where each drain stands.
 
 use crate::metrics::Metrics;
 use crate::Readiness;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use dynamic_sharding::members::MemberList;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub struct Shared {
     pub ready: Arc<Readiness>,
     pub published: watch::Receiver<Option<MemberList>>,
     pub service_name: String,
+    pub reload: tokio::sync::mpsc::Sender<crate::ReloadRequest>,
+    pub drains: Arc<std::sync::Mutex<Vec<crate::reconcile::DrainStatus>>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -30,6 +34,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .route("/prometheus/targets", get(targets))
+        .route("/-/reload", post(reload).put(reload))
+        .route("/-/drain", get(drain))
         .with_state(shared)
 }
 
@@ -79,6 +85,32 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+async fn reload(State(s): State<Arc<Shared>>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.reload.send(tx).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(summary)) => (StatusCode::OK, format!("{summary}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            format!("configuration reload refused: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// `{"drains": [{"pushgateway", "state": "draining"|"drained", "since", "deadline", "groups"}]}`.
+async fn drain(State(s): State<Arc<Shared>>) -> Response {
+    let drains = s.drains.lock().map(|d| d.clone()).unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "drains": drains }).to_string(),
+    )
+        .into_response()
+}
+
 async fn targets(State(s): State<Arc<Shared>>) -> Response {
     let list = s.published.borrow().clone();
     match list {
@@ -94,9 +126,11 @@ async fn targets(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// `[{"targets": ["host:port", ...], "labels": {"service": <name>}}]`.
+/// `[{"targets": ["host:port", ...], "labels": {"service": <name>}}]`: the members and the
+/// draining pushgateways, which Prometheus must keep scraping until they are drained.
 pub fn targets_json(list: &MemberList, service_name: &str) -> String {
-    serde_json::json!([{ "targets": list.members, "labels": { "service": service_name } }]).to_string()
+    let targets: Vec<&str> = list.holders().map(|m| m.as_str()).collect();
+    serde_json::json!([{ "targets": targets, "labels": { "service": service_name } }]).to_string()
 }
 
 #[cfg(test)]

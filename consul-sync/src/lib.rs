@@ -1,31 +1,40 @@
 //! consul-sync: registers pushgateways in Consul, watches which pass their health checks, and
 //! keeps the member list of every configured Envoy equal to them.
 //!
-//! [`run`] starts three kinds of task and stops them when the shutdown future completes:
+//! [`run`] starts these tasks and stops them when the shutdown future completes:
 //! the [`watcher`] (registration, then blocking queries on Consul; publishes the member list),
-//! one [`envoy`] pusher per control URL (each with its own retries), and the [`http`] endpoint.
-//! The published list travels on a `watch` channel; shutdown is a `watch<bool>` every task
-//! selects on, and `run` waits at most [`SHUTDOWN_GRACE`] for them before it returns.
+//! one [`envoy`] pusher per control URL (each with its own retries), the [`reconcile`]r (one copy
+//! of each group, drains), the [`registrar`] (keeps the configured pushgateways registered), the
+//! reloader (SIGHUP and `POST /-/reload`) and the [`http`] endpoint.
+//! The published list and reloaded configurations travel on `watch` channels; shutdown is a
+//! `watch<bool>` every task selects on, and `run` waits at most [`SHUTDOWN_GRACE`] for them.
 
 pub mod backoff;
 pub mod config;
 pub mod consul;
 pub mod envoy;
+pub mod groups;
 pub mod http;
 pub mod metrics;
+pub mod pushgateway;
+pub mod reconcile;
+pub mod registrar;
 pub mod watcher;
 
 use crate::config::Config;
 use crate::consul::ConsulClient;
 use crate::envoy::{Pusher, ReadySink};
 use crate::metrics::Metrics;
+use crate::pushgateway::PushgatewayClient;
+use crate::reconcile::Reconciler;
+use crate::registrar::Registrar;
 use crate::watcher::Watcher;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -98,16 +107,35 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     let ready = Arc::new(Readiness::new(config.envoy.control_urls.len()));
     let (published_tx, published_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (config_tx, config_rx) = watch::channel(config.clone());
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let client = ConsulClient::new(config.consul.clone())?;
+    let drains = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     let watcher = Watcher {
         config: config.clone(),
-        client,
+        updates: config_rx.clone(),
+        client: client.clone(),
         metrics: metrics.clone(),
         published: published_tx,
     };
     tasks.spawn(watcher.run(stop_rx.clone()).map_ok());
+    let registrar = Registrar {
+        config: config_rx.clone(),
+        client,
+        metrics: metrics.clone(),
+    };
+    tasks.spawn(registrar.run(stop_rx.clone()).map_ok());
+    let reconciler = Reconciler {
+        config: config_rx.clone(),
+        published: published_rx.clone(),
+        client: PushgatewayClient::new()?,
+        metrics: metrics.clone(),
+        drains: drains.clone(),
+    };
+    tasks.spawn(reconciler.run(stop_rx.clone()).map_ok());
+    tasks.spawn(reloader(config_tx, reload_rx, metrics.clone(), stop_rx.clone()).map_ok());
     // Readiness without Envoys: the first published list.
     {
         let ready = ready.clone();
@@ -141,6 +169,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         ready: ready.clone(),
         published: published_rx.clone(),
         service_name: config.service_name.clone(),
+        reload: reload_tx,
+        drains,
     });
     {
         let addr = addr.clone();
@@ -181,6 +211,73 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         tasks.abort_all();
     }
     result
+}
+
+/// A reload request: the answer goes back on the oneshot.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// Reloads the configuration file on SIGHUP and on requests from `POST /-/reload`. A refused
+/// file changes nothing: the error is logged (and answered), the running configuration stays.
+async fn reloader(
+    config: watch::Sender<Arc<Config>>,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("cannot listen for SIGHUP ({e}); reload with POST /-/reload");
+            None
+        }
+    };
+    loop {
+        let reply = tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => None,
+            r = requests.recv() => match r {
+                Some(r) => Some(r),
+                None => return,
+            },
+        };
+        let current = config.borrow().clone();
+        let result = reload(&current).map(|(new, summary)| {
+            config.send_replace(Arc::new(new));
+            summary
+        });
+        metrics.reload(result.is_ok());
+        match &result {
+            Ok(summary) => info!("{summary}"),
+            Err(e) => error!("configuration reload refused: {e}"),
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Reads the configuration file again; the new configuration and a line for the log.
+fn reload(current: &Config) -> Result<(Config, String), String> {
+    let Some(path) = current.source.clone() else {
+        return Err("consul-sync was not started from a configuration file".to_owned());
+    };
+    let (new, warnings) = Config::load(&path).map_err(|e| e.to_string())?;
+    current.check_reload(&new)?;
+    for w in warnings {
+        warn!("{}: {w}", path.display());
+    }
+    let join =
+        |v: &[dynamic_sharding::members::Member]| v.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",");
+    let summary = format!(
+        "configuration reloaded from {}: servers [{}], drain [{}], reconcile_interval {:?}, drain_timeout {:?}",
+        path.display(),
+        join(&new.servers),
+        join(&new.drain),
+        new.reconcile_interval,
+        new.drain_timeout
+    );
+    Ok((new, summary))
 }
 
 /// The error and its causes, as reqwest's Display shows only the outermost.

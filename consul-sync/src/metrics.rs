@@ -12,12 +12,28 @@
 //! | `consul_sync_pushes_total{envoy,result}` | pushes per Envoy: `ok`, `conflict`, `refused`, `failed` |
 //! | `consul_sync_last_push_timestamp_seconds{envoy}` | Unix time of the last accepted push |
 //! | `consul_sync_envoy_version{envoy}` | version of the list last accepted by that Envoy |
+//! | `consul_sync_reconcile_groups{pushgateway}` | groups each pushgateway held at the last reconcile |
+//! | `consul_sync_reconcile_duplicate_groups` | groups with more than one copy at the last reconcile |
+//! | `consul_sync_reconcile_misplaced_groups` | groups whose newest copy is not on their owner |
+//! | `consul_sync_reconcile_deleted_copies_total` | older copies deleted |
+//! | `consul_sync_reconcile_skipped_deletes_total` | planned deletes not done: the copy changed meanwhile |
+//! | `consul_sync_reconcile_errors_total{kind}` | failed reads, deletes, moves (`read`, `delete`, `move`) |
+//! | `consul_sync_reconcile_duration_seconds` | time of a reconcile round (histogram) |
+//! | `consul_sync_reconcile_interval_seconds` | the configured `reconcile_interval` |
+//! | `consul_sync_drain_moved_groups_total` | groups copied to their owner at a drain deadline |
+//! | `consul_sync_drain_state{pushgateway}` | 1 draining, 2 drained |
+//! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
+//! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
+//! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
+//! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
+//! | `consul_sync_config_last_reload_success_timestamp_seconds` | Unix time of the last good configuration |
 
 use dynamic_sharding::members::MemberList;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +72,16 @@ struct EnvoyLabels {
     envoy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushgatewayLabels {
+    pushgateway: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -70,6 +96,21 @@ pub struct Metrics {
     pushes: Family<PushLabels, Counter>,
     last_push: Family<EnvoyLabels, FloatGauge>,
     envoy_version: Family<EnvoyLabels, Gauge>,
+    reconcile_groups: Family<PushgatewayLabels, Gauge>,
+    reconcile_duplicates: Gauge,
+    reconcile_misplaced: Gauge,
+    pub reconcile_deleted: Counter,
+    pub reconcile_skipped_deletes: Counter,
+    reconcile_errors: Family<KindLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub reconcile_interval: FloatGauge,
+    pub drain_moved: Counter,
+    drain_state: Family<PushgatewayLabels, Gauge>,
+    drain_deadline: Family<PushgatewayLabels, FloatGauge>,
+    registrations: Family<ReasonLabels, Counter>,
+    pub deregistrations: Counter,
+    reload_ok: Gauge,
+    reload_time: FloatGauge,
 }
 
 fn now_seconds() -> f64 {
@@ -95,6 +136,24 @@ impl Metrics {
             pushes: Family::default(),
             last_push: Family::default(),
             envoy_version: Family::default(),
+            reconcile_groups: Family::default(),
+            reconcile_duplicates: Gauge::default(),
+            reconcile_misplaced: Gauge::default(),
+            reconcile_deleted: Counter::default(),
+            reconcile_skipped_deletes: Counter::default(),
+            reconcile_errors: Family::default(),
+            // 1 ms to about 65 s: one round at 100k groups takes seconds.
+            reconcile_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 17,
+            )),
+            reconcile_interval: FloatGauge::default(),
+            drain_moved: Counter::default(),
+            drain_state: Family::default(),
+            drain_deadline: Family::default(),
+            registrations: Family::default(),
+            deregistrations: Counter::default(),
+            reload_ok: Gauge::default(),
+            reload_time: FloatGauge::default(),
         };
         registry.register(
             "consul_requests",
@@ -146,6 +205,88 @@ impl Metrics {
             "Version of the member list an Envoy last accepted from us",
             m.envoy_version.clone(),
         );
+        registry.register(
+            "reconcile_groups",
+            "Groups each pushgateway held at the last reconcile",
+            m.reconcile_groups.clone(),
+        );
+        registry.register(
+            "reconcile_duplicate_groups",
+            "Groups with more than one copy at the last reconcile",
+            m.reconcile_duplicates.clone(),
+        );
+        registry.register(
+            "reconcile_misplaced_groups",
+            "Groups whose newest copy is not on their owner at the last reconcile",
+            m.reconcile_misplaced.clone(),
+        );
+        registry.register(
+            "reconcile_deleted_copies",
+            "Older copies of groups deleted by the reconciler",
+            m.reconcile_deleted.clone(),
+        );
+        registry.register(
+            "reconcile_skipped_deletes",
+            "Planned deletes not done because the copy changed after it was read",
+            m.reconcile_skipped_deletes.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reads, deletes and moves of the reconciler, by kind",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile round",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_interval_seconds",
+            "The configured reconcile_interval",
+            m.reconcile_interval.clone(),
+        );
+        registry.register(
+            "drain_moved_groups",
+            "Groups copied to their owner at a drain deadline (their push time became the copy's)",
+            m.drain_moved.clone(),
+        );
+        registry.register(
+            "drain_state",
+            "Drain state per pushgateway: 1 draining, 2 drained",
+            m.drain_state.clone(),
+        );
+        registry.register(
+            "drain_deadline_timestamp_seconds",
+            "Unix time after which a drain moves the groups left",
+            m.drain_deadline.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Registrations in Consul after the start, by reason (missing, reload)",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "deregistrations",
+            "Services deregistered because they left pushgateway.servers",
+            m.deregistrations.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload succeeded",
+            m.reload_ok.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load",
+            m.reload_time.clone(),
+        );
+        m.reload_ok.set(1);
+        m.reload_time.set(now_seconds());
+        for kind in ["read", "delete", "move"] {
+            let _ = m.reconcile_errors.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
+        }
         for kind in ["register", "health"] {
             let l = KindLabels {
                 kind: kind.to_owned(),
@@ -207,6 +348,65 @@ impl Metrics {
         self.envoy_version
             .get_or_create(&l)
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// What the last reconcile round saw.
+    pub fn reconciled(
+        &self,
+        holdings: &std::collections::BTreeMap<dynamic_sharding::members::Member, crate::reconcile::Holdings>,
+        duplicates: usize,
+        misplaced: usize,
+    ) {
+        self.reconcile_groups.clear();
+        for (member, groups) in holdings {
+            self.reconcile_groups
+                .get_or_create(&PushgatewayLabels {
+                    pushgateway: member.to_string(),
+                })
+                .set(groups.len() as i64);
+        }
+        self.reconcile_duplicates.set(duplicates as i64);
+        self.reconcile_misplaced.set(misplaced as i64);
+    }
+
+    pub fn reconcile_error(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The drains under way (a finished or cancelled one disappears).
+    pub fn drains(&self, statuses: &[crate::reconcile::DrainStatus]) {
+        self.drain_state.clear();
+        self.drain_deadline.clear();
+        for s in statuses {
+            let l = PushgatewayLabels {
+                pushgateway: s.pushgateway.clone(),
+            };
+            let state = match s.state {
+                crate::reconcile::DrainState::Draining => 1,
+                crate::reconcile::DrainState::Drained => 2,
+            };
+            self.drain_state.get_or_create(&l).set(state);
+            self.drain_deadline.get_or_create(&l).set(s.deadline);
+        }
+    }
+
+    pub fn registered(&self, reason: &str) {
+        self.registrations
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time.set(now_seconds());
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -80,6 +80,8 @@ pub enum Decision {
 pub struct MemberView {
     published: Option<MemberList>,
     registered: Vec<Member>,
+    /// Pushgateways to keep out of the ring (`pushgateway.drain`).
+    drain: Vec<Member>,
     settle_until: Option<Instant>,
     clock: VersionClock,
 }
@@ -89,9 +91,21 @@ impl MemberView {
         MemberView {
             published: None,
             registered,
+            drain: Vec::new(),
             settle_until: None,
             clock: VersionClock::default(),
         }
+    }
+
+    /// Sets the pushgateways to drain; the next [`MemberView::observe`] applies them.
+    pub fn set_drain(&mut self, mut drain: Vec<Member>) {
+        drain.sort();
+        self.drain = drain;
+    }
+
+    /// Sets the registered pushgateways (the settling waits for them).
+    pub fn set_registered(&mut self, registered: Vec<Member>) {
+        self.registered = registered;
     }
 
     /// Holds back lists lacking a registered pushgateway until `until`.
@@ -105,13 +119,20 @@ impl MemberView {
         self.published.as_ref()
     }
 
-    /// Decides on `members` (sorted, no duplicates) seen at `now` / `now_ms`.
-    pub fn observe(&mut self, members: Vec<Member>, now: Instant, now_ms: u64) -> Decision {
-        if self.published.as_ref().is_some_and(|p| p.members == members) {
+    /// Decides on the `passing` pushgateways (sorted, no duplicates) seen at `now` / `now_ms`:
+    /// the ring is those not being drained; the draining ones that pass travel beside it.
+    pub fn observe(&mut self, passing: Vec<Member>, now: Instant, now_ms: u64) -> Decision {
+        let (draining, members): (Vec<Member>, Vec<Member>) =
+            passing.iter().cloned().partition(|m| self.drain.contains(m));
+        if self
+            .published
+            .as_ref()
+            .is_some_and(|p| p.members == members && p.draining == draining)
+        {
             return Decision::Unchanged;
         }
         if let Some(until) = self.settle_until {
-            let all_registered_pass = self.registered.iter().all(|m| members.binary_search(m).is_ok());
+            let all_registered_pass = self.registered.iter().all(|m| passing.binary_search(m).is_ok());
             if now < until && !all_registered_pass {
                 return Decision::Hold { until };
             }
@@ -120,7 +141,7 @@ impl MemberView {
         let new = MemberList {
             version: self.clock.next(now_ms),
             members,
-            draining: Vec::new(),
+            draining,
         };
         let old = self.published.replace(new.clone());
         Decision::Publish { old, new }
@@ -156,8 +177,17 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
             100.0 * moved_share(&old.members, &new.members, vnodes)
         )
     };
+    let draining = if old.draining == new.draining {
+        String::new()
+    } else {
+        format!(
+            ", draining [{}] (was [{}])",
+            join(&new.draining),
+            join(&old.draining)
+        )
+    };
     format!(
-        "member list changed: version {}, {} -> {} members, {diff}{moved}; old [{}] new [{}]",
+        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}; old [{}] new [{}]",
         new.version,
         old.len(),
         new.len(),
@@ -168,7 +198,10 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
 
 /// Everything the watch loop needs.
 pub struct Watcher {
+    /// The configuration at the start: Consul, the service name and the check do not change.
     pub config: Arc<Config>,
+    /// Reloaded configurations: the drain list and the servers to settle on come from here.
+    pub updates: watch::Receiver<Arc<Config>>,
     pub client: ConsulClient,
     pub metrics: Arc<Metrics>,
     pub published: watch::Sender<Option<MemberList>>,
@@ -176,8 +209,11 @@ pub struct Watcher {
 
 impl Watcher {
     /// Registers, then watches until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut view = MemberView::new(self.config.servers.clone());
+        view.set_drain(self.updates.borrow_and_update().drain.clone());
+        // The passing pushgateways Consul showed last, to re-apply a reloaded drain list to.
+        let mut last_passing: Option<Vec<Member>> = None;
         let mut backoff = Backoff::new();
         let mut failures: u64 = 0;
         // Registration first: a watch that starts before it would only see old state.
@@ -210,6 +246,19 @@ impl Watcher {
             let hold_deadline = hold_until.unwrap_or_else(|| Instant::now() + BLOCKING_WAIT * 2);
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
+                changed = self.updates.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let config = self.updates.borrow_and_update().clone();
+                    view.set_drain(config.drain.clone());
+                    view.set_registered(config.servers.clone());
+                    if let Some(passing) = &last_passing {
+                        let decision = view.observe(passing.clone(), Instant::now(), unix_millis());
+                        self.apply(decision, &mut hold_until, index);
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(hold_deadline), if hold_until.is_some() && query_index != 0 => {
                     continue;
                 }
@@ -262,29 +311,36 @@ impl Watcher {
             for s in &health.skipped {
                 warn!("ignoring a passing instance of {}: {s}", self.config.service_name);
             }
-            match view.observe(health.members, Instant::now(), unix_millis()) {
-                Decision::Unchanged => {
-                    hold_until = None;
-                    debug!("Consul index {}: members unchanged", health.index);
+            last_passing = Some(health.members.clone());
+            let decision = view.observe(health.members, Instant::now(), unix_millis());
+            self.apply(decision, &mut hold_until, health.index);
+        }
+    }
+
+    /// Carries out what [`MemberView::observe`] decided.
+    fn apply(&self, decision: Decision, hold_until: &mut Option<Instant>, index: u64) {
+        match decision {
+            Decision::Unchanged => {
+                *hold_until = None;
+                debug!("Consul index {index}: members unchanged");
+            }
+            Decision::Hold { until } => {
+                if hold_until.is_none() {
+                    info!(
+                        "waiting up to {:.1}s for the health checks of all registered pushgateways before the first push",
+                        until.saturating_duration_since(Instant::now()).as_secs_f64()
+                    );
                 }
-                Decision::Hold { until } => {
-                    if hold_until.is_none() {
-                        info!(
-                            "waiting up to {:.1}s for the health checks of all registered pushgateways before the first push",
-                            until.saturating_duration_since(Instant::now()).as_secs_f64()
-                        );
-                    }
-                    hold_until = Some(until);
+                *hold_until = Some(until);
+            }
+            Decision::Publish { old, new } => {
+                *hold_until = None;
+                info!("{}", describe_change(old.as_ref(), &new, self.config.vnodes));
+                if old.is_some() {
+                    self.metrics.member_changes.inc();
                 }
-                Decision::Publish { old, new } => {
-                    hold_until = None;
-                    info!("{}", describe_change(old.as_ref(), &new, self.config.vnodes));
-                    if old.is_some() {
-                        self.metrics.member_changes.inc();
-                    }
-                    self.metrics.set_members(&new);
-                    self.published.send_replace(Some(new));
-                }
+                self.metrics.set_members(&new);
+                self.published.send_replace(Some(new));
             }
         }
     }
@@ -424,6 +480,36 @@ mod tests {
             unreachable!()
         };
         assert_eq!(new.members, m(&["a:1"]));
+    }
+
+    #[test]
+    fn drained_pushgateways_leave_the_ring_but_stay_listed() {
+        let now = Instant::now();
+        let mut v = MemberView::new(vec![]);
+        assert!(matches!(
+            v.observe(m(&["a:1", "b:1", "c:1"]), now, 1),
+            Decision::Publish { .. }
+        ));
+        v.set_drain(m(&["c:1", "z:1"]));
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1"]), now, 2) else {
+            unreachable!()
+        };
+        assert_eq!((new.members, new.draining), (m(&["a:1", "b:1"]), m(&["c:1"])));
+        assert_eq!(v.observe(m(&["a:1", "b:1", "c:1"]), now, 3), Decision::Unchanged);
+        // A draining pushgateway that stops passing leaves the list altogether.
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1"]), now, 4) else {
+            unreachable!()
+        };
+        assert!(new.draining.is_empty());
+        v.set_drain(vec![]);
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1"]), now, 5) else {
+            unreachable!()
+        };
+        assert_eq!(
+            new.members.len(),
+            3,
+            "an undrained pushgateway is back in the ring"
+        );
     }
 
     #[test]

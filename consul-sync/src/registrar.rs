@@ -1,0 +1,110 @@
+//! Keeps every configured pushgateway registered in Consul, and only those.
+//!
+//! Consul deregisters a service whose check stayed critical for `check.deregister_after`; the Go
+//! original then never saw that pushgateway again. Every `reconcile_interval`, and at once after a
+//! reload, this task lists the agent's services and:
+//! - registers each configured pushgateway that is missing (it is admitted again as soon as its
+//!   check passes), and registers again those whose check settings a reload changed;
+//! - deregisters the services consul-sync registered (meta `managed_by=consul-sync`) whose
+//!   pushgateway left `pushgateway.servers`: Prometheus stops scraping them. Drain one first.
+
+use crate::config::Config;
+use crate::consul::{ConsulClient, Registration};
+use crate::metrics::Metrics;
+use crate::watcher::sleep_or_shutdown;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub struct Registrar {
+    pub config: watch::Receiver<Arc<Config>>,
+    pub client: ConsulClient,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Registrar {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // What the watcher registered at the start: a reload that changes it registers again.
+        let first = self.config.borrow_and_update().clone();
+        let mut registered: BTreeMap<String, Registration> = registrations(&first)
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        loop {
+            let interval = self.config.borrow().reconcile_interval;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+                changed = self.config.changed() => if changed.is_err() { return; },
+            }
+            let config = self.config.borrow_and_update().clone();
+            if let Err(e) = self.sweep(&config, &mut registered).await {
+                self.metrics.consul_error("register");
+                warn!("{e} (registrations are checked again in {interval:?})");
+                if sleep_or_shutdown(std::time::Duration::from_millis(200), &mut shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn sweep(
+        &self,
+        config: &Config,
+        registered: &mut BTreeMap<String, Registration>,
+    ) -> Result<(), crate::consul::ConsulError> {
+        self.metrics.consul_request("register");
+        let services = self.client.agent_services().await?;
+        let wanted = registrations(config);
+        for reg in &wanted {
+            let missing = !services.contains_key(&reg.id);
+            let changed = registered.get(&reg.id) != Some(reg);
+            if !missing && !changed {
+                continue;
+            }
+            self.metrics.consul_request("register");
+            self.client.register(reg).await?;
+            registered.insert(reg.id.clone(), reg.clone());
+            if missing {
+                self.metrics.registered("missing");
+                info!(
+                    "registered {} in Consul again as {}: Consul had dropped it (critical for longer than \
+                     check.deregister_after, or removed by hand); it rejoins the ring once its check passes",
+                    reg.meta
+                        .get(crate::consul::META_MEMBER)
+                        .map_or("?", String::as_str),
+                    reg.id
+                );
+            } else {
+                self.metrics.registered("reload");
+                info!("registered {} again with the reloaded check settings", reg.id);
+            }
+        }
+        for (id, svc) in &services {
+            if svc.service != config.service_name || !svc.managed_by_us() {
+                continue;
+            }
+            if wanted.iter().any(|r| r.id == *id) {
+                continue;
+            }
+            self.metrics.consul_request("register");
+            self.client.deregister(id).await?;
+            registered.remove(id);
+            self.metrics.deregistrations.inc();
+            info!(
+                "deregistered {id} from Consul: it is no longer in pushgateway.servers (Prometheus stops scraping it)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The registrations the configuration asks for.
+pub fn registrations(config: &Config) -> Vec<Registration> {
+    config
+        .servers
+        .iter()
+        .map(|m| Registration::for_member(m, &config.service_name, &config.check))
+        .collect()
+}
