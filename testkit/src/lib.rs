@@ -12,11 +12,13 @@ pub mod consul;
 pub mod envoy;
 pub mod http;
 pub mod proc;
+pub mod prometheus;
 pub mod pushgateway;
 
 pub use consul::{Consul, ConsulPorts, ConsulService};
 pub use http::{http_get, http_request, try_http_get, try_http_request, HttpResponse};
 pub use proc::Proc;
+pub use prometheus::Prometheus;
 pub use pushgateway::Pushgateway;
 
 use std::collections::HashSet;

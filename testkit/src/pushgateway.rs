@@ -21,10 +21,21 @@ impl Pushgateway {
 
     /// Starts one on `port` (e.g. again after it was killed) and waits until it is ready.
     pub fn start_on(dir: &TestDir, port: u16) -> Pushgateway {
+        Pushgateway::start_persistent(dir, port, None)
+    }
+
+    /// Starts one on `port` that keeps its groups in `persistence` (written every second and at a
+    /// clean stop, read back at the start), or in memory only with `None`.
+    pub fn start_persistent(dir: &TestDir, port: u16, persistence: Option<&std::path::Path>) -> Pushgateway {
         let mut cmd = Command::new(bin("pushgateway"));
-        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--persistence.file=")
-            .arg("--web.enable-admin-api")
+        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        match persistence {
+            Some(p) => cmd
+                .arg(format!("--persistence.file={}", p.display()))
+                .arg("--persistence.interval=1s"),
+            None => cmd.arg("--persistence.file="),
+        };
+        cmd.arg("--web.enable-admin-api")
             .arg("--web.enable-lifecycle");
         let proc = Proc::spawn(&format!("pushgateway-{port}"), cmd, dir);
         let mut pg = Pushgateway { proc, port };

@@ -24,6 +24,10 @@ pub struct SyncOptions {
     pub timeout: &'static str,
     pub resync: &'static str,
     pub service: &'static str,
+    pub deregister_after: &'static str,
+    pub reconcile: &'static str,
+    pub drain_timeout: &'static str,
+    pub drain: Vec<String>,
 }
 
 impl SyncOptions {
@@ -37,22 +41,32 @@ impl SyncOptions {
             timeout: "1s",
             resync: "2s",
             service: "pushgateway",
+            deregister_after: "10m",
+            reconcile: "30s",
+            drain_timeout: "1h",
+            drain: Vec::new(),
         }
     }
 
     fn yaml(&self, http_port: u16, token_file: &str) -> String {
         let list = |v: &[String]| v.iter().map(|s| format!("\n    - '{s}'")).collect::<String>();
+        let or_empty = |v: &[String]| if v.is_empty() { " []".to_owned() } else { list(v) };
         format!(
-            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n\
-             http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: 10m\n\
-             envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n",
+            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n\
+             http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
+             envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n\
+             reconcile_interval: {}\ndrain_timeout: {}\n",
             self.consul_addr,
             self.service,
-            if self.servers.is_empty() { " []".to_owned() } else { list(&self.servers) },
+            or_empty(&self.servers),
+            or_empty(&self.drain),
             self.interval,
             self.timeout,
-            if self.control_urls.is_empty() { " []".to_owned() } else { list(&self.control_urls) },
+            self.deregister_after,
+            or_empty(&self.control_urls),
             self.resync,
+            self.reconcile,
+            self.drain_timeout,
         )
     }
 }
@@ -71,11 +85,7 @@ impl ConsulSync {
 
     /// Starts it with its endpoint on `http_port` and waits until `/-/healthy` answers.
     pub fn start_on(dir: &TestDir, options: SyncOptions, http_port: u16) -> ConsulSync {
-        let token_file = dir.write("control-token", &options.token);
-        let config = dir.write(
-            &format!("consul-sync-{http_port}.yml"),
-            options.yaml(http_port, &token_file.display().to_string()),
-        );
+        let config = write_config(dir, &options, http_port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_consul-sync"));
         cmd.arg(format!("--config.file={}", config.display()))
             .env("RUST_LOG", "info")
@@ -91,6 +101,15 @@ impl ConsulSync {
             http_port,
             options,
         }
+    }
+
+    /// Writes `options` over its configuration file and asks it to reload (`POST /-/reload`);
+    /// returns the answer's status and body.
+    pub fn reload(&mut self, dir: &TestDir, options: SyncOptions) -> (u16, String) {
+        write_config(dir, &options, self.http_port);
+        self.options = options;
+        let r = testkit::http_request("POST", &self.url("/-/reload"), &[], b"");
+        (r.status, r.body)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -139,6 +158,15 @@ impl ConsulSync {
         let status = self.proc.stop();
         (start.elapsed(), status.success())
     }
+}
+
+/// Writes the configuration file of the consul-sync on `http_port` (and its token file).
+fn write_config(dir: &TestDir, options: &SyncOptions, http_port: u16) -> std::path::PathBuf {
+    let token_file = dir.write("control-token", &options.token);
+    dir.write(
+        &format!("consul-sync-{http_port}.yml"),
+        options.yaml(http_port, &token_file.display().to_string()),
+    )
 }
 
 /// Sorted copy.
