@@ -6,11 +6,13 @@
 
 mod common;
 
-use common::{expected_owner, stack, Stack};
+use common::{expected_owner, send_on, stack, Stack};
+use std::io::BufReader;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use testkit::envoy::TEST_TOKEN;
-use testkit::http_request;
 use testkit::pushgateway::labels;
+use testkit::{http_request, wait_until};
 
 const CALLS: &str = "delete_fanout_calls_total";
 const FAILURES: &str = "delete_fanout_failures_total";
@@ -33,6 +35,21 @@ fn copies(s: &Stack, job: &str, on: &[&str]) {
     held.sort();
     want.sort();
     assert_eq!(held, want);
+}
+
+/// Waits until every thread of `pid` is stopped: SIGSTOP returns before that, and on a busy
+/// machine a Go process was seen answering requests 300 ms after it.
+fn wait_stopped(pid: u32) {
+    wait_until(&format!("pid {pid} is stopped"), Duration::from_secs(5), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let all_stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        });
+        all_stopped.then_some(())
+    });
 }
 
 /// A member that does not own `path` among `members`.
@@ -83,6 +100,36 @@ fn one_delete_removes_the_copy_on_a_former_owner_in_both_modes() {
     assert!(s.holders(&labels(&[("job", "fanout_proxy")])).is_empty());
     assert_eq!(s.envoy.stat(CALLS) - calls, 4);
     assert_eq!(s.envoy.stat(FAILURES), 0);
+
+    // The 307 sent after the fan-out keeps the connection open, also for a DELETE with a body
+    // (answered once the body was read).
+    let connections = s.envoy.envoy_stat("http.sharding_redirect.downstream_cx_total");
+    let stream = TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut conn = BufReader::new(stream);
+    let path = "/metrics/job/fanout_keepalive";
+    let owner = expected_owner(&members, path);
+    let old = not_owner(&members, path);
+    for body in [&b""[..], b"ignored"] {
+        copies(&s, "fanout_keepalive", &[&owner, &old]);
+        let (status, headers) = send_on(&mut conn, "DELETE", path, body);
+        assert_eq!(status, 307);
+        assert!(!headers.iter().any(|(k, v)| k == "connection" && v == "close"));
+        assert_eq!(
+            s.holders(&labels(&[("job", "fanout_keepalive")])),
+            vec![owner.clone()]
+        );
+        let pg = s.pgs.iter().find(|p| p.addr() == owner).unwrap();
+        assert_eq!(
+            http_request("DELETE", &format!("{}{path}", pg.url()), &[], b"").status,
+            202
+        );
+    }
+    assert_eq!(
+        s.envoy.envoy_stat("http.sharding_redirect.downstream_cx_total") - connections,
+        1,
+        "both DELETEs on one connection"
+    );
 
     // Pushes never fan out, on either listener.
     let calls = s.envoy.stat(CALLS);
@@ -204,17 +251,20 @@ fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
     let idx = s.pgs.iter().position(|p| p.addr() == frozen).unwrap();
     // Accepts connections (the kernel does) but never answers.
     s.pgs[idx].proc.freeze();
+    wait_stopped(s.pgs[idx].proc.pid());
     let failures = s.envoy.stat(FAILURES);
+    let calls = s.envoy.stat(CALLS);
     let start = Instant::now();
     let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
     let took = start.elapsed();
     let failed = s.envoy.stat(FAILURES) - failures;
+    let called = s.envoy.stat(CALLS) - calls;
     s.pgs[idx].proc.thaw();
     assert_eq!(r.status, 202, "{}", r.body);
     // The filter waited for the call's 3 s timeout, and no longer.
     assert!(
         took >= Duration::from_millis(2900) && took < FANOUT_BOUND,
-        "the DELETE took {took:?} ({failed} failed calls); envoy log:\n{}",
+        "the DELETE took {took:?} ({called} calls, {failed} failed); envoy log:\n{}",
         s.envoy.proc.log_tail(30)
     );
     assert_eq!(failed, 1);
