@@ -151,6 +151,18 @@ fn one_delete_removes_the_copy_on_a_former_owner_in_both_modes() {
         vec![expected_owner(&members, "/metrics/job/no_fanout")]
     );
     assert_eq!(s.envoy.stat(CALLS), calls);
+
+    // Under the names the README lists.
+    let r = http_request(
+        "GET",
+        &format!("{}/stats/prometheus", s.envoy.admin_url()),
+        &[],
+        b"",
+    );
+    assert!(r
+        .body
+        .contains(&format!("dynamic_sharding_{CALLS}{{}} {calls}\n")));
+    assert!(r.body.contains(&format!("dynamic_sharding_{FAILURES}{{}} 0\n")));
 }
 
 #[test]
