@@ -13,6 +13,10 @@ use std::time::Duration;
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
+/// `http_call`: unknown cluster, or the call lacks `:method`, `:path` or `:authority`.
+pub const BAD_ARGUMENT: u32 = 2;
+/// `http_call`: Envoy's async client could not start the call (e.g. the cluster has no host for it).
+pub const INTERNAL_FAILURE: u32 = 10;
 
 #[link(wasm_import_module = "env")]
 extern "C" {

@@ -258,7 +258,7 @@ impl Context for HttpFilter {
             m.count(m.fanout_failures);
             let what = status.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"));
             warn!(
-                "DELETE fan-out to {} failed ({what}): a copy of the group may remain there until its job pushes again or it is deleted again",
+                "DELETE fan-out to {} failed ({what}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway",
                 call.member
             );
         }
@@ -299,15 +299,15 @@ impl HttpFilter {
                 }),
                 Err(e) => {
                     m.count(m.fanout_failures);
-                    // Measured: a call the cluster finds no host for fails here, as
-                    // InternalFailure; an unknown cluster is BadArgument.
+                    // Measured: a call the cluster finds no host for (no destination header)
+                    // fails here, as InternalFailure.
                     let why = match e.status {
-                        2 => format!("cluster {FANOUT_CLUSTER} is not configured"),
-                        10 => format!("cluster {FANOUT_CLUSTER} found no host for it"),
+                        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
+                        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
                         _ => e.to_string(),
                     };
                     warn!(
-                        "DELETE fan-out to {member} failed ({why}): a copy of the group may remain there until its job pushes again or it is deleted again"
+                        "DELETE fan-out to {member} failed ({why}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
                     );
                 }
             }
