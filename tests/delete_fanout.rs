@@ -282,3 +282,29 @@ fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
     assert_eq!(failed, 1);
     assert!(s.holders(&labels(&[("job", "fanout_frozen")])).is_empty());
 }
+
+#[test]
+fn a_member_envoy_has_no_host_for_is_counted_and_the_filter_keeps_working() {
+    let s = stack("fanout-nohost");
+    let mut members = s.members();
+    // ORIGINAL_DST takes an IP address only: for a DNS name Envoy's async client fails the call
+    // before it starts.
+    members.push("localhost:1".to_owned());
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    assert_eq!(s.envoy.put_members(2, &refs).status, 200);
+    let path = "/metrics/job/fanout_nohost";
+    let owner = expected_owner(&members, path);
+    assert_ne!(owner, "localhost:1", "pick another job name");
+    let old = members
+        .iter()
+        .find(|m| **m != owner && *m != "localhost:1")
+        .unwrap()
+        .clone();
+    for round in 0..3 {
+        copies(&s, "fanout_nohost", &[&owner, &old]);
+        let failures = s.envoy.stat(FAILURES);
+        let between = delete_following_redirect(&s, path, &owner, "fanout_nohost");
+        assert_eq!(between, vec![owner.clone()], "round {round}");
+        assert_eq!(s.envoy.stat(FAILURES) - failures, 1, "round {round}");
+    }
+}
