@@ -2,11 +2,13 @@
 //!
 //! Redirect mode answers pushes with `307` to the owner; proxy mode names the owner for Envoy to
 //! route to. Both answer lookups (`GET`), refuse paths pushgateway would refuse, and say `503`
-//! when no member is known.
+//! when no member is known. A `DELETE` that reaches its owner also names every other pushgateway
+//! that may hold a copy of the group (left there by a change of the member list), so the filter
+//! deletes those copies before the client gets its answer.
 
 use crate::config::Mode;
 use crate::grouping_key::{GroupingKey, PathError};
-use crate::members::Member;
+use crate::members::{Member, MemberList};
 use crate::ring::Ring;
 
 /// Seconds a client is asked to wait when no member is known: about one health-check interval.
@@ -66,39 +68,78 @@ pub enum Outcome {
     MethodNotAllowed,
 }
 
+/// A decision, plus the pushgateways a `DELETE` must also reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub decision: Decision,
+    /// Where to send the same `DELETE` before the decision is carried out: empty unless the
+    /// request is a `DELETE` of a valid group that has an owner.
+    pub fanout: Vec<Member>,
+}
+
 /// Decides for `method` and the request target `path_and_query` (as received) on a data listener.
 pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> Decision {
+    decide_with_owner(mode, method, path_and_query, ring).0
+}
+
+/// Like [`decide`], and for a `DELETE` that goes to its owner (307 or routed), the other
+/// pushgateways of `list` that may hold the group: see [`delete_fanout_targets`]. `ring` must be
+/// built from `list.members`.
+pub fn plan(mode: Mode, method: &str, path_and_query: &str, ring: &Ring, list: &MemberList) -> Plan {
+    let (decision, owner) = decide_with_owner(mode, method, path_and_query, ring);
+    let fanout = match owner {
+        Some(owner) if method == "DELETE" => delete_fanout_targets(list, &owner),
+        _ => Vec::new(),
+    };
+    Plan { decision, fanout }
+}
+
+/// Every pushgateway other than `owner` that may hold a copy of a group: the other ring members
+/// (one may have owned the group before the list changed) and the draining ones (out of the ring,
+/// still holding what was pushed to them).
+pub fn delete_fanout_targets(list: &MemberList, owner: &Member) -> Vec<Member> {
+    list.holders().filter(|m| *m != owner).cloned().collect()
+}
+
+/// The decision, and the owner when the request is a push (`PUT`, `POST`, `DELETE`) sent to it.
+fn decide_with_owner(
+    mode: Mode,
+    method: &str,
+    path_and_query: &str,
+    ring: &Ring,
+) -> (Decision, Option<Member>) {
+    let reply = |reply, outcome| (Decision::Reply { reply, outcome }, None);
     let path = path_and_query.split('?').next().unwrap_or(path_and_query);
     let key = match GroupingKey::from_path(path) {
         Ok(key) => key,
-        Err(PathError::NotPushPath) => return Decision::PassThrough,
+        Err(PathError::NotPushPath) => return (Decision::PassThrough, None),
         Err(PathError::Invalid(why)) => {
-            return Decision::Reply {
-                reply: Reply::text(400, format!("bad push path {path:?}: {why}\n")),
-                outcome: Outcome::BadRequest,
-            }
+            return reply(
+                Reply::text(400, format!("bad push path {path:?}: {why}\n")),
+                Outcome::BadRequest,
+            )
         }
     };
     let is_lookup = matches!(method, "GET" | "HEAD");
     if !is_lookup && !matches!(method, "PUT" | "POST" | "DELETE") {
-        return Decision::Reply {
-            reply: Reply::text(
+        return reply(
+            Reply::text(
                 405,
                 format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"),
             )
             .with_header("allow", ALLOWED_METHODS.to_owned()),
-            outcome: Outcome::MethodNotAllowed,
-        };
+            Outcome::MethodNotAllowed,
+        );
     }
     let Some(owner) = ring.owner(key.hash()) else {
-        return Decision::Reply {
-            reply: Reply::text(
+        return reply(
+            Reply::text(
                 503,
                 format!("no healthy pushgateway is known (the member list is empty); group {key} cannot be placed\n"),
             )
             .with_header("retry-after", RETRY_AFTER_SECONDS.to_string()),
-            outcome: Outcome::NoMember,
-        };
+            Outcome::NoMember,
+        );
     };
     let url = format!("http://{owner}{path_and_query}");
     if is_lookup {
@@ -108,12 +149,12 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
         } else {
             format!("nextUrl:{url}")
         };
-        return Decision::Reply {
-            reply: Reply::text(200, body).with_header("x-sharding-owner", owner.to_string()),
-            outcome: Outcome::Lookup,
-        };
+        return reply(
+            Reply::text(200, body).with_header("x-sharding-owner", owner.to_string()),
+            Outcome::Lookup,
+        );
     }
-    match mode {
+    let decision = match mode {
         Mode::Proxy => Decision::Route { owner: owner.clone() },
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
@@ -123,7 +164,8 @@ pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> De
             },
             outcome: Outcome::Redirect,
         },
-    }
+    };
+    (decision, Some(owner.clone()))
 }
 
 #[cfg(test)]
@@ -215,5 +257,60 @@ mod tests {
             decide(Mode::Redirect, "PUT", "/api/v1/metrics", &r),
             Decision::PassThrough
         );
+    }
+
+    fn list(members: &[&str], draining: &[&str]) -> MemberList {
+        MemberList::new(1, members)
+            .and_then(|l| l.with_draining(draining))
+            .unwrap()
+    }
+
+    fn names(members: &[Member]) -> Vec<&str> {
+        members.iter().map(Member::as_str).collect()
+    }
+
+    #[test]
+    fn fanout_targets_are_every_holder_but_the_owner() {
+        let l = list(&["a:1", "b:2", "c:3"], &["d:4", "e:5"]);
+        let owner = Member::parse("b:2").unwrap();
+        assert_eq!(
+            names(&delete_fanout_targets(&l, &owner)),
+            ["a:1", "c:3", "d:4", "e:5"]
+        );
+        // A single member and nobody draining: no copy can be elsewhere.
+        let l = list(&["a:1"], &[]);
+        assert!(delete_fanout_targets(&l, &Member::parse("a:1").unwrap()).is_empty());
+    }
+
+    #[test]
+    fn only_a_delete_that_reaches_its_owner_fans_out() {
+        let l = list(&["a:1", "b:2", "c:3"], &["d:4"]);
+        let r = Ring::new(&l.members, 500);
+        let path = "/metrics/job/j/x/1?q=1";
+        let owner = r
+            .owner(GroupingKey::from_path("/metrics/job/j/x/1").unwrap().hash())
+            .unwrap()
+            .clone();
+        let others: Vec<&str> = ["a:1", "b:2", "c:3", "d:4"]
+            .into_iter()
+            .filter(|m| *m != owner.as_str())
+            .collect();
+        for mode in [Mode::Redirect, Mode::Proxy] {
+            let p = plan(mode, "DELETE", path, &r, &l);
+            assert_eq!(names(&p.fanout), others, "{mode:?}");
+            assert_eq!(p.decision, decide(mode, "DELETE", path, &r), "{mode:?}");
+            for method in ["PUT", "POST", "GET", "HEAD", "PATCH"] {
+                assert!(
+                    plan(mode, method, path, &r, &l).fanout.is_empty(),
+                    "{mode:?} {method}"
+                );
+            }
+            // Refused, foreign or unplaceable requests reach no pushgateway at all.
+            assert!(plan(mode, "DELETE", "/metrics/job/j/x", &r, &l).fanout.is_empty());
+            assert!(plan(mode, "DELETE", "/api/v1/metrics", &r, &l).fanout.is_empty());
+            let nobody = list(&[], &["d:4"]);
+            let p = plan(mode, "DELETE", path, &Ring::default(), &nobody);
+            assert_eq!((reply(p.decision).status, p.fanout.len()), (503, 0));
+        }
     }
 }

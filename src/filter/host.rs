@@ -6,12 +6,17 @@
 //! not undefined behaviour) and map everything to `Result`.
 
 use crate::store::{SharedStore, StoreError};
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use proxy_wasm::types::{BufferType, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
+use std::time::Duration;
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
+/// `http_call`: unknown cluster, or the call lacks `:method`, `:path` or `:authority`.
+pub const BAD_ARGUMENT: u32 = 2;
+/// `http_call`: Envoy's async client could not start the call (e.g. the cluster has no host for it).
+pub const INTERNAL_FAILURE: u32 = 10;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -75,6 +80,7 @@ extern "C" {
         name_size: usize,
         return_id: *mut u32,
     ) -> u32;
+    fn proxy_continue_stream(stream_type: StreamType) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
@@ -114,18 +120,14 @@ unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
 
 /// A request header as bytes; `None` when absent.
 pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, HostError> {
+    header_map_value(MapType::HttpRequestHeaders, name)
+}
+
+fn header_map_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
-    let status = unsafe {
-        proxy_get_header_map_value(
-            MapType::HttpRequestHeaders,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut size,
-        )
-    };
+    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
     match status {
         OK => Ok(Some(unsafe { owned(data, size) })),
         NOT_FOUND => Ok(None),
@@ -139,6 +141,42 @@ pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, HostError> {
 /// A request header as text; a value that is not UTF-8 reads as absent.
 pub fn request_header_str(name: &str) -> Result<Option<String>, HostError> {
     Ok(request_header(name)?.and_then(|b| String::from_utf8(b).ok()))
+}
+
+/// A header of the answer to the call being reported (only valid inside `on_http_call_response`);
+/// `None` when absent, as every header is when the call failed without an answer.
+pub fn http_call_response_header_str(name: &str) -> Result<Option<String>, HostError> {
+    Ok(header_map_value(MapType::HttpCallResponseHeaders, name)?.and_then(|b| String::from_utf8(b).ok()))
+}
+
+/// Sends an HTTP request to `cluster` through Envoy's async client; the answer (or its failure)
+/// comes to `on_http_call_response` of the calling context with the returned token.
+///
+/// This one goes through the SDK's `hostcalls::dispatch_http_call`: only the SDK can record which
+/// context a token belongs to, and its `proxy_on_http_call_response` panics on a token it did not
+/// record. The SDK maps `Ok`, `BadArgument` (unknown cluster, missing `:method`, `:path` or
+/// `:authority`) and `InternalFailure` (the async client refused) to values and panics on any other
+/// status; Envoy's `http_call` returns no other status except `InvalidMemoryAccess`, which only
+/// bad pointers cause, and the SDK builds these from live slices.
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, None, Vec::new(), timeout).map_err(|s| {
+        HostError {
+            call: "http_call",
+            status: s as u32,
+        }
+    })
+}
+
+/// Lets a request that `on_http_request_headers` paused go on through the filter chain.
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: a plain value.
+    check("continue_stream", unsafe {
+        proxy_continue_stream(StreamType::HttpRequest)
+    })
 }
 
 pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {

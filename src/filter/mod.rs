@@ -7,11 +7,17 @@
 //! Redirect mode answers a push with a body only after the body was read (then Envoy keeps the
 //! connection alive): the headers continue to the `buffer` filter that must follow this one, which
 //! holds them, while this filter throws each body chunk away and replies at the end of the stream.
+//!
+//! A `DELETE` first goes, as a `DELETE` of the same path, to every other pushgateway that may hold
+//! a copy of the group ([`routing::plan`]); the 307 is sent, or the request resumed to the owner,
+//! only when every one of those calls answered or timed out, so that when the client sees its
+//! answer no other copy is left (unless a call failed: counted and logged, never fatal).
 
 mod host;
 
 use crate::config::{Config, Mode};
 use crate::control::{self, ControlOutcome};
+use crate::members::Member;
 use crate::routing::{self, Decision, Outcome, Reply};
 use crate::store::MemberView;
 use host::{EnvoySharedData, HostError};
@@ -35,6 +41,15 @@ proxy_wasm::main! {{
 /// path; requests check too, so this only bounds how stale the gauges of an idle worker get.
 const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 
+/// The cluster a `DELETE` fan-out call goes through: the shipped ORIGINAL_DST cluster, which
+/// routes on the destination header set on the call (Envoy's async client hands the call's
+/// headers to the cluster's load balancer as it does a routed request's).
+const FANOUT_CLUSTER: &str = "pushgateway_owner";
+
+/// Longest a client's `DELETE` waits for one fan-out call: a pushgateway answers a `DELETE` in
+/// milliseconds; one that does not within this is counted as failed and the request goes on.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Stat ids, defined once per VM (Envoy shares a stat of one name across workers).
 #[derive(Default, Clone, Copy)]
 struct Metrics {
@@ -46,6 +61,8 @@ struct Metrics {
     updates_accepted: u32,
     updates_rejected: u32,
     host_errors: u32,
+    fanout_calls: u32,
+    fanout_failures: u32,
     members: u32,
     version: u32,
 }
@@ -63,6 +80,8 @@ impl Metrics {
             updates_accepted: d(Counter, "member_updates_accepted_total")?,
             updates_rejected: d(Counter, "member_updates_rejected_total")?,
             host_errors: d(Counter, "host_errors_total")?,
+            fanout_calls: d(Counter, "delete_fanout_calls_total")?,
+            fanout_failures: d(Counter, "delete_fanout_failures_total")?,
             members: d(Gauge, "members")?,
             version: d(Gauge, "members_version")?,
         })
@@ -178,6 +197,8 @@ impl RootContext for Root {
             shared,
             pending: None,
             control: None,
+            fanout: Vec::new(),
+            after_fanout: None,
         }))
     }
 
@@ -192,16 +213,134 @@ struct ControlRequest {
     authorization: Option<String>,
 }
 
+/// What a paused request does once its `DELETE` fan-out is over.
+enum AfterFanout {
+    /// Redirect mode: send this (the 307).
+    Reply(Reply),
+    /// Proxy mode: go on to the owner.
+    Resume,
+}
+
+/// One fan-out call in flight.
+struct FanoutCall {
+    token: u32,
+    member: Member,
+}
+
 struct HttpFilter {
     shared: Rc<Shared>,
     /// Redirect mode: the reply to send once the request body has been read.
     pending: Option<Reply>,
     control: Option<ControlRequest>,
+    /// `DELETE` fan-out calls that have not answered yet.
+    fanout: Vec<FanoutCall>,
+    /// Set when the request waits for nothing but `fanout`.
+    after_fanout: Option<AfterFanout>,
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, _body_size: usize, _trailers: usize) {
+        let Some(i) = self.fanout.iter().position(|c| c.token == token) else {
+            return;
+        };
+        let call = self.fanout.swap_remove(i);
+        // No headers: Envoy got no answer (reset, or the call's timeout fired before headers).
+        let status = if num_headers == 0 {
+            None
+        } else {
+            host::http_call_response_header_str(":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        if !status.is_some_and(|s| (200..300).contains(&s)) {
+            let m = &self.shared.metrics;
+            m.count(m.fanout_failures);
+            let what = status.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"));
+            warn!(
+                "DELETE fan-out to {} failed ({what}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway",
+                call.member
+            );
+        }
+        if self.fanout.is_empty() {
+            self.finish_fanout();
+        }
+    }
+}
 
 impl HttpFilter {
+    /// Sends the same `DELETE` to each of `targets`, with no body and only the headers pushgateway
+    /// needs: its own `:authority`, the destination header the cluster routes on (set here, never
+    /// taken from the client) and the client's `authorization` (pushgateways behind basic auth
+    /// refuse a `DELETE` without it; the client sends it to the owner anyway).
+    fn start_fanout(&mut self, path: &str, targets: &[Member]) -> Result<(), HostError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let authorization = host::request_header_str("authorization")?;
+        let m = &self.shared.metrics;
+        let destination = self.shared.config.destination_header.as_str();
+        for member in targets {
+            let mut headers = vec![
+                (":method", "DELETE"),
+                (":path", path),
+                (":authority", member.as_str()),
+                (":scheme", "http"),
+                (destination, member.as_str()),
+            ];
+            if let Some(a) = &authorization {
+                headers.push(("authorization", a.as_str()));
+            }
+            m.count(m.fanout_calls);
+            match host::dispatch_http_call(FANOUT_CLUSTER, headers, FANOUT_TIMEOUT) {
+                Ok(token) => self.fanout.push(FanoutCall {
+                    token,
+                    member: member.clone(),
+                }),
+                Err(e) => {
+                    m.count(m.fanout_failures);
+                    // Measured: a call the cluster finds no host for (no destination header)
+                    // fails here, as InternalFailure.
+                    let why = match e.status {
+                        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
+                        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
+                        _ => e.to_string(),
+                    };
+                    warn!(
+                        "DELETE fan-out to {member} failed ({why}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out what waited for the fan-out, if the request is at that point.
+    fn finish_fanout(&mut self) {
+        match self.after_fanout.take() {
+            Some(AfterFanout::Reply(reply)) => {
+                self.reply(&reply);
+            }
+            Some(AfterFanout::Resume) => {
+                if let Err(e) = host::resume_request() {
+                    self.shared.metrics.count(self.shared.metrics.host_errors);
+                    error!("could not resume the DELETE after its fan-out: {e}");
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Sends `reply` now, or once the fan-out calls answered.
+    fn reply_after_fanout(&mut self, reply: Reply) -> Action {
+        if self.fanout.is_empty() {
+            self.reply(&reply)
+        } else {
+            self.after_fanout = Some(AfterFanout::Reply(reply));
+            Action::Pause
+        }
+    }
+
     fn reply(&self, reply: &Reply) -> Action {
         let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(e) = host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
@@ -243,16 +382,24 @@ impl HttpFilter {
             return Ok(Action::Continue);
         };
         self.shared.refresh();
-        let decision = match self.shared.view.try_borrow() {
-            Ok(view) => routing::decide(mode, &method, &path, view.ring()),
+        let plan = match self.shared.view.try_borrow() {
+            Ok(view) => routing::plan(mode, &method, &path, view.ring(), view.list()),
             Err(_) => return Ok(Action::Continue),
         };
-        match decision {
+        self.start_fanout(&path, &plan.fanout)?;
+        match plan.decision {
             Decision::PassThrough => Ok(Action::Continue),
             Decision::Route { owner } => {
                 host::set_request_header(&self.shared.config.destination_header, owner.as_str())?;
                 self.shared.metrics.count(self.shared.metrics.proxied);
-                Ok(Action::Continue)
+                if self.fanout.is_empty() {
+                    Ok(Action::Continue)
+                } else {
+                    // Held (body included, up to the listener's buffer limit) until the fan-out
+                    // answered; then on to the owner.
+                    self.after_fanout = Some(AfterFanout::Resume);
+                    Ok(Action::Pause)
+                }
             }
             Decision::Reply { reply, outcome } => {
                 self.count(outcome);
@@ -262,7 +409,7 @@ impl HttpFilter {
                 let expects_continue = host::request_header_str("expect")?
                     .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
-                    Ok(self.reply(&reply))
+                    Ok(self.reply_after_fanout(reply))
                 } else {
                     // Answer once the body is read, so the connection stays open.
                     self.pending = Some(reply);
@@ -359,7 +506,7 @@ impl HttpContext for HttpFilter {
         }
         if end_of_stream {
             if let Some(reply) = self.pending.take() {
-                return self.reply(&reply);
+                return self.reply_after_fanout(reply);
             }
         }
         Action::Continue
@@ -367,7 +514,7 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
         if let Some(reply) = self.pending.take() {
-            return self.reply(&reply);
+            return self.reply_after_fanout(reply);
         }
         if let Some(request) = self.control.take() {
             // The body (paused, so held by Envoy) ended before the trailers.
