@@ -91,6 +91,7 @@ static_resources:
                 - header: {{ key: location, value: "http://{location}%REQ(:path)%" }}
                   append_action: OVERWRITE_IF_EXISTS_OR_ADD
           http_filters:
+{wasm}\
 {buffer}\
           - name: envoy.filters.http.router
             typed_config:
@@ -106,6 +107,22 @@ BUFFER = """\
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
               max_request_bytes: 65536
+"""
+
+# A wasm filter in front of the baseline's chain (bench/floor: a filter that does nothing), to
+# measure what any proxy-wasm filter costs in this Envoy before it does any work.
+WASM_FILTER = """\
+          - name: floor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: floor
+                root_id: floor
+                vm_config:
+                  vm_id: floor
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local: {{ filename: {wasm} }}
 """
 
 BASELINE_PROXY = (
@@ -163,6 +180,7 @@ def cmd_render_baseline_redirect(a):
         prefix="baseline_redirect",
         location=a.location,
         buffer="" if a.no_buffer else BUFFER,
+        wasm=WASM_FILTER.format(wasm=a.wasm) if a.wasm else "",
     )
     with open(a.out, "w") as f:
         f.write(text)
@@ -595,6 +613,7 @@ def main():
     s.add_argument("--admin", required=True)
     s.add_argument("--location", required=True, help="host:port the 307 points at")
     s.add_argument("--no-buffer", action="store_true")
+    s.add_argument("--wasm", help="a wasm filter to put in front (the floor scenario)")
     s.set_defaults(f=cmd_render_baseline_redirect)
 
     s = sub.add_parser("render-baseline-proxy")

@@ -26,7 +26,7 @@ ROOT=$PWD
 BENCH=$ROOT/bench
 HELPER=(python3 "$BENCH/bench.py")
 
-SCENARIO_NAMES=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
+SCENARIO_NAMES=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy floor-redirect)
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -83,7 +83,7 @@ done
 ENVOY=${ENVOY_BIN:-$ROOT/.deps/bin/envoy}
 PUSHGATEWAY=${PUSHGATEWAY_BIN:-$ROOT/.deps/bin/pushgateway}
 WRK=${WRK_BIN:-$ROOT/.deps/bin/wrk}
-WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
+WASM=${BENCH_WASM:-$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm}
 for v in ENVOY PUSHGATEWAY WRK; do
     [ -x "${!v}" ] || die "${!v} is missing: run ./build.sh deps (or set ${v}_BIN)"
 done
@@ -212,7 +212,20 @@ measure() {
     wrk_run "$tag-warmup" "$url" "$status" "$WARMUP"
     "${HELPER[@]}" snapshot --out "$WORK/$tag-before.json" --envoy-pid "$ENVOY_PID" \
         --admin "$ADMIN" "${backends[@]}"
+    local perf_pid=""
+    if [ -n "${BENCH_PERF:-}" ]; then
+        # Samples Envoy's threads while wrk runs (software clock: works in VMs without PMU).
+        mkdir -p "$BENCH_PERF"
+        perf record -F 499 -g -p "$ENVOY_PID" -o "$BENCH_PERF/$tag.data" -- sleep "$DURATION" \
+            >"$WORK/$tag-perf.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+    fi
     wrk_run "$tag" "$url" "$status" "$DURATION"
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" || true
+        stop "$perf_pid"
+    fi
     "${HELPER[@]}" snapshot --out "$WORK/$tag-after.json" --envoy-pid "$ENVOY_PID" \
         --admin "$ADMIN" "${backends[@]}"
     kill -0 "$ENVOY_PID" 2>/dev/null || die "Envoy exited during $scen"
@@ -266,6 +279,7 @@ scenario_redirect() {
 baseline_redirect() {
     local scen=$1 flags=() port pg
     if [ "$scen" = baseline-redirect-close ]; then flags=(--no-buffer); fi
+    if [ "$scen" = floor-redirect ]; then flags=(--wasm "${BENCH_FLOOR_WASM:?}"); fi
     read -r port ADMIN pg < <(ports 3)
     MEMBERS=""
     PG_PIDS=()
@@ -313,7 +327,7 @@ for ROUND in $(seq "$ROUNDS"); do
     for scen in "${SCENARIOS[@]}"; do
         case "$scen" in
             redirect) scenario_redirect ;;
-            baseline-redirect | baseline-redirect-close) baseline_redirect "$scen" ;;
+            baseline-redirect | baseline-redirect-close | floor-redirect) baseline_redirect "$scen" ;;
             proxy) scenario_proxy ;;
             baseline-proxy) baseline_proxy ;;
         esac

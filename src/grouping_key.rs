@@ -9,7 +9,9 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use std::borrow::Cow;
 use std::fmt;
+use std::hash::Hasher;
 
 /// Prefix of every push path (pushgateway's default `--web.route-prefix`).
 const METRICS_PREFIX: &str = "/metrics/job";
@@ -171,8 +173,17 @@ impl GroupingKey {
     }
 
     /// XXH64 (seed 0) of [`GroupingKey::canonical_bytes`]: the group's position on the ring.
+    /// Streamed into the hasher piece by piece (the same digest as hashing the bytes at once),
+    /// so the request path allocates no buffer for it.
     pub fn hash(&self) -> u64 {
-        crate::ring::xxh64(&self.canonical_bytes())
+        let mut h = twox_hash::XxHash64::with_seed(0);
+        for (name, value) in &self.labels {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                h.write(&(part.len() as u32).to_be_bytes());
+                h.write(part);
+            }
+        }
+        h.finish()
     }
 }
 
@@ -224,9 +235,10 @@ fn may_be_push_path(raw: &str) -> bool {
 }
 
 /// Go's `url.PathUnescape`: `%XX` with two hex digits, anything else after `%` is an error.
-fn percent_decode(raw: &str) -> Result<String, PathError> {
+/// Borrows when there is nothing to decode (the common case: no copy on the request path).
+fn percent_decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.contains('%') {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -251,7 +263,9 @@ fn percent_decode(raw: &str) -> Result<String, PathError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| invalid("path is not valid UTF-8 after percent-decoding"))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| invalid("path is not valid UTF-8 after percent-decoding"))
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -264,10 +278,10 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Go's `http.ServeMux` path cleaning, which pushgateway applies with a 301: `path.Clean`, then the
-/// trailing slash put back when the input had one.
-fn clean_path(p: &str) -> String {
+/// trailing slash put back when the input had one. Borrows a path that is clean already.
+fn clean_path(p: &str) -> Cow<'_, str> {
     if !p.contains("//") && !p.contains("/.") && p.starts_with('/') {
-        return p.to_owned();
+        return Cow::Borrowed(p);
     }
     let mut parts: Vec<&str> = Vec::new();
     for seg in p.split('/') {
@@ -288,7 +302,7 @@ fn clean_path(p: &str) -> String {
     if out.is_empty() || p.ends_with('/') {
         out.push('/');
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Pushgateway's `splitLabels`: `""` and `"/"` are no labels; otherwise an odd number of

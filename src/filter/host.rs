@@ -81,6 +81,12 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: StreamType) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
@@ -141,6 +147,86 @@ fn header_map_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostErr
 /// A request header as text; a value that is not UTF-8 reads as absent.
 pub fn request_header_str(name: &str) -> Result<Option<String>, HostError> {
     Ok(request_header(name)?.and_then(|b| String::from_utf8(b).ok()))
+}
+
+/// Every request header, fetched with one host call. Each header read costs a host call plus a
+/// call back into the VM to allocate the copy; a push needs three of them, so one copy of the
+/// whole (small) map is cheaper.
+pub struct RequestHeaders {
+    /// The proxy-wasm map encoding, as [`serialize_headers`] writes it.
+    data: Vec<u8>,
+}
+
+impl RequestHeaders {
+    pub fn fetch() -> Result<RequestHeaders, HostError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
+        let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+        match status {
+            OK => Ok(RequestHeaders {
+                data: unsafe { owned(data, size) },
+            }),
+            NOT_FOUND => Ok(RequestHeaders { data: Vec::new() }),
+            s => Err(HostError {
+                call: "get_header_map_pairs",
+                status: s,
+            }),
+        }
+    }
+
+    /// The first value of `name` (lower case, as Envoy keeps header names); a value that is not
+    /// UTF-8, or a map the host encoded otherwise than documented, reads as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.raw(name)?).ok()
+    }
+
+    /// Whether the request carries `name` at all, whatever its value. A map that cannot be read
+    /// counts as carrying it, so a caller that removes what it finds errs towards removing.
+    pub fn contains(&self, name: &str) -> bool {
+        let mut found = false;
+        self.walk(|n, _| {
+            found = n == name.as_bytes();
+            found
+        })
+        .is_none()
+            || found
+    }
+
+    fn raw(&self, name: &str) -> Option<&[u8]> {
+        let mut found = None;
+        self.walk(|n, v| {
+            if n == name.as_bytes() {
+                found = Some(v);
+            }
+            found.is_some()
+        })?;
+        found
+    }
+
+    /// Calls `visit` on each (name, value) until it returns true; `None` when the encoding is
+    /// not what proxy-wasm documents.
+    fn walk<'s>(&'s self, mut visit: impl FnMut(&'s [u8], &'s [u8]) -> bool) -> Option<()> {
+        let d = self.data.as_slice();
+        let u32_at = |at: usize| -> Option<usize> {
+            let b = d.get(at..at + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let count = u32_at(0)?;
+        let mut text = 4usize.checked_add(count.checked_mul(8)?)?;
+        for i in 0..count {
+            let name_len = u32_at(4 + i * 8)?;
+            let value_len = u32_at(8 + i * 8)?;
+            let n = d.get(text..text + name_len)?;
+            let value_at = text + name_len + 1;
+            let v = d.get(value_at..value_at + value_len)?;
+            if visit(n, v) {
+                return Some(());
+            }
+            text = value_at + value_len + 1;
+        }
+        Some(())
+    }
 }
 
 /// A header of the answer to the call being reported (only valid inside `on_http_call_response`);
@@ -230,7 +316,10 @@ pub fn drop_request_body(size: usize) -> Result<(), HostError> {
 
 /// Sends a local reply. Envoy's HTTP/1 codec keeps the connection open when the request was read
 /// to its end before this call.
-pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+pub fn send_reply<'a, H>(status: u32, headers: H, body: &[u8]) -> Result<(), HostError>
+where
+    H: Iterator<Item = (&'a str, &'a str)> + Clone,
+{
     let serialized = serialize_headers(headers);
     // SAFETY: pointers and lengths of live buffers; details omitted (null, 0).
     let s = unsafe {
@@ -250,11 +339,13 @@ pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<
 
 /// The proxy-wasm header map encoding: count, then (name length, value length) pairs, then the
 /// NUL-terminated names and values.
-fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + headers.iter().map(|(n, v)| 10 + n.len() + v.len()).sum::<usize>();
+fn serialize_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Vec<u8> {
+    let (count, size) = headers
+        .clone()
+        .fold((0u32, 4), |(c, s), (n, v)| (c + 1, s + 10 + n.len() + v.len()));
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (n, v) in headers {
+    out.extend_from_slice(&count.to_le_bytes());
+    for (n, v) in headers.clone() {
         out.extend_from_slice(&(n.len() as u32).to_le_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
@@ -272,6 +363,13 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
     // SAFETY: pointer and length of a live slice, pointer to a local.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
     check("define_metric", status).map(|()| id)
+}
+
+/// The current value of a counter or gauge (shared by every worker: one stat per name).
+pub fn get_metric(id: u32) -> Result<u64, HostError> {
+    let mut value = 0;
+    // SAFETY: a plain value and a pointer to a local.
+    check("get_metric", unsafe { proxy_get_metric(id, &mut value) }).map(|()| value)
 }
 
 pub fn increment_metric(id: u32, by: i64) -> Result<(), HostError> {

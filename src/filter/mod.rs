@@ -24,7 +24,7 @@ use host::{EnvoySharedData, HostError};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -37,8 +37,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// How often an idle worker checks for a new member list, so the ring is rebuilt off the request
-/// path; requests check too, so this only bounds how stale the gauges of an idle worker get.
+/// How often a worker re-reads the member list whatever the per-request check says, so the ring
+/// is rebuilt off the request path on an idle worker; requests check too (see
+/// [`Shared::catch_up`]), so this only bounds how stale the gauges of an idle worker get.
 const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 
 /// The cluster a `DELETE` fan-out call goes through: the shipped ORIGINAL_DST cluster, which
@@ -102,13 +103,40 @@ struct Shared {
     config: Config,
     metrics: Metrics,
     view: RefCell<MemberView>,
+    /// `member_updates_accepted_total` when the view last caught up with the shared data.
+    seen_updates: Cell<Option<u64>>,
 }
 
 impl Shared {
-    /// Brings the worker's view up to date (one 8-byte shared-data read when nothing changed).
-    fn refresh(&self) {
+    /// Per request: brings the view up to date if an update was accepted since it last did.
+    ///
+    /// The control API counts every accepted update in `member_updates_accepted_total` after it
+    /// stored the list and before it answers `200`, and Envoy keeps one stat of a name for every
+    /// worker. So a request that starts after the `200` reads a count this worker has not seen,
+    /// and re-reads the shared data (written before the count moved). Reading the stat is one
+    /// host call that copies nothing; the shared-data read it replaces takes Envoy's
+    /// process-wide shared-data lock, copies the value twice and calls back into the VM to
+    /// allocate it.
+    fn catch_up(&self) {
+        match host::get_metric(self.metrics.updates_accepted) {
+            Ok(n) if self.seen_updates.get() == Some(n) => {}
+            // Read before the shared data, so an update counted meanwhile is caught next time.
+            Ok(n) => {
+                if self.refresh() {
+                    self.seen_updates.set(Some(n));
+                }
+            }
+            Err(_) => {
+                self.refresh();
+            }
+        }
+    }
+
+    /// Brings the worker's view up to date from the shared data (one 8-byte read when nothing
+    /// changed). False when the shared data could not be read.
+    fn refresh(&self) -> bool {
         let Ok(mut view) = self.view.try_borrow_mut() else {
-            return;
+            return false;
         };
         match view.refresh(&EnvoySharedData) {
             Ok(Some(change)) => {
@@ -123,8 +151,10 @@ impl Shared {
             Err(e) => {
                 self.metrics.count(self.metrics.host_errors);
                 warn!("could not read the member list, keeping the current one: {e}");
+                return false;
             }
         }
+        true
     }
 }
 
@@ -172,6 +202,7 @@ impl RootContext for Root {
             config,
             metrics,
             view: RefCell::new(view),
+            seen_updates: Cell::new(None),
         });
         shared.refresh();
         if let Ok(view) = shared.view.try_borrow() {
@@ -273,11 +304,10 @@ impl HttpFilter {
     /// needs: its own `:authority`, the destination header the cluster routes on (set here, never
     /// taken from the client) and the client's `authorization` (pushgateways behind basic auth
     /// refuse a `DELETE` without it; the client sends it to the owner anyway).
-    fn start_fanout(&mut self, path: &str, targets: &[Member]) -> Result<(), HostError> {
+    fn start_fanout(&mut self, path: &str, targets: &[Member], authorization: Option<&str>) {
         if targets.is_empty() {
-            return Ok(());
+            return;
         }
-        let authorization = host::request_header_str("authorization")?;
         let m = &self.shared.metrics;
         let destination = self.shared.config.destination_header.as_str();
         for member in targets {
@@ -288,8 +318,8 @@ impl HttpFilter {
                 (":scheme", "http"),
                 (destination, member.as_str()),
             ];
-            if let Some(a) = &authorization {
-                headers.push(("authorization", a.as_str()));
+            if let Some(a) = authorization {
+                headers.push(("authorization", a));
             }
             m.count(m.fanout_calls);
             match host::dispatch_http_call(FANOUT_CLUSTER, headers, FANOUT_TIMEOUT) {
@@ -312,7 +342,6 @@ impl HttpFilter {
                 }
             }
         }
-        Ok(())
     }
 
     /// Carries out what waited for the fan-out, if the request is at that point.
@@ -342,8 +371,8 @@ impl HttpFilter {
     }
 
     fn reply(&self, reply: &Reply) -> Action {
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        if let Err(e) = host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
+        let headers = reply.headers.iter().map(|(n, v)| (*n, v.as_str()));
+        if let Err(e) = host::send_reply(reply.status, headers, reply.body.as_bytes()) {
             self.shared.metrics.count(self.shared.metrics.host_errors);
             error!("could not send the {} reply: {e}", reply.status);
         }
@@ -371,22 +400,22 @@ impl HttpFilter {
 
     fn data_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
         let mode = self.shared.config.mode;
-        if mode == Mode::Proxy {
-            // Before anything else: only this filter may name the destination.
-            host::remove_request_header(&self.shared.config.destination_header)?;
+        let headers = host::RequestHeaders::fetch()?;
+        let destination = self.shared.config.destination_header.as_str();
+        if mode == Mode::Proxy && headers.contains(destination) {
+            // Before anything else: only this filter may name the destination. (Looked up in the
+            // copy first: a removal is a host call, and clients do not send the header.)
+            host::remove_request_header(destination)?;
         }
-        let (Some(method), Some(path)) = (
-            host::request_header_str(":method")?,
-            host::request_header_str(":path")?,
-        ) else {
+        let (Some(method), Some(path)) = (headers.get(":method"), headers.get(":path")) else {
             return Ok(Action::Continue);
         };
-        self.shared.refresh();
+        self.shared.catch_up();
         let plan = match self.shared.view.try_borrow() {
-            Ok(view) => routing::plan(mode, &method, &path, view.ring(), view.list()),
+            Ok(view) => routing::plan(mode, method, path, view.ring(), view.list()),
             Err(_) => return Ok(Action::Continue),
         };
-        self.start_fanout(&path, &plan.fanout)?;
+        self.start_fanout(path, &plan.fanout, headers.get("authorization"));
         match plan.decision {
             Decision::PassThrough => Ok(Action::Continue),
             Decision::Route { owner } => {
@@ -406,7 +435,8 @@ impl HttpFilter {
                 // A client that sent `Expect: 100-continue` has not uploaded the body yet: answering
                 // now saves it an upload that would only be thrown away (Envoy then closes the
                 // connection, a fair price for a large push).
-                let expects_continue = host::request_header_str("expect")?
+                let expects_continue = headers
+                    .get("expect")
                     .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
                     Ok(self.reply_after_fanout(reply))
@@ -497,16 +527,17 @@ impl HttpContext for HttpFilter {
         if self.pending.is_none() {
             return Action::Continue;
         }
+        if end_of_stream {
+            // The reply ends the request here; Envoy discards what it holds of the body.
+            if let Some(reply) = self.pending.take() {
+                return self.reply_after_fanout(reply);
+            }
+        }
         // Nothing goes upstream: drop the bytes so the buffer filter behind us holds nothing.
         if body_size > 0 {
             if let Err(e) = host::drop_request_body(body_size) {
                 self.pending = None;
                 return self.internal_error(e);
-            }
-        }
-        if end_of_stream {
-            if let Some(reply) = self.pending.take() {
-                return self.reply_after_fanout(reply);
             }
         }
         Action::Continue
