@@ -87,6 +87,7 @@ extern "C" {
         return_map_size: *mut usize,
     ) -> u32;
     fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
@@ -363,6 +364,16 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
     // SAFETY: pointer and length of a live slice, pointer to a local.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
     check("define_metric", status).map(|()| id)
+}
+
+/// Envoy's wall clock in nanoseconds (0 if the host refuses), for durations in logs.
+pub fn now_nanos() -> u64 {
+    let mut t = 0;
+    // SAFETY: a pointer to a local.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
+        OK => t,
+        _ => 0,
+    }
 }
 
 /// The current value of a counter or gauge (shared by every worker: one stat per name).

@@ -138,10 +138,14 @@ impl Shared {
         let Ok(mut view) = self.view.try_borrow_mut() else {
             return false;
         };
+        let started = host::now_nanos();
         match view.refresh(&EnvoySharedData) {
             Ok(Some(change)) => {
+                // The whole update on this worker: read, decode, rebuild the ring (bench/README.md
+                // publishes it per member count).
+                let took_ms = host::now_nanos().saturating_sub(started) as f64 / 1e6;
                 info!(
-                    "worker now uses member list version {} ({} members; was version {}, {} members)",
+                    "worker now uses member list version {} ({} members; was version {}, {} members); applied in {took_ms:.2} ms",
                     change.new_version, change.new_count, change.old_version, change.old_count
                 );
                 self.metrics.set(self.metrics.members, change.new_count as u64);
