@@ -4,7 +4,7 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
-#   ./build.sh bench    deps + build + the benchmarks (bench/README.md)
+#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: the cost curves
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -85,7 +85,12 @@ case "${1:-build}" in
         shift
         deps
         build
-        bench/run.sh "$@"
+        if [ "${1:-}" = curves ]; then
+            shift
+            bench/curves.sh "$@"
+        else
+            bench/run.sh "$@"
+        fi
         ;;
     demo)
         deps

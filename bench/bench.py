@@ -351,6 +351,9 @@ def cmd_meta(a):
         "git": rev + (" (with local changes)" if dirty else ""),
         "rounds": a.rounds,
         "pushgateway_consistency_check": bool(a.pushgateway_check),
+        "redirect_members": a.members,
+        "groups": a.groups,
+        "body_bytes": a.body_bytes,
         "wrk": {
             "threads": a.threads,
             "connections": a.connections,
@@ -535,7 +538,8 @@ def cmd_report(a):
         f"wrk: {m['wrk']['threads']} thread(s), {m['wrk']['connections']} connections, "
         f"{m['wrk']['duration_s']} s after {m['wrk']['warmup_s']} s warm-up, "
         f"{m['rounds']} round(s){' (medians)' if m['rounds'] > 1 else ''}; "
-        f"PUT 'm 1\\n' to 10,000 groups; pushgateway consistency check "
+        f"PUT of {m['body_bytes']} B to {m['groups']:,} groups, {m['redirect_members']} members in redirect "
+        f"scenarios; pushgateway consistency check "
         f"{'on' if m['pushgateway_consistency_check'] else 'off'}"
     )
     print()
@@ -578,8 +582,9 @@ def cmd_report(a):
             )
         if "groups_per_pushgateway" in r:
             g = r["groups_per_pushgateway"]
-            # 10,000 bench groups plus the readiness probe's; each group must be on one pushgateway.
-            verdict = {True: "every group once", False: "expected 10001"}[sum(g) == 10001]
+            # The bench groups plus the readiness probe's; each group must be on one pushgateway.
+            want = m["groups"] + 1
+            verdict = {True: "every group once", False: f"expected {want}"}[sum(g) == want]
             notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)}: {verdict})")
         if r["socket_errors"].get("timeout"):
             notes.append(f"{s}: {r['socket_errors']['timeout']} wrk timeouts")
@@ -596,6 +601,55 @@ def cmd_report(a):
             print("note: " + n)
     print()
     print(f"results: {a.out}")
+
+
+# ---- member-list updates on the workers --------------------------------------------------------
+
+
+def cmd_apply(a):
+    """Pushes member lists of each size through the control API and reads, from Envoy's log, how
+    long each worker took to apply them (read the shared data, decode, rebuild the ring): the
+    filter logs it with every change. Each size is pushed `rounds` times, alternating between two
+    different lists of that size so that every push really changes the ring."""
+    results = {}
+    version = 1
+    lines_seen = 0
+    for size in a.sizes:
+        took = []
+        for r in range(a.rounds):
+            base = 20000 + (r % 2) * 5000
+            members = [f"127.0.0.1:{base + i}" for i in range(size)]
+            body = json.dumps({"version": version, "members": members}).encode()
+            conn = http.client.HTTPConnection("127.0.0.1", a.control, timeout=30)
+            conn.request("PUT", "/-/sharding/members", body=body,
+                         headers={"authorization": f"Bearer {a.token}", "content-type": "application/json"})
+            resp = conn.getresponse()
+            text = resp.read()
+            conn.close()
+            if resp.status != 200:
+                die(f"member update of {size} members answered {resp.status}: {text[:200]!r}")
+            # Every worker applies it at its next request or tick (1 s): wait for one line per
+            # worker and listener of this version.
+            want = f"member list version {version} ("
+            deadline = time.monotonic() + 30
+            while True:
+                with open(a.log) as f:
+                    lines = [l for l in f.read().splitlines() if want in l and "applied in" in l]
+                if len(lines) >= a.expect_lines:
+                    break
+                if time.monotonic() > deadline:
+                    die(f"only {len(lines)} of {a.expect_lines} workers logged version {version} within 30 s")
+                time.sleep(0.2)
+            for l in lines:
+                took.append(float(l.rsplit("applied in ", 1)[1].split(" ms")[0]))
+            version += 1
+        took.sort()
+        results[str(size)] = {
+            "samples": len(took),
+            "median_ms": statistics.median(took),
+            "max_ms": took[-1],
+        }
+    print(json.dumps(results))
 
 
 def main():
@@ -662,10 +716,20 @@ def main():
     s = sub.add_parser("meta")
     for name in ("out", "root", "envoy", "wrk", "wasm"):
         s.add_argument(f"--{name}", required=True)
-    numbers = ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check")
+    numbers = ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check",
+               "members", "groups", "body-bytes")
     for name in numbers:
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_meta)
+
+    s = sub.add_parser("apply")
+    s.add_argument("--control", type=int, required=True)
+    s.add_argument("--token", required=True)
+    s.add_argument("--log", required=True)
+    s.add_argument("--sizes", type=int, nargs="+", required=True)
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--expect-lines", type=int, required=True, help="workers x data listeners")
+    s.set_defaults(f=cmd_apply)
 
     s = sub.add_parser("report")
     s.add_argument("--records", required=True)

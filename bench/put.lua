@@ -1,7 +1,8 @@
--- wrk script for bench/run.sh: PUT of a 4-byte text-format body ("m 1\n") to 10,000 distinct
--- groups /metrics/job/bench_<n>, cycling, over keep-alive connections (wrk's HTTP/1.1 default).
+-- wrk script for bench/run.sh: PUT of a text-format body (by default the 4 bytes "m 1\n") to
+-- distinct groups /metrics/job/bench_<n> (by default 10,000), cycling, over keep-alive connections
+-- (wrk's HTTP/1.1 default).
 --
---   wrk -t1 -c16 -d10s -s bench/put.lua http://127.0.0.1:PORT -- <expected status>
+--   wrk -t1 -c16 -d10s -s bench/put.lua http://127.0.0.1:PORT -- <expected status> [groups] [body bytes]
 --
 -- wrk itself only reports statuses >= 400 ("Non-2xx or 3xx responses"), so a redirect listener
 -- that answered 200, 404 or 503 would look healthy. Every response is checked here against the
@@ -10,6 +11,8 @@
 
 local GROUPS = 10000
 local BODY = "m 1\n"
+-- Above this many groups the paths are built per request instead of once (memory of wrk).
+local PREFORMAT_MAX = 100000
 
 -- Each thread has its own Lua state; setup() runs in the main state, so it keeps the thread
 -- objects to read their counters back in done().
@@ -32,10 +35,18 @@ function init(args)
   if expected == nil then
     error("put.lua: pass the expected status after --, e.g. -- 307")
   end
+  GROUPS = tonumber(args[2] or GROUPS)
+  local size = tonumber(args[3] or #BODY)
+  if size > #BODY then
+    -- Still valid text format: the sample, then one comment line as long as needed.
+    BODY = BODY .. "#" .. string.rep("x", size - #BODY - 2) .. "\n"
+  end
   -- Pre-formatted once: building the request per call would cost the load generator CPU that
   -- it shares with Envoy on a small machine.
-  for n = 0, GROUPS - 1 do
-    requests[n + 1] = wrk.format("PUT", "/metrics/job/bench_" .. n, nil, BODY)
+  if GROUPS <= PREFORMAT_MAX then
+    for n = 0, GROUPS - 1 do
+      requests[n + 1] = wrk.format("PUT", "/metrics/job/bench_" .. n, nil, BODY)
+    end
   end
   -- Threads start at different groups so that they do not push the same group in lockstep.
   next_index = ((thread_index or 0) * 7919) % GROUPS
@@ -43,7 +54,7 @@ end
 
 function request()
   next_index = next_index % GROUPS + 1
-  return requests[next_index]
+  return requests[next_index] or wrk.format("PUT", "/metrics/job/bench_" .. (next_index - 1), nil, BODY)
 end
 
 function response(status, headers, body)

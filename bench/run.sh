@@ -16,7 +16,10 @@
 # Settings (environment): BENCH_DURATION (s, default 10; 3 with --quick), BENCH_WARMUP (s, 2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (1), BENCH_ROUNDS (1: each round runs every scenario once,
 # the report shows medians), BENCH_ENVOY_CONCURRENCY (2), BENCH_PUSHGATEWAY_CHECK (0: pushgateways
-# run with --push.disable-consistency-check; 1: with their default check, see bench/README.md).
+# run with --push.disable-consistency-check; 1: with their default check, see bench/README.md),
+# BENCH_MEMBERS (3: members of the redirect scenario's ring; redirect never connects to them),
+# BENCH_GROUPS (10000 distinct groups pushed, cycling), BENCH_BODY_BYTES (4),
+# BENCH_PERF (a directory: Envoy is sampled with perf record during each measured run).
 # Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, WRK_BIN, else .deps/bin/<name>.
 #
 # Prints a table and writes bench/results/latest.json. See bench/README.md for how to read it.
@@ -62,6 +65,9 @@ CONNECTIONS=${BENCH_CONNECTIONS:-16}
 THREADS=${BENCH_THREADS:-1}
 ROUNDS=${BENCH_ROUNDS:-1}
 CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
+MEMBER_COUNT=${BENCH_MEMBERS:-3}
+GROUP_COUNT=${BENCH_GROUPS:-10000}
+BODY_BYTES=${BENCH_BODY_BYTES:-4}
 # Pushgateway 1.5.1 checks every push against all the groups it holds (an O(groups) gather):
 # about 200 pushes/s with 1,000 groups on this machine, so with the check on both proxy scenarios
 # measure the pushgateways, not Envoy. Off by default so the proxy path itself is compared.
@@ -75,8 +81,8 @@ case "${BENCH_PUSHGATEWAY_CHECK:-0}" in
     1) PUSH_STATUS=200 ;;
     *) die "BENCH_PUSHGATEWAY_CHECK must be 0 or 1" ;;
 esac
-for v in DURATION WARMUP CONNECTIONS THREADS ROUNDS CONCURRENCY; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_${v/CONCURRENCY/ENVOY_CONCURRENCY} must be a positive whole number, got '${!v}'"
+for v in DURATION WARMUP CONNECTIONS THREADS ROUNDS CONCURRENCY MEMBER_COUNT GROUP_COUNT BODY_BYTES; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_${v/CONCURRENCY/ENVOY_CONCURRENCY} (or the matching BENCH_ setting) must be a positive whole number, got '${!v}'"
 done
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS ($CONNECTIONS) must be >= BENCH_THREADS ($THREADS)"
 
@@ -189,6 +195,7 @@ wrk_run() {
     # when it is stopped, and adds wrk's own CPU time to the output.
     "${HELPER[@]}" wrk --out "$WORK/$name.txt" -- \
         "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "${seconds}s" -s "$BENCH/put.lua" "$url" -- "$status" \
+        "$GROUP_COUNT" "$BODY_BYTES" \
         </dev/null &
     pid=$!
     PIDS+=("$pid")
@@ -267,7 +274,12 @@ scenario_redirect() {
     read -r redirect proxy control ADMIN < <(ports 4)
     # Redirect mode never connects to the members, so none runs; the addresses are free
     # loopback ports, shaped like real ones (the Location length matches a real deployment).
-    MEMBERS=$(ports 3 | sed 's/\([0-9]*\)/127.0.0.1:\1/g; s/ /,/g')
+    if [ "$MEMBER_COUNT" = 3 ]; then
+        MEMBERS=$(ports 3 | sed 's/\([0-9]*\)/127.0.0.1:\1/g; s/ /,/g')
+    else
+        # Addresses only (nothing listens there): 127.0.0.1 with ports from 20000 up.
+        MEMBERS=$(seq 20000 $((20000 + MEMBER_COUNT - 1)) | sed 's/^/127.0.0.1:/' | paste -sd,)
+    fi
     PG_PIDS=()
     render_shipped "$WORK/redirect.yaml" "$redirect" "$proxy" "$control" "$ADMIN" "$MEMBERS"
     start_envoy envoy-redirect "$WORK/redirect.yaml" "$ADMIN"
@@ -320,7 +332,8 @@ START=$(date +%s)
 "${HELPER[@]}" meta --out "$WORK/meta.json" --root "$ROOT" --envoy "$ENVOY" --wrk "$WRK" \
     --wasm "$WASM" --concurrency "$CONCURRENCY" --threads "$THREADS" --connections "$CONNECTIONS" \
     --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" \
-    --pushgateway-check "${BENCH_PUSHGATEWAY_CHECK:-0}"
+    --pushgateway-check "${BENCH_PUSHGATEWAY_CHECK:-0}" --members "$MEMBER_COUNT" \
+    --groups "$GROUP_COUNT" --body-bytes "$BODY_BYTES"
 say "scenarios: ${SCENARIOS[*]}; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s (+${WARMUP}s warm-up), $ROUNDS round(s); state in $WORK"
 
 for ROUND in $(seq "$ROUNDS"); do
