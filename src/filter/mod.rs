@@ -419,7 +419,9 @@ impl HttpFilter {
             Ok(view) => routing::plan(mode, method, path, view.ring(), view.list()),
             Err(_) => return Ok(Action::Continue),
         };
-        self.start_fanout(path, &plan.fanout, headers.get("authorization"));
+        if !plan.fanout.is_empty() {
+            self.start_fanout(path, &plan.fanout, headers.get("authorization"));
+        }
         match plan.decision {
             Decision::PassThrough => Ok(Action::Continue),
             Decision::Route { owner } => {
