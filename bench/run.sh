@@ -12,6 +12,8 @@
 #   proxy                    shipped envoy/envoy.yaml, proxy listener, three real pushgateways; every answer
 #                            202 (pushgateway's answer without its consistency check; 200 with it)
 #   baseline-proxy           Envoy alone: RING_HASH on :path to three such pushgateways; same answers
+#   floor-redirect           (only when named) baseline-redirect with the wasm filter BENCH_FLOOR_WASM
+#                            in front: what a proxy-wasm filter costs before it does anything
 #
 # Settings (environment): BENCH_DURATION (s, default 10; 3 with --quick), BENCH_WARMUP (s, 2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (1), BENCH_ROUNDS (1: each round runs every scenario once,
@@ -30,6 +32,8 @@ BENCH=$ROOT/bench
 HELPER=(python3 "$BENCH/bench.py")
 
 SCENARIO_NAMES=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy floor-redirect)
+# floor-redirect needs a wasm of your own (BENCH_FLOOR_WASM), so it runs only when named.
+DEFAULT_SCENARIOS=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -56,7 +60,7 @@ for arg in "$@"; do
             ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=("${SCENARIO_NAMES[@]}")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=("${DEFAULT_SCENARIOS[@]}")
 
 if [ "$QUICK" = 1 ]; then DURATION=${BENCH_DURATION:-3}; else DURATION=${BENCH_DURATION:-10}; fi
 # Not shorter with --quick: the warm-up must push all 10,000 groups once (see measure).
