@@ -6,8 +6,9 @@
 //! its ring) when the counter moved, so an update is in force for every request that starts after
 //! the control API answered, without copying the whole list per request.
 
-use crate::members::MemberList;
+use crate::members::{Member, MemberList};
 use crate::ring::Ring;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
@@ -114,6 +115,29 @@ pub fn bump_generation(store: &mut dyn SharedStore) -> Result<u64, StoreError> {
     Err(StoreError::CasMismatch)
 }
 
+thread_local! {
+    /// The ring this thread built last. Envoy gives each listener's filter its own root context
+    /// on each worker, so every view of one thread would otherwise build, and keep, its own copy
+    /// of the same ring (8 MB at 1,000 members x 500 vnodes).
+    static LAST_RING: RefCell<Option<(u32, Rc<Ring>)>> = const { RefCell::new(None) };
+}
+
+/// The ring of `members` (sorted, without duplicates, as a [`MemberList`] keeps them), shared with
+/// the other views of this thread when it was built already.
+fn ring_for(members: &[Member], vnodes: u32) -> Rc<Ring> {
+    LAST_RING.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((v, ring)) = last.as_ref() {
+            if *v == vnodes && ring.members() == members {
+                return Rc::clone(ring);
+            }
+        }
+        let ring = Rc::new(Ring::new(members, vnodes));
+        *last = Some((vnodes, Rc::clone(&ring)));
+        ring
+    })
+}
+
 /// A worker's view of the member list: the ring it routes with and the generation it came from.
 #[derive(Debug)]
 pub struct MemberView {
@@ -137,7 +161,7 @@ impl MemberView {
     pub fn new(bootstrap: &MemberList, vnodes: u32) -> MemberView {
         MemberView {
             generation: 0,
-            ring: Rc::new(Ring::new(&bootstrap.members, vnodes)),
+            ring: ring_for(&bootstrap.members, vnodes),
             list: Rc::new(bootstrap.clone()),
             vnodes,
         }
@@ -171,7 +195,7 @@ impl MemberView {
             new_count: list.len(),
         };
         if list.members != self.list.members {
-            self.ring = Rc::new(Ring::new(&list.members, self.vnodes));
+            self.ring = ring_for(&list.members, self.vnodes);
         }
         self.list = Rc::new(list);
         Ok(Some(change))
@@ -214,6 +238,23 @@ mod tests {
         );
         assert_eq!(view.ring().members().len(), 2);
         assert_eq!(view.refresh(&s).unwrap(), None);
+    }
+
+    #[test]
+    fn views_of_one_thread_share_one_ring() {
+        let mut s = MemoryStore::default();
+        let boot = MemberList::new(0, &["a:1", "b:1"]).unwrap();
+        let (mut a, mut b) = (MemberView::new(&boot, 10), MemberView::new(&boot, 10));
+        assert!(Rc::ptr_eq(a.ring(), b.ring()));
+        let list = MemberList::new(5, &["a:1", "c:1"]).unwrap();
+        s.set(MEMBERS_KEY, list.to_json().as_bytes(), None).unwrap();
+        bump_generation(&mut s).unwrap();
+        a.refresh(&s).unwrap();
+        b.refresh(&s).unwrap();
+        assert!(Rc::ptr_eq(a.ring(), b.ring()));
+        assert_eq!(a.ring().members(), list.members.as_slice());
+        // Another vnodes setting is another ring.
+        assert!(!Rc::ptr_eq(MemberView::new(&list, 20).ring(), a.ring()));
     }
 
     #[test]
