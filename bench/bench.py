@@ -603,6 +603,59 @@ def cmd_report(a):
     print(f"results: {a.out}")
 
 
+# ---- instruction counts (bench/callgrind.sh) ------------------------------------------------------
+
+
+def cmd_load(a):
+    """Exactly N keep-alive PUTs over 4 connections, each answer checked: the fixed amount of
+    work callgrind counts instructions over."""
+    conns = [http.client.HTTPConnection("127.0.0.1", a.port, timeout=120) for _ in range(4)]
+    for i in range(a.requests):
+        c = conns[i % 4]
+        c.request("PUT", f"/metrics/job/bench_{(i + a.offset) % 10000}", body=b"m 1\n")
+        r = c.getresponse()
+        r.read()
+        if r.status != a.status:
+            die(f"request {i}: status {r.status}, expected {a.status}")
+    for c in conns:
+        c.close()
+
+
+def cmd_instructions(a):
+    """Instructions per request from a callgrind dump, split by where they ran. The Envoy binary
+    is stripped, so only the split is named: Envoy's own code (V8 included), the JIT-compiled wasm
+    (anonymous mappings at high addresses), libc."""
+    import glob
+    import re
+    import subprocess
+
+    dumps = sorted(glob.glob(a.dump + "*"), key=os.path.getsize)
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", dumps[-1]],
+                         capture_output=True, text=True, check=True).stdout
+    parts = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S+)", line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        obj = line.rsplit("[", 1)[-1].rstrip("]") if "[" in line else "?"
+        if obj == "???":
+            try:
+                address = int(m.group(2).split(":")[1].split("'")[0], 16)
+            except (IndexError, ValueError):
+                address = 0
+            # Low addresses: code of the Envoy binary valgrind did not map to it (part of V8).
+            obj = "envoy" if address < 0x10000000 else "wasm (JIT)"
+        name = os.path.basename(obj)
+        name = "envoy" if name == "envoy" else name
+        parts[name] = parts.get(name, 0) + ir
+    total = sum(parts.values())
+    result = {"scenario": a.scenario, "requests": a.requests,
+              "instructions_per_request": round(total / a.requests),
+              "by_object": {k: round(v / a.requests) for k, v in sorted(parts.items(), key=lambda x: -x[1])}}
+    print(json.dumps(result))
+
+
 # ---- member-list updates on the workers --------------------------------------------------------
 
 
@@ -721,6 +774,19 @@ def main():
     for name in numbers:
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_meta)
+
+    s = sub.add_parser("load")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--requests", type=int, required=True)
+    s.add_argument("--status", type=int, required=True)
+    s.add_argument("--offset", type=int, default=0)
+    s.set_defaults(f=cmd_load)
+
+    s = sub.add_parser("instructions")
+    s.add_argument("--dump", required=True)
+    s.add_argument("--scenario", required=True)
+    s.add_argument("--requests", type=int, required=True)
+    s.set_defaults(f=cmd_instructions)
 
     s = sub.add_parser("apply")
     s.add_argument("--control", type=int, required=True)

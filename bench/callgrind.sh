@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Envoy's instructions per request, counted by callgrind: the noise-free complement of
+# bench/run.sh's CPU time on a shared machine (bench/README.md, "Profile").
+#
+#   bench/callgrind.sh [scenario...]     (default: redirect baseline-redirect proxy baseline-proxy)
+#
+# Scenarios as in bench/run.sh (floor-redirect with BENCH_FLOOR_WASM). Envoy runs under
+# `valgrind --tool=callgrind` with one worker; after 3,000 uncounted requests (the wasm code is
+# compiled and tiered up by then), BENCH_CG_REQUESTS (2,000) keep-alive PUTs are counted
+# (BENCH_MEMBERS: members of the redirect scenario, 3 by default). Only
+# user-space instructions count (not the kernel's network work). Needs valgrind (Debian package
+# `valgrind`); about a minute per scenario. Prints one JSON line per scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH=$ROOT/bench
+HELPER=(python3 "$BENCH/bench.py")
+ENVOY=${ENVOY_BIN:-$ROOT/.deps/bin/envoy}
+PUSHGATEWAY=${PUSHGATEWAY_BIN:-$ROOT/.deps/bin/pushgateway}
+WASM=${BENCH_WASM:-$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm}
+REQUESTS=${BENCH_CG_REQUESTS:-2000}
+command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+    { echo "bench/callgrind.sh: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+for f in "$ENVOY" "$PUSHGATEWAY" "$WASM"; do
+    [ -e "$f" ] || { echo "bench/callgrind.sh: $f is missing: run ./build.sh deps and ./build.sh" >&2; exit 1; }
+done
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(redirect baseline-redirect proxy baseline-proxy)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-callgrind.XXXXXX")
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Three pushgateways for the proxy scenarios (redirect never connects to its members).
+MEMBERS=""
+for port in $("${HELPER[@]}" ports 3); do
+    "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" --persistence.file= \
+        --push.disable-consistency-check >"$WORK/pg-$port.log" 2>&1 </dev/null &
+    PIDS+=($!)
+    MEMBERS+="${MEMBERS:+,}127.0.0.1:$port"
+done
+for port in ${MEMBERS//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200; done
+
+for scen in "${SCENARIOS[@]}"; do
+    read -r redirect proxy control admin < <("${HELPER[@]}" ports 4)
+    status=307 port=$redirect
+    case "$scen" in
+        redirect | proxy)
+            members=$MEMBERS
+            if [ "$scen" = redirect ] && [ "${BENCH_MEMBERS:-3}" != 3 ]; then
+                # As in bench/run.sh: addresses only, redirect never connects to them.
+                members=$(seq 20000 $((20000 + BENCH_MEMBERS - 1)) | sed 's/^/127.0.0.1:/' | paste -sd,)
+            fi
+            python3 "$ROOT/scripts/render-envoy-config.py" --out "$WORK/$scen.yaml" --address 127.0.0.1 \
+                --ports "$redirect,$proxy,$control,$admin" --members "$members" --wasm "$WASM"
+            [ "$scen" = proxy ] && status=202 port=$proxy
+            ;;
+        baseline-redirect) "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
+            --admin "$admin" --location "${MEMBERS%%,*}" ;;
+        floor-redirect) "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
+            --admin "$admin" --location "${MEMBERS%%,*}" --wasm "${BENCH_FLOOR_WASM:?set BENCH_FLOOR_WASM}" ;;
+        baseline-proxy)
+            "${HELPER[@]}" render-baseline-proxy --out "$WORK/$scen.yaml" --port "$port" --admin "$admin" \
+                --members "$MEMBERS"
+            status=202
+            ;;
+        *) echo "bench/callgrind.sh: unknown scenario $scen" >&2; exit 2 ;;
+    esac
+    SHARDING_CONTROL_TOKEN=bench-unused valgrind --tool=callgrind --instr-atstart=no --smc-check=all \
+        --callgrind-out-file="$WORK/$scen.cg" "$ENVOY" -c "$WORK/$scen.yaml" --disable-hot-restart \
+        --concurrency 1 --log-level warning >"$WORK/$scen.log" 2>&1 </dev/null &
+    vg=$!
+    PIDS+=("$vg")
+    "${HELPER[@]}" wait-http GET "http://127.0.0.1:$admin/ready" 200 --timeout 180 --pid "$vg" ||
+        { tail -n 20 "$WORK/$scen.log" >&2; exit 1; }
+    "${HELPER[@]}" load --port "$port" --requests 3000 --status "$status"
+    callgrind_control -i on "$vg" >/dev/null 2>&1
+    "${HELPER[@]}" load --port "$port" --requests "$REQUESTS" --status "$status" --offset 5000
+    callgrind_control -i off "$vg" >/dev/null 2>&1
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    kill "$vg"
+    wait "$vg" 2>/dev/null || true
+    "${HELPER[@]}" instructions --dump "$WORK/$scen.cg" --scenario "$scen" --requests "$REQUESTS"
+done
