@@ -32,8 +32,8 @@ UNUSED = {
     "proxy_on_upstream_connection_close": "on_upstream_close",
     "proxy_on_grpc_receive_initial_metadata": "on_grpc_stream_initial_metadata",
     "proxy_on_grpc_receive_trailing_metadata": "on_grpc_stream_trailing_metadata",
-    "proxy_on_grpc_receive": "on_grpc_stream_message",
-    "proxy_on_grpc_close": "on_grpc_stream_close",
+    "proxy_on_grpc_receive": "on_grpc_stream_message|on_grpc_call_response",
+    "proxy_on_grpc_close": "on_grpc_stream_close|on_grpc_call_response",
     "proxy_on_queue_ready": "on_queue_ready",
     "proxy_on_foreign_function": "on_foreign_function",
 }
@@ -97,7 +97,7 @@ def implemented():
         if name.endswith(".rs"):
             with open(os.path.join(FILTER_SOURCES, name)) as f:
                 text = f.read()
-            found += [e for e, m in UNUSED.items() if re.search(rf"\bfn {m}\b", text)]
+            found += [e for e, m in UNUSED.items() if re.search(rf"\bfn ({m})\b", text)]
     return found
 
 
