@@ -47,6 +47,8 @@ CONFIGS=(
     "body-1MiB 3 10000 1048576"
 )
 
+# BENCH_CURVES_LOAD=0: only the member-list updates (part 2).
+[ "${BENCH_CURVES_LOAD:-1}" = 1 ] || CONFIGS=()
 for round in $(seq "$ROUNDS"); do
     for config in "${CONFIGS[@]}"; do
         read -r name members groups body <<<"$config"
@@ -78,8 +80,8 @@ rss_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$ENVOY_PID/status")
 python3 - "$WORK" "$ROUNDS" "$rss_kb" "$BENCH/results/curves.json" "${CONFIGS[@]}" <<'PY'
 import json, statistics, sys
 work, rounds, rss_kb, out, configs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
-rows = []
 machine = None
+rows = []
 for c in configs:
     name = c.split()[0]
     runs = [json.load(open(f"{work}/{name}-{r}.json")) for r in range(1, rounds + 1)]
@@ -96,6 +98,10 @@ result = {"machine": machine, "rounds": rounds, "redirect": rows, "apply": apply
           "envoy_rss_mb_after_updates_to_1000_members": round(rss_kb / 1024, 1)}
 with open(out, "w") as f:
     json.dump(result, f, indent=2)
+if machine is None:
+    import os, subprocess
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    machine = {"nproc": os.cpu_count(), "cpu_model": "", "date": "", "git": git, "wasm_sha256": ""}
 print()
 print(f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}; {machine['date']}; tree {machine['git']}; "
       f"wasm {machine['wasm_sha256'][:16]}; {rounds} round(s), medians")
@@ -106,7 +112,7 @@ for r in rows:
     print(f"| {r['config']} | {r['rps']:,.0f} | {r['p99_ms']:.2f} | {r['envoy_cpu_ms_per_1k']:.1f} | "
           f"{r['envoy_rss_mb']:.0f} | {r['conns']} |")
 print()
-print("| members x 500 vnodes | applied on a worker, median ms | max ms | samples |")
+print("| members x 500 vnodes | applied on a thread, median ms | max ms | samples (threads x updates) |")
 print("|---|---|---|---|")
 for size, a in apply.items():
     print(f"| {int(size):,} | {a['median_ms']:.2f} | {a['max_ms']:.2f} | {a['samples']} |")
