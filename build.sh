@@ -4,7 +4,7 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
-#   ./build.sh bench    deps + build + the benchmarks (bench/README.md)
+#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench reconcile`: the reconciler's only
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -81,7 +81,19 @@ case "${1:-build}" in
         shift
         deps
         build
-        bench/run.sh "$@"
+        if [ "${1:-}" = reconcile ]; then
+            # The reconciler alone: round time, CPU and memory at 10k and 100k groups.
+            shift
+            cargo run --release --locked -q -p consul-sync --example reconcile_bench -- "$@"
+        else
+            bench/run.sh "$@"
+            say "the reconciler (cargo run --release -p consul-sync --example reconcile_bench)"
+            if [[ " $* " == *" --quick "* ]]; then
+                cargo run --release --locked -q -p consul-sync --example reconcile_bench -- 10000
+            else
+                cargo run --release --locked -q -p consul-sync --example reconcile_bench
+            fi
+        fi
         ;;
     demo)
         deps
