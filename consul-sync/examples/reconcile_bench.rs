@@ -58,7 +58,11 @@ fn start_pushgateway(dir: &TestDir) -> (Proc, u16) {
         .arg("--push.disable-consistency-check");
     let proc = Proc::spawn(&format!("pushgateway-{port}"), cmd, dir);
     wait_until("pushgateway ready", Duration::from_secs(15), || {
-        matches!(try_http_get(&format!("http://127.0.0.1:{port}/-/ready")), Ok((200, _))).then_some(())
+        matches!(
+            try_http_get(&format!("http://127.0.0.1:{port}/-/ready")),
+            Ok((200, _))
+        )
+        .then_some(())
     });
     (proc, port)
 }
@@ -98,10 +102,13 @@ fn run(groups: usize) {
                     if i % 10 == 0 {
                         let idx = members.iter().position(|m| m == owner).unwrap();
                         let other = &members[(idx + 1) % members.len()];
-                        let r = try_http_request("PUT", &format!("http://{other}{path}"), &[], body.as_bytes()).unwrap();
+                        let r =
+                            try_http_request("PUT", &format!("http://{other}{path}"), &[], body.as_bytes())
+                                .unwrap();
                         assert!(r.status < 300, "{}", r.status);
                     }
-                    let r = try_http_request("PUT", &format!("http://{owner}{path}"), &[], body.as_bytes()).unwrap();
+                    let r = try_http_request("PUT", &format!("http://{owner}{path}"), &[], body.as_bytes())
+                        .unwrap();
                     assert!(r.status < 300, "{}", r.status);
                 }
             });
@@ -109,11 +116,18 @@ fn run(groups: usize) {
     });
     // Without the consistency check pushes are applied asynchronously: wait until all are there.
     let client = PushgatewayClient::new().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     wait_until("every push is applied", Duration::from_secs(120), || {
         let total: usize = members
             .iter()
-            .map(|m| rt.block_on(client.push_times(m)).map(|p| p.groups.len()).unwrap_or(0))
+            .map(|m| {
+                rt.block_on(client.push_times(m))
+                    .map(|p| p.groups.len())
+                    .unwrap_or(0)
+            })
             .sum();
         (total == groups + duplicates).then_some(())
     });
@@ -132,7 +146,11 @@ fn run(groups: usize) {
     };
     let text_bytes: usize = members
         .iter()
-        .map(|m| try_http_get(&format!("http://{m}/metrics")).map(|(_, b)| b.len()).unwrap_or(0))
+        .map(|m| {
+            try_http_get(&format!("http://{m}/metrics"))
+                .map(|(_, b)| b.len())
+                .unwrap_or(0)
+        })
         .sum();
     let read_json = {
         let (c0, t0) = (pg_cpu(&pgs), Instant::now());
@@ -145,7 +163,11 @@ fn run(groups: usize) {
     };
     let json_bytes: usize = members
         .iter()
-        .map(|m| try_http_get(&format!("http://{m}/api/v1/metrics")).map(|(_, b)| b.len()).unwrap_or(0))
+        .map(|m| {
+            try_http_get(&format!("http://{m}/api/v1/metrics"))
+                .map(|(_, b)| b.len())
+                .unwrap_or(0)
+        })
         .sum();
 
     // consul-sync against a real Consul; no Envoy (the member list is only published).
@@ -163,22 +185,25 @@ fn run(groups: usize) {
     let exe = testkit::repo_root().join("target/release/consul-sync");
     assert!(exe.is_file(), "{} is missing: run ./build.sh", exe.display());
     let mut cmd = Command::new(exe);
-    cmd.arg(format!("--config.file={}", config.display())).env("NO_COLOR", "1");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .env("NO_COLOR", "1");
     let sync = Proc::spawn("consul-sync", cmd, &dir);
     let count = |n: f64| {
-        wait_until(
-            &format!("{n} reconcile rounds"),
-            Duration::from_secs(300),
-            || (metric(sync_port, "consul_sync_reconcile_duration_seconds_count") >= n).then_some(()),
-        )
+        wait_until(&format!("{n} reconcile rounds"), Duration::from_secs(300), || {
+            (metric(sync_port, "consul_sync_reconcile_duration_seconds_count") >= n).then_some(())
+        })
     };
     count(1.0);
     let first = metric(sync_port, "consul_sync_reconcile_duration_seconds_sum");
     let deleted = metric(sync_port, "consul_sync_reconcile_deleted_copies_total");
-    assert_eq!(deleted as usize, duplicates, "the first round deletes every older copy");
+    assert_eq!(
+        deleted as usize, duplicates,
+        "the first round deletes every older copy"
+    );
     let (cpu0, sum0) = (cpu_seconds(sync.pid()), first);
     count(1.0 + STEADY_ROUNDS as f64);
-    let steady = (metric(sync_port, "consul_sync_reconcile_duration_seconds_sum") - sum0) / STEADY_ROUNDS as f64;
+    let steady =
+        (metric(sync_port, "consul_sync_reconcile_duration_seconds_sum") - sum0) / STEADY_ROUNDS as f64;
     let cpu = (cpu_seconds(sync.pid()) - cpu0) / STEADY_ROUNDS as f64;
     let rss = peak_rss_mib(sync.pid());
     println!(
@@ -203,10 +228,19 @@ fn run(groups: usize) {
 fn main() {
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().unwrap_or_else(|_| panic!("{a:?}: expected a number of groups")))
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("{a:?}: expected a number of groups"))
+        })
         .collect();
-    let sizes = if sizes.is_empty() { vec![10_000, 100_000] } else { sizes };
-    println!("reconciler over {PUSHGATEWAYS} pushgateways (times in s, CPU in CPU-s, memory in MiB, sizes in MB)");
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        sizes
+    };
+    println!(
+        "reconciler over {PUSHGATEWAYS} pushgateways (times in s, CPU in CPU-s, memory in MiB, sizes in MB)"
+    );
     println!();
     println!(
         "| groups | older copies | first round (deletes them) | steady round | consul-sync CPU per steady round | consul-sync peak RSS | read via /metrics: time / pushgateway CPU / MB | read via /api/v1/metrics: time / pushgateway CPU / MB | load time |"

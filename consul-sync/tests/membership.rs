@@ -178,7 +178,11 @@ impl Stack {
             if problems.is_empty() {
                 return Some(());
             }
-            last = format!("{} problems, e.g. {:?}", problems.len(), &problems[..problems.len().min(5)]);
+            last = format!(
+                "{} problems, e.g. {:?}",
+                problems.len(),
+                &problems[..problems.len().min(5)]
+            );
             std::thread::sleep(Duration::from_millis(200));
             None
         });
@@ -201,13 +205,19 @@ impl Stack {
                 .iter()
                 .filter_map(|(labels, value)| {
                     let got = seen.get(&labels["i"]);
-                    (got != Some(&vec![*value])).then(|| format!("i={} shows {got:?}, want [{value}]", labels["i"]))
+                    (got != Some(&vec![*value]))
+                        .then(|| format!("i={} shows {got:?}, want [{value}]", labels["i"]))
                 })
                 .collect();
             if bad.is_empty() && series.len() == want.len() {
                 return Some(());
             }
-            last = format!("{} series for {} groups; {:?}", series.len(), want.len(), &bad[..bad.len().min(5)]);
+            last = format!(
+                "{} series for {} groups; {:?}",
+                series.len(),
+                want.len(),
+                &bad[..bad.len().min(5)]
+            );
             std::thread::sleep(Duration::from_millis(500));
             None
         });
@@ -217,13 +227,21 @@ impl Stack {
 
 /// Pushes through Envoy's proxy listener, the way a client that ignores 307 does.
 fn push(envoy: &Envoy, path: &str, body: &str) -> u16 {
-    try_http_request("PUT", &format!("{}{path}", envoy.proxy_url()), &[], body.as_bytes())
-        .map(|r| r.status)
-        .unwrap_or(0)
+    try_http_request(
+        "PUT",
+        &format!("{}{path}", envoy.proxy_url()),
+        &[],
+        body.as_bytes(),
+    )
+    .map(|r| r.status)
+    .unwrap_or(0)
 }
 
 fn group(job: &str, i: usize) -> (String, Labels) {
-    let labels = Labels::from([("job".to_owned(), job.to_owned()), ("i".to_owned(), i.to_string())]);
+    let labels = Labels::from([
+        ("job".to_owned(), job.to_owned()),
+        ("i".to_owned(), i.to_string()),
+    ]);
     (format!("/metrics/job/{job}/i/{i}"), labels)
 }
 
@@ -271,14 +289,20 @@ fn scale_out_keeps_one_copy_per_group_and_the_newest_value() {
     s.wait_prometheus_once_each("scale_value", &want, Duration::from_secs(10));
     let metrics = s.sync().metrics_text();
     assert!(
-        metrics.contains("consul_sync_reconcile_misplaced_groups ") && !metrics.contains("consul_sync_reconcile_misplaced_groups 0\n"),
+        metrics.contains("consul_sync_reconcile_misplaced_groups ")
+            && !metrics.contains("consul_sync_reconcile_misplaced_groups 0\n"),
         "after a scale-out some groups sit on a non-owner:\n{metrics}"
     );
 
     // Every job pushes again: a quarter lands on the 4th, and their old copies must go.
     let want = push_all(&s.envoy, "scale", "scale_value", N, 2.0);
     let pushed = Instant::now();
-    let took = s.wait_one_copy_each("scale_value", &want, true, RECONCILE * 2 + Duration::from_secs(20));
+    let took = s.wait_one_copy_each(
+        "scale_value",
+        &want,
+        true,
+        RECONCILE * 2 + Duration::from_secs(20),
+    );
     let since_push = pushed.elapsed();
     eprintln!("re-push -> one copy per group, each on its owner: {took:?}");
     assert!(
@@ -288,7 +312,10 @@ fn scale_out_keeps_one_copy_per_group_and_the_newest_value() {
     );
     s.wait_prometheus_once_each("scale_value", &want, Duration::from_secs(15));
     let per_pg: Vec<usize> = s.pgs.iter().map(|p| p.groups().len()).collect();
-    assert!(per_pg.iter().all(|n| *n > N / 8), "the 4th took its share: {per_pg:?}");
+    assert!(
+        per_pg.iter().all(|n| *n > N / 8),
+        "the 4th took its share: {per_pg:?}"
+    );
     assert!(s.sync().metric("consul_sync_reconcile_deleted_copies_total") >= 1.0);
 }
 
@@ -337,14 +364,22 @@ fn a_drain_under_load_empties_the_pushgateway_and_loses_nothing() {
     options.drain_timeout = "4s";
     s.reload(options);
     let rest: Vec<String> = sorted(all.iter().filter(|a| **a != victim).cloned().collect());
-    s.wait_ring(&rest, std::slice::from_ref(&victim), "the victim leaves the ring but stays listed");
+    s.wait_ring(
+        &rest,
+        std::slice::from_ref(&victim),
+        "the victim leaves the ring but stays listed",
+    );
     let drained_after = Instant::now();
-    wait_until("consul-sync reports the drain done", Duration::from_secs(40), || {
-        let (status, body) = testkit::http_get(&s.sync.as_ref().unwrap().url("/-/drain"));
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        (v["drains"][0]["state"] == "drained" && v["drains"][0]["groups"] == 0).then_some(())
-    });
+    wait_until(
+        "consul-sync reports the drain done",
+        Duration::from_secs(40),
+        || {
+            let (status, body) = testkit::http_get(&s.sync.as_ref().unwrap().url("/-/drain"));
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (v["drains"][0]["state"] == "drained" && v["drains"][0]["groups"] == 0).then_some(())
+        },
+    );
     eprintln!("drain start -> drained: {:?}", drained_after.elapsed());
     stop.store(true, Ordering::Relaxed);
     pusher.join().unwrap();
@@ -352,17 +387,32 @@ fn a_drain_under_load_empties_the_pushgateway_and_loses_nothing() {
         want.insert(group("drain", *i).1, *v);
     }
     let victim_pg = s.pgs.iter().find(|p| p.addr() == victim).unwrap();
-    assert_eq!(victim_pg.groups().len(), 0, "the drained pushgateway holds nothing");
+    assert_eq!(
+        victim_pg.groups().len(),
+        0,
+        "the drained pushgateway holds nothing"
+    );
     // Nothing lost, one copy each (the drained one is still scraped: no group shows twice).
-    s.wait_one_copy_each("drain_value", &want, false, RECONCILE * 2 + Duration::from_secs(10));
+    s.wait_one_copy_each(
+        "drain_value",
+        &want,
+        false,
+        RECONCILE * 2 + Duration::from_secs(10),
+    );
     s.wait_prometheus_once_each("drain_value", &want, Duration::from_secs(15));
     let sync = s.sync();
-    assert!(sync.metric("consul_sync_drain_moved_groups_total") >= 1.0, "groups nobody pushed were moved");
+    assert!(
+        sync.metric("consul_sync_drain_moved_groups_total") >= 1.0,
+        "groups nobody pushed were moved"
+    );
     assert_eq!(
         sync.metric(&format!("consul_sync_drain_state{{pushgateway=\"{victim}\"}}")),
         2.0
     );
-    assert!(sync.proc.log().contains("is drained"), "the log says it is drained");
+    assert!(
+        sync.proc.log().contains("is drained"),
+        "the log says it is drained"
+    );
     // It can be stopped with nothing lost.
     let idx = s.pgs.iter().position(|p| p.addr() == victim).unwrap();
     s.pgs[idx].proc.stop();
@@ -412,10 +462,18 @@ fn a_pushgateway_back_with_old_persisted_copies_never_wins_over_newer_pushes() {
     }
     // pg0 comes back with its persisted (older) copies and is the owner again.
     s.pgs[0] = Pushgateway::start_persistent(&s.dir, port0, Some(&file));
-    assert!(!s.pgs[0].groups().is_empty(), "pg0 came back with its persisted groups");
+    assert!(
+        !s.pgs[0].groups().is_empty(),
+        "pg0 came back with its persisted groups"
+    );
     s.wait_ring(&sorted(all.clone()), &[], "pg0 is back in the ring");
     // The newest copy wins: value 2 everywhere it was pushed, never the persisted 1.
-    let took = s.wait_one_copy_each("persist_value", &want, false, RECONCILE * 2 + Duration::from_secs(10));
+    let took = s.wait_one_copy_each(
+        "persist_value",
+        &want,
+        false,
+        RECONCILE * 2 + Duration::from_secs(10),
+    );
     eprintln!("pg0 back -> one copy per group, newest kept: {took:?}");
 }
 
@@ -432,22 +490,32 @@ fn a_deregistered_pushgateway_is_admitted_again_when_it_comes_back() {
     o.deregister_after = "1m";
     let sync = ConsulSync::start(&dir, o);
     let members = || envoy.try_members().map(|(_, m)| sorted(m)).unwrap_or_default();
-    wait_until("Envoy has the three", Duration::from_secs(20), || (members() == all).then_some(()));
+    wait_until("Envoy has the three", Duration::from_secs(20), || {
+        (members() == all).then_some(())
+    });
     let port = pgs[2].port;
     let id = format!("127.0.0.1_{port}");
     pgs[2].proc.kill();
     // Consul reaps it 60 to 90 s after it went critical.
     let start = Instant::now();
-    wait_until("Consul deregisters the dead pushgateway", Duration::from_secs(150), || {
-        (!consul.services("pushgateway").iter().any(|svc| svc.id == id)).then_some(())
-    });
+    wait_until(
+        "Consul deregisters the dead pushgateway",
+        Duration::from_secs(150),
+        || (!consul.services("pushgateway").iter().any(|svc| svc.id == id)).then_some(()),
+    );
     eprintln!("killed -> deregistered by Consul: {:?}", start.elapsed());
-    let others: Vec<String> = all.iter().filter(|m| **m != format!("127.0.0.1:{port}")).cloned().collect();
+    let others: Vec<String> = all
+        .iter()
+        .filter(|m| **m != format!("127.0.0.1:{port}"))
+        .cloned()
+        .collect();
     assert_eq!(members(), others, "a dead pushgateway is out of the ring");
     // Back, with no restart of consul-sync.
     pgs[2] = Pushgateway::start_on(&dir, port);
     let back = Instant::now();
-    wait_until("Envoy has the three again", Duration::from_secs(30), || (members() == all).then_some(()));
+    wait_until("Envoy has the three again", Duration::from_secs(30), || {
+        (members() == all).then_some(())
+    });
     let took = back.elapsed();
     eprintln!("restarted -> in Envoy's list: {took:?}");
     // One check interval (1 s) plus one reconcile interval (the registrar's sweep), plus 2 s for
@@ -469,7 +537,12 @@ fn pushes_during_scale_out_drain_and_restart_end_with_the_last_value_everywhere(
     let last: Arc<Mutex<BTreeMap<usize, f64>>> = Arc::default();
     let rounds_after_stop = Arc::new(Mutex::new(0usize));
     let pusher = {
-        let (stop, last, url, rounds) = (stop.clone(), last.clone(), s.envoy.proxy_url(), rounds_after_stop.clone());
+        let (stop, last, url, rounds) = (
+            stop.clone(),
+            last.clone(),
+            s.envoy.proxy_url(),
+            rounds_after_stop.clone(),
+        );
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(180);
             let mut v = 1.0;
@@ -505,14 +578,26 @@ fn pushes_during_scale_out_drain_and_restart_end_with_the_last_value_everywhere(
     options.drain = vec![four[0].clone()];
     options.drain_timeout = "3s";
     s.reload(options);
-    s.wait_ring(&sorted(four[1..].to_vec()), std::slice::from_ref(&four[0]), "the first drains");
+    s.wait_ring(
+        &sorted(four[1..].to_vec()),
+        std::slice::from_ref(&four[0]),
+        "the first drains",
+    );
     std::thread::sleep(RECONCILE);
     // Restart the second (no persistence: its groups come back with the next pushes).
     let port = s.pgs[1].port;
     s.pgs[1].proc.stop();
-    s.wait_ring(&sorted(four[2..].to_vec()), std::slice::from_ref(&four[0]), "the second is down");
+    s.wait_ring(
+        &sorted(four[2..].to_vec()),
+        std::slice::from_ref(&four[0]),
+        "the second is down",
+    );
     s.pgs[1] = Pushgateway::start_on(&s.dir, port);
-    s.wait_ring(&sorted(four[1..].to_vec()), std::slice::from_ref(&four[0]), "the second is back");
+    s.wait_ring(
+        &sorted(four[1..].to_vec()),
+        std::slice::from_ref(&four[0]),
+        "the second is back",
+    );
     // Two more full rounds of pushes, then the pusher stops.
     stop.store(true, Ordering::Relaxed);
     pusher.join().unwrap();
@@ -523,7 +608,12 @@ fn pushes_during_scale_out_drain_and_restart_end_with_the_last_value_everywhere(
         .map(|(i, v)| (group("conc", *i).1, *v))
         .collect();
     assert_eq!(want.len(), N);
-    let took = s.wait_one_copy_each("conc_value", &want, false, RECONCILE * 3 + Duration::from_secs(15));
+    let took = s.wait_one_copy_each(
+        "conc_value",
+        &want,
+        false,
+        RECONCILE * 3 + Duration::from_secs(15),
+    );
     eprintln!("pushes stopped -> one copy per group with its last value: {took:?}");
 }
 
@@ -541,7 +631,9 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
     wait_until("Envoy has both", Duration::from_secs(20), || {
         (envoy.try_members().map(|(_, m)| sorted(m)).unwrap_or_default() == all).then_some(())
     });
-    let values = ["a/b", "50%", "ü✓", "", ".", "..", "x y", "q\"uote", "tab\tbed", "=", "@base64"];
+    let values = [
+        "a/b", "50%", "ü✓", "", ".", "..", "x y", "q\"uote", "tab\tbed", "=", "@base64",
+    ];
     // Two copies of each group, one per pushgateway; the second push is the newer one.
     let mut want: BTreeMap<Labels, (String, f64)> = BTreeMap::new();
     for (i, v) in values.iter().enumerate() {
@@ -551,7 +643,11 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
             ("n".to_owned(), i.to_string()),
         ]);
         let path = GroupingKey::from_labels(labels.clone()).unwrap().to_path();
-        let (older, newer) = if i % 2 == 0 { (&pgs[0], &pgs[1]) } else { (&pgs[1], &pgs[0]) };
+        let (older, newer) = if i % 2 == 0 {
+            (&pgs[0], &pgs[1])
+        } else {
+            (&pgs[1], &pgs[0])
+        };
         assert_eq!(older.push(&path, "awk_value 1\n"), 200, "{path}");
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(newer.push(&path, "awk_value 2\n"), 200, "{path}");
@@ -559,7 +655,10 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
     }
     // A neighbour that must survive: same job, no `v` label.
     let neighbour = Labels::from([("job".to_owned(), "awk/ward".to_owned())]);
-    assert_eq!(pgs[0].push("/metrics/job@base64/YXdrL3dhcmQ", "awk_value 3\n"), 200);
+    assert_eq!(
+        pgs[0].push("/metrics/job@base64/YXdrL3dhcmQ", "awk_value 3\n"),
+        200
+    );
     want.insert(neighbour, (pgs[0].addr(), 3.0));
     let s = Stack {
         prometheus: None,
@@ -570,9 +669,70 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
         dir,
     };
     let values: BTreeMap<Labels, f64> = want.iter().map(|(l, (_, v))| (l.clone(), *v)).collect();
-    s.wait_one_copy_each("awk_value", &values, false, RECONCILE * 2 + Duration::from_secs(10));
+    s.wait_one_copy_each(
+        "awk_value",
+        &values,
+        false,
+        RECONCILE * 2 + Duration::from_secs(10),
+    );
     let copies = s.copies("awk_value");
     for (labels, (pg, _)) in &want {
-        assert_eq!(copies[labels][0].0, *pg, "{labels:?}: the newer copy is the one kept");
+        assert_eq!(
+            copies[labels][0].0, *pg,
+            "{labels:?}: the newer copy is the one kept"
+        );
     }
+}
+
+#[test]
+fn one_delete_removes_a_group_left_on_its_former_owner_by_a_scale_out() {
+    const N: usize = 200;
+    let mut s = Stack::start("delete-after-scale-out", 4, 3, false);
+    let four: Vec<String> = s.pgs.iter().map(Pushgateway::addr).collect();
+    let want = push_all(&s.envoy, "del", "del_value", N, 1.0);
+    s.wait_one_copy_each("del_value", &want, true, Duration::from_secs(10));
+    let options = s.options(four.clone());
+    s.reload(options);
+    s.wait_ring(&sorted(four.clone()), &[], "the 4th joins");
+    // No re-push: the groups the 4th now owns still sit on their former owners.
+    let ring = s.ring();
+    let moved: Vec<Labels> = want
+        .keys()
+        .filter(|l| s.owner(&ring, l) == four[3])
+        .cloned()
+        .collect();
+    assert!(moved.len() >= 4, "only {} groups moved to the 4th", moved.len());
+    let calls_before = s.envoy.stat("delete_fanout_calls_total");
+    for (n, labels) in moved.iter().take(4).enumerate() {
+        let path = format!("/metrics/job/del/i/{}", labels["i"]);
+        let holder_before = s.copies("del_value")[labels][0].0.clone();
+        assert_ne!(holder_before, four[3]);
+        if n % 2 == 0 {
+            // Redirect mode, followed as a client does.
+            let r =
+                try_http_request("DELETE", &format!("{}{path}", s.envoy.redirect_url()), &[], b"").unwrap();
+            assert_eq!(r.status, 307);
+            let location = r.header("location").unwrap().to_owned();
+            assert!(location.contains(&four[3]), "{location}");
+            let r = try_http_request("DELETE", &location, &[], b"").unwrap();
+            assert_eq!(r.status, 202);
+        } else {
+            let r = try_http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"").unwrap();
+            assert_eq!(r.status, 202);
+        }
+        assert!(
+            !s.copies("del_value").contains_key(labels),
+            "{labels:?} still held after one DELETE (was on {holder_before})"
+        );
+    }
+    assert_eq!(s.envoy.stat("delete_fanout_calls_total"), calls_before + 4 * 3);
+    assert_eq!(s.envoy.stat("delete_fanout_failures_total"), 0);
+    // The reconciler does not bring them back, and every other group keeps its one copy.
+    std::thread::sleep(RECONCILE + Duration::from_millis(500));
+    let rest: BTreeMap<Labels, f64> = want
+        .iter()
+        .filter(|(l, _)| !moved[..4].contains(l))
+        .map(|(l, v)| (l.clone(), *v))
+        .collect();
+    s.wait_one_copy_each("del_value", &rest, false, Duration::from_secs(5));
 }

@@ -35,8 +35,7 @@ impl Pushgateway {
                 .arg("--persistence.interval=1s"),
             None => cmd.arg("--persistence.file="),
         };
-        cmd.arg("--web.enable-admin-api")
-            .arg("--web.enable-lifecycle");
+        cmd.arg("--web.enable-admin-api").arg("--web.enable-lifecycle");
         let proc = Proc::spawn(&format!("pushgateway-{port}"), cmd, dir);
         let mut pg = Pushgateway { proc, port };
         let url = format!("{}/-/ready", pg.url());
