@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    bin, free_port, http_request, poll_for, repo_root, try_http_get, try_http_request, wait_until, Consul,
-    Proc, Pushgateway, TestDir,
+    bin, free_port, http_request, repo_root, try_http_get, try_http_request, wait_until, Consul, Proc,
+    Pushgateway, TestDir,
 };
 
 const UNITS: [&str; 2] = [
@@ -527,12 +527,26 @@ fn envoy_fetches_the_filter_over_http_as_the_readme_shows() {
         assert_eq!(r.body, format!("nextUrl:http://{}/metrics/job/remote", pg.addr()));
     }
 
-    // A wrong hash: Envoy fails closed, it serves nothing.
-    let wrong = "1".repeat(64);
-    let envoy = start("envoy-wrong-hash", &wrong);
-    let served = poll_for(Duration::from_secs(5), || {
-        try_http_request("GET", &control, &[], b"").ok()
-    });
-    assert!(served.is_none(), "served with a wrong sha256: {served:?}");
-    assert!(envoy.log().contains("failed to load"), "{}", envoy.log_tail(20));
+    // A wrong hash: Envoy fails closed. It retries the fetch, then answers every request with 503;
+    // no request ever reaches the filter.
+    let mut envoy = start("envoy-wrong-hash", &"1".repeat(64));
+    let closed = wait_until(
+        "Envoy answers 503 after its retries",
+        Duration::from_secs(30),
+        || {
+            assert!(envoy.is_running(), "{}", envoy.log_tail(30));
+            let answers: Vec<u16> = [&control, &lookup]
+                .iter()
+                .filter_map(|u| try_http_request("GET", u, &[], b"").ok().map(|r| r.status))
+                .collect();
+            assert!(!answers.contains(&200), "served with a wrong sha256: {answers:?}");
+            (answers == [503, 503]).then_some(answers)
+        },
+    );
+    assert_eq!(closed, [503, 503]);
+    assert!(
+        envoy.log().contains("Plugin dynamic_sharding failed to load"),
+        "{}",
+        envoy.log_tail(20)
+    );
 }
