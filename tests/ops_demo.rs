@@ -1,6 +1,6 @@
 //! The operations kit against the running demo (Consul, three pushgateways, Envoy, consul-sync,
 //! Prometheus 2.24.1, on free loopback ports): the shipped alert rules load in Prometheus, fire
-//! when a pushgateway, all of them, or consul-sync fail, and resolve when they recover; every
+//! when a pushgateway, all of them, consul-sync or an Envoy fail, and resolve when they recover; every
 //! query of the shipped Grafana dashboard returns data after some traffic.
 //!
 //! The rules run from a copy whose `for:` durations are 2 s, so the test takes seconds, not
@@ -106,7 +106,7 @@ impl Demo {
     }
 
     fn wait_firing(&self, alert: &str) {
-        wait_until(&format!("{alert} fires"), Duration::from_secs(60), || {
+        wait_until(&format!("{alert} fires"), Duration::from_secs(90), || {
             self.alerts("firing").contains(alert).then_some(())
         });
     }
@@ -149,9 +149,11 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         let children = self.children();
-        // A frozen consul-sync would not hear SIGTERM.
-        if let Some(pid) = children.get("consul-sync") {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGCONT);
+        // A frozen process would not hear SIGTERM.
+        for name in ["consul-sync", "envoy"] {
+            if let Some(pid) = children.get(name) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGCONT);
+            }
         }
         self.proc.signal(Signal::SIGTERM);
         self.proc.wait_exit(Duration::from_secs(15));
@@ -303,6 +305,13 @@ fn alerts_fire_and_resolve_and_every_dashboard_query_has_data() {
     demo.wait_firing("ConsulSyncDown");
     demo.signal("consul-sync", Signal::SIGCONT);
     demo.wait_resolved("ConsulSyncDown");
+
+    // Envoy hangs: consul-sync's pushes to it fail, and after 3 resync intervals (30 s at the
+    // demo's 10 s) the not-pushing alert fires; Envoy resumes, the next push lands, it resolves.
+    demo.signal("envoy", Signal::SIGSTOP);
+    demo.wait_firing("ConsulSyncNotPushing");
+    demo.signal("envoy", Signal::SIGCONT);
+    demo.wait_resolved("ConsulSyncNotPushing");
     // Up to six member changes happened: flapping may fire (its threshold is more than 6 an hour).
     let left: BTreeSet<String> = demo
         .alerts("firing")
