@@ -6,6 +6,7 @@
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench reconcile`: the reconciler's only
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
+#   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -26,6 +27,15 @@ deps() {
     scripts/deps.sh
 }
 
+# `dist` needs no test dependency, only the filter's target.
+wasm_target() {
+    need_cargo
+    if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        say "adding the wasm32-wasip1 target"
+        rustup target add wasm32-wasip1
+    fi
+}
+
 build() {
     need_cargo
     say "building the filter (wasm32-wasip1) and consul-sync"
@@ -39,6 +49,10 @@ envoy_bin() {
     if [ -n "${ENVOY_BIN:-}" ]; then echo "$ENVOY_BIN"; else echo "$ROOT/.deps/bin/envoy"; fi
 }
 
+promtool_bin() {
+    if [ -n "${PROMTOOL_BIN:-}" ]; then "$PROMTOOL_BIN" "$@"; else "$ROOT/.deps/bin/promtool" "$@"; fi
+}
+
 checks() {
     say "cargo fmt --check"
     cargo fmt --all -- --check
@@ -46,6 +60,8 @@ checks() {
     cargo clippy --locked --workspace --all-targets -- -D warnings
     say "clippy (wasm32-wasip1, the filter)"
     cargo clippy --locked --release --target wasm32-wasip1 -p dynamic-sharding --lib -- -D warnings
+    say "promtool check rules deploy/prometheus/rules.yml"
+    promtool_bin check rules deploy/prometheus/rules.yml
     say "envoy --mode validate on every shipped config"
     local envoy cfg
     envoy=$(envoy_bin)
@@ -100,11 +116,17 @@ case "${1:-build}" in
         build
         exec scripts/demo.sh
         ;;
+    dist)
+        wasm_target
+        build
+        say "packing the release bundle"
+        deploy/dist.sh
+        ;;
     -h | --help | help)
         sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, demo" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, demo, dist" >&2
         exit 2
         ;;
 esac

@@ -13,12 +13,13 @@
 #   .deps/bin/consul                      -> ../root/consul/...      (Debian bullseye, 1.8.7)
 #   .deps/bin/pushgateway                 -> ../root/pushgateway/... (Debian bookworm, 1.5.1)
 #   .deps/bin/prometheus                  -> ../root/prometheus/...  (Debian bullseye, 2.24.1: has consul_sd_configs)
+#   .deps/bin/promtool                    -> ../root/prometheus/...  (the same package: checks the alert rules)
 #   .deps/bin/wrk                         wrapper: LD_LIBRARY_PATH for the unpacked libluajit (Debian bookworm, 4.1)
 #   .deps/bin/wasm-bindgen-test-runner    -> ../cargo/bin/...        (cargo install wasm-bindgen-cli)
 #   .deps/venv/                           Python venv with prometheus_client 0.26 and requests
 #
-# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, WRK_BIN name a binary to use
-# instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides the mirror
+# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, WRK_BIN name a
+# binary to use instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides the mirror
 # read from the system's apt sources; PYTHON the interpreter used to make the venv.
 set -euo pipefail
 
@@ -305,6 +306,32 @@ ensure_deb() { # "name|pkg|suite|version|path|VAR"
   say "fetched $name $got (Debian $suite) -> $BIN/$name"
 }
 
+# promtool ships in the same package as Prometheus.
+promtool_ok() {
+  "$1" --version >/dev/null 2>&1
+}
+
+ensure_promtool() {
+  if [[ -n ${PROMTOOL_BIN:-} ]]; then
+    promtool_ok "$PROMTOOL_BIN" || die "PROMTOOL_BIN=$PROMTOOL_BIN does not run '$PROMTOOL_BIN --version'; unset it to use the one from Debian's prometheus package"
+    say "using $PROMTOOL_BIN for promtool"
+    return
+  fi
+  promtool_ok "$BIN/promtool" && return
+  local tool=$DEPS/root/prometheus/usr/bin/promtool
+  if [[ ! -x $tool ]]; then
+    # PROMETHEUS_BIN is set, so the package was not unpacked: unpack it for promtool alone.
+    apt_ready prometheus
+    local deb
+    deb=$(fetch_deb prometheus bullseye) || fail_with_log "$LOG/apt.log" "could not fetch promtool (Debian bullseye prometheus); install promtool 2.x and set PROMTOOL_BIN=/path/to/promtool"
+    mkdir -p "$DEPS/root/prometheus"
+    dpkg -x "$deb" "$DEPS/root/prometheus" || die "could not unpack $deb; set PROMTOOL_BIN=/path/to/promtool"
+  fi
+  ln -sfn ../root/prometheus/usr/bin/promtool "$BIN/promtool"
+  promtool_ok "$BIN/promtool" || die "$BIN/promtool does not run; install promtool 2.x and set PROMTOOL_BIN=/path/to/promtool"
+  say "linked promtool ($("$BIN/promtool" --version 2>&1 | grep -m1 .)) -> $BIN/promtool"
+}
+
 # ---- 4. python venv -------------------------------------------------------------------------------
 venv_ok() {
   "$DEPS/venv/bin/python" - <<'EOF' >/dev/null 2>&1
@@ -392,6 +419,11 @@ check_only() {
       has_version "$name" "$BIN/$name" "$version" || missing+=("$name $version")
     fi
   done
+  if [[ -n ${PROMTOOL_BIN:-} ]]; then
+    promtool_ok "$PROMTOOL_BIN" || missing+=("promtool (PROMTOOL_BIN=$PROMTOOL_BIN does not run)")
+  else
+    promtool_ok "$BIN/promtool" || missing+=("promtool")
+  fi
   venv_ok || missing+=("python venv $DEPS/venv ($PROMETHEUS_CLIENT_SPEC, requests)")
   local v
   v=$(wasm_bindgen_version)
@@ -428,6 +460,7 @@ main() {
   for entry in "${DEB_COMPONENTS[@]}"; do
     ensure_deb "$entry"
   done
+  ensure_promtool
   ensure_venv
   ensure_wasm_bindgen # last: it compiles for minutes
   say "all present in $DEPS/"
