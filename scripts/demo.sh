@@ -32,6 +32,9 @@ DATA_ADDRESS=${DEMO_DATA_ADDRESS:-0.0.0.0}
 # Health-check interval of the pushgateways in Consul, and Prometheus' scrape interval.
 CHECK_INTERVAL=${DEMO_CHECK_INTERVAL:-1s}
 SCRAPE_INTERVAL=${DEMO_SCRAPE_INTERVAL:-5s}
+# How often consul-sync's reconciler reads the pushgateways, and how long a drain waits.
+RECONCILE_INTERVAL=${DEMO_RECONCILE_INTERVAL:-10s}
+DRAIN_TIMEOUT=${DEMO_DRAIN_TIMEOUT:-2m}
 # The alert rules Prometheus evaluates (tests pass a copy with short `for:` durations).
 RULES_FILE=${DEMO_RULES_FILE:-$ROOT/deploy/prometheus/rules.yml}
 # The control token Envoy and consul-sync share; a random one per demo unless given.
@@ -158,6 +161,8 @@ pushgateway:
   port: ${PG_PORTS[0]}
   servers:
 $(for m in "${MEMBERS[@]}"; do echo "    - $m"; done)
+  # Scale in: list a pushgateway here and reload (kill -HUP the consul-sync PID in pids).
+  drain: []
 http_listen_addr: 127.0.0.1:$SYNC_PORT
 check:
   interval: $CHECK_INTERVAL
@@ -167,6 +172,8 @@ envoy:
   control_urls:
     - http://127.0.0.1:$CONTROL_PORT
 resync_interval: 10s
+reconcile_interval: $RECONCILE_INTERVAL
+drain_timeout: $DRAIN_TIMEOUT
 EOF
 SHARDING_CONTROL_TOKEN=$TOKEN start consul-sync "$CONSUL_SYNC" --config.file "$DEMO_DIR/dynamic-sharding.yml"
 
