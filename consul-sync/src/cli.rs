@@ -3,6 +3,7 @@
 //! path, computed with the filter's own code (grouping key, ring), offline or from a live Envoy.
 
 use consul_sync::config::{Config, ConfigError};
+use consul_sync::error_chain;
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::{validate_vnodes, Ring};
@@ -170,18 +171,6 @@ fn fetch_members(base: &str) -> Result<MemberList, String> {
         }
         MemberList::from_json(&body).map_err(|e| format!("--from {base}: GET {url}: {e}"))
     })
-}
-
-/// reqwest's Display shows only the outermost error; the cause says what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

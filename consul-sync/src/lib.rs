@@ -281,7 +281,7 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
 }
 
 /// The error and its causes, as reqwest's Display shows only the outermost.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
