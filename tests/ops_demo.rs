@@ -9,93 +9,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use testkit::{free_port, http_get, http_request, repo_root, wait_until, Proc, Pushgateway, TestDir};
+use testkit::demo::Demo;
+use testkit::{http_get, http_request, repo_root, wait_until, Pushgateway, TestDir};
 
 /// `$__rate_interval` as Grafana would compute it here: 4 × the 1 s scrape interval, and more.
 const RATE_INTERVAL: &str = "5s";
 
-struct Demo {
-    proc: Proc,
-    dir: TestDir,
-    pg_ports: Vec<u16>,
-    redirect_port: u16,
-    proxy_port: u16,
-    prometheus_port: u16,
-    sync_port: u16,
+/// What these tests read from the demo's Prometheus.
+trait Alerts {
+    fn alerts(&self, state: &str) -> BTreeSet<String>;
+    fn wait_firing(&self, alert: &str);
+    fn wait_resolved(&self, alert: &str);
+    fn query_range(&self, promql: &str, start: f64) -> Vec<(Value, Vec<f64>)>;
 }
 
-impl Demo {
-    /// The demo as `tests/e2e_demo.rs` runs it, with `rules` as Prometheus's rule file.
-    fn start(name: &str, rules: &str) -> Demo {
-        let dir = TestDir::new(name);
-        let rules_path = dir.write("rules.yml", rules);
-        let pg_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let (redirect_port, proxy_port, prometheus_port, sync_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let mut cmd = Command::new(repo_root().join("scripts/demo.sh"));
-        cmd.env("DEMO_DIR", dir.join("demo"))
-            .env("DEMO_RULES_FILE", &rules_path)
-            .env("DEMO_DATA_ADDRESS", "127.0.0.1")
-            .env("DEMO_CONSUL_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERVER_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERF_LAN_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERF_WAN_PORT", free_port().to_string())
-            .env(
-                "DEMO_PUSHGATEWAY_PORTS",
-                pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
-            )
-            .env("DEMO_REDIRECT_PORT", redirect_port.to_string())
-            .env("DEMO_PROXY_PORT", proxy_port.to_string())
-            .env("DEMO_CONTROL_PORT", free_port().to_string())
-            .env("DEMO_ADMIN_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SYNC_PORT", sync_port.to_string())
-            .env("DEMO_PROMETHEUS_PORT", prometheus_port.to_string())
-            .env("DEMO_CHECK_INTERVAL", "1s")
-            .env("DEMO_SCRAPE_INTERVAL", "1s")
-            .env("DEMO_RECONCILE_INTERVAL", "2s")
-            .env("DEMO_DRAIN_TIMEOUT", "2s");
-        let mut proc = Proc::spawn("demo", cmd, &dir);
-        wait_until("the demo prints its ready line", Duration::from_secs(120), || {
-            assert!(proc.is_running(), "the demo exited:\n{}", proc.log_tail(40));
-            proc.log().contains("dynamic-sharding demo ready").then_some(())
-        });
-        Demo {
-            proc,
-            dir,
-            pg_ports,
-            redirect_port,
-            proxy_port,
-            prometheus_port,
-            sync_port,
-        }
-    }
-
-    /// The demo's children, by name, from its pids file.
-    fn children(&self) -> BTreeMap<String, i32> {
-        std::fs::read_to_string(self.dir.join("demo/pids"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(n, p)| (n.to_owned(), p.parse().unwrap())))
-            .collect()
-    }
-
-    fn signal(&self, name: &str, sig: Signal) {
-        let pid = self.children()[name];
-        nix::sys::signal::kill(Pid::from_raw(pid), sig).unwrap();
-    }
-
-    fn api(&self, path: &str) -> Value {
-        let url = format!("http://127.0.0.1:{}/api/v1/{path}", self.prometheus_port);
-        let (status, body) = http_get(&url);
-        assert_eq!(status, 200, "{url}: {body}");
-        serde_json::from_str::<Value>(&body).unwrap()["data"].clone()
-    }
-
+impl Alerts for Demo {
     /// The alerts in the given state ("firing" or "pending"), by name.
     fn alerts(&self, state: &str) -> BTreeSet<String> {
         self.api("alerts")["alerts"]
@@ -129,7 +60,7 @@ impl Demo {
         let end = now();
         let path = format!(
             "query_range?query={}&start={start}&end={end}&step=1",
-            encode(promql)
+            testkit::prometheus::encode(promql)
         );
         self.api(&path)["result"]
             .as_array()
@@ -148,37 +79,11 @@ impl Demo {
     }
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let children = self.children();
-        // A frozen process would not hear SIGTERM.
-        for name in ["consul-sync", "envoy"] {
-            if let Some(pid) = children.get(name) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGCONT);
-            }
-        }
-        self.proc.signal(Signal::SIGTERM);
-        self.proc.wait_exit(Duration::from_secs(15));
-        for pid in children.values() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-    }
-}
-
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The shipped rules with every `for:` at 2 s.
@@ -225,7 +130,16 @@ fn readme_anchors() -> BTreeSet<String> {
 #[test]
 fn alerts_fire_and_resolve_and_every_dashboard_query_has_data() {
     let (rules, names) = rules_for_test();
-    let demo = Demo::start("ops-alerts", &rules);
+    let rules_dir = TestDir::new("ops-rules");
+    let rules_path = rules_dir.write("rules.yml", &rules);
+    let demo = Demo::start(
+        "ops-alerts",
+        &[
+            ("DEMO_RULES_FILE", rules_path.to_str().unwrap()),
+            ("DEMO_RECONCILE_INTERVAL", "2s"),
+            ("DEMO_DRAIN_TIMEOUT", "2s"),
+        ],
+    );
     let start = now() - 5.0;
 
     // Every rule of the file is loaded, with a summary and a runbook entry that exists.

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod consul;
+pub mod demo;
 pub mod envoy;
 pub mod http;
 pub mod proc;
