@@ -15,6 +15,7 @@
 #   .deps/bin/prometheus                  -> ../root/prometheus/...  (Debian bullseye, 2.24.1: has consul_sd_configs)
 #   .deps/bin/promtool                    -> ../root/prometheus/...  (the same package: checks the alert rules)
 #   .deps/bin/wrk                         wrapper: LD_LIBRARY_PATH for the unpacked libluajit (Debian bookworm, 4.1)
+#   .deps/lib/libfaketime.so.1            -> ../root/libfaketime/... (Debian bookworm: a clock ahead, for tests)
 #   .deps/bin/wasm-bindgen-test-runner    -> ../cargo/bin/...        (cargo install wasm-bindgen-cli)
 #   .deps/venv/                           Python venv with prometheus_client 0.26 and requests
 #
@@ -49,6 +50,7 @@ declare -A DEB_HELP=(
   [pushgateway]="install Prometheus Pushgateway 1.5 and set PUSHGATEWAY_BIN=/path/to/pushgateway"
   [prometheus]="install a Prometheus 2.x built with consul_sd_configs (e.g. 2.24.1) and set PROMETHEUS_BIN=/path/to/prometheus"
   [wrk]="install wrk 4.x and set WRK_BIN=/path/to/wrk"
+  [libfaketime]="install libfaketime and set FAKETIME_LIB=/path/to/libfaketime.so.1"
 )
 # Shared libraries a Debian binary may need that a base system lacks: soname -> bookworm package.
 declare -A LIB_PACKAGE=(
@@ -306,6 +308,34 @@ ensure_deb() { # "name|pkg|suite|version|path|VAR"
   say "fetched $name $got (Debian $suite) -> $BIN/$name"
 }
 
+# libfaketime (Debian bookworm): a shifted clock for one process, by LD_PRELOAD; the tests run a
+# consul-sync whose clock is ahead with it. FAKETIME_LIB names a libfaketime.so.1 of your own.
+FAKETIME_SO=$DEPS/lib/libfaketime.so.1
+
+faketime_ok() {
+  [[ -f $1 ]] && FAKETIME="+60s" LD_PRELOAD="$1" date +%s >/dev/null 2>&1
+}
+
+ensure_libfaketime() {
+  if [[ -n ${FAKETIME_LIB:-} ]]; then
+    faketime_ok "$FAKETIME_LIB" || die "FAKETIME_LIB=$FAKETIME_LIB cannot be preloaded; unset it to use Debian's libfaketime"
+    return
+  fi
+  faketime_ok "$FAKETIME_SO" && return
+  apt_ready libfaketime
+  local deb root=$DEPS/root/libfaketime
+  deb=$(fetch_deb libfaketime bookworm) ||
+    fail_with_log "$LOG/apt.log" "could not fetch libfaketime (Debian bookworm); install libfaketime and set FAKETIME_LIB=/path/to/libfaketime.so.1"
+  rm -rf "$root" && mkdir -p "$root" "$DEPS/lib"
+  dpkg -x "$deb" "$root" || die "could not unpack $deb"
+  local so
+  so=$(find "$root" -name 'libfaketime.so.1' | head -n1)
+  [[ -n $so ]] || die "$deb holds no libfaketime.so.1"
+  ln -sfn "../root/libfaketime/${so#"$root/"}" "$FAKETIME_SO"
+  faketime_ok "$FAKETIME_SO" || die "$FAKETIME_SO cannot be preloaded"
+  say "fetched libfaketime $(dpkg-deb -f "$deb" Version) (Debian bookworm) -> $FAKETIME_SO"
+}
+
 # promtool ships in the same package as Prometheus.
 promtool_ok() {
   "$1" --version >/dev/null 2>&1
@@ -424,6 +454,7 @@ check_only() {
   else
     promtool_ok "$BIN/promtool" || missing+=("promtool")
   fi
+  faketime_ok "${FAKETIME_LIB:-$FAKETIME_SO}" || missing+=("libfaketime")
   venv_ok || missing+=("python venv $DEPS/venv ($PROMETHEUS_CLIENT_SPEC, requests)")
   local v
   v=$(wasm_bindgen_version)
@@ -461,6 +492,7 @@ main() {
     ensure_deb "$entry"
   done
   ensure_promtool
+  ensure_libfaketime
   ensure_venv
   ensure_wasm_bindgen # last: it compiles for minutes
   say "all present in $DEPS/"

@@ -53,6 +53,23 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// libfaketime (`LD_PRELOAD` it with `FAKETIME=+60s` for a process whose clock runs ahead): the
+/// `FAKETIME_LIB` environment variable if set, else `<repo>/.deps/lib/libfaketime.so.1`. Panics
+/// naming the install command when it is missing.
+pub fn faketime_lib() -> PathBuf {
+    let path = match std::env::var_os("FAKETIME_LIB") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".deps/lib/libfaketime.so.1"),
+    };
+    if !path.is_file() {
+        panic!(
+            "libfaketime not found at {}: run ./build.sh deps (or set FAKETIME_LIB=...)",
+            path.display()
+        );
+    }
+    path
+}
+
 /// A free TCP port on 127.0.0.1. Never hands out the same port twice in one process, so tests
 /// running in parallel threads do not collide with each other.
 pub fn free_port() -> u16 {
