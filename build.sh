@@ -5,6 +5,7 @@
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench reconcile`: the reconciler's only
+#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults)
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -111,6 +112,16 @@ case "${1:-build}" in
             fi
         fi
         ;;
+    faults)
+        # The fault matrix with full durations (the short runs are part of `test`).
+        deps
+        build
+        say "fault matrix (consul-sync/tests/faults.rs, FAULTS_FULL=1): one row per fault"
+        echo "| fault | pushes that failed, by kind | slowest push | time to converge | non-owner pushes after | groups lost | empty lists |"
+        echo "|---|---|---|---|---|---|---|"
+        FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>/dev/null |
+            grep '^| '
+        ;;
     demo)
         deps
         build
@@ -126,7 +137,7 @@ case "${1:-build}" in
         sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, demo, dist" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, demo, dist, dist" >&2
         exit 2
         ;;
 esac

@@ -537,7 +537,10 @@ mod tests {
         let now = Instant::now();
         let mut v = MemberView::new(vec![]);
         assert_eq!(v.republish(5), None, "nothing to republish before the first list");
-        assert!(matches!(v.observe(m(&["a:1"]), now, 10), Decision::Publish { .. }));
+        assert!(matches!(
+            v.observe(m(&["a:1"]), now, 10),
+            Decision::Publish { .. }
+        ));
         // Another writer's version 1000 was seen: the list goes out again above it.
         let again = v.republish(1001).unwrap();
         assert_eq!((again.version, again.members.clone()), (1001, m(&["a:1"])));
