@@ -5,7 +5,7 @@
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench reconcile`: the reconciler's only
-#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults)
+#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -137,7 +137,7 @@ case "${1:-build}" in
         sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, demo, dist, dist" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, demo, dist" >&2
         exit 2
         ;;
 esac
