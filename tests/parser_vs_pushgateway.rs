@@ -3,7 +3,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use dynamic_sharding::grouping_key::{GroupingKey, PathError};
+use dynamic_sharding::grouping_key::{GroupingKey, PathError, EMPTY_INSTANCE};
 use std::collections::BTreeMap;
 use testkit::{http_request, Pushgateway, TestDir};
 
@@ -86,4 +86,29 @@ fn parser_agrees_with_pushgateway_on_every_path_of_the_corpus() {
             (ours, theirs) => panic!("{path}: parser says {ours:?}, pushgateway says {theirs:?}"),
         }
     }
+}
+
+/// An explicitly empty `instance` poisons pushgateway 1.5.1 (it gives every group without an
+/// instance `instance=""`): the push is refused, its group stays, and every later push of any
+/// group is refused. The parser refuses the path, so the filter never forwards it.
+#[test]
+fn an_empty_instance_poisons_pushgateway_and_the_parser_refuses_it() {
+    let dir = TestDir::new("parser-empty-instance");
+    let pg = Pushgateway::start(&dir);
+    let poison = "/metrics/job/j/instance@base64/=";
+    assert_eq!(
+        GroupingKey::from_path(poison),
+        Err(PathError::Invalid(EMPTY_INSTANCE.to_owned()))
+    );
+    assert_eq!(pg.push("/metrics/job/j", "a 1\n"), 200);
+    assert_eq!(pg.push(poison, "b 1\n"), 400);
+    assert_eq!(
+        pg.push("/metrics/job/unrelated", "c 1\n"),
+        400,
+        "pushgateway is poisoned"
+    );
+    let (status, _) = testkit::http_get(&format!("{}/metrics", pg.url()));
+    assert_eq!(status, 500, "its /metrics fails too");
+    // The same group spelled without the instance is what pushers mean; it parses.
+    assert!(GroupingKey::from_path("/metrics/job/j").is_ok());
 }
