@@ -190,3 +190,22 @@ fn a_broken_or_missing_wasm_stops_envoy() {
     let garbage = dir.write("garbage.wasm", b"\0asm this is not a module");
     envoy_refuses_to_start(&dir, garbage.to_str().unwrap(), "envoy-garbage-wasm");
 }
+
+/// NUL is valid UTF-8, pushgateway and Prometheus hold it, and the filter's parser accepts it
+/// (the differential test). Envoy's path normalisation (`normalize_path: true` in the shipped
+/// config) refuses a `%00` in the path with a bare 400 before the filter runs: the push is not
+/// forwarded anywhere. This pins that behaviour until the shipped config changes.
+#[test]
+fn a_nul_in_a_value_is_refused_by_envoy_before_the_filter() {
+    let dir = TestDir::new("nul-value");
+    let e = envoy(&dir, "t0k");
+    let r = http_request(
+        "PUT",
+        &format!("{}/metrics/job/j/a/x%00y", e.redirect_url()),
+        &[],
+        b"m 1\n",
+    );
+    assert_eq!((r.status, r.body.as_str()), (400, ""), "{:?}", r.headers);
+    assert_eq!(e.stat("bad_requests_total"), 0, "the filter never saw it");
+    assert!(dynamic_sharding::grouping_key::GroupingKey::from_path("/metrics/job/j/a/x%00y").is_ok());
+}
