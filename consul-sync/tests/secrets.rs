@@ -75,6 +75,7 @@ fn no_secret_reaches_the_log_even_at_trace_level_and_on_errors() {
     assert!(log.contains("401"), "the refusing Envoy was reached and logged");
     assert!(log.contains(&dead_envoy), "the dead Envoy was tried and logged");
     let basic = base64_standard(format!("ops:{PASSWORD}").as_bytes());
+    assert_eq!(basic, "b3BzOnB3LWI4MWQ1MmFh");
     for secret in [ACL_TOKEN, PASSWORD, CONTROL_TOKEN, basic.as_str()] {
         assert!(
             !log.contains(secret),
