@@ -144,7 +144,7 @@ case "${1:-build}" in
         exec scripts/demo.sh
         ;;
     -h | --help | help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, fuzz, demo" >&2
