@@ -6,6 +6,8 @@
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench reconcile`: the reconciler's only
 #   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
+#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
+#                       the corpus minimised (fuzz/corpus/, committed); figures for the README
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -77,7 +79,56 @@ checks() {
     done
 }
 
+FUZZ_TARGETS=(grouping_key control_api plugin_config consul_sync_config answers)
+
+# cargo fuzz on the nightly toolchain, both installed by scripts/deps.sh. No sanitizer: the code
+# under test is safe Rust, and without ASan a run does about 5x more executions.
+cargo_fuzz() {
+    (cd fuzz && PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly fuzz "$@")
+}
+
+# One run of every target: fuzz_run <seconds> <seed> <keep>. With keep, new inputs go into the
+# committed corpus (then minimised); without, into a temporary folder, so a test run leaves the
+# tree clean. Prints a table: executions, coverage (edges), features, corpus size; exits 1 on
+# any crash (its input is in fuzz/artifacts/<target>/).
+fuzz_run() {
+    local seconds=$1 seed=$2 keep=$3 t log out corpus failed=0 total=0
+    say "building the fuzz targets (nightly, cargo fuzz)"
+    cargo_fuzz build -s none
+    local tmp
+    tmp=$(mktemp -d)
+    printf '%-20s %12s %8s %8s %8s %s\n' target executions cov ft corpus result
+    for t in "${FUZZ_TARGETS[@]}"; do
+        log=$tmp/$t.log
+        if [[ -n $keep ]]; then corpus=(corpus/"$t"); else mkdir -p "$tmp/$t"; corpus=("$tmp/$t" corpus/"$t"); fi
+        local rc=0
+        cargo_fuzz run -s none "$t" "${corpus[@]}" -- -seed="$seed" -max_total_time="$seconds" \
+            -print_final_stats=1 -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || rc=$?
+        local execs cov ft corp
+        execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
+        read -r cov ft corp < <(grep -E '^#[0-9]+' "$log" | tail -n1 |
+            sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+).*/\1 \2 \3/') || true
+        if ((rc == 0)); then out=ok; else out="CRASH (exit $rc, log $log)"; failed=1; fi
+        printf '%-20s %12s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$out"
+        total=$((total + ${execs:-0}))
+        ((rc == 0)) || tail -n 30 "$log" >&2
+    done
+    echo "total executions: $total (seed $seed, $seconds s per target)"
+    if [[ -n $keep ]] && ((failed == 0)); then
+        say "minimising the corpus"
+        for t in "${FUZZ_TARGETS[@]}"; do
+            cargo_fuzz cmin -s none "$t" corpus/"$t" >"$tmp/$t.cmin.log" 2>&1 ||
+                { tail -n 20 "$tmp/$t.cmin.log" >&2; failed=1; }
+            echo "$t: $(ls fuzz/corpus/"$t" | wc -l) inputs after cmin"
+        done
+    fi
+    ((failed == 0)) && rm -rf "$tmp"
+    return $failed
+}
+
 run_tests() {
+    say "fuzzing, short and seeded (${FUZZ_TEST_SECONDS:-15} s per target)"
+    fuzz_run "${FUZZ_TEST_SECONDS:-15}" 1 ""
     say "native tests (unit, golden vectors, real Envoy/Consul/pushgateway/Prometheus)"
     cargo test --locked --workspace
     say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
@@ -122,6 +173,10 @@ case "${1:-build}" in
         FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>/dev/null |
             grep '^| '
         ;;
+    fuzz)
+        deps
+        fuzz_run "${2:-120}" "${FUZZ_SEED:-0}" keep
+        ;;
     demo)
         deps
         build
@@ -134,10 +189,10 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, demo, dist" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
         exit 2
         ;;
 esac

@@ -17,6 +17,8 @@
 #   .deps/bin/wrk                         wrapper: LD_LIBRARY_PATH for the unpacked libluajit (Debian bookworm, 4.1)
 #   .deps/lib/libfaketime.so.1            -> ../root/libfaketime/... (Debian bookworm: a clock ahead, for tests)
 #   .deps/bin/wasm-bindgen-test-runner    -> ../cargo/bin/...        (cargo install wasm-bindgen-cli)
+#   .deps/cargo/bin/cargo-fuzz            cargo install cargo-fuzz; with rustup's nightly toolchain
+#                                         (libFuzzer needs nightly), for ./build.sh fuzz and test
 #   .deps/venv/                           Python venv with prometheus_client 0.26 and requests
 #
 # Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, WRK_BIN name a
@@ -31,6 +33,7 @@ ENVOY_VERSION=1.40.0
 WASM_BINDGEN_DEFAULT=0.2.130
 PROMETHEUS_CLIENT_SPEC='prometheus_client==0.26.*'
 REQUESTS_SPEC='requests>=2.28'
+CARGO_FUZZ_VERSION=0.13.2
 RUST_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 DEFAULT_MIRROR=http://deb.debian.org/debian
@@ -430,6 +433,30 @@ ensure_wasm_bindgen() {
   say "fetched wasm-bindgen-cli $v -> $BIN/wasm-bindgen-test-runner"
 }
 
+# ---- 6. nightly toolchain and cargo-fuzz (the fuzz targets) ----------------------------------------
+nightly_ok() {
+  rustup run nightly rustc --version >/dev/null 2>&1
+}
+
+cargo_fuzz_ok() {
+  [[ $("$DEPS/cargo/bin/cargo-fuzz" --version 2>/dev/null) == "cargo-fuzz $CARGO_FUZZ_VERSION"* ]]
+}
+
+ensure_fuzz() {
+  if ! nightly_ok; then
+    rustup toolchain install nightly --profile minimal >"$LOG/nightly.log" 2>&1 ||
+      fail_with_log "$LOG/nightly.log" "could not install the nightly toolchain; run 'rustup toolchain install nightly --profile minimal' by hand"
+    say "fetched rust nightly ($(rustup run nightly rustc --version))"
+  fi
+  cargo_fuzz_ok && return
+  say "building cargo-fuzz $CARGO_FUZZ_VERSION (takes a minute; log: $LOG/cargo-fuzz.log)"
+  (cd / && cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$ROOT/$DEPS/cargo" --force) \
+    >"$LOG/cargo-fuzz.log" 2>&1 ||
+    fail_with_log "$LOG/cargo-fuzz.log" "could not build cargo-fuzz; run 'cargo install --locked cargo-fuzz --version $CARGO_FUZZ_VERSION --root $ROOT/$DEPS/cargo' by hand"
+  cargo_fuzz_ok || fail_with_log "$LOG/cargo-fuzz.log" "cargo-fuzz $CARGO_FUZZ_VERSION does not run"
+  say "fetched cargo-fuzz $CARGO_FUZZ_VERSION -> $DEPS/cargo/bin/cargo-fuzz"
+}
+
 # ---- --check --------------------------------------------------------------------------------------
 # Presence only: every check runs the binary, nothing is downloaded.
 check_only() {
@@ -459,6 +486,8 @@ check_only() {
   local v
   v=$(wasm_bindgen_version)
   wasm_bindgen_ok "$v" || missing+=("wasm-bindgen-test-runner $v")
+  nightly_ok || missing+=("rust nightly toolchain")
+  cargo_fuzz_ok || missing+=("cargo-fuzz $CARGO_FUZZ_VERSION")
   if ((${#missing[@]})); then
     say "missing:" >&2
     printf '  %s\n' "${missing[@]}" >&2
@@ -469,7 +498,7 @@ check_only() {
 }
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -494,6 +523,7 @@ main() {
   ensure_promtool
   ensure_libfaketime
   ensure_venv
+  ensure_fuzz
   ensure_wasm_bindgen # last: it compiles for minutes
   say "all present in $DEPS/"
 }

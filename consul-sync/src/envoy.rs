@@ -25,6 +25,8 @@ use tracing::{debug, error, info, warn};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for one push.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes read of a control-API answer (the filter's are below 1 KiB).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How one push ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,8 +182,8 @@ impl Pusher {
         match resp {
             Ok(r) => {
                 let status = r.status().as_u16();
-                match r.text().await {
-                    Ok(body) => classify(status, &body),
+                match crate::consul::read_limited(r, MAX_ANSWER_BYTES).await {
+                    Ok(body) => classify(status, &String::from_utf8_lossy(&body)),
                     Err(e) => PushOutcome::Failed(format!("reading the answer: {e}")),
                 }
             }
