@@ -4,11 +4,16 @@
 //!   one of them;
 //! - a control-API answer is classified by its status alone (200 accepted, 409 conflict, other
 //!   4xx but 429 refused, the rest failed), whatever the body;
-//! - every group pushgateway lists that names a key has a push path naming the same key.
+//! - every group pushgateway lists that names a key has a push path naming the same key;
+//! - the reconciler's reading of `/metrics` (push times) gives the same groups however the body is
+//!   cut into chunks, only finite push times, and keys whose push path names them again;
+//! - a group read from `/api/v1/metrics` renders to text-format lines that each start with a
+//!   metric name or `#`, so a copy never pushes a broken body.
 #![no_main]
 
 use consul_sync::consul::members_from_health;
 use consul_sync::envoy::{classify, PushOutcome};
+use consul_sync::groups::{parse_api_groups, PushTimeReader};
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::Ring;
@@ -18,10 +23,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    match selector % 3 {
+    match selector % 5 {
         0 => consul_health(body),
         1 => control_answer(selector, body),
-        _ => pushgateway_groups(body),
+        2 => pushgateway_groups(body),
+        3 => push_times(selector, body),
+        _ => rendered_copies(body),
     }
 });
 
@@ -79,6 +86,37 @@ fn pushgateway_groups(body: &[u8]) {
                 Ok(&key),
                 "{}",
                 key.to_path()
+            );
+        }
+    }
+}
+
+fn push_times(selector: u8, body: &[u8]) {
+    let mut whole = PushTimeReader::default();
+    whole.feed(body);
+    let whole = whole.finish();
+    let mut cut = PushTimeReader::default();
+    for chunk in body.chunks(usize::from(selector / 5) + 1) {
+        cut.feed(chunk);
+    }
+    assert_eq!(cut.finish(), whole, "chunking changed what was read");
+    for (key, time) in &whole.groups {
+        assert!(time.is_finite(), "{key}: {time}");
+        assert_eq!(GroupingKey::from_path(&key.to_path()).as_ref(), Ok(key));
+    }
+}
+
+fn rendered_copies(body: &[u8]) {
+    let Ok((groups, _skipped)) = parse_api_groups(body) else {
+        return;
+    };
+    for g in groups {
+        for line in g.to_text().lines() {
+            let first = line.bytes().next();
+            assert!(
+                first.is_some_and(|b| b == b'#' || b.is_ascii_alphabetic() || b == b'_' || b == b':'),
+                "{}: line {line:?}",
+                g.key
             );
         }
     }
