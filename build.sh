@@ -4,8 +4,12 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
-#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: the cost curves
+#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
+#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
+#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
+#                       the corpus minimised (fuzz/corpus/, committed); figures for the README
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
+#   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -26,6 +30,15 @@ deps() {
     scripts/deps.sh
 }
 
+# `dist` needs no test dependency, only the filter's target.
+wasm_target() {
+    need_cargo
+    if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        say "adding the wasm32-wasip1 target"
+        rustup target add wasm32-wasip1
+    fi
+}
+
 build() {
     need_cargo
     say "building the filter (wasm32-wasip1) and consul-sync"
@@ -43,6 +56,10 @@ envoy_bin() {
     if [ -n "${ENVOY_BIN:-}" ]; then echo "$ENVOY_BIN"; else echo "$ROOT/.deps/bin/envoy"; fi
 }
 
+promtool_bin() {
+    if [ -n "${PROMTOOL_BIN:-}" ]; then "$PROMTOOL_BIN" "$@"; else "$ROOT/.deps/bin/promtool" "$@"; fi
+}
+
 checks() {
     say "cargo fmt --check"
     cargo fmt --all -- --check
@@ -50,6 +67,8 @@ checks() {
     cargo clippy --locked --workspace --all-targets -- -D warnings
     say "clippy (wasm32-wasip1, the filter)"
     cargo clippy --locked --release --target wasm32-wasip1 -p dynamic-sharding --lib -- -D warnings
+    say "promtool check rules deploy/prometheus/rules.yml"
+    promtool_bin check rules deploy/prometheus/rules.yml
     say "envoy --mode validate on every shipped config"
     local envoy cfg
     envoy=$(envoy_bin)
@@ -64,7 +83,56 @@ checks() {
     done
 }
 
+FUZZ_TARGETS=(grouping_key control_api plugin_config consul_sync_config answers)
+
+# cargo fuzz on the nightly toolchain, both installed by scripts/deps.sh. No sanitizer: the code
+# under test is safe Rust, and without ASan a run does about 5x more executions.
+cargo_fuzz() {
+    (cd fuzz && PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly fuzz "$@")
+}
+
+# One run of every target: fuzz_run <seconds> <seed> <keep>. With keep, new inputs go into the
+# committed corpus (then minimised); without, into a temporary folder, so a test run leaves the
+# tree clean. Prints a table: executions, coverage (edges), features, corpus size; exits 1 on
+# any crash (its input is in fuzz/artifacts/<target>/).
+fuzz_run() {
+    local seconds=$1 seed=$2 keep=$3 t log out corpus failed=0 total=0
+    say "building the fuzz targets (nightly, cargo fuzz)"
+    cargo_fuzz build -s none
+    local tmp
+    tmp=$(mktemp -d)
+    printf '%-20s %12s %8s %8s %8s %s\n' target executions cov ft corpus result
+    for t in "${FUZZ_TARGETS[@]}"; do
+        log=$tmp/$t.log
+        if [[ -n $keep ]]; then corpus=(corpus/"$t"); else mkdir -p "$tmp/$t"; corpus=("$tmp/$t" corpus/"$t"); fi
+        local rc=0
+        cargo_fuzz run -s none "$t" "${corpus[@]}" -- -seed="$seed" -max_total_time="$seconds" \
+            -print_final_stats=1 -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || rc=$?
+        local execs cov ft corp
+        execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
+        read -r cov ft corp < <(grep -E '^#[0-9]+' "$log" | tail -n1 |
+            sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+).*/\1 \2 \3/') || true
+        if ((rc == 0)); then out=ok; else out="CRASH (exit $rc, log $log)"; failed=1; fi
+        printf '%-20s %12s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$out"
+        total=$((total + ${execs:-0}))
+        ((rc == 0)) || tail -n 30 "$log" >&2
+    done
+    echo "total executions: $total (seed $seed, $seconds s per target)"
+    if [[ -n $keep ]] && ((failed == 0)); then
+        say "minimising the corpus"
+        for t in "${FUZZ_TARGETS[@]}"; do
+            cargo_fuzz cmin -s none "$t" corpus/"$t" >"$tmp/$t.cmin.log" 2>&1 ||
+                { tail -n 20 "$tmp/$t.cmin.log" >&2; failed=1; }
+            echo "$t: $(ls fuzz/corpus/"$t" | wc -l) inputs after cmin"
+        done
+    fi
+    ((failed == 0)) && rm -rf "$tmp"
+    return $failed
+}
+
 run_tests() {
+    say "fuzzing, short and seeded (${FUZZ_TEST_SECONDS:-15} s per target)"
+    fuzz_run "${FUZZ_TEST_SECONDS:-15}" 1 ""
     say "native tests (unit, golden vectors, real Envoy/Consul/pushgateway/Prometheus)"
     cargo test --locked --workspace
     say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
@@ -88,20 +156,50 @@ case "${1:-build}" in
         if [ "${1:-}" = curves ]; then
             shift
             bench/curves.sh "$@"
+        elif [ "${1:-}" = reconcile ]; then
+            # The reconciler alone: round time, CPU and memory at 10k and 100k groups.
+            shift
+            cargo run --release --locked -q -p consul-sync --example reconcile_bench -- "$@"
         else
             bench/run.sh "$@"
+            say "the reconciler (cargo run --release -p consul-sync --example reconcile_bench)"
+            if [[ " $* " == *" --quick "* ]]; then
+                cargo run --release --locked -q -p consul-sync --example reconcile_bench -- 10000
+            else
+                cargo run --release --locked -q -p consul-sync --example reconcile_bench
+            fi
         fi
+        ;;
+    faults)
+        # The fault matrix with full durations (the short runs are part of `test`).
+        deps
+        build
+        say "fault matrix (consul-sync/tests/faults.rs, FAULTS_FULL=1): one row per fault"
+        echo "| fault | pushes that failed, by kind | slowest push | time to converge | non-owner pushes after | groups lost | empty lists |"
+        echo "|---|---|---|---|---|---|---|"
+        FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>/dev/null |
+            grep '^| '
+        ;;
+    fuzz)
+        deps
+        fuzz_run "${2:-120}" "${FUZZ_SEED:-0}" keep
         ;;
     demo)
         deps
         build
         exec scripts/demo.sh
         ;;
+    dist)
+        wasm_target
+        build
+        say "packing the release bundle"
+        deploy/dist.sh
+        ;;
     -h | --help | help)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, demo" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
         exit 2
         ;;
 esac

@@ -5,7 +5,9 @@
 #   three pushgateways        127.0.0.1:9091, 9092, 9093
 #   Envoy with the filter     :9292 redirect mode, :9290 proxy mode, 127.0.0.1:9293 control, 127.0.0.1:9901 admin
 #   consul-sync               127.0.0.1:9294 (registers the pushgateways, keeps Envoy's member list true)
-#   Prometheus                127.0.0.1:9090 (scrapes the passing pushgateways through Consul discovery)
+#   Prometheus                127.0.0.1:9090 (scrapes the passing pushgateways through Consul discovery,
+#                             Envoy's admin /stats/prometheus and consul-sync's /metrics; evaluates the
+#                             alert rules of deploy/prometheus/rules.yml, or DEMO_RULES_FILE)
 #
 # Ctrl-C or SIGTERM stops everything it started. Ports move with DEMO_*_PORT variables (below);
 # state and logs live in $DEMO_DIR (default .demo/, git-ignored), wiped at each start.
@@ -30,6 +32,11 @@ DATA_ADDRESS=${DEMO_DATA_ADDRESS:-0.0.0.0}
 # Health-check interval of the pushgateways in Consul, and Prometheus' scrape interval.
 CHECK_INTERVAL=${DEMO_CHECK_INTERVAL:-1s}
 SCRAPE_INTERVAL=${DEMO_SCRAPE_INTERVAL:-5s}
+# How often consul-sync's reconciler reads the pushgateways, and how long a drain waits.
+RECONCILE_INTERVAL=${DEMO_RECONCILE_INTERVAL:-10s}
+DRAIN_TIMEOUT=${DEMO_DRAIN_TIMEOUT:-2m}
+# The alert rules Prometheus evaluates (tests pass a copy with short `for:` durations).
+RULES_FILE=${DEMO_RULES_FILE:-$ROOT/deploy/prometheus/rules.yml}
 # The control token Envoy and consul-sync share; a random one per demo unless given.
 TOKEN=${SHARDING_CONTROL_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
@@ -49,6 +56,10 @@ PUSHGATEWAY=$(bin pushgateway)
 PROMETHEUS=$(bin prometheus)
 WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
 CONSUL_SYNC=$ROOT/target/release/consul-sync
+if [ ! -f "$RULES_FILE" ]; then
+    echo "demo: DEMO_RULES_FILE=$RULES_FILE does not exist; unset it to use deploy/prometheus/rules.yml" >&2
+    exit 1
+fi
 for f in "$WASM" "$CONSUL_SYNC"; do
     if [ ! -f "$f" ]; then
         echo "demo: $f is missing: run ./build.sh (or ./build.sh demo, which builds first)" >&2
@@ -150,6 +161,8 @@ pushgateway:
   port: ${PG_PORTS[0]}
   servers:
 $(for m in "${MEMBERS[@]}"; do echo "    - $m"; done)
+  # Scale in: list a pushgateway here and reload (kill -HUP the consul-sync PID in pids).
+  drain: []
 http_listen_addr: 127.0.0.1:$SYNC_PORT
 check:
   interval: $CHECK_INTERVAL
@@ -159,6 +172,8 @@ envoy:
   control_urls:
     - http://127.0.0.1:$CONTROL_PORT
 resync_interval: 10s
+reconcile_interval: $RECONCILE_INTERVAL
+drain_timeout: $DRAIN_TIMEOUT
 EOF
 SHARDING_CONTROL_TOKEN=$TOKEN start consul-sync "$CONSUL_SYNC" --config.file "$DEMO_DIR/dynamic-sharding.yml"
 
@@ -166,6 +181,8 @@ cat >"$DEMO_DIR/prometheus.yml" <<EOF
 global:
   scrape_interval: $SCRAPE_INTERVAL
   evaluation_interval: $SCRAPE_INTERVAL
+rule_files:
+  - $RULES_FILE
 scrape_configs:
   # Every pushgateway that Consul says is passing. honor_labels keeps the pushed job/instance.
   - job_name: pushgateway

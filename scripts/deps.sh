@@ -13,12 +13,16 @@
 #   .deps/bin/consul                      -> ../root/consul/...      (Debian bullseye, 1.8.7)
 #   .deps/bin/pushgateway                 -> ../root/pushgateway/... (Debian bookworm, 1.5.1)
 #   .deps/bin/prometheus                  -> ../root/prometheus/...  (Debian bullseye, 2.24.1: has consul_sd_configs)
+#   .deps/bin/promtool                    -> ../root/prometheus/...  (the same package: checks the alert rules)
 #   .deps/bin/wrk                         wrapper: LD_LIBRARY_PATH for the unpacked libluajit (Debian bookworm, 4.1)
+#   .deps/lib/libfaketime.so.1            -> ../root/libfaketime/... (Debian bookworm: a clock ahead, for tests)
 #   .deps/bin/wasm-bindgen-test-runner    -> ../cargo/bin/...        (cargo install wasm-bindgen-cli)
+#   .deps/cargo/bin/cargo-fuzz            cargo install cargo-fuzz; with rustup's nightly toolchain
+#                                         (libFuzzer needs nightly), for ./build.sh fuzz and test
 #   .deps/venv/                           Python venv with prometheus_client 0.26 and requests
 #
-# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, WRK_BIN name a binary to use
-# instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides the mirror
+# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, WRK_BIN name a
+# binary to use instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides the mirror
 # read from the system's apt sources; PYTHON the interpreter used to make the venv.
 set -euo pipefail
 
@@ -29,6 +33,7 @@ ENVOY_VERSION=1.40.0
 WASM_BINDGEN_DEFAULT=0.2.130
 PROMETHEUS_CLIENT_SPEC='prometheus_client==0.26.*'
 REQUESTS_SPEC='requests>=2.28'
+CARGO_FUZZ_VERSION=0.13.2
 RUST_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 DEFAULT_MIRROR=http://deb.debian.org/debian
@@ -48,6 +53,7 @@ declare -A DEB_HELP=(
   [pushgateway]="install Prometheus Pushgateway 1.5 and set PUSHGATEWAY_BIN=/path/to/pushgateway"
   [prometheus]="install a Prometheus 2.x built with consul_sd_configs (e.g. 2.24.1) and set PROMETHEUS_BIN=/path/to/prometheus"
   [wrk]="install wrk 4.x and set WRK_BIN=/path/to/wrk"
+  [libfaketime]="install libfaketime and set FAKETIME_LIB=/path/to/libfaketime.so.1"
 )
 # Shared libraries a Debian binary may need that a base system lacks: soname -> bookworm package.
 declare -A LIB_PACKAGE=(
@@ -305,6 +311,60 @@ ensure_deb() { # "name|pkg|suite|version|path|VAR"
   say "fetched $name $got (Debian $suite) -> $BIN/$name"
 }
 
+# libfaketime (Debian bookworm): a shifted clock for one process, by LD_PRELOAD; the tests run a
+# consul-sync whose clock is ahead with it. FAKETIME_LIB names a libfaketime.so.1 of your own.
+FAKETIME_SO=$DEPS/lib/libfaketime.so.1
+
+faketime_ok() {
+  [[ -f $1 ]] && FAKETIME="+60s" LD_PRELOAD="$1" date +%s >/dev/null 2>&1
+}
+
+ensure_libfaketime() {
+  if [[ -n ${FAKETIME_LIB:-} ]]; then
+    faketime_ok "$FAKETIME_LIB" || die "FAKETIME_LIB=$FAKETIME_LIB cannot be preloaded; unset it to use Debian's libfaketime"
+    return
+  fi
+  faketime_ok "$FAKETIME_SO" && return
+  apt_ready libfaketime
+  local deb root=$DEPS/root/libfaketime
+  deb=$(fetch_deb libfaketime bookworm) ||
+    fail_with_log "$LOG/apt.log" "could not fetch libfaketime (Debian bookworm); install libfaketime and set FAKETIME_LIB=/path/to/libfaketime.so.1"
+  rm -rf "$root" && mkdir -p "$root" "$DEPS/lib"
+  dpkg -x "$deb" "$root" || die "could not unpack $deb"
+  local so
+  so=$(find "$root" -name 'libfaketime.so.1' | head -n1)
+  [[ -n $so ]] || die "$deb holds no libfaketime.so.1"
+  ln -sfn "../root/libfaketime/${so#"$root/"}" "$FAKETIME_SO"
+  faketime_ok "$FAKETIME_SO" || die "$FAKETIME_SO cannot be preloaded"
+  say "fetched libfaketime $(dpkg-deb -f "$deb" Version) (Debian bookworm) -> $FAKETIME_SO"
+}
+
+# promtool ships in the same package as Prometheus.
+promtool_ok() {
+  "$1" --version >/dev/null 2>&1
+}
+
+ensure_promtool() {
+  if [[ -n ${PROMTOOL_BIN:-} ]]; then
+    promtool_ok "$PROMTOOL_BIN" || die "PROMTOOL_BIN=$PROMTOOL_BIN does not run '$PROMTOOL_BIN --version'; unset it to use the one from Debian's prometheus package"
+    say "using $PROMTOOL_BIN for promtool"
+    return
+  fi
+  promtool_ok "$BIN/promtool" && return
+  local tool=$DEPS/root/prometheus/usr/bin/promtool
+  if [[ ! -x $tool ]]; then
+    # PROMETHEUS_BIN is set, so the package was not unpacked: unpack it for promtool alone.
+    apt_ready prometheus
+    local deb
+    deb=$(fetch_deb prometheus bullseye) || fail_with_log "$LOG/apt.log" "could not fetch promtool (Debian bullseye prometheus); install promtool 2.x and set PROMTOOL_BIN=/path/to/promtool"
+    mkdir -p "$DEPS/root/prometheus"
+    dpkg -x "$deb" "$DEPS/root/prometheus" || die "could not unpack $deb; set PROMTOOL_BIN=/path/to/promtool"
+  fi
+  ln -sfn ../root/prometheus/usr/bin/promtool "$BIN/promtool"
+  promtool_ok "$BIN/promtool" || die "$BIN/promtool does not run; install promtool 2.x and set PROMTOOL_BIN=/path/to/promtool"
+  say "linked promtool ($("$BIN/promtool" --version 2>&1 | grep -m1 .)) -> $BIN/promtool"
+}
+
 # ---- 4. python venv -------------------------------------------------------------------------------
 venv_ok() {
   "$DEPS/venv/bin/python" - <<'EOF' >/dev/null 2>&1
@@ -373,6 +433,30 @@ ensure_wasm_bindgen() {
   say "fetched wasm-bindgen-cli $v -> $BIN/wasm-bindgen-test-runner"
 }
 
+# ---- 6. nightly toolchain and cargo-fuzz (the fuzz targets) ----------------------------------------
+nightly_ok() {
+  rustup run nightly rustc --version >/dev/null 2>&1
+}
+
+cargo_fuzz_ok() {
+  [[ $("$DEPS/cargo/bin/cargo-fuzz" --version 2>/dev/null) == "cargo-fuzz $CARGO_FUZZ_VERSION"* ]]
+}
+
+ensure_fuzz() {
+  if ! nightly_ok; then
+    rustup toolchain install nightly --profile minimal >"$LOG/nightly.log" 2>&1 ||
+      fail_with_log "$LOG/nightly.log" "could not install the nightly toolchain; run 'rustup toolchain install nightly --profile minimal' by hand"
+    say "fetched rust nightly ($(rustup run nightly rustc --version))"
+  fi
+  cargo_fuzz_ok && return
+  say "building cargo-fuzz $CARGO_FUZZ_VERSION (takes a minute; log: $LOG/cargo-fuzz.log)"
+  (cd / && cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$ROOT/$DEPS/cargo" --force) \
+    >"$LOG/cargo-fuzz.log" 2>&1 ||
+    fail_with_log "$LOG/cargo-fuzz.log" "could not build cargo-fuzz; run 'cargo install --locked cargo-fuzz --version $CARGO_FUZZ_VERSION --root $ROOT/$DEPS/cargo' by hand"
+  cargo_fuzz_ok || fail_with_log "$LOG/cargo-fuzz.log" "cargo-fuzz $CARGO_FUZZ_VERSION does not run"
+  say "fetched cargo-fuzz $CARGO_FUZZ_VERSION -> $DEPS/cargo/bin/cargo-fuzz"
+}
+
 # ---- --check --------------------------------------------------------------------------------------
 # Presence only: every check runs the binary, nothing is downloaded.
 check_only() {
@@ -392,10 +476,18 @@ check_only() {
       has_version "$name" "$BIN/$name" "$version" || missing+=("$name $version")
     fi
   done
+  if [[ -n ${PROMTOOL_BIN:-} ]]; then
+    promtool_ok "$PROMTOOL_BIN" || missing+=("promtool (PROMTOOL_BIN=$PROMTOOL_BIN does not run)")
+  else
+    promtool_ok "$BIN/promtool" || missing+=("promtool")
+  fi
+  faketime_ok "${FAKETIME_LIB:-$FAKETIME_SO}" || missing+=("libfaketime")
   venv_ok || missing+=("python venv $DEPS/venv ($PROMETHEUS_CLIENT_SPEC, requests)")
   local v
   v=$(wasm_bindgen_version)
   wasm_bindgen_ok "$v" || missing+=("wasm-bindgen-test-runner $v")
+  nightly_ok || missing+=("rust nightly toolchain")
+  cargo_fuzz_ok || missing+=("cargo-fuzz $CARGO_FUZZ_VERSION")
   if ((${#missing[@]})); then
     say "missing:" >&2
     printf '  %s\n' "${missing[@]}" >&2
@@ -406,7 +498,7 @@ check_only() {
 }
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -428,7 +520,10 @@ main() {
   for entry in "${DEB_COMPONENTS[@]}"; do
     ensure_deb "$entry"
   done
+  ensure_promtool
+  ensure_libfaketime
   ensure_venv
+  ensure_fuzz
   ensure_wasm_bindgen # last: it compiles for minutes
   say "all present in $DEPS/"
 }

@@ -59,8 +59,9 @@ pub struct Config {
     pub vnodes: u32,
     /// Members used until the first accepted update (version 0).
     pub bootstrap: MemberList,
-    /// Bearer token for `PUT /-/sharding/members`; `None` refuses every update.
-    pub control_token: Option<String>,
+    /// Bearer tokens accepted on `PUT /-/sharding/members`: one, or two during a rotation (see
+    /// [`parse_tokens`]); none refuses every update.
+    pub control_tokens: Vec<String>,
     /// Where the token came from, for the log line (never the token itself).
     pub control_token_source: String,
     pub destination_header: String,
@@ -94,31 +95,69 @@ impl Config {
                 raw.destination_header
             ));
         }
-        let (control_token, control_token_source) = match raw.control_token {
-            Some(t) if t.is_empty() => {
-                return Err(
-                    "plugin configuration: field `control_token`: empty; omit it to use the environment"
-                        .into(),
-                )
+        let (control_tokens, control_token_source) = match raw.control_token {
+            Some(t) => {
+                let tokens = parse_tokens(&t)
+                    .map_err(|e| format!("plugin configuration: field `control_token`: {e}"))?;
+                if tokens.is_empty() {
+                    return Err(
+                        "plugin configuration: field `control_token`: empty; omit it to use the environment"
+                            .into(),
+                    );
+                }
+                (tokens, "plugin configuration".to_owned())
             }
-            Some(t) => (Some(t), "plugin configuration".to_owned()),
             None => {
-                let from_env = env(&raw.control_token_env).filter(|t| !t.trim().is_empty());
-                (
-                    from_env.map(|t| t.trim().to_owned()),
-                    format!("environment variable {}", raw.control_token_env),
-                )
+                let source = format!("environment variable {}", raw.control_token_env);
+                let tokens = match env(&raw.control_token_env) {
+                    Some(t) => {
+                        parse_tokens(&t).map_err(|e| format!("plugin configuration: {source}: {e}"))?
+                    }
+                    None => Vec::new(),
+                };
+                (tokens, source)
             }
         };
         Ok(Config {
             mode: raw.mode,
             vnodes,
             bootstrap,
-            control_token,
+            control_tokens,
             control_token_source,
             destination_header,
         })
     }
+}
+
+/// Most tokens accepted at once: the new one and the old one, during a rotation.
+pub const MAX_TOKENS: usize = 2;
+
+/// The tokens in a `control_token` value: one, or two separated by a comma or white space while
+/// a rotation is under way (both are accepted). Surrounding white space is ignored. Errors never
+/// contain the value, as it is a secret.
+pub fn parse_tokens(value: &str) -> Result<Vec<String>, String> {
+    let tokens: Vec<String> = value
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if tokens.len() > MAX_TOKENS {
+        return Err(format!(
+            "{} tokens given; at most {MAX_TOKENS} (the new and the old one, separated by a comma, during a rotation)",
+            tokens.len()
+        ));
+    }
+    if let Some(i) = tokens
+        .iter()
+        .position(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(format!(
+            "token {} of {} has a character that is not printable ASCII; a bearer token is sent in a header",
+            i + 1,
+            tokens.len()
+        ));
+    }
+    Ok(tokens)
 }
 
 fn is_header_name(s: &str) -> bool {
@@ -141,7 +180,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Redirect);
         assert_eq!(c.vnodes, 500);
         assert!(c.bootstrap.is_empty());
-        assert_eq!(c.control_token, None);
+        assert!(c.control_tokens.is_empty());
         assert_eq!(c.destination_header, "x-sharding-destination");
     }
 
@@ -159,7 +198,7 @@ mod tests {
             ["a:1", "b:1"]
         );
         assert_eq!(c.bootstrap.version, 0);
-        assert_eq!(c.control_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.control_tokens, ["s3cret"]);
         assert_eq!(c.destination_header, "x-owner");
     }
 
@@ -167,13 +206,51 @@ mod tests {
     fn token_from_the_environment() {
         let env = |k: &str| (k == "MY_TOKEN").then(|| " t0k \n".to_owned());
         let c = Config::parse(br#"{"mode":"control","control_token_env":"MY_TOKEN"}"#, env).unwrap();
-        assert_eq!(c.control_token.as_deref(), Some("t0k"));
+        assert_eq!(c.control_tokens, ["t0k"]);
         assert_eq!(c.control_token_source, "environment variable MY_TOKEN");
         let c = Config::parse(br#"{"mode":"control"}"#, |k| {
             (k == DEFAULT_TOKEN_ENV).then(|| "x".into())
         })
         .unwrap();
-        assert_eq!(c.control_token.as_deref(), Some("x"));
+        assert_eq!(c.control_tokens, ["x"]);
+        let c = Config::parse(br#"{"mode":"control"}"#, |_| Some("  ".into())).unwrap();
+        assert!(c.control_tokens.is_empty(), "a blank variable is no token");
+    }
+
+    #[test]
+    fn two_tokens_during_a_rotation() {
+        let env = |_: &str| Some("new-1, old-0\n".to_owned());
+        let c = Config::parse(br#"{"mode":"control"}"#, env).unwrap();
+        assert_eq!(c.control_tokens, ["new-1", "old-0"]);
+        let c = Config::parse(br#"{"control_token":"a b"}"#, no_env).unwrap();
+        assert_eq!(c.control_tokens, ["a", "b"]);
+        let secret = "s3cret-\u{e9}";
+        let three = |_: &str| Some("a,b,c".to_owned());
+        for (json, env, needle) in [
+            (
+                &br#"{"mode":"control"}"#[..],
+                &three as &dyn Fn(&str) -> Option<String>,
+                "3 tokens given",
+            ),
+            (
+                br#"{"control_token":"a,b,c"}"#,
+                &no_env,
+                "field `control_token`: 3 tokens given",
+            ),
+            (
+                br#"{"control_token":" , "}"#,
+                &no_env,
+                "field `control_token`: empty",
+            ),
+        ] {
+            let err = Config::parse(json, env).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err = Config::parse(b"{}", |_| Some(secret.to_owned())).unwrap_err();
+        assert!(
+            err.contains("not printable ASCII") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub fn handle(
     method: &str,
     authorization: Option<&str>,
     body: &[u8],
-    token: Option<&str>,
+    tokens: &[String],
     bootstrap: &MemberList,
     store: &mut dyn SharedStore,
 ) -> (Reply, ControlOutcome) {
@@ -50,7 +50,7 @@ pub fn handle(
             Ok((list, _)) => (Reply::json(200, list.to_json()), ControlOutcome::Read),
             Err(e) => internal(e),
         },
-        "PUT" => put(authorization, body, token, bootstrap, store),
+        "PUT" => put(authorization, body, tokens, bootstrap, store),
         other => {
             let mut reply = error(
                 405,
@@ -65,18 +65,18 @@ pub fn handle(
 fn put(
     authorization: Option<&str>,
     body: &[u8],
-    token: Option<&str>,
+    tokens: &[String],
     bootstrap: &MemberList,
     store: &mut dyn SharedStore,
 ) -> (Reply, ControlOutcome) {
-    let Some(token) = token else {
+    if tokens.is_empty() {
         let why = "no control token is configured: set SHARDING_CONTROL_TOKEN for Envoy (or control_token in the plugin configuration)";
         return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
-    };
+    }
     let presented = authorization
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
-    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+    if !presented.is_some_and(|p| token_matches(p.as_bytes(), tokens)) {
         let why = "missing or wrong token: send Authorization: Bearer <token>";
         return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
     }
@@ -157,11 +157,22 @@ fn internal(e: StoreError) -> (Reply, ControlOutcome) {
     (error(500, why.clone()), ControlOutcome::Rejected(why))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// True when `presented` equals one of `tokens`. Every token is compared, each in time that
+/// depends only on the lengths, never on where the first differing byte is, so the answer's
+/// timing does not lead a guesser byte by byte to a token.
+fn token_matches(presented: &[u8], tokens: &[String]) -> bool {
+    tokens.iter().fold(false, |found, t| {
+        found | constant_time_eq(presented, t.as_bytes())
+    })
+}
+
+fn constant_time_eq(presented: &[u8], token: &[u8]) -> bool {
+    let mut diff = presented.len() ^ token.len();
+    for (i, p) in presented.iter().enumerate() {
+        let t = token.get(i).copied().unwrap_or(0);
+        diff |= usize::from(p ^ t);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    std::hint::black_box(diff) == 0
 }
 
 /// A log line for an accepted update: versions, counts and what changed.
@@ -187,15 +198,18 @@ mod tests {
     use super::*;
     use crate::store::{load_generation, MemoryStore};
 
-    const TOKEN: Option<&str> = Some("t");
     const AUTH: Option<&str> = Some("Bearer t");
+
+    fn tokens() -> Vec<String> {
+        vec!["t".to_owned()]
+    }
 
     fn boot() -> MemberList {
         MemberList::new(0, &["boot:1"]).unwrap()
     }
 
     fn put(store: &mut MemoryStore, body: &str) -> (Reply, ControlOutcome) {
-        handle("PUT", AUTH, body.as_bytes(), TOKEN, &boot(), store)
+        handle("PUT", AUTH, body.as_bytes(), &tokens(), &boot(), store)
     }
 
     fn stored(store: &MemoryStore) -> MemberList {
@@ -205,10 +219,10 @@ mod tests {
     #[test]
     fn get_shows_bootstrap_then_updates() {
         let mut s = MemoryStore::default();
-        let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
+        let (r, _) = handle("GET", None, b"", &tokens(), &boot(), &mut s);
         assert_eq!(r.body, r#"{"version":0,"members":["boot:1"]}"#);
         put(&mut s, r#"{"version": 3, "members": ["b:1", "a:1"]}"#);
-        let (r, _) = handle("GET", None, b"", TOKEN, &boot(), &mut s);
+        let (r, _) = handle("GET", None, b"", &tokens(), &boot(), &mut s);
         assert_eq!(r.body, r#"{"version":3,"members":["a:1","b:1"]}"#);
     }
 
@@ -287,7 +301,7 @@ mod tests {
             ),
         ];
         for (auth, body, status, needle) in cases {
-            let (r, _) = handle("PUT", auth, body.as_bytes(), TOKEN, &boot(), &mut s);
+            let (r, _) = handle("PUT", auth, body.as_bytes(), &tokens(), &boot(), &mut s);
             assert_eq!(r.status, status, "{body}");
             assert!(r.body.contains(needle), "{body}: {}", r.body);
             assert_eq!(stored(&s), before);
@@ -309,7 +323,7 @@ mod tests {
             "PUT",
             AUTH,
             br#"{"version":1,"members":[]}"#,
-            None,
+            &[],
             &boot(),
             &mut s,
         );
@@ -318,11 +332,51 @@ mod tests {
     }
 
     #[test]
+    fn both_tokens_are_accepted_during_a_rotation() {
+        let mut s = MemoryStore::default();
+        let two = vec!["new-token".to_owned(), "old-token".to_owned()];
+        let body = |v: u64| format!(r#"{{"version": {v}, "members": ["a:{v}"]}}"#);
+        for (i, auth) in ["Bearer new-token", "Bearer old-token"].iter().enumerate() {
+            let (r, _) = handle(
+                "PUT",
+                Some(auth),
+                body(i as u64 + 1).as_bytes(),
+                &two,
+                &boot(),
+                &mut s,
+            );
+            assert_eq!(r.status, 200, "{auth}: {}", r.body);
+        }
+        for auth in [
+            "Bearer new-toke",
+            "Bearer old-tokenx",
+            "Bearer new-token,old-token",
+            "Bearer ",
+        ] {
+            let (r, _) = handle("PUT", Some(auth), body(9).as_bytes(), &two, &boot(), &mut s);
+            assert_eq!(r.status, 401, "{auth}");
+        }
+        assert_eq!(stored(&s).version, 2);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"abc\0", b"abc"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
     fn paths_and_methods() {
         assert!(is_control_path("/-/sharding/members"));
         assert!(is_control_path("/-/sharding/members?x=1"));
         assert!(!is_control_path("/-/sharding/members/x"));
-        let (r, _) = handle("DELETE", AUTH, b"", TOKEN, &boot(), &mut MemoryStore::default());
+        let (r, _) = handle(
+            "DELETE",
+            AUTH,
+            b"",
+            &tokens(),
+            &boot(),
+            &mut MemoryStore::default(),
+        );
         assert_eq!(r.status, 405);
     }
 

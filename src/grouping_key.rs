@@ -16,6 +16,17 @@ use std::hash::Hasher;
 /// Prefix of every push path (pushgateway's default `--web.route-prefix`).
 const METRICS_PREFIX: &str = "/metrics/job";
 const BASE64_SUFFIX: &str = "@base64";
+const INSTANCE: &str = "instance";
+
+/// Why an empty `instance` is refused. Pushgateway 1.5.1 exposes every group with `instance=""`
+/// when it has no instance, so `{job="j",instance=""}` and `{job="j"}` expose the same series:
+/// the push is refused with 400 but its group stays, and from then on every push to that
+/// pushgateway is refused and its `/metrics` fails (without the consistency check the push is
+/// stored and only `/metrics` fails). No such push is forwarded.
+pub const EMPTY_INSTANCE: &str =
+    "label instance is empty: pushgateway 1.5.1 gives every group without an instance \
+     instance=\"\", so this group would collide with the one without instance and break that pushgateway \
+     (every later push refused, /metrics failing); omit the instance label or give it a value";
 
 /// Pushgateway decodes `@base64` values with Go's `base64.RawURLEncoding` after trimming trailing
 /// `=`; Go's decoder is lenient about the unused trailing bits, so this one is too.
@@ -97,6 +108,12 @@ impl GroupingKey {
             return Err(invalid("job name is required: /metrics/job/<job>"));
         }
         let mut labels = split_labels(label_part)?;
+        if labels
+            .iter()
+            .any(|(name, value)| name == INSTANCE && value.is_empty())
+        {
+            return Err(invalid(EMPTY_INSTANCE));
+        }
         // The job from the path wins over a `job` label, as in pushgateway.
         labels.retain(|(name, _)| name != "job");
         labels.push(("job".to_owned(), job));
@@ -107,7 +124,8 @@ impl GroupingKey {
     /// The group named by grouping labels as pushgateway reports them (the `labels` of each
     /// group in its `/api/v1/metrics`): the same key [`GroupingKey::from_path`] gives for any
     /// path that names the group. Refuses what no push path could name: a missing or empty
-    /// `job`, a bad or reserved label name, a label given twice.
+    /// `job`, a bad or reserved label name, a label given twice, an empty `instance` (a group
+    /// that poisons its pushgateway, see [`EMPTY_INSTANCE`]; delete it on the pushgateway).
     pub fn from_labels<N, V>(pairs: impl IntoIterator<Item = (N, V)>) -> Result<GroupingKey, String>
     where
         N: Into<String>,
@@ -131,6 +149,9 @@ impl GroupingKey {
         match labels.iter().find(|(n, _)| n == "job") {
             Some((_, job)) if !job.is_empty() => {}
             _ => return Err("a group needs a non-empty job label".to_owned()),
+        }
+        if labels.iter().any(|(n, v)| n == INSTANCE && v.is_empty()) {
+            return Err(EMPTY_INSTANCE.to_owned());
         }
         labels.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(GroupingKey { labels })
@@ -581,6 +602,29 @@ mod tests {
         assert!(refused(&[("job", "j"), ("__x", "1")]).contains("improper label name"));
         assert!(refused(&[("job", "j"), ("1a", "1")]).contains("improper label name"));
         assert!(refused(&[("job", "j"), ("a", "1"), ("a", "2")]).contains("twice"));
+    }
+
+    #[test]
+    fn empty_instance_is_refused_in_every_spelling() {
+        for path in [
+            "/metrics/job/j/instance@base64/=",
+            "/metrics/job/j/instance@base64/",
+            "/metrics/job/j/instance/",
+            "/metrics/job/j/a/1/instance@base64/==",
+            "/metrics/job/j/instance/x/instance@base64/=",
+            "/metrics/job/j/instance%40base64/%3D",
+        ] {
+            assert_eq!(invalid_reason(path), EMPTY_INSTANCE, "{path}");
+        }
+        // A later non-empty duplicate wins before the check, as the group pushgateway stores.
+        assert_eq!(
+            labels("/metrics/job/j/instance@base64/=/instance/x"),
+            pairs(&[("instance", "x"), ("job", "j")])
+        );
+        assert_eq!(
+            GroupingKey::from_labels([("job", "j"), ("instance", "")]),
+            Err(EMPTY_INSTANCE.to_owned())
+        );
     }
 
     #[test]

@@ -6,81 +6,10 @@
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
+use testkit::demo::Demo;
 use testkit::envoy::run_python_clients;
-use testkit::{free_port, http_get, http_request, poll_for, repo_root, wait_until, Proc, TestDir};
-
-struct Demo {
-    proc: Proc,
-    dir: TestDir,
-    pg_ports: Vec<u16>,
-    redirect_port: u16,
-    prometheus_port: u16,
-    sync_port: u16,
-}
-
-impl Demo {
-    fn start(name: &str) -> Demo {
-        let dir = TestDir::new(name);
-        let pg_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let (redirect_port, prometheus_port, sync_port) = (free_port(), free_port(), free_port());
-        let mut cmd = Command::new(repo_root().join("scripts/demo.sh"));
-        cmd.env("DEMO_DIR", dir.join("demo"))
-            .env("DEMO_DATA_ADDRESS", "127.0.0.1")
-            .env("DEMO_CONSUL_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERVER_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERF_LAN_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SERF_WAN_PORT", free_port().to_string())
-            .env(
-                "DEMO_PUSHGATEWAY_PORTS",
-                pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
-            )
-            .env("DEMO_REDIRECT_PORT", redirect_port.to_string())
-            .env("DEMO_PROXY_PORT", free_port().to_string())
-            .env("DEMO_CONTROL_PORT", free_port().to_string())
-            .env("DEMO_ADMIN_PORT", free_port().to_string())
-            .env("DEMO_CONSUL_SYNC_PORT", sync_port.to_string())
-            .env("DEMO_PROMETHEUS_PORT", prometheus_port.to_string())
-            .env("DEMO_CHECK_INTERVAL", "1s")
-            .env("DEMO_SCRAPE_INTERVAL", "1s");
-        let mut proc = Proc::spawn("demo", cmd, &dir);
-        wait_until("the demo prints its ready line", Duration::from_secs(120), || {
-            assert!(proc.is_running(), "the demo exited:\n{}", proc.log_tail(40));
-            proc.log().contains("dynamic-sharding demo ready").then_some(())
-        });
-        Demo {
-            proc,
-            dir,
-            pg_ports,
-            redirect_port,
-            prometheus_port,
-            sync_port,
-        }
-    }
-
-    /// The demo's children, by name, from its pids file.
-    fn children(&self) -> BTreeMap<String, i32> {
-        std::fs::read_to_string(self.dir.join("demo/pids"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(n, p)| (n.to_owned(), p.parse().unwrap())))
-            .collect()
-    }
-
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let url = format!(
-            "http://127.0.0.1:{}/api/v1/query?query={}",
-            self.prometheus_port,
-            encode(promql)
-        );
-        let (status, body) = http_get(&url);
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
+use testkit::{http_get, http_request, poll_for, wait_until};
 
 fn alive(pid: i32) -> bool {
     // A zombie is gone for our purposes; /proc/<pid>/stat's third field is the state.
@@ -93,30 +22,9 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let children = self.children();
-        self.proc.signal(Signal::SIGTERM);
-        self.proc.wait_exit(Duration::from_secs(15));
-        // Whatever the outcome of the test, nothing it started survives it.
-        for pid in children.values() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn demo_becomes_ready_and_sigterm_leaves_no_process_behind() {
-    let mut demo = Demo::start("demo-lifecycle");
+    let mut demo = Demo::start("demo-lifecycle", &[]);
     let children = demo.children();
     assert_eq!(
         children.len(),
@@ -138,7 +46,7 @@ fn demo_becomes_ready_and_sigterm_leaves_no_process_behind() {
 
 #[test]
 fn prometheus_sees_each_group_once_and_follows_a_failover() {
-    let demo = Demo::start("demo-e2e");
+    let demo = Demo::start("demo-e2e", &[]);
     let base = format!("http://127.0.0.1:{}", demo.redirect_port);
     let pushes: Vec<Value> = (0..200)
         .map(|i| {

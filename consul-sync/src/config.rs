@@ -385,6 +385,31 @@ pub fn parse_server(entry: &str, default_port: u16) -> Result<Member, String> {
     })
 }
 
+/// The entries of `pushgateway.<field>`, each parsed and listed once; an error names the entry,
+/// its line and what is accepted.
+fn pushgateway_list(
+    text: &str,
+    field: &str,
+    entries: Option<Vec<String>>,
+    port: u16,
+) -> Result<Vec<Member>, String> {
+    let mut out: Vec<Member> = Vec::new();
+    for (i, entry) in entries.unwrap_or_default().iter().enumerate() {
+        let key = format!("pushgateway.{field}[{i}]");
+        let at = locate(text, &key)
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        let m = parse_server(entry, port).map_err(|e| format!("{key}{at}: {e}"))?;
+        if let Some(j) = out.iter().position(|s| *s == m) {
+            return Err(format!(
+                "{key}{at}: {entry:?} is {m}, the same pushgateway as pushgateway.{field}[{j}]; list each once"
+            ));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
 /// Deserializes the file; an error names the key (full path), the line and what is accepted.
 fn read_raw(text: &str) -> Result<RawConfig, String> {
     // An empty file is all defaults; serde would refuse the missing mapping.
@@ -522,38 +547,14 @@ impl Config {
         let mut warnings = Vec::new();
 
         let port = raw.pushgateway.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
-        let mut servers: Vec<Member> = Vec::new();
-        for (i, entry) in raw.pushgateway.servers.unwrap_or_default().iter().enumerate() {
-            let key = format!("pushgateway.servers[{i}]");
-            let at = locate(text, &key)
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            let m = parse_server(entry, port).map_err(|e| invalid(format!("{key}{at}: {e}")))?;
-            if let Some(j) = servers.iter().position(|s| *s == m) {
-                return Err(invalid(format!(
-                    "{key}{at}: {entry:?} is {m}, the same pushgateway as pushgateway.servers[{j}]; list each once"
-                )));
-            }
-            servers.push(m);
-        }
-        let mut drain: Vec<Member> = Vec::new();
-        for (i, entry) in raw.pushgateway.drain.unwrap_or_default().iter().enumerate() {
-            let key = format!("pushgateway.drain[{i}]");
-            let at = locate(text, &key)
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            let m = parse_server(entry, port).map_err(|e| invalid(format!("{key}{at}: {e}")))?;
-            if let Some(j) = drain.iter().position(|s| *s == m) {
-                return Err(invalid(format!(
-                    "{key}{at}: {entry:?} is {m}, the same pushgateway as pushgateway.drain[{j}]; list each once"
-                )));
-            }
-            if !servers.contains(&m) {
+        let servers = pushgateway_list(text, "servers", raw.pushgateway.servers, port).map_err(invalid)?;
+        let drain = pushgateway_list(text, "drain", raw.pushgateway.drain, port).map_err(invalid)?;
+        for (i, m) in drain.iter().enumerate() {
+            if !servers.contains(m) {
                 warnings.push(format!(
-                    "{key}: {m} is not in pushgateway.servers; it is drained if something else registered it"
+                    "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained if something else registered it"
                 ));
             }
-            drain.push(m);
         }
         if servers.is_empty() {
             warnings.push(

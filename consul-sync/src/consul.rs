@@ -21,6 +21,28 @@ pub const META_MEMBER: &str = "member";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for a request that does not block.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes read of a health answer: 1,024 instances of a few KiB each fit many times over.
+pub const MAX_HEALTH_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes read of an error answer, which only goes into a log line.
+pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+
+/// Reads a body of at most `limit` bytes. A longer one is an error and is not read further, so a
+/// misbehaving server cannot make consul-sync buffer without bound.
+pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
+        return Err(format!("the answer is {len} bytes; at most {limit} are read"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::error_chain(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!(
+                "the answer is over {limit} bytes; at most {limit} are read"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
@@ -277,7 +299,10 @@ impl ConsulClient {
             })?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let body = resp.text().await.unwrap_or_default();
+            let body = read_limited(resp, MAX_ERROR_BYTES)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|e| format!("(unreadable: {e})"));
             return Err(ConsulError::Status {
                 what,
                 url: url.to_owned(),
@@ -313,11 +338,13 @@ impl ConsulClient {
                 why: "no X-Consul-Index header".to_owned(),
             });
         };
-        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
-            what: WHAT,
-            url: url.clone(),
-            detail: crate::error_chain(&e),
-        })?;
+        let body = read_limited(resp, MAX_HEALTH_BYTES)
+            .await
+            .map_err(|detail| ConsulError::BadResponse {
+                what: WHAT,
+                url: url.clone(),
+                why: detail,
+            })?;
         let (members, skipped) =
             members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;
         Ok(Health {
@@ -381,5 +408,81 @@ mod tests {
         assert!(skipped[0].starts_with("service bad:"), "{skipped:?}");
         assert_eq!(members_from_health(b"[]").unwrap().0, Vec::<Member>::new());
         assert!(members_from_health(b"{}").is_err());
+    }
+
+    /// A one-connection HTTP server on loopback that answers every request with `head` and then
+    /// `body_bytes` bytes of `fill` (or until the client goes away).
+    fn serve_once(head: String, fill: u8, body_bytes: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(head.as_bytes());
+                let chunk = vec![fill; 64 * 1024];
+                let mut sent = 0;
+                while sent < body_bytes && s.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(base_url: String) -> ConsulClient {
+        ConsulClient::new(ConsulConfig {
+            base_url,
+            username: None,
+            password: None,
+            token: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_refused_without_reading_it_all() {
+        let big = MAX_HEALTH_BYTES * 4;
+        for head in [
+            format!("HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nContent-Length: {big}\r\n\r\n"),
+            // No length announced: the limit is enforced while reading.
+            "HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nConnection: close\r\n\r\n".to_owned(),
+        ] {
+            let started = std::time::Instant::now();
+            let err = client(serve_once(head, b' ', big))
+                .passing("pushgateway", 0, Duration::ZERO)
+                .await;
+            let err = err.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("at most {MAX_HEALTH_BYTES} are read")),
+                "{err}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+        let head = format!("HTTP/1.1 500 Oops\r\nContent-Length: {big}\r\n\r\n");
+        let err = client(serve_once(head, b'x', big))
+            .passing("pushgateway", 0, Duration::ZERO)
+            .await;
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains("answered 500") && err.contains("unreadable"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_garbage_answer_is_an_error_naming_it() {
+        let head = "HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nContent-Length: 9\r\n\r\n".to_owned();
+        let err = client(serve_once(head, b'#', 9))
+            .passing("pushgateway", 0, Duration::ZERO)
+            .await;
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("unexpected answer"), "{err}");
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_owned();
+        let err = client(serve_once(head, b'[', 2))
+            .passing("pushgateway", 0, Duration::ZERO)
+            .await;
+        assert!(err.unwrap_err().to_string().contains("X-Consul-Index"));
     }
 }

@@ -25,12 +25,15 @@ use tracing::{debug, error, info, warn};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for one push.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes read of a control-API answer (the filter's are below 1 KiB).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How one push ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// 200: the Envoy holds these members; `changed` when this push changed them.
-    Accepted { changed: bool },
+    /// 200: the Envoy holds these members; `changed` when this push changed them. `version` is
+    /// the version it holds, which is another writer's when it was higher than ours.
+    Accepted { changed: bool, version: Option<u64> },
     /// 409: another writer's newer, different list is in force there.
     Conflict {
         stored_version: Option<u64>,
@@ -51,6 +54,7 @@ struct ErrorBody {
 #[derive(Deserialize)]
 struct OkBody {
     changed: Option<bool>,
+    version: Option<u64>,
 }
 
 /// Classifies a control-API answer.
@@ -62,12 +66,13 @@ pub fn classify(status: u16, body: &str) -> PushOutcome {
             .unwrap_or_else(|| body.trim().chars().take(500).collect())
     };
     match status {
-        200 => PushOutcome::Accepted {
-            changed: serde_json::from_str::<OkBody>(body)
-                .ok()
-                .and_then(|b| b.changed)
-                .unwrap_or(true),
-        },
+        200 => {
+            let ok: Option<OkBody> = serde_json::from_str(body).ok();
+            PushOutcome::Accepted {
+                changed: ok.as_ref().and_then(|b| b.changed).unwrap_or(true),
+                version: ok.and_then(|b| b.version),
+            }
+        }
         409 => PushOutcome::Conflict {
             stored_version: err.as_ref().and_then(|e| e.version),
             error: text(),
@@ -86,6 +91,44 @@ pub trait ReadySink: Send + Sync {
     fn envoy_synced(&self, index: usize);
 }
 
+/// The highest list version any Envoy answered with, and a wake-up for the watcher when an Envoy
+/// refused our list for another writer's higher version.
+///
+/// Versions are observation times, so a consul-sync whose clock runs ahead sends higher versions;
+/// if it dies, the others' lists would be refused until their clocks catch up. So every new list
+/// gets a version above the highest seen, and after a refusal the watcher reads Consul again: if
+/// our list is what Consul says now, it is sent again with a version above the other writer's.
+#[derive(Debug, Default)]
+pub struct Versions {
+    seen: std::sync::atomic::AtomicU64,
+    conflicts: tokio::sync::Notify,
+}
+
+impl Versions {
+    /// Records a version an Envoy holds.
+    pub fn saw(&self, version: u64) {
+        self.seen.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a refusal for another writer's `version`, and wakes the watcher.
+    pub fn conflict(&self, version: u64) {
+        self.saw(version);
+        self.conflicts.notify_one();
+    }
+
+    /// The lowest version every Envoy would take as newer.
+    pub fn floor(&self) -> u64 {
+        self.seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// Completes after the next refusal.
+    pub async fn refused(&self) {
+        self.conflicts.notified().await;
+    }
+}
+
 pub struct Pusher {
     pub index: usize,
     /// The base URL as configured, for logs and metric labels.
@@ -94,6 +137,7 @@ pub struct Pusher {
     pub resync_interval: Duration,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<dyn ReadySink>,
+    pub versions: Arc<Versions>,
     http: reqwest::Client,
 }
 
@@ -105,6 +149,7 @@ impl Pusher {
         resync_interval: Duration,
         metrics: Arc<Metrics>,
         ready: Arc<dyn ReadySink>,
+        versions: Arc<Versions>,
     ) -> Result<Pusher, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -118,6 +163,7 @@ impl Pusher {
             resync_interval,
             metrics,
             ready,
+            versions,
             http,
         })
     }
@@ -136,8 +182,8 @@ impl Pusher {
         match resp {
             Ok(r) => {
                 let status = r.status().as_u16();
-                match r.text().await {
-                    Ok(body) => classify(status, &body),
+                match crate::consul::read_limited(r, MAX_ANSWER_BYTES).await {
+                    Ok(body) => classify(status, &String::from_utf8_lossy(&body)),
                     Err(e) => PushOutcome::Failed(format!("reading the answer: {e}")),
                 }
             }
@@ -199,7 +245,10 @@ impl Pusher {
             }
         };
         match outcome {
-            PushOutcome::Accepted { changed } => {
+            PushOutcome::Accepted { changed, version } => {
+                if let Some(v) = version {
+                    self.versions.saw(v);
+                }
                 recovered(failures);
                 backoff.reset();
                 self.metrics.push(envoy, PushResult::Ok);
@@ -232,10 +281,14 @@ impl Pusher {
                 let stored = stored_version.map_or_else(|| "?".to_owned(), |v| v.to_string());
                 warn!(
                     "envoy {envoy}: holds a newer, different member list (version {stored}) from another writer; \
-                     not overriding it (ours: version {}, {} members): {error}",
+                     not overriding it (ours: version {}, {} members); Consul is read again to tell whose \
+                     list is current: {error}",
                     list.version,
                     list.len()
                 );
+                if let Some(v) = stored_version {
+                    self.versions.conflict(v);
+                }
                 self.resync_interval
             }
             PushOutcome::Refused { status, error } => {
@@ -271,11 +324,17 @@ mod tests {
     fn answers_are_classified_as_the_control_api_defines_them() {
         assert_eq!(
             classify(200, r#"{"version":5,"count":2,"changed":true}"#),
-            PushOutcome::Accepted { changed: true }
+            PushOutcome::Accepted {
+                changed: true,
+                version: Some(5)
+            }
         );
         assert_eq!(
             classify(200, r#"{"version":5,"count":2,"changed":false}"#),
-            PushOutcome::Accepted { changed: false }
+            PushOutcome::Accepted {
+                changed: false,
+                version: Some(5)
+            }
         );
         assert_eq!(
             classify(409, r#"{"error":"version 3 is not above","version":9}"#),

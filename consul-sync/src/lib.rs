@@ -113,12 +113,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     let drains = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+    let versions = Arc::new(crate::envoy::Versions::default());
     let watcher = Watcher {
         config: config.clone(),
         updates: config_rx.clone(),
         client: client.clone(),
         metrics: metrics.clone(),
         published: published_tx,
+        versions: versions.clone(),
     };
     tasks.spawn(watcher.run(stop_rx.clone()).map_ok());
     let registrar = Registrar {
@@ -161,6 +163,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
             config.resync_interval,
             metrics.clone(),
             sink,
+            versions.clone(),
         )?;
         tasks.spawn(pusher.run(published_rx.clone(), stop_rx.clone()).map_ok());
     }
@@ -281,7 +284,7 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
 }
 
 /// The error and its causes, as reqwest's Display shows only the outermost.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

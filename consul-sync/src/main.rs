@@ -1,7 +1,10 @@
 //! The `consul-sync` binary: parses flags, loads the configuration, binds the HTTP endpoint,
 //! builds the shutdown future (SIGTERM or SIGINT) and hands over to [`consul_sync::run`].
+//! The helper subcommands (`check-config`, `owner`) live in [`cli`].
 
-use clap::Parser;
+mod cli;
+
+use clap::{Parser, Subcommand};
 use consul_sync::config::{Config, DEFAULT_CONFIG_FILE};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,10 +24,59 @@ struct Flags {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
+    /// Without a subcommand, consul-sync runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks a configuration file: exit 0, or 1 naming every problem.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Prints the pushgateway (host:port) that owns a push path, computed with the filter's code.
+    Owner {
+        /// The members, comma-separated host:port (computed offline).
+        #[arg(
+            long,
+            value_name = "HOST:PORT,...",
+            conflicts_with = "from",
+            required_unless_present = "from"
+        )]
+        members: Option<String>,
+        /// An Envoy control listener's base URL: use the member list it routes with.
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// The filter's vnodes.
+        #[arg(long, default_value_t = dynamic_sharding::ring::DEFAULT_VNODES)]
+        vnodes: u32,
+        /// The push path (/metrics/job/<job>{/<label>/<value>}) or a full push URL.
+        path: String,
+    },
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    match flags.command {
+        Some(Command::CheckConfig { file }) => return cli::check_config(&file),
+        Some(Command::Owner {
+            members,
+            from,
+            vnodes,
+            path,
+        }) => {
+            let members = match (members, from) {
+                (_, Some(url)) => cli::Members::From(url),
+                (Some(list), None) => cli::Members::Listed(list),
+                // clap requires one of the two.
+                (None, None) => return ExitCode::from(2),
+            };
+            return cli::owner(members, vnodes, &path);
+        }
+        None => {}
+    }
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&flags.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));

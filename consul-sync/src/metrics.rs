@@ -14,6 +14,7 @@
 //! | `consul_sync_envoy_version{envoy}` | version of the list last accepted by that Envoy |
 //! | `consul_sync_reconcile_groups{pushgateway}` | groups each pushgateway held at the last reconcile |
 //! | `consul_sync_reconcile_duplicate_groups` | groups with more than one copy at the last reconcile |
+//! | `consul_sync_reconcile_lasting_duplicate_groups` | of those, groups that had more than one copy at the round before too |
 //! | `consul_sync_reconcile_misplaced_groups` | groups whose newest copy is not on their owner |
 //! | `consul_sync_reconcile_deleted_copies_total` | older copies deleted |
 //! | `consul_sync_reconcile_skipped_deletes_total` | planned deletes not done: the copy changed meanwhile |
@@ -98,6 +99,7 @@ pub struct Metrics {
     envoy_version: Family<EnvoyLabels, Gauge>,
     reconcile_groups: Family<PushgatewayLabels, Gauge>,
     reconcile_duplicates: Gauge,
+    reconcile_lasting: Gauge,
     reconcile_misplaced: Gauge,
     pub reconcile_deleted: Counter,
     pub reconcile_skipped_deletes: Counter,
@@ -138,6 +140,7 @@ impl Metrics {
             envoy_version: Family::default(),
             reconcile_groups: Family::default(),
             reconcile_duplicates: Gauge::default(),
+            reconcile_lasting: Gauge::default(),
             reconcile_misplaced: Gauge::default(),
             reconcile_deleted: Counter::default(),
             reconcile_skipped_deletes: Counter::default(),
@@ -214,6 +217,11 @@ impl Metrics {
             "reconcile_duplicate_groups",
             "Groups with more than one copy at the last reconcile",
             m.reconcile_duplicates.clone(),
+        );
+        registry.register(
+            "reconcile_lasting_duplicate_groups",
+            "Groups with more than one copy at the last reconcile and the one before: their older copies come back or cannot be deleted",
+            m.reconcile_lasting.clone(),
         );
         registry.register(
             "reconcile_misplaced_groups",
@@ -355,6 +363,7 @@ impl Metrics {
         &self,
         holdings: &std::collections::BTreeMap<dynamic_sharding::members::Member, crate::reconcile::Holdings>,
         duplicates: usize,
+        lasting: usize,
         misplaced: usize,
     ) {
         self.reconcile_groups.clear();
@@ -366,6 +375,7 @@ impl Metrics {
                 .set(groups.len() as i64);
         }
         self.reconcile_duplicates.set(duplicates as i64);
+        self.reconcile_lasting.set(lasting as i64);
         self.reconcile_misplaced.set(misplaced as i64);
     }
 

@@ -89,21 +89,13 @@ impl PushgatewayClient {
             .get(format!("http://{member}/metrics"))
             .header("accept", "text/plain; version=0.0.4")
             .timeout(READ_TIMEOUT);
-        let mut resp = self.send(WHAT, member, req, &[200]).await?;
+        let resp = self.send(WHAT, member, req, &[200]).await?;
         let mut reader = PushTimeReader::default();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => reader.feed(&chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(PushgatewayError::Unreachable {
-                        what: WHAT,
-                        member: member.to_string(),
-                        detail: crate::error_chain(&e),
-                    })
-                }
-            }
-        }
+        read_chunks(WHAT, member, resp, |chunk| {
+            reader.feed(chunk);
+            Ok(())
+        })
+        .await?;
         Ok(reader.finish())
     }
 
@@ -114,30 +106,16 @@ impl PushgatewayClient {
             .http
             .get(format!("http://{member}/api/v1/metrics"))
             .timeout(READ_TIMEOUT);
-        let mut resp = self.send(WHAT, member, req, &[200]).await?;
+        let resp = self.send(WHAT, member, req, &[200]).await?;
         let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_API_BODY {
-                        return Err(PushgatewayError::BadResponse {
-                            what: WHAT,
-                            member: member.to_string(),
-                            why: format!("answer larger than {MAX_API_BODY} bytes"),
-                        });
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(PushgatewayError::Unreachable {
-                        what: WHAT,
-                        member: member.to_string(),
-                        detail: crate::error_chain(&e),
-                    })
-                }
+        read_chunks(WHAT, member, resp, |chunk| {
+            if body.len() + chunk.len() > MAX_API_BODY {
+                return Err(format!("answer larger than {MAX_API_BODY} bytes"));
             }
-        }
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
         let (groups, _skipped) = parse_api_groups(&body).map_err(|why| PushgatewayError::BadResponse {
             what: WHAT,
             member: member.to_string(),
@@ -171,5 +149,31 @@ impl PushgatewayClient {
             .timeout(WRITE_TIMEOUT);
         self.send("copying a group", member, req, &[200, 202]).await?;
         Ok(())
+    }
+}
+
+/// Hands the body to `each` chunk by chunk as it arrives; `each` may refuse it (with the reason).
+async fn read_chunks(
+    what: &'static str,
+    member: &Member,
+    mut resp: reqwest::Response,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), PushgatewayError> {
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => each(&chunk).map_err(|why| PushgatewayError::BadResponse {
+                what,
+                member: member.to_string(),
+                why,
+            })?,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(PushgatewayError::Unreachable {
+                    what,
+                    member: member.to_string(),
+                    detail: crate::error_chain(&e),
+                })
+            }
+        }
     }
 }

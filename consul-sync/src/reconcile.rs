@@ -23,7 +23,7 @@ use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::Ring;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
@@ -67,6 +67,8 @@ pub struct Plan {
     pub groups: usize,
     /// Groups with more than one copy.
     pub duplicates: usize,
+    /// Those groups, to tell the ones that last from one round to the next.
+    pub duplicated: Vec<GroupingKey>,
     /// Groups whose newest copy is not on their owner.
     pub misplaced: usize,
 }
@@ -95,6 +97,7 @@ pub fn plan(holdings: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeS
         let (keeper, keeper_time) = list[0];
         if list.len() > 1 {
             out.duplicates += 1;
+            out.duplicated.push(key.clone());
         }
         if owner.is_some_and(|o| o != keeper) {
             out.misplaced += 1;
@@ -130,6 +133,7 @@ pub fn plan(holdings: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeS
         .sort_by(|a, b| (&a.holder, &a.key.labels()).cmp(&(&b.holder, &b.key.labels())));
     out.moves
         .sort_by(|a, b| (&a.from, &a.key.labels()).cmp(&(&b.from, &b.key.labels())));
+    out.duplicated.sort_by(|a, b| a.labels().cmp(b.labels()));
     out
 }
 
@@ -257,6 +261,8 @@ impl Reconciler {
     /// Runs rounds after every change of the published list and every interval, until shutdown.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tracker = DrainTracker::default();
+        // Groups with copies at the last round: one still there a round later outlived a delete.
+        let mut last_duplicated: HashSet<GroupingKey> = HashSet::new();
         let mut last_round = Instant::now() - MIN_ROUND_SPACING;
         loop {
             let interval = self.config.borrow().reconcile_interval;
@@ -268,7 +274,7 @@ impl Reconciler {
             let list = self.published.borrow_and_update().clone();
             last_round = Instant::now();
             if let Some(list) = list {
-                self.round(&list, &mut tracker).await;
+                self.round(&list, &mut tracker, &mut last_duplicated).await;
             }
             let next = last_round + interval;
             tokio::select! {
@@ -280,7 +286,12 @@ impl Reconciler {
         }
     }
 
-    async fn round(&self, list: &MemberList, tracker: &mut DrainTracker) {
+    async fn round(
+        &self,
+        list: &MemberList,
+        tracker: &mut DrainTracker,
+        last_duplicated: &mut HashSet<GroupingKey>,
+    ) {
         let started = Instant::now();
         let config = self.config.borrow().clone();
         let now = unix_now();
@@ -292,9 +303,18 @@ impl Reconciler {
         let mut report = RoundReport::default();
         let holdings = self.read_all(&holders, &mut report).await;
         let expired = tracker.expired(now);
-        let plan = plan(&holdings, &ring, &expired);
+        let mut plan = plan(&holdings, &ring, &expired);
+        let duplicated: HashSet<GroupingKey> = std::mem::take(&mut plan.duplicated).into_iter().collect();
+        let lasting = duplicated.intersection(last_duplicated).count();
+        if lasting > 0 {
+            warn!(
+                "{lasting} groups had more than one copy at two rounds in a row: their older copies keep \
+                 coming back (a job pushing to a pushgateway directly, not through Envoy?) or cannot be deleted"
+            );
+        }
+        *last_duplicated = duplicated;
         self.metrics
-            .reconciled(&holdings, plan.duplicates, plan.misplaced);
+            .reconciled(&holdings, plan.duplicates, lasting, plan.misplaced);
 
         if !plan.deletes.is_empty() {
             let involved: Vec<Member> = plan

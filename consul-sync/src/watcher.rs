@@ -119,6 +119,15 @@ impl MemberView {
         self.published.as_ref()
     }
 
+    /// The published list again with a new version (`now_ms` or above): for an Envoy that refused
+    /// it for another writer's higher version while it is still what Consul says.
+    pub fn republish(&mut self, now_ms: u64) -> Option<MemberList> {
+        let mut list = self.published.clone()?;
+        list.version = self.clock.next(now_ms);
+        self.published = Some(list.clone());
+        Some(list)
+    }
+
     /// Decides on the `passing` pushgateways (sorted, no duplicates) seen at `now` / `now_ms`:
     /// the ring is those not being drained; the draining ones that pass travel beside it.
     pub fn observe(&mut self, passing: Vec<Member>, now: Instant, now_ms: u64) -> Decision {
@@ -205,6 +214,8 @@ pub struct Watcher {
     pub client: ConsulClient,
     pub metrics: Arc<Metrics>,
     pub published: watch::Sender<Option<MemberList>>,
+    /// Versions the Envoys hold; new lists get a version above them.
+    pub versions: Arc<crate::envoy::Versions>,
 }
 
 impl Watcher {
@@ -254,9 +265,13 @@ impl Watcher {
                     view.set_drain(config.drain.clone());
                     view.set_registered(config.servers.clone());
                     if let Some(passing) = &last_passing {
-                        let decision = view.observe(passing.clone(), Instant::now(), unix_millis());
+                        let decision = view.observe(passing.clone(), Instant::now(), self.now_ms());
                         self.apply(decision, &mut hold_until, index);
                     }
+                    continue;
+                }
+                _ = self.versions.refused() => {
+                    self.after_refusal(&mut view, &mut hold_until).await;
                     continue;
                 }
                 _ = tokio::time::sleep_until(hold_deadline), if hold_until.is_some() && query_index != 0 => {
@@ -312,8 +327,43 @@ impl Watcher {
                 warn!("ignoring a passing instance of {}: {s}", self.config.service_name);
             }
             last_passing = Some(health.members.clone());
-            let decision = view.observe(health.members, Instant::now(), unix_millis());
+            let decision = view.observe(health.members, Instant::now(), self.now_ms());
             self.apply(decision, &mut hold_until, health.index);
+        }
+    }
+
+    /// The version clock's input: now, or above every version an Envoy holds.
+    fn now_ms(&self) -> u64 {
+        unix_millis().max(self.versions.floor())
+    }
+
+    /// An Envoy refused our list for another writer's higher version. If our list is still what
+    /// Consul says, the other writer is behind (or gone, e.g. a consul-sync whose clock ran ahead):
+    /// send ours again above its version. If Consul says something else, publish that.
+    async fn after_refusal(&self, view: &mut MemberView, hold_until: &mut Option<Instant>) {
+        let health = match self
+            .client
+            .passing(&self.config.service_name, 0, BLOCKING_WAIT)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                debug!("reading Consul after a refused push: {e}");
+                return;
+            }
+        };
+        match view.observe(health.members, Instant::now(), self.now_ms()) {
+            Decision::Unchanged => {
+                if let Some(list) = view.republish(self.now_ms()) {
+                    info!(
+                        "an Envoy holds another writer's member list with a higher version, but ours is what \
+                         Consul says now: sending it again as version {}",
+                        list.version
+                    );
+                    self.published.send_replace(Some(list));
+                }
+            }
+            decision => self.apply(decision, hold_until, health.index),
         }
     }
 
@@ -480,6 +530,26 @@ mod tests {
             unreachable!()
         };
         assert_eq!(new.members, m(&["a:1"]));
+    }
+
+    #[test]
+    fn a_republished_list_keeps_its_members_and_gets_a_higher_version() {
+        let now = Instant::now();
+        let mut v = MemberView::new(vec![]);
+        assert_eq!(v.republish(5), None, "nothing to republish before the first list");
+        assert!(matches!(
+            v.observe(m(&["a:1"]), now, 10),
+            Decision::Publish { .. }
+        ));
+        // Another writer's version 1000 was seen: the list goes out again above it.
+        let again = v.republish(1001).unwrap();
+        assert_eq!((again.version, again.members.clone()), (1001, m(&["a:1"])));
+        assert_eq!(v.published(), Some(&again));
+        // The next observation starts above it, whatever the clock says.
+        let Decision::Publish { new, .. } = v.observe(m(&["a:1", "b:1"]), now, 20) else {
+            unreachable!()
+        };
+        assert_eq!(new.version, 1002);
     }
 
     #[test]

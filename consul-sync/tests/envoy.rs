@@ -357,6 +357,56 @@ fn two_consul_sync_instances_agree_without_flapping() {
     }
 }
 
+/// Versions are observation times. A consul-sync whose clock runs 60 s ahead wins every push;
+/// when it dies, the other one's lists carry lower versions. The member list must still follow
+/// Consul at once, not after the clocks' difference.
+#[test]
+fn when_a_consul_sync_whose_clock_ran_ahead_dies_the_other_takes_over_at_once() {
+    let _serial = serial();
+    let mut s = Stack::start_without_sync("envoy-clock-ahead");
+    let behind = s.start_sync();
+    let lib = testkit::faketime_lib();
+    let ahead = ConsulSync::start_with_env(
+        &s.dir,
+        s.options(),
+        testkit::free_port(),
+        &[("LD_PRELOAD", lib.to_str().unwrap()), ("FAKETIME", "+60s")],
+    );
+    s.wait_members(&s.all(), Duration::from_secs(15), "Envoy has the three");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    wait_until(
+        "Envoy holds the list of the consul-sync that is ahead",
+        Duration::from_secs(20),
+        || (s.envoy.members().0 > now_ms() + 30_000).then_some(()),
+    );
+    let ahead_version = s.envoy.members().0;
+    s.syncs.push(behind);
+    let mut ahead = ahead;
+    ahead.proc.kill();
+    let victim = s.pgs.remove(0);
+    let killed = Instant::now();
+    drop(victim);
+    let live = s.all();
+    let took = s.wait_members(&live, Duration::from_secs(40), "Envoy drops the dead pushgateway");
+    eprintln!(
+        "the ahead consul-sync dead, a pushgateway killed -> Envoy follows: {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        took <= Duration::from_secs(5),
+        "Envoy followed Consul only after {took:?} (the dead writer's clock was 60 s ahead)"
+    );
+    assert!(
+        s.envoy.members().0 > ahead_version,
+        "the survivor's list carries a version above the dead writer's"
+    );
+}
+
 /// Kill → the last redirect to the dead member, over 10 trials at a 1 s check interval.
 #[test]
 fn failover_time_over_10_trials() {

@@ -39,6 +39,18 @@ impl Stack {
     fn start(name: &str, n: usize, registered: usize, prometheus: bool) -> Stack {
         let dir = TestDir::new(name);
         let pgs: Vec<Pushgateway> = (0..n).map(|_| Pushgateway::start(&dir)).collect();
+        Stack::assemble(dir, pgs, registered, prometheus, |_| {})
+    }
+
+    /// The stack around pushgateways already started in `dir`; `tweak` adjusts consul-sync's
+    /// configuration before it starts.
+    fn assemble(
+        dir: TestDir,
+        pgs: Vec<Pushgateway>,
+        registered: usize,
+        prometheus: bool,
+        tweak: impl FnOnce(&mut SyncOptions),
+    ) -> Stack {
         let consul = Consul::start(&dir);
         let envoy = Envoy::start(&dir, EnvoyOptions::default());
         let mut s = Stack {
@@ -50,7 +62,9 @@ impl Stack {
             dir,
         };
         let servers: Vec<String> = s.pgs[..registered].iter().map(Pushgateway::addr).collect();
-        let sync = ConsulSync::start(&s.dir, s.options(servers.clone()));
+        let mut options = s.options(servers.clone());
+        tweak(&mut options);
+        let sync = ConsulSync::start(&s.dir, options);
         s.sync = Some(sync);
         s.wait_ring(&sorted(servers), &[], "Envoy has the registered pushgateways");
         if prometheus {
@@ -422,29 +436,13 @@ fn a_drain_under_load_empties_the_pushgateway_and_loses_nothing() {
 #[test]
 fn a_pushgateway_back_with_old_persisted_copies_never_wins_over_newer_pushes() {
     const N: usize = 300;
-    let dir_name = "persistence";
-    let dir = TestDir::new(dir_name);
+    let dir = TestDir::new("persistence");
     let file = dir.join("pg0.persistence");
     let port0 = free_port();
     let pg0 = Pushgateway::start_persistent(&dir, port0, Some(&file));
-    let mut pgs = vec![pg0, Pushgateway::start(&dir), Pushgateway::start(&dir)];
-    let consul = Consul::start(&dir);
-    let envoy = Envoy::start(&dir, EnvoyOptions::default());
-    let all: Vec<String> = pgs.iter().map(Pushgateway::addr).collect();
-    let mut o = SyncOptions::new(consul.addr(), all.clone());
-    o.control_urls = vec![envoy.control_url()];
-    o.reconcile = RECONCILE_STR;
-    let sync = ConsulSync::start(&dir, o);
-    let mut s = Stack {
-        prometheus: None,
-        sync: Some(sync),
-        envoy,
-        consul,
-        pgs: Vec::new(),
-        dir,
-    };
-    s.pgs.append(&mut pgs);
-    s.wait_ring(&sorted(all.clone()), &[], "Envoy has the three");
+    let pgs = vec![pg0, Pushgateway::start(&dir), Pushgateway::start(&dir)];
+    let mut s = Stack::assemble(dir, pgs, 3, false, |_| {});
+    let all: Vec<String> = s.pgs.iter().map(Pushgateway::addr).collect();
     let mut want = push_all(&s.envoy, "persist", "persist_value", N, 1.0);
     s.wait_one_copy_each("persist_value", &want, true, Duration::from_secs(10));
     let on_pg0: Vec<Labels> = s.pgs[0].groups().into_iter().collect();
@@ -480,28 +478,19 @@ fn a_pushgateway_back_with_old_persisted_copies_never_wins_over_newer_pushes() {
 #[test]
 fn a_deregistered_pushgateway_is_admitted_again_when_it_comes_back() {
     let dir = TestDir::new("deregistered");
-    let mut pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
-    let consul = Consul::start(&dir);
-    let envoy = Envoy::start(&dir, EnvoyOptions::default());
-    let all: Vec<String> = sorted(pgs.iter().map(Pushgateway::addr).collect());
-    let mut o = SyncOptions::new(consul.addr(), all.clone());
-    o.control_urls = vec![envoy.control_url()];
-    o.reconcile = RECONCILE_STR;
-    o.deregister_after = "1m";
-    let sync = ConsulSync::start(&dir, o);
-    let members = || envoy.try_members().map(|(_, m)| sorted(m)).unwrap_or_default();
-    wait_until("Envoy has the three", Duration::from_secs(20), || {
-        (members() == all).then_some(())
-    });
-    let port = pgs[2].port;
+    let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
+    let mut s = Stack::assemble(dir, pgs, 3, false, |o| o.deregister_after = "1m");
+    let all: Vec<String> = sorted(s.pgs.iter().map(Pushgateway::addr).collect());
+    let members = |s: &Stack| s.ring_members().map(|(m, _)| m).unwrap_or_default();
+    let port = s.pgs[2].port;
     let id = format!("127.0.0.1_{port}");
-    pgs[2].proc.kill();
+    s.pgs[2].proc.kill();
     // Consul reaps it 60 to 90 s after it went critical.
     let start = Instant::now();
     wait_until(
         "Consul deregisters the dead pushgateway",
         Duration::from_secs(150),
-        || (!consul.services("pushgateway").iter().any(|svc| svc.id == id)).then_some(()),
+        || (!s.consul.services("pushgateway").iter().any(|svc| svc.id == id)).then_some(()),
     );
     eprintln!("killed -> deregistered by Consul: {:?}", start.elapsed());
     let others: Vec<String> = all
@@ -509,12 +498,12 @@ fn a_deregistered_pushgateway_is_admitted_again_when_it_comes_back() {
         .filter(|m| **m != format!("127.0.0.1:{port}"))
         .cloned()
         .collect();
-    assert_eq!(members(), others, "a dead pushgateway is out of the ring");
+    assert_eq!(members(&s), others, "a dead pushgateway is out of the ring");
     // Back, with no restart of consul-sync.
-    pgs[2] = Pushgateway::start_on(&dir, port);
+    s.pgs[2] = Pushgateway::start_on(&s.dir, port);
     let back = Instant::now();
     wait_until("Envoy has the three again", Duration::from_secs(30), || {
-        (members() == all).then_some(())
+        (members(&s) == all).then_some(())
     });
     let took = back.elapsed();
     eprintln!("restarted -> in Envoy's list: {took:?}");
@@ -524,6 +513,7 @@ fn a_deregistered_pushgateway_is_admitted_again_when_it_comes_back() {
         took <= Duration::from_secs(1) + RECONCILE + Duration::from_secs(2),
         "re-admitted after {took:?}"
     );
+    let sync = s.sync();
     assert!(sync.metric("consul_sync_registrations_total{reason=\"missing\"}") >= 1.0);
     assert!(sync.proc.log().contains("registered 127.0.0.1:"));
 }
@@ -619,18 +609,8 @@ fn pushes_during_scale_out_drain_and_restart_end_with_the_last_value_everywhere(
 
 #[test]
 fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
-    let dir = TestDir::new("awkward");
-    let pgs: Vec<Pushgateway> = (0..2).map(|_| Pushgateway::start(&dir)).collect();
-    let consul = Consul::start(&dir);
-    let envoy = Envoy::start(&dir, EnvoyOptions::default());
-    let all: Vec<String> = sorted(pgs.iter().map(Pushgateway::addr).collect());
-    let mut o = SyncOptions::new(consul.addr(), all.clone());
-    o.control_urls = vec![envoy.control_url()];
-    o.reconcile = RECONCILE_STR;
-    let sync = ConsulSync::start(&dir, o);
-    wait_until("Envoy has both", Duration::from_secs(20), || {
-        (envoy.try_members().map(|(_, m)| sorted(m)).unwrap_or_default() == all).then_some(())
-    });
+    let s = Stack::start("awkward", 2, 2, false);
+    let pgs = &s.pgs;
     let values = [
         "a/b", "50%", "ü✓", "", ".", "..", "x y", "q\"uote", "tab\tbed", "=", "@base64",
     ];
@@ -660,14 +640,6 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
         200
     );
     want.insert(neighbour, (pgs[0].addr(), 3.0));
-    let s = Stack {
-        prometheus: None,
-        sync: Some(sync),
-        envoy,
-        consul,
-        pgs,
-        dir,
-    };
     let values: BTreeMap<Labels, f64> = want.iter().map(|(l, (_, v))| (l.clone(), *v)).collect();
     s.wait_one_copy_each(
         "awk_value",
@@ -682,4 +654,57 @@ fn groups_with_awkward_labels_are_reconciled_and_deleted_exactly() {
             "{labels:?}: the newer copy is the one kept"
         );
     }
+}
+
+#[test]
+fn one_delete_removes_a_group_left_on_its_former_owner_by_a_scale_out() {
+    const N: usize = 200;
+    let mut s = Stack::start("delete-after-scale-out", 4, 3, false);
+    let four: Vec<String> = s.pgs.iter().map(Pushgateway::addr).collect();
+    let want = push_all(&s.envoy, "del", "del_value", N, 1.0);
+    s.wait_one_copy_each("del_value", &want, true, Duration::from_secs(10));
+    let options = s.options(four.clone());
+    s.reload(options);
+    s.wait_ring(&sorted(four.clone()), &[], "the 4th joins");
+    // No re-push: the groups the 4th now owns still sit on their former owners.
+    let ring = s.ring();
+    let moved: Vec<Labels> = want
+        .keys()
+        .filter(|l| s.owner(&ring, l) == four[3])
+        .cloned()
+        .collect();
+    assert!(moved.len() >= 4, "only {} groups moved to the 4th", moved.len());
+    let calls_before = s.envoy.stat("delete_fanout_calls_total");
+    for (n, labels) in moved.iter().take(4).enumerate() {
+        let path = format!("/metrics/job/del/i/{}", labels["i"]);
+        let holder_before = s.copies("del_value")[labels][0].0.clone();
+        assert_ne!(holder_before, four[3]);
+        if n % 2 == 0 {
+            // Redirect mode, followed as a client does.
+            let r =
+                try_http_request("DELETE", &format!("{}{path}", s.envoy.redirect_url()), &[], b"").unwrap();
+            assert_eq!(r.status, 307);
+            let location = r.header("location").unwrap().to_owned();
+            assert!(location.contains(&four[3]), "{location}");
+            let r = try_http_request("DELETE", &location, &[], b"").unwrap();
+            assert_eq!(r.status, 202);
+        } else {
+            let r = try_http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"").unwrap();
+            assert_eq!(r.status, 202);
+        }
+        assert!(
+            !s.copies("del_value").contains_key(labels),
+            "{labels:?} still held after one DELETE (was on {holder_before})"
+        );
+    }
+    assert_eq!(s.envoy.stat("delete_fanout_calls_total"), calls_before + 4 * 3);
+    assert_eq!(s.envoy.stat("delete_fanout_failures_total"), 0);
+    // The reconciler does not bring them back, and every other group keeps its one copy.
+    std::thread::sleep(RECONCILE + Duration::from_millis(500));
+    let rest: BTreeMap<Labels, f64> = want
+        .iter()
+        .filter(|(l, _)| !moved[..4].contains(l))
+        .map(|(l, v)| (l.clone(), *v))
+        .collect();
+    s.wait_one_copy_each("del_value", &rest, false, Duration::from_secs(5));
 }

@@ -187,10 +187,14 @@ impl RootContext for Root {
             }
         };
         if config.mode == Mode::Control {
-            match &config.control_token {
-                Some(_) => info!("control API enabled, token from {}", config.control_token_source),
-                None => warn!(
+            match config.control_tokens.len() {
+                0 => warn!(
                     "control API has no token ({} is unset): every member update will be refused",
+                    config.control_token_source
+                ),
+                1 => info!("control API enabled, token from {}", config.control_token_source),
+                n => info!(
+                    "control API enabled, {n} tokens (a rotation) from {}",
                     config.control_token_source
                 ),
             }
@@ -479,7 +483,7 @@ impl HttpFilter {
             &request.method,
             request.authorization.as_deref(),
             body,
-            config.control_token.as_deref(),
+            &config.control_tokens,
             &config.bootstrap,
             &mut EnvoySharedData,
         );

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod consul;
+pub mod demo;
 pub mod envoy;
 pub mod http;
 pub mod proc;
@@ -52,20 +53,49 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1. Never hands out the same port twice in one process, so tests
-/// running in parallel threads do not collide with each other.
+/// libfaketime (`LD_PRELOAD` it with `FAKETIME=+60s` for a process whose clock runs ahead): the
+/// `FAKETIME_LIB` environment variable if set, else `<repo>/.deps/lib/libfaketime.so.1`. Panics
+/// naming the install command when it is missing.
+pub fn faketime_lib() -> PathBuf {
+    let path = match std::env::var_os("FAKETIME_LIB") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".deps/lib/libfaketime.so.1"),
+    };
+    if !path.is_file() {
+        panic!(
+            "libfaketime not found at {}: run ./build.sh deps (or set FAKETIME_LIB=...)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up here), so that
+/// no outgoing connection can take it while a test restarts a process on it. Never hands out the
+/// same port twice in one process, so tests running in parallel threads do not collide.
 pub fn free_port() -> u16 {
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..1000 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if given.insert(port) {
+    // Start somewhere different in each process, so parallel test binaries rarely meet.
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..SPAN {
+        let port = (FIRST + (seed.wrapping_add(i.wrapping_mul(7919))) % SPAN) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
-    panic!("no free port found in 1000 tries");
+    panic!("no free port found between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; panics naming `what`.

@@ -78,7 +78,7 @@ impl Prometheus {
 }
 
 /// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -85,11 +85,24 @@ impl ConsulSync {
 
     /// Starts it with its endpoint on `http_port` and waits until `/-/healthy` answers.
     pub fn start_on(dir: &TestDir, options: SyncOptions, http_port: u16) -> ConsulSync {
+        ConsulSync::start_with_env(dir, options, http_port, &[])
+    }
+
+    /// Starts it with extra environment variables (e.g. `LD_PRELOAD` of libfaketime).
+    pub fn start_with_env(
+        dir: &TestDir,
+        options: SyncOptions,
+        http_port: u16,
+        env: &[(&str, &str)],
+    ) -> ConsulSync {
         let config = write_config(dir, &options, http_port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_consul-sync"));
         cmd.arg(format!("--config.file={}", config.display()))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut proc = Proc::spawn(&format!("consul-sync-{http_port}"), cmd, dir);
         let url = format!("http://127.0.0.1:{http_port}/-/healthy");
         wait_until("consul-sync answers /-/healthy", Duration::from_secs(10), || {

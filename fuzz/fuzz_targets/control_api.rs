@@ -1,0 +1,84 @@
+//! The whole control-API handler over an in-memory store, on a sequence of requests. Properties:
+//! - a refused update (any status but 200) leaves the stored list and the generation untouched;
+//! - an accepted update stores exactly the members sent, at a version never lower than before;
+//! - a wrong or missing token is always 401, whatever the body;
+//! - the owner on the ring of the stored list is always one of its members.
+#![no_main]
+
+use dynamic_sharding::control::handle;
+use dynamic_sharding::members::MemberList;
+use dynamic_sharding::ring::Ring;
+use dynamic_sharding::store::{load_generation, load_members, MemoryStore, SharedStore, MEMBERS_KEY};
+use libfuzzer_sys::fuzz_target;
+
+const TOKENS: [&str; 2] = ["new-token", "old-token"];
+
+fuzz_target!(|data: &[u8]| {
+    let tokens: Vec<String> = TOKENS.iter().map(|t| (*t).to_owned()).collect();
+    let Ok(bootstrap) = MemberList::new(0, &["boot:9091"]) else {
+        return;
+    };
+    let mut store = MemoryStore::default();
+    // Requests are separated by 0xFF, which valid JSON never holds; the first byte of each
+    // picks the method and the credentials, the rest is the body.
+    for request in data.split(|b| *b == 0xFF).take(16) {
+        let Some((&selector, body)) = request.split_first() else {
+            continue;
+        };
+        let method = ["PUT", "PUT", "PUT", "GET", "DELETE", "POST"][usize::from(selector % 6)];
+        let auth = match (selector / 6) % 5 {
+            0 | 1 => Some("Bearer new-token"),
+            2 => Some("Bearer old-token"),
+            3 => None,
+            _ => Some("Bearer old-token "),
+        };
+        let before = store.get(MEMBERS_KEY).map(|(v, _)| v).ok().flatten();
+        let before_generation = load_generation(&store).unwrap_or(u64::MAX);
+        let before_list = load_members(&store)
+            .ok()
+            .flatten()
+            .map(|(l, _)| l)
+            .unwrap_or_else(|| bootstrap.clone());
+        let (reply, _) = handle(method, auth, body, &tokens, &bootstrap, &mut store);
+        let after = store.get(MEMBERS_KEY).map(|(v, _)| v).ok().flatten();
+        let generation = load_generation(&store).unwrap_or(u64::MAX);
+        if auth.is_none() && method == "PUT" {
+            assert_eq!(reply.status, 401);
+        }
+        if reply.status != 200 || method != "PUT" {
+            assert_eq!(
+                after, before,
+                "{method} answered {} but changed the list",
+                reply.status
+            );
+            assert_eq!(generation, before_generation);
+        } else {
+            let Ok(sent) = MemberList::from_json(body) else {
+                panic!("200 for a body MemberList::from_json refuses: {}", reply.body);
+            };
+            let Some(Ok(now)) = load_members(&store).ok().flatten().map(|(l, _)| Ok::<_, ()>(l)) else {
+                panic!("200 but nothing stored");
+            };
+            assert_eq!((&now.members, &now.draining), (&sent.members, &sent.draining));
+            assert!(now.version >= before_list.version);
+            if before_list.members != sent.members || before_list.draining != sent.draining {
+                assert!(
+                    sent.version > before_list.version,
+                    "a different list at a version not above"
+                );
+                assert!(generation > before_generation);
+            }
+        }
+        let list = load_members(&store)
+            .ok()
+            .flatten()
+            .map(|(l, _)| l)
+            .unwrap_or_else(|| bootstrap.clone());
+        let ring = Ring::new(&list.members, 16);
+        let hash = dynamic_sharding::ring::xxh64(body);
+        match ring.owner(hash) {
+            Some(owner) => assert!(list.members.contains(owner), "owner {owner} is not a member"),
+            None => assert!(list.members.is_empty(), "no owner on a ring of members"),
+        }
+    }
+});
