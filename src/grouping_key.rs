@@ -79,7 +79,11 @@ impl GroupingKey {
         if !may_be_push_path(raw_path) {
             return Err(PathError::NotPushPath);
         }
-        let decoded = percent_decode(raw_path)?;
+        let decoded = match percent_decode(raw_path)? {
+            Decoded::Text(t) => t,
+            // Rare: judged byte by byte, so only the values the group keeps must be UTF-8.
+            Decoded::Bytes(b) => return from_decoded_bytes(&b),
+        };
         let cleaned = clean_path(&decoded);
         let rest = cleaned
             .strip_prefix(METRICS_PREFIX)
@@ -257,9 +261,16 @@ fn may_be_push_path(raw: &str) -> bool {
 
 /// Go's `url.PathUnescape`: `%XX` with two hex digits, anything else after `%` is an error.
 /// Borrows when there is nothing to decode (the common case: no copy on the request path).
-fn percent_decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
+/// A percent-decoded path: text, or bytes that are not UTF-8 (a value pushgateway would keep
+/// must then be refused; one it drops, e.g. an earlier duplicate label, need not).
+enum Decoded<'a> {
+    Text(Cow<'a, str>),
+    Bytes(Vec<u8>),
+}
+
+fn percent_decode(raw: &str) -> Result<Decoded<'_>, PathError> {
     if !raw.contains('%') {
-        return Ok(Cow::Borrowed(raw));
+        return Ok(Decoded::Text(Cow::Borrowed(raw)));
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -284,9 +295,104 @@ fn percent_decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map(Cow::Owned)
-        .map_err(|_| invalid("path is not valid UTF-8 after percent-decoding"))
+    Ok(match String::from_utf8(out) {
+        Ok(t) => Decoded::Text(Cow::Owned(t)),
+        Err(e) => Decoded::Bytes(e.into_bytes()),
+    })
+}
+
+/// [`GroupingKey::from_path`] for a decoded path that is not UTF-8: the same steps on bytes
+/// (pushgateway works on Go strings, which hold any bytes), then the job and the values the group
+/// keeps must be UTF-8 (pushgateway would store them and break: see the README).
+fn from_decoded_bytes(decoded: &[u8]) -> Result<GroupingKey, PathError> {
+    let not_utf8 = |what: &str| invalid(format!("{what} is not valid UTF-8 after percent-decoding"));
+    // Go's path cleaning, on bytes.
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for seg in decoded.split(|b| *b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let trailing = decoded.ends_with(b"/");
+    // ["metrics", "job"|"job@base64", job, name, value, ...]
+    if parts.len() < 2 || parts[0] != b"metrics" {
+        return Err(PathError::NotPushPath);
+    }
+    let job_is_base64 = match parts[1] {
+        b"job" => false,
+        b"job@base64" => true,
+        _ => return Err(PathError::NotPushPath),
+    };
+    let Some(job_raw) = parts.get(2) else {
+        return Err(invalid("job name is required: /metrics/job/<job>"));
+    };
+    let job = if job_is_base64 {
+        let text = std::str::from_utf8(job_raw).map_err(|_| not_utf8("the base64 job"))?;
+        decode_base64(text).map_err(|e| invalid(format!("invalid base64 encoding for job {text:?}: {e}")))?
+    } else {
+        String::from_utf8(job_raw.to_vec()).map_err(|_| not_utf8("the job name"))?
+    };
+    if job.is_empty() {
+        return Err(invalid("job name is required: /metrics/job/<job>"));
+    }
+    // The cleaned path keeps a trailing slash: after labels it is one more, empty, component
+    // (`/a/` is label a with an empty value ... of an odd count); after the job it is nothing.
+    let mut pairs: Vec<&[u8]> = parts[3..].to_vec();
+    if trailing && !pairs.is_empty() {
+        pairs.push(b"");
+    }
+    if pairs.len() % 2 == 1 {
+        return Err(invalid(
+            "odd number of components in the label string: expected /<label>/<value> pairs",
+        ));
+    }
+    let mut labels: Vec<(String, Vec<u8>)> = Vec::new();
+    for pair in pairs.chunks_exact(2) {
+        let name = String::from_utf8_lossy(pair[0]);
+        let (trimmed, is_base64) = match name.strip_suffix(BASE64_SUFFIX) {
+            Some(t) => (t, true),
+            None => (name.as_ref(), false),
+        };
+        if !is_valid_label_name(trimmed) || trimmed.starts_with("__") {
+            return Err(invalid(format!(
+                "improper label name {trimmed:?}: expected [a-zA-Z_][a-zA-Z0-9_]* not starting with __"
+            )));
+        }
+        let value = if is_base64 {
+            let text = std::str::from_utf8(pair[1])
+                .map_err(|_| not_utf8(&format!("the base64 value of {trimmed}")))?;
+            decode_base64(text)
+                .map_err(|e| {
+                    invalid(format!(
+                        "invalid base64 encoding for label {trimmed}={text:?}: {e}"
+                    ))
+                })?
+                .into_bytes()
+        } else {
+            pair[1].to_vec()
+        };
+        // Later duplicates win, as in pushgateway's map.
+        match labels.iter_mut().find(|(n, _)| n == trimmed) {
+            Some(entry) => entry.1 = value,
+            None => labels.push((trimmed.to_owned(), value)),
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(labels.len() + 1);
+    // The job from the path wins over a `job` label, whatever that one held.
+    for (name, value) in labels.into_iter().filter(|(n, _)| n != "job") {
+        let value = String::from_utf8(value).map_err(|_| not_utf8(&format!("the value of label {name}")))?;
+        if name == INSTANCE && value.is_empty() {
+            return Err(invalid(EMPTY_INSTANCE));
+        }
+        out.push((name, value));
+    }
+    out.push(("job".to_owned(), job));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(GroupingKey { labels: out })
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -466,6 +572,32 @@ mod tests {
         assert!(invalid_reason("/metrics/job/j%2").contains("percent-encoding"));
         assert!(invalid_reason("/metrics/job/j%zz").contains("\"%zz\""));
         assert!(invalid_reason("/metrics/job/%ff").contains("UTF-8"));
+    }
+
+    #[test]
+    fn invalid_utf8_counts_only_where_the_group_keeps_it() {
+        // Dropped by a later duplicate, by the path's job winning, or by `..`: accepted, as
+        // pushgateway accepts them (found by the differential test).
+        assert_eq!(key("/metrics/job/j/a/%E2%9CT/a/1"), key("/metrics/job/j/a/1"));
+        assert_eq!(key("/metrics/job/j/job/%C3/a/1"), key("/metrics/job/j/a/1"));
+        assert_eq!(key("/metrics/job/j/x/%C3/../1"), key("/metrics/job/j/x/1"));
+        assert_eq!(key("/metrics/job/%C3/../j/"), key("/metrics/job/j"));
+        // Kept: refused, naming what.
+        assert!(invalid_reason("/metrics/job/%C3").contains("job name is not valid UTF-8"));
+        assert!(invalid_reason("/metrics/job/j/a/1/a/%C3").contains("value of label a is not valid UTF-8"));
+        assert!(invalid_reason("/metrics/job/j/a/%C3/b").contains("odd number of components"));
+        assert!(invalid_reason("/metrics/job/j/a/%C3/").contains("odd number of components"));
+        // A trailing slash after a label name is its empty value, as in the text path.
+        assert_eq!(
+            key("/metrics/job/j/x/%C3/x/1/b@base64/"),
+            key("/metrics/job/j/x/1/b@base64/")
+        );
+        assert!(invalid_reason("/metrics/job/j/a%C3/1").contains("improper label name"));
+        assert!(invalid_reason("/metrics/job/j/a/%C3/a/1/instance@base64/=").contains("instance is empty"));
+        assert_eq!(
+            GroupingKey::from_path("/metrics/jobs/%C3"),
+            Err(PathError::NotPushPath)
+        );
     }
 
     #[test]
