@@ -365,24 +365,12 @@ fn when_a_consul_sync_whose_clock_ran_ahead_dies_the_other_takes_over_at_once() 
     let _serial = serial();
     let mut s = Stack::start_without_sync("envoy-clock-ahead");
     let behind = s.start_sync();
-    let lib = testkit::faketime_lib();
-    let ahead = ConsulSync::start_with_env(
-        &s.dir,
-        s.options(),
-        testkit::free_port(),
-        &[("LD_PRELOAD", lib.to_str().unwrap()), ("FAKETIME", "+60s")],
-    );
+    let ahead = ConsulSync::start_ahead(&s.dir, s.options());
     s.wait_members(&s.all(), Duration::from_secs(15), "Envoy has the three");
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     wait_until(
         "Envoy holds the list of the consul-sync that is ahead",
         Duration::from_secs(20),
-        || (s.envoy.members().0 > now_ms() + 30_000).then_some(()),
+        || (s.envoy.members().0 > common::unix_millis() + 30_000).then_some(()),
     );
     let ahead_version = s.envoy.members().0;
     s.syncs.push(behind);

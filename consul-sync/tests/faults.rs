@@ -339,54 +339,63 @@ fn measure(
     }
 }
 
-/// Starts the load and lets it put every group somewhere first.
-fn load_and_settle(s: &Stack) -> Load {
+/// One fault on a fresh stack under load: `prepare` sets the stack up before the load starts,
+/// `inject` makes the fault and returns when the world last changed. `before_on` are the
+/// pushgateways that stay up (their groups must survive), `live` the ones alive at the end.
+/// Returns the stack, for checks after the measurement, and the report.
+fn fault(
+    name: &'static str,
+    dir: &str,
+    before_on: &[usize],
+    live: &[usize],
+    prepare: impl FnOnce(&mut Stack),
+    inject: impl FnOnce(&mut Stack, Instant) -> Instant,
+) -> (Stack, Report) {
+    let mut s = Stack::start(dir);
+    prepare(&mut s);
     let load = Load::start(&s.envoy);
+    // Let the load put every group somewhere first.
     std::thread::sleep(Duration::from_secs(3));
-    load
+    let before = s.groups_on(before_on);
+    let started = Instant::now();
+    let changed = inject(&mut s, started);
+    let addrs = s.addrs(live);
+    let report = measure(name, &s, load, started, changed, &addrs, &before, live);
+    (s, report)
 }
 
 #[test]
 fn fault_kill_9_of_a_pushgateway() {
     let _serial = serial();
-    let mut s = Stack::start("fault-kill");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[1, 2]);
-    let started = Instant::now();
-    s.pgs[0].proc.kill();
-    let live = s.addrs(&[1, 2]);
-    measure(
+    let (_s, report) = fault(
         "`kill -9` of a pushgateway",
-        &s,
-        load,
-        started,
-        started,
-        &live,
-        &before,
+        "fault-kill",
         &[1, 2],
-    )
-    .print_and_check();
+        &[1, 2],
+        |_| {},
+        |s, t| {
+            s.pgs[0].proc.kill();
+            t
+        },
+    );
+    report.print_and_check();
 }
 
 #[test]
 fn fault_sigstop_of_a_pushgateway() {
     let _serial = serial();
-    let mut s = Stack::start("fault-stop");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[1, 2]);
-    let started = Instant::now();
-    s.pgs[0].proc.freeze();
     // Measured while it is frozen: its check times out and it leaves the list.
-    let live = s.addrs(&[1, 2]);
-    let report = measure(
-        "`SIGSTOP` of a pushgateway (then `SIGCONT`)",
-        &s,
-        load,
-        started,
-        started,
-        &live,
-        &before,
+    let name = "`SIGSTOP` of a pushgateway (then `SIGCONT`)";
+    let (mut s, report) = fault(
+        name,
+        "fault-stop",
         &[1, 2],
+        &[1, 2],
+        |_| {},
+        |s, t| {
+            s.pgs[0].proc.freeze();
+            t
+        },
     );
     s.pgs[0].proc.thaw();
     let all = s.addrs(&[0, 1, 2]);
@@ -401,54 +410,44 @@ fn fault_sigstop_of_a_pushgateway() {
 #[test]
 fn fault_a_flapping_pushgateway() {
     let _serial = serial();
-    let mut s = Stack::start("fault-flap");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[1, 2]);
-    let started = Instant::now();
-    let port = s.pgs[0].port;
-    let (period, total) = (secs(2, 3), secs(10, 60));
-    while started.elapsed() < total {
-        s.pgs[0].proc.kill();
-        std::thread::sleep(period);
-        s.pgs[0] = Pushgateway::start_on(&s.dir, port);
-        std::thread::sleep(period);
-    }
-    let changed = Instant::now();
-    let live = s.addrs(&[0, 1, 2]);
-    measure(
-        "a pushgateway flapping (down and up)",
-        &s,
-        load,
-        started,
-        changed,
-        &live,
-        &before,
+    let name = "a pushgateway flapping (down and up)";
+    let (_s, report) = fault(
+        name,
+        "fault-flap",
+        &[1, 2],
         &[0, 1, 2],
-    )
-    .print_and_check();
+        |_| {},
+        |s, started| {
+            let port = s.pgs[0].port;
+            let (period, total) = (secs(2, 3), secs(10, 60));
+            while started.elapsed() < total {
+                s.pgs[0].proc.kill();
+                std::thread::sleep(period);
+                s.pgs[0] = Pushgateway::start_on(&s.dir, port);
+                std::thread::sleep(period);
+            }
+            Instant::now()
+        },
+    );
+    report.print_and_check();
 }
 
 #[test]
 fn fault_envoy_restarted() {
     let _serial = serial();
-    let mut s = Stack::start("fault-envoy");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[0, 1, 2]);
-    let started = Instant::now();
-    let (ports, options) = (s.envoy.ports, s.envoy.options.clone());
-    s.envoy.proc.stop();
-    s.envoy = Envoy::start_on(&s.dir, options, ports);
-    let live = s.addrs(&[0, 1, 2]);
     // Its bootstrap members are the live ones, so it routes right as soon as it listens.
-    let report = measure(
+    let (s, report) = fault(
         "Envoy restarted",
-        &s,
-        load,
-        started,
-        started,
-        &live,
-        &before,
+        "fault-envoy",
         &[0, 1, 2],
+        &[0, 1, 2],
+        |_| {},
+        |s, t| {
+            let (ports, options) = (s.envoy.ports, s.envoy.options.clone());
+            s.envoy.proc.stop();
+            s.envoy = Envoy::start_on(&s.dir, options, ports);
+            t
+        },
     );
     // And consul-sync's next resync gives it the real list (a version above the bootstrap's 0).
     wait_until(
@@ -462,99 +461,67 @@ fn fault_envoy_restarted() {
 #[test]
 fn fault_consul_sync_kill_9_and_started_again() {
     let _serial = serial();
-    let mut s = Stack::start("fault-sync");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[0, 1, 2]);
-    let started = Instant::now();
-    let old = s.syncs.remove(0);
-    let port = old.http_port;
-    let mut old = old;
-    old.proc.kill();
-    std::thread::sleep(Duration::from_secs(1));
-    let sync = ConsulSync::start_on(&s.dir, s.options(), port);
-    wait_until("the new consul-sync is ready", Duration::from_secs(30), || {
-        sync.ready().then_some(())
-    });
-    s.syncs.push(sync);
-    let live = s.addrs(&[0, 1, 2]);
-    measure(
-        "consul-sync `kill -9`, started again",
-        &s,
-        load,
-        started,
-        started,
-        &live,
-        &before,
+    let name = "consul-sync `kill -9`, started again";
+    let (_s, report) = fault(
+        name,
+        "fault-sync",
         &[0, 1, 2],
-    )
-    .print_and_check();
+        &[0, 1, 2],
+        |_| {},
+        |s, t| {
+            let mut old = s.syncs.remove(0);
+            old.proc.kill();
+            std::thread::sleep(Duration::from_secs(1));
+            let sync = ConsulSync::start_on(&s.dir, s.options(), old.http_port);
+            wait_until("the new consul-sync is ready", Duration::from_secs(30), || {
+                sync.ready().then_some(())
+            });
+            s.syncs.push(sync);
+            t
+        },
+    );
+    report.print_and_check();
 }
 
 #[test]
 fn fault_consul_stopped() {
     let _serial = serial();
-    let mut s = Stack::start("fault-consul");
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[0, 1, 2]);
-    let started = Instant::now();
-    let ports = s.consul.ports;
-    s.consul.stop();
-    std::thread::sleep(secs(5, 20));
-    s.consul = Consul::start_on(&s.dir, ports);
-    let changed = Instant::now();
-    let live = s.addrs(&[0, 1, 2]);
-    measure(
-        "Consul stopped, started again",
-        &s,
-        load,
-        started,
-        changed,
-        &live,
-        &before,
+    let name = "Consul stopped, started again";
+    let (_s, report) = fault(
+        name,
+        "fault-consul",
         &[0, 1, 2],
-    )
-    .print_and_check();
+        &[0, 1, 2],
+        |_| {},
+        |s, _| {
+            let ports = s.consul.ports;
+            s.consul.stop();
+            std::thread::sleep(secs(5, 20));
+            s.consul = Consul::start_on(&s.dir, ports);
+            Instant::now()
+        },
+    );
+    report.print_and_check();
 }
 
 #[test]
 fn fault_two_consul_syncs_with_clocks_60s_apart_the_one_ahead_dies() {
     let _serial = serial();
-    let mut s = Stack::start("fault-clocks");
-    let lib = testkit::faketime_lib();
-    let ahead = ConsulSync::start_with_env(
-        &s.dir,
-        s.options(),
-        testkit::free_port(),
-        &[("LD_PRELOAD", lib.to_str().unwrap()), ("FAKETIME", "+60s")],
-    );
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
+    let name = "two consul-syncs, clocks 60 s apart, the one ahead dies (then a pushgateway)";
+    let prepare = |s: &mut Stack| {
+        let ahead = ConsulSync::start_ahead(&s.dir, s.options());
+        wait_until(
+            "Envoy holds the list of the one ahead",
+            Duration::from_secs(30),
+            || (s.envoy.try_members().ok()?.0 > common::unix_millis() + 30_000).then_some(()),
+        );
+        s.syncs.push(ahead);
     };
-    wait_until(
-        "Envoy holds the list of the one ahead",
-        Duration::from_secs(30),
-        || (s.envoy.try_members().ok()?.0 > now_ms() + 30_000).then_some(()),
-    );
-    let load = load_and_settle(&s);
-    let before = s.groups_on(&[1, 2]);
-    let started = Instant::now();
-    let mut ahead = ahead;
-    ahead.proc.kill();
-    // A change only the survivor can publish.
-    s.pgs[0].proc.kill();
-    let live = s.addrs(&[1, 2]);
-    measure(
-        "two consul-syncs, clocks 60 s apart, the one ahead dies (then a pushgateway)",
-        &s,
-        load,
-        started,
-        started,
-        &live,
-        &before,
-        &[1, 2],
-    )
-    .print_and_check();
+    let (_s, report) = fault(name, "fault-clocks", &[1, 2], &[1, 2], prepare, |s, t| {
+        s.syncs[1].proc.kill();
+        // A change only the survivor can publish.
+        s.pgs[0].proc.kill();
+        t
+    });
+    report.print_and_check();
 }

@@ -125,6 +125,17 @@ impl ConsulSync {
         (r.status, r.body)
     }
 
+    /// Starts one whose clock runs 60 s ahead (libfaketime), on a free port.
+    pub fn start_ahead(dir: &TestDir, options: SyncOptions) -> ConsulSync {
+        let lib = testkit::faketime_lib();
+        ConsulSync::start_with_env(
+            dir,
+            options,
+            free_port(),
+            &[("LD_PRELOAD", lib.to_str().unwrap()), ("FAKETIME", "+60s")],
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
@@ -180,6 +191,14 @@ fn write_config(dir: &TestDir, options: &SyncOptions, http_port: u16) -> std::pa
         &format!("consul-sync-{http_port}.yml"),
         options.yaml(http_port, &token_file.display().to_string()),
     )
+}
+
+/// The real Unix time in milliseconds (what a consul-sync whose clock is right uses as version).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Sorted copy.
