@@ -669,11 +669,18 @@ def cmd_apply(a):
     results = {}
     version = 1
     lines_seen = 0
-    for size in a.sizes:
+    for spec in a.sizes:
         took = []
+        # "N": alternate between two lists of N members that share none; "N+1": one member joins
+        # and leaves a list of N (what a scale-out or a drain does to the ring).
+        size, _, joins = spec.partition("+")
+        size = int(size)
         for r in range(a.rounds):
-            base = 20000 + (r % 2) * 5000
-            members = [f"127.0.0.1:{base + i}" for i in range(size)]
+            if joins:
+                members = [f"127.0.0.1:{20000 + i}" for i in range(size + (r % 2) * int(joins))]
+            else:
+                base = 20000 + (r % 2) * 5000
+                members = [f"127.0.0.1:{base + i}" for i in range(size)]
             body = json.dumps({"version": version, "members": members}).encode()
             conn = http.client.HTTPConnection("127.0.0.1", a.control, timeout=30)
             conn.request("PUT", "/-/sharding/members", body=body,
@@ -704,7 +711,7 @@ def cmd_apply(a):
             took += per_thread.values()
             version += 1
         took.sort()
-        results[str(size)] = {
+        results[spec] = {
             "samples": len(took),
             "median_ms": statistics.median(took),
             "max_ms": took[-1],
@@ -799,7 +806,7 @@ def main():
     s.add_argument("--control", type=int, required=True)
     s.add_argument("--token", required=True)
     s.add_argument("--log", required=True)
-    s.add_argument("--sizes", type=int, nargs="+", required=True)
+    s.add_argument("--sizes", nargs="+", required=True, help="N (a new list of N) or N+K (K join and leave N)")
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--expect-lines", type=int, required=True, help="workers x data listeners")
     s.set_defaults(f=cmd_apply)

@@ -7,7 +7,8 @@
 #    members (3, 100, 1,000), distinct groups (10,000, 1,000,000), body size (4 B, 64 KiB, 1 MiB).
 #    Each configuration is one `bench/run.sh redirect` (fresh Envoy, every answer checked).
 # 2. The time each worker takes to apply a member-list update (read it, decode it, rebuild the
-#    ring) at 3, 100 and 1,000 members x 500 vnodes, as the filter logs it.
+#    ring) at 3, 100 and 1,000 members x 500 vnodes (a new list each time), and when one member
+#    joins or leaves a list of 1,000 (a scale-out or a drain), as the filter logs it.
 #
 # Settings: BENCH_DURATION (s, 5), BENCH_ROUNDS (1: every configuration once per round, rounds
 # interleaved, medians reported), plus bench/run.sh's. Results: bench/results/curves.json.
@@ -60,7 +61,7 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-echo "==> member-list updates: 3, 100, 1,000 members x 500 vnodes"
+echo "==> member-list updates: 3, 100, 1,000 members x 500 vnodes; one joining or leaving 1,000"
 read -r redirect proxy control admin < <(python3 "$BENCH/bench.py" ports 4)
 python3 "$ROOT/scripts/render-envoy-config.py" --out "$WORK/apply.yaml" --address 127.0.0.1 \
     --ports "$redirect,$proxy,$control,$admin" --wasm "$WASM"
@@ -73,7 +74,7 @@ python3 "$BENCH/bench.py" wait-http GET "http://127.0.0.1:$admin/ready" 200 --pi
 # Each worker, and Envoy's main thread, has a view per data listener (redirect and proxy): two
 # lines per thread and update.
 python3 "$BENCH/bench.py" apply --control "$control" --token bench-curves --log "$WORK/apply.log" \
-    --sizes 3 100 1000 --rounds "$((ROUNDS * 3))" --expect-lines "$(((CONCURRENCY + 1) * 2))" \
+    --sizes 3 100 1000 1000+1 --rounds "$((ROUNDS * 3))" --expect-lines "$(((CONCURRENCY + 1) * 2))" \
     >"$WORK/apply.json" || { tail -n 30 "$WORK/apply.log" >&2; exit 1; }
 rss_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$ENVOY_PID/status")
 
@@ -112,11 +113,12 @@ for r in rows:
     print(f"| {r['config']} | {r['rps']:,.0f} | {r['p99_ms']:.2f} | {r['envoy_cpu_ms_per_1k']:.1f} | "
           f"{r['envoy_rss_mb']:.0f} | {r['conns']} |")
 print()
-print("| members x 500 vnodes | applied on a thread, median ms | max ms | samples (threads x updates) |")
+print("| members x 500 vnodes, update | applied on a thread, median ms | max ms | samples (threads x updates) |")
 print("|---|---|---|---|")
 for size, a in apply.items():
-    print(f"| {int(size):,} | {a['median_ms']:.2f} | {a['max_ms']:.2f} | {a['samples']} |")
+    label = f"{int(size[:-2]):,}, one joins or leaves" if size.endswith("+1") else f"{int(size):,}, a new list"
+    print(f"| {label} | {a['median_ms']:.2f} | {a['max_ms']:.2f} | {a['samples']} |")
 print()
-print(f"Envoy RSS after the updates (last list: 1,000 members): {rss_kb / 1024:.0f} MB")
+print(f"Envoy RSS after the updates (last list: 1,000 or 1,001 members): {rss_kb / 1024:.0f} MB")
 print(f"results: {out}")
 PY

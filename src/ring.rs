@@ -9,7 +9,6 @@
 
 use crate::grouping_key::push_len_prefixed;
 use crate::members::Member;
-use std::hash::Hasher;
 use twox_hash::XxHash64;
 
 /// Points per member unless configured: σ/μ of the load is about 1/√500 ≈ 4.5%.
@@ -20,9 +19,7 @@ pub const MAX_VNODES: u32 = 10_000;
 
 /// XXH64 with seed 0, the hash of keys and points.
 pub fn xxh64(bytes: &[u8]) -> u64 {
-    let mut h = XxHash64::with_seed(0);
-    h.write(bytes);
-    h.finish()
+    XxHash64::oneshot(0, bytes)
 }
 
 /// Checks a configured `vnodes` value, naming the accepted range.
@@ -36,55 +33,129 @@ pub fn validate_vnodes(vnodes: u32) -> Result<u32, String> {
     }
 }
 
-/// An immutable ring. Build a new one when the members change.
+/// An immutable ring. Build a new one when the members change, or derive it from the last one
+/// with [`Ring::rebuilt`], which rehashes only the members that joined.
 #[derive(Clone, Debug, Default)]
 pub struct Ring {
-    /// Sorted by hash; the `u32` indexes `members`.
+    /// The points as (hash, index into `members`), sorted: equal hashes (collisions) in the order
+    /// of their owners, so the first of them belongs to the member that sorts first.
     points: Vec<(u64, u32)>,
     members: Vec<Member>,
+    /// Points per member, after clamping.
+    vnodes: u32,
+}
+
+/// Appends the hashes of one member's points (`vnodes` of them) to a buffer.
+type PointsOf<'a> = dyn FnMut(&Member, u32, &mut Vec<u64>) + 'a;
+
+/// The placement rule: XXH64 of `be32(len(m)) ‖ m ‖ be32(i)` for `i` in `0..vnodes`.
+fn member_points(member: &Member, vnodes: u32, out: &mut Vec<u64>) {
+    let mut buf = Vec::with_capacity(member.as_str().len() + 8);
+    push_len_prefixed(&mut buf, member.as_str().as_bytes());
+    let prefix = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    for i in 0..vnodes {
+        if let Some(tail) = buf.get_mut(prefix..) {
+            tail.copy_from_slice(&i.to_be_bytes());
+        }
+        out.push(XxHash64::oneshot(0, &buf));
+    }
 }
 
 impl Ring {
     /// Builds the ring of `members` (any order, duplicates ignored) with `vnodes` points each.
     /// `vnodes` outside 1..=10,000 is clamped; validate configuration with [`validate_vnodes`].
     pub fn new(members: &[Member], vnodes: u32) -> Ring {
-        let mut buf = Vec::with_capacity(64);
-        Ring::with_point_hash(members, vnodes, |member, i| {
-            buf.clear();
-            push_len_prefixed(&mut buf, member.as_str().as_bytes());
-            buf.extend_from_slice(&i.to_be_bytes());
-            xxh64(&buf)
-        })
+        Ring::build(members, vnodes, &mut member_points)
     }
 
-    /// The ring with an injected point hash, so tests can place points where they want them.
-    fn with_point_hash(
-        members: &[Member],
-        vnodes: u32,
-        mut point_hash: impl FnMut(&Member, u32) -> u64,
-    ) -> Ring {
+    /// The ring of `members` with this ring's placement rule, reusing the points of the members
+    /// both rings have: only the members that joined are hashed, and the rest is one merge, so
+    /// one member joining or leaving costs a pass over the points instead of a sort. Equal to
+    /// `Ring::new(members, vnodes)` in every point; with another `vnodes` it is that.
+    pub fn rebuilt(&self, members: &[Member], vnodes: u32) -> Ring {
+        self.rebuilt_with(members, vnodes, &mut member_points)
+    }
+
+    fn build(members: &[Member], vnodes: u32, points_of: &mut PointsOf) -> Ring {
+        let empty = Ring {
+            vnodes: vnodes.clamp(MIN_VNODES, MAX_VNODES),
+            ..Ring::default()
+        };
+        empty.rebuilt_with(members, vnodes, points_of)
+    }
+
+    fn rebuilt_with(&self, members: &[Member], vnodes: u32, points_of: &mut PointsOf) -> Ring {
         let vnodes = vnodes.clamp(MIN_VNODES, MAX_VNODES);
+        if vnodes != self.vnodes && !self.members.is_empty() {
+            return Ring::build(members, vnodes, points_of);
+        }
         let mut members = members.to_vec();
         members.sort();
         members.dedup();
-        let mut points = Vec::with_capacity(members.len() * vnodes as usize);
+
+        // Old member index -> new one (u32::MAX: gone), and the members that joined. Both lists
+        // are sorted, so the mapping keeps the order: the kept points stay sorted.
+        let mut renumber = vec![u32::MAX; self.members.len()];
+        let mut joined = Vec::new();
+        let mut old = self.members.iter().enumerate().peekable();
         for (idx, member) in members.iter().enumerate() {
-            for i in 0..vnodes {
-                points.push((point_hash(member, i), idx as u32));
+            while old.next_if(|(_, m)| *m < member).is_some() {}
+            match old.next_if(|(_, m)| *m == member) {
+                Some((o, _)) => {
+                    if let Some(slot) = renumber.get_mut(o) {
+                        *slot = idx as u32;
+                    }
+                }
+                None => joined.push((idx as u32, member)),
             }
         }
-        // Sorting by (hash, member index) then keeping the first of equal hashes gives collisions
-        // to the member that sorts first, whatever order the caller used.
-        points.sort_unstable();
-        points.dedup_by_key(|p| p.0);
-        Ring { points, members }
+
+        // The joined members' points, sorted by (hash, member) as the ring orders collisions.
+        let mut fresh = Vec::with_capacity(joined.len() * vnodes as usize);
+        let mut scratch = Vec::with_capacity(vnodes as usize);
+        for (idx, member) in joined {
+            scratch.clear();
+            points_of(member, vnodes, &mut scratch);
+            fresh.extend(scratch.iter().map(|h| (*h, idx)));
+        }
+        fresh.sort_unstable();
+
+        // Merge them with the kept points, renumbered (none in a first build: then they are the
+        // ring). `u32::MAX` indexes no member, so `END` sorts after every real point.
+        const END: (u64, u32) = (u64::MAX, u32::MAX);
+        let points = if renumber.iter().all(|i| *i == u32::MAX) {
+            fresh
+        } else {
+            let mut points = Vec::with_capacity(members.len() * vnodes as usize);
+            let mut fresh = fresh.into_iter();
+            let mut next = fresh.next().unwrap_or(END);
+            for (hash, old) in &self.points {
+                let idx = renumber.get(*old as usize).copied().unwrap_or(u32::MAX);
+                if idx == u32::MAX {
+                    continue;
+                }
+                while next < (*hash, idx) {
+                    points.push(next);
+                    next = fresh.next().unwrap_or(END);
+                }
+                points.push((*hash, idx));
+            }
+            if next != END {
+                points.push(next);
+                points.extend(fresh);
+            }
+            points
+        };
+        Ring {
+            points,
+            members,
+            vnodes,
+        }
     }
 
     /// The owner of a key hash, or `None` for an empty ring.
     pub fn owner(&self, hash: u64) -> Option<&Member> {
-        if self.points.is_empty() {
-            return None;
-        }
         let i = self.points.partition_point(|p| p.0 < hash);
         let (_, idx) = self.points.get(i).or_else(|| self.points.first())?;
         self.members.get(*idx as usize)
@@ -99,9 +170,11 @@ impl Ring {
         self.members.is_empty()
     }
 
-    /// Number of points, after collisions were resolved.
+    /// Number of distinct points (a collision counts once: its first owner holds it).
     pub fn points(&self) -> usize {
-        self.points.len()
+        let next = self.points.iter().skip(1);
+        let collisions = self.points.iter().zip(next).filter(|(a, b)| a.0 == b.0).count();
+        self.points.len() - collisions
     }
 }
 
@@ -145,11 +218,32 @@ mod tests {
     #[test]
     fn lookup_wraps_to_the_first_point() {
         let ring = Ring::new(&members(3), 10);
-        let last = ring.points.last().unwrap();
-        let first = ring.points.first().unwrap();
-        assert_eq!(ring.owner(last.0 + 1), ring.members.get(first.1 as usize));
-        assert_eq!(ring.owner(u64::MAX), ring.members.get(first.1 as usize));
-        assert_eq!(ring.owner(first.0), ring.members.get(first.1 as usize));
+        let (last, last_owner) = *ring.points.last().unwrap();
+        let (first, first_owner) = ring.points[0];
+        let first_member = ring.members.get(first_owner as usize);
+        assert_ne!(first_member, ring.members.get(last_owner as usize));
+        assert_eq!(ring.owner(last + 1), first_member);
+        assert_eq!(ring.owner(u64::MAX), first_member);
+        assert_eq!(ring.owner(first), first_member);
+        assert_eq!(ring.owner(0), first_member);
+    }
+
+    /// The placement rule written out plainly, as the module documentation states it.
+    #[test]
+    fn points_follow_the_documented_rule() {
+        let m = members(2);
+        let ring = Ring::new(&m, 3);
+        let mut expected: Vec<(u64, u32)> = Vec::new();
+        for (idx, member) in m.iter().enumerate() {
+            for i in 0u32..3 {
+                let mut bytes = (member.as_str().len() as u32).to_be_bytes().to_vec();
+                bytes.extend_from_slice(member.as_str().as_bytes());
+                bytes.extend_from_slice(&i.to_be_bytes());
+                expected.push((xxh64(&bytes), idx as u32));
+            }
+        }
+        expected.sort();
+        assert_eq!(ring.points, expected);
     }
 
     #[test]
@@ -213,8 +307,7 @@ mod tests {
         m.reverse();
         m.push(m[0].clone());
         let b = Ring::new(&m, 50);
-        assert_eq!(a.points, b.points);
-        assert_eq!(a.members, b.members);
+        assert_eq!((a.points, a.members), (b.points, b.members));
     }
 
     #[test]
@@ -223,11 +316,83 @@ mod tests {
         let m = members(3);
         let mut reversed = m.clone();
         reversed.reverse();
-        let ring = Ring::with_point_hash(&reversed, 2, |_, i| 100 * (i as u64 + 1));
+        let ring = Ring::build(&reversed, 2, &mut collide);
         assert_eq!(ring.points(), 2);
         assert_eq!(ring.owner(50), Some(&m[0]));
         assert_eq!(ring.owner(150), Some(&m[0]));
         assert_eq!(ring.owner(250), Some(&m[0]), "wraps to the first point");
+    }
+
+    /// Every member's points at the same hashes `100 * (i + 1)`: a total collision.
+    fn collide(_: &Member, vnodes: u32, out: &mut Vec<u64>) {
+        out.extend((0..vnodes).map(|i| 100 * (i as u64 + 1)));
+    }
+
+    /// Points from a tiny hash space, so that collisions between members are common.
+    fn crowded(member: &Member, vnodes: u32, out: &mut Vec<u64>) {
+        let m = xxh64(member.as_str().as_bytes());
+        out.extend((0..vnodes).map(|i| (m ^ i as u64).wrapping_mul(0x9E37_79B9) % 64));
+    }
+
+    fn same(a: &Ring, b: &Ring) -> bool {
+        a.points == b.points && a.members == b.members && a.vnodes == b.vnodes
+    }
+
+    /// Deriving a ring from the last one gives, point for point, the ring built from scratch:
+    /// members joining, leaving, both at once, all replaced, none left, another vnodes; with real
+    /// hashes and with a crowded hash space where most points collide.
+    #[test]
+    fn a_rebuilt_ring_equals_a_new_one() {
+        let pool = members(40);
+        // A small deterministic generator (xorshift), so failures reproduce.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for points_of in [member_points as fn(&Member, u32, &mut Vec<u64>), crowded, collide] {
+            let mut ring = Ring::build(&[], 20, &mut { points_of });
+            for step in 0..300 {
+                let chosen: Vec<Member> = match step % 25 {
+                    0 => Vec::new(),
+                    1 => pool.clone(),
+                    _ => {
+                        let mask = next();
+                        let keep = 1 + next() % 3; // 1/3, 1/2 or all of the pool's candidates
+                        pool.iter()
+                            .enumerate()
+                            .filter(|(i, _)| mask >> (i % 64) & 1 == 1 && next() % keep == 0)
+                            .map(|(_, m)| m.clone())
+                            .collect()
+                    }
+                };
+                let vnodes = if step % 50 == 49 { 7 } else { 20 };
+                let mut shuffled = chosen.clone();
+                shuffled.reverse();
+                let rebuilt = ring.rebuilt_with(&shuffled, vnodes, &mut { points_of });
+                let fresh = Ring::build(&chosen, vnodes, &mut { points_of });
+                assert!(same(&rebuilt, &fresh), "step {step}: {} members", chosen.len());
+                for h in (0..200u64).chain((0..200).map(|_| next())) {
+                    assert_eq!(rebuilt.owner(h), fresh.owner(h));
+                }
+                ring = rebuilt;
+            }
+        }
+    }
+
+    /// The ring the filter derives after one member joins owns every key as consul-sync's fresh
+    /// ring does, at the default vnodes.
+    #[test]
+    fn one_member_joining_or_leaving_is_a_merge() {
+        let all = members(101);
+        let before = Ring::new(&all[..100], DEFAULT_VNODES);
+        let joined = before.rebuilt(&all, DEFAULT_VNODES);
+        assert!(same(&joined, &Ring::new(&all, DEFAULT_VNODES)));
+        let left = joined.rebuilt(&all[1..], DEFAULT_VNODES);
+        assert!(same(&left, &Ring::new(&all[1..], DEFAULT_VNODES)));
+        assert_eq!(left.points(), 100 * DEFAULT_VNODES as usize);
     }
 
     #[test]

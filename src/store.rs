@@ -123,16 +123,17 @@ thread_local! {
 }
 
 /// The ring of `members` (sorted, without duplicates, as a [`MemberList`] keeps them), shared with
-/// the other views of this thread when it was built already.
+/// the other views of this thread when it was built already, and derived from the thread's last
+/// ring otherwise.
 fn ring_for(members: &[Member], vnodes: u32) -> Rc<Ring> {
     LAST_RING.with(|last| {
         let mut last = last.borrow_mut();
-        if let Some((v, ring)) = last.as_ref() {
-            if *v == vnodes && ring.members() == members {
-                return Rc::clone(ring);
-            }
-        }
-        let ring = Rc::new(Ring::new(members, vnodes));
+        let ring = match last.as_ref() {
+            Some((v, ring)) if *v == vnodes && ring.members() == members => return Rc::clone(ring),
+            // Only the members that joined are hashed; the rest is a merge.
+            Some((v, ring)) if *v == vnodes => Rc::new(ring.rebuilt(members, vnodes)),
+            _ => Rc::new(Ring::new(members, vnodes)),
+        };
         *last = Some((vnodes, Rc::clone(&ring)));
         ring
     })
