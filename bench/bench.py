@@ -621,6 +621,25 @@ def cmd_load(a):
         c.close()
 
 
+def cmd_events(a):
+    """Every event of a callgrind dump (instructions, and cache misses when simulated), per
+    request, from its totals line."""
+    import glob
+    import subprocess
+
+    dumps = sorted(glob.glob(a.dump + "*"), key=os.path.getsize)
+    names, totals = [], []
+    with open(dumps[-1]) as f:
+        for line in f:
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith("totals:"):
+                totals = [int(x) for x in line.split()[1:]]
+    if not names or len(names) != len(totals):
+        die(f"no events or totals line in {dumps[-1]}")
+    print(json.dumps({n: round(t / a.requests) for n, t in zip(names, totals)}))
+
+
 def cmd_instructions(a):
     """Instructions per request from a callgrind dump, split by where they ran. The Envoy binary
     is stripped, so only the split is named: Envoy's own code (V8 included), the JIT-compiled wasm
@@ -801,6 +820,11 @@ def main():
     s.add_argument("--scenario", required=True)
     s.add_argument("--requests", type=int, required=True)
     s.set_defaults(f=cmd_instructions)
+
+    s = sub.add_parser("events")
+    s.add_argument("--dump", required=True)
+    s.add_argument("--requests", type=int, required=True)
+    s.set_defaults(f=cmd_events)
 
     s = sub.add_parser("apply")
     s.add_argument("--control", type=int, required=True)

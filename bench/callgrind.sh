@@ -75,7 +75,9 @@ for scen in "${SCENARIOS[@]}"; do
             ;;
         *) echo "bench/callgrind.sh: unknown scenario $scen" >&2; exit 2 ;;
     esac
+    # shellcheck disable=SC2086 # BENCH_VALGRIND_ARGS is a list of options
     SHARDING_CONTROL_TOKEN=bench-unused valgrind --tool=callgrind --instr-atstart=no --smc-check=all \
+        ${BENCH_VALGRIND_ARGS:-} \
         --callgrind-out-file="$WORK/$scen.cg" "$ENVOY" -c "$WORK/$scen.yaml" --disable-hot-restart \
         --concurrency 1 --log-level warning >"$WORK/$scen.log" 2>&1 </dev/null &
     vg=$!
@@ -90,4 +92,8 @@ for scen in "${SCENARIOS[@]}"; do
     kill "$vg"
     wait "$vg" 2>/dev/null || true
     "${HELPER[@]}" instructions --dump "$WORK/$scen.cg" --scenario "$scen" --requests "$REQUESTS"
+    if [ -n "${BENCH_VALGRIND_ARGS:-}" ]; then
+        # Every event the options turned on (e.g. cache misses with --cache-sim=yes), per request.
+        "${HELPER[@]}" events --dump "$WORK/$scen.cg" --requests "$REQUESTS"
+    fi
 done
