@@ -43,38 +43,6 @@ pub struct Ring {
     members: Vec<Member>,
     /// Points per member, after clamping.
     vnodes: u32,
-    /// Where each range of hashes starts: `index[k]` is the first point whose hash, shifted right
-    /// by `shift`, is at least `k` (one entry past the last range: `points.len()`). A lookup
-    /// reads one entry and searches the few points of one range, instead of a binary search
-    /// over all of them that misses the CPU caches at every step once the ring outgrows them
-    /// (8 MB at 1,000 members x 500 vnodes).
-    index: Vec<u32>,
-    shift: u32,
-}
-
-/// Points per range of the index, on average: 4 to 8 (one or two cache lines).
-const INDEX_SPARSENESS_BITS: u32 = 2;
-/// At most 2^20 ranges (4 MiB of index).
-const INDEX_MAX_BITS: u32 = 20;
-
-/// The index of sorted `points` and its shift: see [`Ring::index`].
-fn index_points(points: &[(u64, u32)]) -> (Vec<u32>, u32) {
-    let bits = points
-        .len()
-        .checked_ilog2()
-        .map_or(0, |l| l.saturating_sub(INDEX_SPARSENESS_BITS))
-        .min(INDEX_MAX_BITS);
-    let shift = 64 - bits;
-    let ranges = 1usize << bits;
-    let mut index = Vec::with_capacity(ranges + 1);
-    for (i, (hash, _)) in points.iter().enumerate() {
-        let range = hash.checked_shr(shift).unwrap_or(0) as usize;
-        while index.len() <= range {
-            index.push(i as u32);
-        }
-    }
-    index.resize(ranges + 1, points.len() as u32);
-    (index, shift)
 }
 
 /// Appends the hashes of one member's points (`vnodes` of them) to a buffer.
@@ -179,23 +147,16 @@ impl Ring {
             }
             points
         };
-        let (index, shift) = index_points(&points);
         Ring {
             points,
             members,
             vnodes,
-            index,
-            shift,
         }
     }
 
     /// The owner of a key hash, or `None` for an empty ring.
     pub fn owner(&self, hash: u64) -> Option<&Member> {
-        // Every point before `start` is below `hash`, every point from `end` on above it.
-        let range = hash.checked_shr(self.shift).unwrap_or(0) as usize;
-        let start = *self.index.get(range)? as usize;
-        let end = *self.index.get(range + 1)? as usize;
-        let i = start + self.points.get(start..end)?.partition_point(|p| p.0 < hash);
+        let i = self.points.partition_point(|p| p.0 < hash);
         let (_, idx) = self.points.get(i).or_else(|| self.points.first())?;
         self.members.get(*idx as usize)
     }
@@ -265,28 +226,6 @@ mod tests {
         assert_eq!(ring.owner(u64::MAX), first_member);
         assert_eq!(ring.owner(first), first_member);
         assert_eq!(ring.owner(0), first_member);
-    }
-
-    /// The indexed lookup finds what a binary search over all points finds, for rings from one
-    /// point to 500,000, at every point's hash, beside it, and at the ends of the hash space.
-    #[test]
-    fn indexed_lookup_agrees_with_a_plain_search() {
-        for (n, vnodes) in [(1usize, 1u32), (1, 3), (2, 2), (3, 500), (17, 33), (1000, 500)] {
-            let ring = Ring::new(&members(n), vnodes);
-            let plain = |hash: u64| {
-                let i = ring.points.partition_point(|p| p.0 < hash);
-                let (_, idx) = ring.points.get(i).or_else(|| ring.points.first()).unwrap();
-                ring.members.get(*idx as usize)
-            };
-            let mut probes = vec![0, 1, u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 1];
-            for (h, _) in ring.points.iter().step_by((ring.points.len() / 5000).max(1)) {
-                probes.extend([*h, h.wrapping_sub(1), h.wrapping_add(1)]);
-            }
-            for h in probes {
-                assert_eq!(ring.owner(h), plain(h), "{n} members x {vnodes}: hash {h:#x}");
-                assert!(ring.owner(h).is_some());
-            }
-        }
     }
 
     /// The placement rule written out plainly, as the module documentation states it.
@@ -396,10 +335,7 @@ mod tests {
     }
 
     fn same(a: &Ring, b: &Ring) -> bool {
-        a.points == b.points
-            && a.members == b.members
-            && a.vnodes == b.vnodes
-            && (&a.index, a.shift) == (&b.index, b.shift)
+        a.points == b.points && a.members == b.members && a.vnodes == b.vnodes
     }
 
     /// Deriving a ring from the last one gives, point for point, the ring built from scratch:
