@@ -179,8 +179,9 @@ case "${1:-build}" in
         say "fault matrix (consul-sync/tests/faults.rs, FAULTS_FULL=1): one row per fault"
         echo "| fault | pushes that failed, by kind | slowest push | time to converge | non-owner pushes after | groups lost | empty lists |"
         echo "|---|---|---|---|---|---|---|"
+        # Each row is printed as its test ends; `-q` puts the test's progress dot in front of it.
         FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>/dev/null |
-            grep '^| '
+            sed -n 's/^\.*\(| .*\)$/\1/p'
         ;;
     fuzz)
         deps
