@@ -259,8 +259,6 @@ fn may_be_push_path(raw: &str) -> bool {
     raw.starts_with(METRICS_PREFIX) || raw.contains('%') || raw.contains("/.") || raw.contains("//")
 }
 
-/// Go's `url.PathUnescape`: `%XX` with two hex digits, anything else after `%` is an error.
-/// Borrows when there is nothing to decode (the common case: no copy on the request path).
 /// A percent-decoded path: text, or bytes that are not UTF-8 (a value pushgateway would keep
 /// must then be refused; one it drops, e.g. an earlier duplicate label, need not).
 enum Decoded<'a> {
@@ -268,6 +266,8 @@ enum Decoded<'a> {
     Bytes(Vec<u8>),
 }
 
+/// Go's `url.PathUnescape`: `%XX` with two hex digits, anything else after `%` is an error.
+/// Borrows when there is nothing to decode (the common case: no copy on the request path).
 fn percent_decode(raw: &str) -> Result<Decoded<'_>, PathError> {
     if !raw.contains('%') {
         return Ok(Decoded::Text(Cow::Borrowed(raw)));

@@ -209,22 +209,26 @@ impl RequestHeaders {
     /// not what proxy-wasm documents.
     fn walk<'s>(&'s self, mut visit: impl FnMut(&'s [u8], &'s [u8]) -> bool) -> Option<()> {
         let d = self.data.as_slice();
+        // Every offset is checked: a map the host encoded otherwise reads as `None`, on 32 bits too.
         let u32_at = |at: usize| -> Option<usize> {
-            let b = d.get(at..at + 4)?;
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            let b: [u8; 4] = d.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            Some(u32::from_le_bytes(b) as usize)
         };
         let count = u32_at(0)?;
         let mut text = 4usize.checked_add(count.checked_mul(8)?)?;
         for i in 0..count {
+            // i < count and 8 * count fits, so these cannot overflow.
             let name_len = u32_at(4 + i * 8)?;
             let value_len = u32_at(8 + i * 8)?;
-            let n = d.get(text..text + name_len)?;
-            let value_at = text + name_len + 1;
-            let v = d.get(value_at..value_at + value_len)?;
+            let name_end = text.checked_add(name_len)?;
+            let n = d.get(text..name_end)?;
+            let value_at = name_end.checked_add(1)?;
+            let value_end = value_at.checked_add(value_len)?;
+            let v = d.get(value_at..value_end)?;
             if visit(n, v) {
                 return Some(());
             }
-            text = value_at + value_len + 1;
+            text = value_end.checked_add(1)?;
         }
         Some(())
     }
