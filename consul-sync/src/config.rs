@@ -552,7 +552,7 @@ impl Config {
         for (i, m) in drain.iter().enumerate() {
             if !servers.contains(m) {
                 warnings.push(format!(
-                    "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained if something else registered it"
+                    "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained while it is registered in Consul (consul-sync keeps it registered if it registered it), and not registered anew"
                 ));
             }
         }

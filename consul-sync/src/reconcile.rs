@@ -14,7 +14,10 @@
 //!   and deleted from it. With no group left it is drained and can be stopped.
 //! - Before deleting, the pushgateways involved are read again: a copy whose push time moved (a
 //!   push arrived meanwhile), or whose keeper is gone or older than read, is not deleted this time.
-//!   What remains is the time between that second read and the `DELETE` (milliseconds).
+//!   What remains is the time between that second read and the `DELETE`: milliseconds for a few
+//!   groups, seconds at 100k (the read, then the deletes 16 at a time). Likewise, a move at a drain
+//!   deadline reads the owner again after the (slow) read of the draining pushgateway, and is not
+//!   made where the owner got a copy as new or newer meanwhile.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -255,6 +258,8 @@ struct RoundReport {
     failed: usize,
     /// Pushgateways a copy was deleted from this round.
     touched: BTreeSet<Member>,
+    /// Groups each pushgateway read holds that no push path can name (left alone, but held).
+    unnamed: BTreeMap<Member, usize>,
 }
 
 impl Reconciler {
@@ -348,12 +353,19 @@ impl Reconciler {
             .filter(|m| report.touched.contains(*m))
             .cloned()
             .collect();
-        let after = self.read_all(&touched, &mut RoundReport::default()).await;
+        let mut after_report = RoundReport::default();
+        let after = self.read_all(&touched, &mut after_report).await;
         for member in &list.draining {
-            let Some(held) = after.get(member).or_else(|| holdings.get(member)) else {
-                continue;
+            // Groups no push path can name count too: they are still on it, and stopping it would
+            // lose them.
+            let (held, unnamed) = match after.get(member) {
+                Some(held) => (held, after_report.unnamed.get(member)),
+                None => match holdings.get(member) {
+                    Some(held) => (held, report.unnamed.get(member)),
+                    None => continue,
+                },
             };
-            let count = held.len();
+            let count = held.len() + unnamed.copied().unwrap_or(0);
             if let Some(state) = tracker.observe(member, count) {
                 match state {
                     DrainState::Drained => info!(
@@ -411,6 +423,7 @@ impl Reconciler {
                     for s in times.skipped.iter().take(3) {
                         warn!("pushgateway {member}: a group that no push path can name is left alone: {s}");
                     }
+                    report.unnamed.insert(member.clone(), times.skipped.len());
                     out.insert(member, times.groups.into_iter().collect::<Holdings>());
                     report.read += 1;
                 }
@@ -475,10 +488,38 @@ impl Reconciler {
             };
             let mut contents: HashMap<GroupingKey, String> =
                 groups.into_iter().map(|g| (g.key.clone(), g.to_text())).collect();
+            // Reading the draining pushgateway's groups takes seconds at scale; a job may have
+            // pushed to the owner meanwhile. Its push times are read now, and a move that would
+            // overwrite a copy as new or newer is not made (the next round deletes the drained
+            // copy as the older one).
+            let owners: Vec<Member> = moves
+                .iter()
+                .map(|m| m.to.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let on_owners = self.read_all(&owners, &mut RoundReport::default()).await;
             let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let mut tasks = JoinSet::new();
             for m in moves {
+                let Some(on_owner) = on_owners.get(&m.to) else {
+                    // Unreadable (logged by read_all): tried again next round.
+                    report.failed += 1;
+                    continue;
+                };
+                if on_owner.get(&m.key).is_some_and(|t| *t >= m.push_time) {
+                    debug!(
+                        "not moving {} from draining {}: its owner {} got a copy as new or newer meanwhile",
+                        m.key, m.from, m.to
+                    );
+                    report.skipped += 1;
+                    continue;
+                }
                 let Some(text) = contents.remove(&m.key) else {
+                    debug!(
+                        "not moving {} from draining {}: it is gone from there",
+                        m.key, m.from
+                    );
                     continue;
                 };
                 let client = self.client.clone();

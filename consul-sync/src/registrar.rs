@@ -6,13 +6,15 @@
 //! - registers each configured pushgateway that is missing (it is admitted again as soon as its
 //!   check passes), and registers again those whose check settings a reload changed;
 //! - deregisters the services consul-sync registered (meta `managed_by=consul-sync`) whose
-//!   pushgateway left `pushgateway.servers`: Prometheus stops scraping them. Drain one first.
+//!   pushgateway left `pushgateway.servers` and is not in `pushgateway.drain`: Prometheus stops
+//!   scraping them. A pushgateway moved from `servers` to `drain` in one edit stays registered
+//!   (and scraped) until it leaves `drain` too.
 
 use crate::config::Config;
 use crate::consul::{ConsulClient, Registration};
 use crate::metrics::Metrics;
 use crate::watcher::sleep_or_shutdown;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -57,6 +59,7 @@ impl Registrar {
         self.metrics.consul_request("register");
         let services = self.client.agent_services().await?;
         let wanted = registrations(config);
+        let kept = kept_ids(config);
         for reg in &wanted {
             let missing = !services.contains_key(&reg.id);
             let changed = registered.get(&reg.id) != Some(reg);
@@ -85,7 +88,7 @@ impl Registrar {
             if svc.service != config.service_name || !svc.managed_by_us() {
                 continue;
             }
-            if wanted.iter().any(|r| r.id == *id) {
+            if kept.contains(id) {
                 continue;
             }
             self.metrics.consul_request("register");
@@ -93,7 +96,7 @@ impl Registrar {
             registered.remove(id);
             self.metrics.deregistrations.inc();
             info!(
-                "deregistered {id} from Consul: it is no longer in pushgateway.servers (Prometheus stops scraping it)"
+                "deregistered {id} from Consul: it is no longer in pushgateway.servers or pushgateway.drain (Prometheus stops scraping it)"
             );
         }
         Ok(())
@@ -107,4 +110,30 @@ pub fn registrations(config: &Config) -> Vec<Registration> {
         .iter()
         .map(|m| Registration::for_member(m, &config.service_name, &config.check))
         .collect()
+}
+
+/// The service ids the registrar never deregisters: the configured pushgateways' and the
+/// draining ones' (a drain needs its pushgateway registered, so that it is read and scraped).
+fn kept_ids(config: &Config) -> BTreeSet<String> {
+    config
+        .servers
+        .iter()
+        .chain(&config.drain)
+        .map(|m| Registration::for_member(m, &config.service_name, &config.check).id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pushgateway_moved_from_servers_to_drain_stays_registered() {
+        let text = "pushgateway: {servers: [a:1], drain: [b:1]}\n";
+        let (config, _) = Config::parse(text, "t.yml", |_| None, |p| Err(format!("{p:?}"))).unwrap();
+        let wanted: Vec<String> = registrations(&config).into_iter().map(|r| r.id).collect();
+        assert_eq!(wanted, ["a_1"], "only servers are registered");
+        let kept: Vec<String> = kept_ids(&config).into_iter().collect();
+        assert_eq!(kept, ["a_1", "b_1"], "the draining one is not deregistered");
+    }
 }
