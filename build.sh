@@ -180,8 +180,15 @@ case "${1:-build}" in
         echo "| fault | pushes that failed, by kind | slowest push | time to converge | non-owner pushes after | groups lost | empty lists |"
         echo "|---|---|---|---|---|---|---|"
         # Each row is printed as its test ends; `-q` puts the test's progress dot in front of it.
-        FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>/dev/null |
-            sed -n 's/^\.*\(| .*\)$/\1/p'
+        # The rest of the output (and why a fault failed) is kept, and shown on a failure.
+        log=$(mktemp)
+        if ! FAULTS_FULL=1 cargo test --locked -q -p consul-sync --test faults -- --nocapture --test-threads=1 2>&1 |
+            tee "$log" | sed -n 's/^\.*\(| .*\)$/\1/p'; then
+            tail -n 60 "$log" >&2
+            rm -f "$log"
+            exit 1
+        fi
+        rm -f "$log"
         ;;
     fuzz)
         deps

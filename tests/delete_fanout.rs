@@ -252,9 +252,17 @@ fn a_dead_member_is_counted_and_does_not_hold_up_the_delete() {
     );
 }
 
-#[test]
-fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
-    let mut s = stack("fanout-frozen");
+/// A DELETE through `listener` (the data listener's URL) while a member that may hold a copy is
+/// frozen: the filter waits for that call's 3 s timeout before the DELETE goes on (or the 307 is
+/// sent), and no longer, whatever follows the headers.
+fn a_frozen_member_holds_the_delete(
+    name: &str,
+    listener: fn(&Stack) -> String,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    status: u16,
+) {
+    let mut s = stack(name);
     let members = s.members();
     let path = "/metrics/job/fanout_frozen";
     let owner = expected_owner(&members, path);
@@ -267,12 +275,12 @@ fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
     let failures = s.envoy.stat(FAILURES);
     let calls = s.envoy.stat(CALLS);
     let start = Instant::now();
-    let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
+    let r = http_request("DELETE", &format!("{}{path}", listener(&s)), headers, body);
     let took = start.elapsed();
     let failed = s.envoy.stat(FAILURES) - failures;
     let called = s.envoy.stat(CALLS) - calls;
     s.pgs[idx].proc.thaw();
-    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.status, status, "{}", r.body);
     // The filter waited for the call's 3 s timeout, and no longer.
     assert!(
         took >= Duration::from_millis(2900) && took < FANOUT_BOUND,
@@ -280,7 +288,34 @@ fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
         s.envoy.proc.log_tail(30)
     );
     assert_eq!(failed, 1);
-    assert!(s.holders(&labels(&[("job", "fanout_frozen")])).is_empty());
+    if status == 202 {
+        assert!(s.holders(&labels(&[("job", "fanout_frozen")])).is_empty());
+    }
+}
+
+#[test]
+fn a_frozen_member_costs_the_delete_at_most_the_fanout_timeout() {
+    a_frozen_member_holds_the_delete("fanout-frozen", |s| s.envoy.proxy_url(), &[], b"", 202);
+}
+
+/// A body (or a client that waits for `100 Continue`) must not let the DELETE past the fan-out:
+/// the body arrives while the headers are held.
+#[test]
+fn a_delete_with_a_body_is_held_for_the_fanout_too() {
+    a_frozen_member_holds_the_delete(
+        "fanout-frozen-body",
+        |s| s.envoy.proxy_url(),
+        &[],
+        b"ignored\n",
+        202,
+    );
+    a_frozen_member_holds_the_delete(
+        "fanout-frozen-expect",
+        |s| s.envoy.redirect_url(),
+        &[("expect", "100-continue")],
+        b"ignored\n",
+        307,
+    );
 }
 
 #[test]
@@ -292,18 +327,22 @@ fn a_member_envoy_has_no_host_for_is_counted_and_the_filter_keeps_working() {
     members.push("localhost:1".to_owned());
     let refs: Vec<&str> = members.iter().map(String::as_str).collect();
     assert_eq!(s.envoy.put_members(2, &refs).status, 200);
-    let path = "/metrics/job/fanout_nohost";
+    // The members' ports are random: take a job that a real pushgateway owns.
+    let job = (0..100)
+        .map(|i| format!("fanout_nohost_{i}"))
+        .find(|job| expected_owner(&members, &format!("/metrics/job/{job}")) != "localhost:1")
+        .unwrap();
+    let path = &format!("/metrics/job/{job}");
     let owner = expected_owner(&members, path);
-    assert_ne!(owner, "localhost:1", "pick another job name");
     let old = members
         .iter()
         .find(|m| **m != owner && *m != "localhost:1")
         .unwrap()
         .clone();
     for round in 0..3 {
-        copies(&s, "fanout_nohost", &[&owner, &old]);
+        copies(&s, &job, &[&owner, &old]);
         let failures = s.envoy.stat(FAILURES);
-        let between = delete_following_redirect(&s, path, &owner, "fanout_nohost");
+        let between = delete_following_redirect(&s, path, &owner, &job);
         assert_eq!(between, vec![owner.clone()], "round {round}");
         assert_eq!(s.envoy.stat(FAILURES) - failures, 1, "round {round}");
     }

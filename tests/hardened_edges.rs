@@ -24,10 +24,12 @@ fn envoy(dir: &TestDir, token: &str) -> Envoy {
 }
 
 fn envoy_log(e: &Envoy) -> String {
-    // Without the harness's line that shows the environment it started Envoy with.
-    e.proc
-        .log()
-        .lines()
+    without_harness_lines(&e.proc.log())
+}
+
+/// A process log without the harness's lines (they show the environment and the config path).
+fn without_harness_lines(log: &str) -> String {
+    log.lines()
         .filter(|l| !l.starts_with("---- testkit"))
         .collect::<Vec<_>>()
         .join("\n")
@@ -127,7 +129,9 @@ fn raw_status(port: u16, head: &str) -> u16 {
 
 /// Envoy started with `wasm` as the filter: it must exit with an error naming the module, and
 /// never accept a push on its data listeners meanwhile.
-fn envoy_refuses_to_start(dir: &TestDir, wasm: &str, name: &str) {
+/// Starts Envoy with the shipped config on `wasm` and checks it exits, answers nothing, and says
+/// `says` in its log.
+fn envoy_refuses_to_start(dir: &TestDir, wasm: &str, name: &str, says: &str) {
     let ports = EnvoyPorts::free();
     let out = Command::new("python3")
         .arg(repo_root().join("scripts/render-envoy-config.py"))
@@ -175,10 +179,10 @@ fn envoy_refuses_to_start(dir: &TestDir, wasm: &str, name: &str) {
         }
     };
     assert!(!status.success(), "{name}: Envoy exited with success");
-    let log = proc.log();
+    let log = without_harness_lines(&proc.log());
     assert!(
-        log.to_lowercase().contains("wasm"),
-        "{name}: the error does not name the wasm module:\n{log}"
+        log.contains(says),
+        "{name}: Envoy's log does not say {says:?}:\n{log}"
     );
 }
 
@@ -186,9 +190,20 @@ fn envoy_refuses_to_start(dir: &TestDir, wasm: &str, name: &str) {
 fn a_broken_or_missing_wasm_stops_envoy() {
     let dir = TestDir::new("broken-wasm");
     let missing = dir.join("missing.wasm");
-    envoy_refuses_to_start(&dir, missing.to_str().unwrap(), "envoy-missing-wasm");
+    let missing = missing.to_str().unwrap();
+    envoy_refuses_to_start(
+        &dir,
+        missing,
+        "envoy-missing-wasm",
+        &format!("Invalid path: {missing}"),
+    );
     let garbage = dir.write("garbage.wasm", b"\0asm this is not a module");
-    envoy_refuses_to_start(&dir, garbage.to_str().unwrap(), "envoy-garbage-wasm");
+    envoy_refuses_to_start(
+        &dir,
+        garbage.to_str().unwrap(),
+        "envoy-garbage-wasm",
+        "Unable to create Wasm plugin dynamic_sharding",
+    );
 }
 
 /// NUL is valid UTF-8, pushgateway and Prometheus hold it, and the filter's parser accepts it

@@ -54,10 +54,16 @@ fn bundle(dir: &TestDir) -> PathBuf {
         .arg(dir.join("dist")));
     let tarball = PathBuf::from(stdout(&out));
     let name = tarball.file_name().unwrap().to_str().unwrap().to_owned();
+    // Named as deploy/dist.sh names it from `uname -m`.
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
     assert_eq!(
         name,
         format!(
-            "dynamic-sharding-{}-linux-amd64.tar.gz",
+            "dynamic-sharding-{}-linux-{arch}.tar.gz",
             env!("CARGO_PKG_VERSION")
         )
     );
@@ -374,7 +380,7 @@ fn verify_units(folder: &Path) {
     cmd.arg("verify").args(UNITS.iter().map(|u| folder.join(u)));
     let out = cmd.output().unwrap_or_else(|e| {
         panic!(
-            "systemd-analyze: {e}: the unit check needs systemd's systemd-analyze (Debian package systemd)"
+            "systemd-analyze: {e}: the unit check needs systemd's systemd-analyze: apt-get install systemd"
         )
     });
     let said = format!(

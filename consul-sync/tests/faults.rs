@@ -60,6 +60,13 @@ struct Load {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+impl Drop for Load {
+    /// A failed fault test stops its pushers and recorder too (the measurement stops them first).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Load {
     fn start(envoy: &Envoy) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
