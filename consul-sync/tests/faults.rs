@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{serial, sorted, ConsulSync, SyncOptions};
+use common::{serial, sorted, ConsulSync, Stack, SyncOptions};
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::MemberList;
 use dynamic_sharding::ring::Ring;
@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::envoy::{Envoy, EnvoyOptions};
-use testkit::{try_http_request, wait_until, Consul, Pushgateway, TestDir};
+use testkit::envoy::Envoy;
+use testkit::{try_http_request, wait_until, Consul, Pushgateway};
 
 const GROUPS_PER_PUSHER: usize = 40;
 const PUSH_SPACING: Duration = Duration::from_millis(25);
@@ -166,38 +166,13 @@ fn push(base: &str, path: &str, body: &str, follow: bool) -> (String, Option<Str
     (outcome, owner)
 }
 
-/// Everything one fault runs on.
-struct Stack {
-    syncs: Vec<ConsulSync>,
-    envoy: Envoy,
-    consul: Consul,
-    pgs: Vec<Pushgateway>,
-    dir: TestDir,
-}
-
 impl Stack {
+    /// The stack with Envoy bootstrapped on the three, and one consul-sync.
     fn start(name: &str) -> Stack {
-        let dir = TestDir::new(name);
-        let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
-        let consul = Consul::start(&dir);
-        let members = pgs.iter().map(Pushgateway::addr).collect();
-        let envoy = Envoy::start(
-            &dir,
-            EnvoyOptions {
-                members,
-                ..Default::default()
-            },
-        );
-        let mut s = Stack {
-            syncs: Vec::new(),
-            envoy,
-            consul,
-            pgs,
-            dir,
-        };
-        let sync = ConsulSync::start(&s.dir, s.options());
+        let mut s = Stack::start_without_sync(name, true);
+        let sync = ConsulSync::start(&s.dir, s.fault_options());
         s.syncs.push(sync);
-        let all = s.addrs(&[0, 1, 2]);
+        let all = s.all();
         wait_until(
             "Envoy has the three from consul-sync",
             Duration::from_secs(20),
@@ -206,18 +181,11 @@ impl Stack {
         s
     }
 
-    fn options(&self) -> SyncOptions {
-        let mut o = SyncOptions::new(
-            self.consul.addr(),
-            self.pgs.iter().map(Pushgateway::addr).collect(),
-        );
-        o.control_urls = vec![self.envoy.control_url()];
+    /// With a short reconcile interval, so that lost or duplicated groups show within the test.
+    fn fault_options(&self) -> SyncOptions {
+        let mut o = self.options();
         o.reconcile = "2s";
         o
-    }
-
-    fn addrs(&self, idx: &[usize]) -> Vec<String> {
-        sorted(idx.iter().map(|i| self.pgs[*i].addr()).collect())
     }
 
     /// Every group the given (running) pushgateways hold.
@@ -479,7 +447,7 @@ fn fault_consul_sync_kill_9_and_started_again() {
             let mut old = s.syncs.remove(0);
             old.proc.kill();
             std::thread::sleep(Duration::from_secs(1));
-            let sync = ConsulSync::start_on(&s.dir, s.options(), old.http_port);
+            let sync = ConsulSync::start_on(&s.dir, s.fault_options(), old.http_port);
             wait_until("the new consul-sync is ready", Duration::from_secs(30), || {
                 sync.ready().then_some(())
             });
@@ -515,20 +483,34 @@ fn fault_consul_stopped() {
 fn fault_two_consul_syncs_with_clocks_60s_apart_the_one_ahead_dies() {
     let _serial = serial();
     let name = "two consul-syncs, clocks 60 s apart, the one ahead dies (then a pushgateway)";
+    let mut ahead_version = 0;
     let prepare = |s: &mut Stack| {
-        let ahead = ConsulSync::start_ahead(&s.dir, s.options());
-        wait_until(
+        let ahead = ConsulSync::start_ahead(&s.dir, s.fault_options());
+        ahead_version = wait_until(
             "Envoy holds the list of the one ahead",
             Duration::from_secs(30),
-            || (s.envoy.try_members().ok()?.0 > common::unix_millis() + 30_000).then_some(()),
+            || {
+                let version = s.envoy.try_members().ok()?.0;
+                (version > common::unix_millis() + 30_000).then_some(version)
+            },
         );
         s.syncs.push(ahead);
     };
-    let (_s, report) = fault(name, "fault-clocks", &[1, 2], &[1, 2], prepare, |s, t| {
+    let (s, report) = fault(name, "fault-clocks", &[1, 2], &[1, 2], prepare, |s, t| {
         s.syncs[1].proc.kill();
         // A change only the survivor can publish.
         s.pgs[0].proc.kill();
         t
     });
     report.print_and_check();
+    // At once, not after the clocks' difference (versions are observation times).
+    assert!(
+        report.converge <= Duration::from_secs(5),
+        "Envoy followed Consul only after {:?} (the dead writer's clock was 60 s ahead)",
+        report.converge
+    );
+    assert!(
+        s.envoy.members().0 > ahead_version,
+        "the survivor's list carries a version above the dead writer's"
+    );
 }

@@ -5,12 +5,69 @@
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use testkit::{free_port, try_http_get, wait_until, Proc, TestDir};
+use testkit::envoy::{Envoy, EnvoyOptions};
+use testkit::{free_port, try_http_get, wait_until, Consul, Proc, Pushgateway, TestDir};
 
 /// Timing tests hold this so they do not compete for the 2 cores with each other.
 pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Three pushgateways, Consul, Envoy and the consul-syncs a test starts. Fields drop in order:
+/// processes first, the folder last. Each test file adds the methods it needs.
+pub struct Stack {
+    pub syncs: Vec<ConsulSync>,
+    pub envoy: Envoy,
+    pub consul: Consul,
+    pub pgs: Vec<Pushgateway>,
+    pub dir: TestDir,
+}
+
+impl Stack {
+    /// Everything but consul-sync. Envoy's bootstrap list is the three pushgateways when
+    /// `bootstrap`, else empty (then only consul-sync gives it members).
+    pub fn start_without_sync(name: &str, bootstrap: bool) -> Stack {
+        let dir = TestDir::new(name);
+        let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
+        let consul = Consul::start(&dir);
+        let members = if bootstrap {
+            pgs.iter().map(Pushgateway::addr).collect()
+        } else {
+            Vec::new()
+        };
+        let envoy = Envoy::start(
+            &dir,
+            EnvoyOptions {
+                members,
+                ..Default::default()
+            },
+        );
+        Stack {
+            syncs: Vec::new(),
+            envoy,
+            consul,
+            pgs,
+            dir,
+        }
+    }
+
+    /// consul-sync's settings for this stack: its Consul, all three pushgateways, its Envoy.
+    pub fn options(&self) -> SyncOptions {
+        let mut o = SyncOptions::new(self.consul.addr(), self.all());
+        o.control_urls = vec![self.envoy.control_url()];
+        o
+    }
+
+    /// The addresses of the pushgateways at `idx`, sorted.
+    pub fn addrs(&self, idx: &[usize]) -> Vec<String> {
+        sorted(idx.iter().map(|i| self.pgs[*i].addr()).collect())
+    }
+
+    /// The addresses of all the pushgateways, sorted.
+    pub fn all(&self) -> Vec<String> {
+        sorted(self.pgs.iter().map(Pushgateway::addr).collect())
+    }
 }
 
 /// What goes into the configuration file.
