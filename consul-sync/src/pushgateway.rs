@@ -69,7 +69,11 @@ impl PushgatewayClient {
         })?;
         let status = resp.status().as_u16();
         if !ok.contains(&status) {
-            let body = resp.text().await.unwrap_or_default();
+            // Only for the log line: bounded, as a misbehaving server's body may be anything.
+            let body = match crate::consul::read_limited(resp, crate::consul::MAX_ERROR_BYTES).await {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(why) => why,
+            };
             return Err(PushgatewayError::Status {
                 what,
                 member: member.to_string(),
