@@ -481,14 +481,14 @@ fn remote_config(envoy_yaml: &str, port: u16, sha256: &str) -> String {
 }
 
 #[test]
-fn envoy_fetches_the_filter_over_http_as_the_readme_shows() {
+fn envoy_fetches_the_filter_over_http_as_the_docs_show() {
     let dir = TestDir::new("ops-remote-wasm");
     let opt = bundle(&dir);
     let pg = Pushgateway::start(&dir);
     let ports = configure_envoy(&opt, &[pg.addr()]);
     let envoy_yaml = std::fs::read_to_string(opt.join("envoy.yaml")).unwrap();
 
-    // The artifact server: the README's path under a plain HTTP server.
+    // The artifact server: the path docs/production.md shows, under a plain HTTP server.
     let www = dir.join("www/dynamic-sharding/0.1.0");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::copy(
