@@ -5,9 +5,9 @@
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
-#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
+#   ./build.sh faults   deps + build + the fault matrix with full durations (docs/operations.md, bench/README.md)
 #   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
-#                       the corpus minimised (fuzz/corpus/, committed); figures for the README
+#                       the corpus minimised (fuzz/corpus/, committed); figures for docs/fuzzing.md
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
