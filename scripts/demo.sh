@@ -96,38 +96,32 @@ done
 
 # A busy port would make one component fail later with a less helpful message: refuse now.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# refuse_busy PORT WHAT HOW: exits naming the port, what it is for and how to move it.
+refuse_busy() {
+    if port_busy "$1"; then
+        echo "demo: port $1 ($2) is in use; stop what uses it or move it with $3" >&2
+        exit 1
+    fi
+}
 for spec in "Consul HTTP:DEMO_CONSUL_PORT:$CONSUL_PORT" "Consul server:DEMO_CONSUL_SERVER_PORT:$CONSUL_SERVER_PORT" \
     "Consul serf LAN:DEMO_CONSUL_SERF_LAN_PORT:$CONSUL_SERF_LAN_PORT" "Consul serf WAN:DEMO_CONSUL_SERF_WAN_PORT:$CONSUL_SERF_WAN_PORT" \
     "Envoy redirect:DEMO_REDIRECT_PORT:$REDIRECT_PORT" "Envoy proxy:DEMO_PROXY_PORT:$PROXY_PORT" \
     "Envoy control:DEMO_CONTROL_PORT:$CONTROL_PORT" "Envoy admin:DEMO_ADMIN_PORT:$ADMIN_PORT" \
     "consul-sync:DEMO_CONSUL_SYNC_PORT:$SYNC_PORT"; do
     IFS=: read -r what var port <<<"$spec"
-    if port_busy "$port"; then
-        echo "demo: port $port ($what) is in use; stop what uses it or move it with $var=<port>" >&2
-        exit 1
-    fi
+    refuse_busy "$port" "$what" "$var=<port>"
+done
+for port in "${PG_PORTS[@]}"; do
+    refuse_busy "$port" pushgateway 'DEMO_PUSHGATEWAY_PORTS="<p1> <p2> <p3>"'
 done
 if [ "$SCRAPERS" = vmagent ]; then
-    if port_busy "$VM_PORT"; then
-        echo "demo: port $VM_PORT (VictoriaMetrics) is in use; stop what uses it or move it with DEMO_VM_PORT=<port>" >&2
-        exit 1
-    fi
+    refuse_busy "$VM_PORT" VictoriaMetrics "DEMO_VM_PORT=<port>"
     for port in "${VMAGENT_PORTS[@]}"; do
-        if port_busy "$port"; then
-            echo "demo: port $port (vmagent) is in use; stop what uses it or move them with DEMO_VMAGENT_PORTS=\"<p1> <p2> <p3>\"" >&2
-            exit 1
-        fi
+        refuse_busy "$port" vmagent 'DEMO_VMAGENT_PORTS="<p1> <p2> <p3>"'
     done
-elif port_busy "$PROMETHEUS_PORT"; then
-    echo "demo: port $PROMETHEUS_PORT (Prometheus) is in use; stop what uses it or move it with DEMO_PROMETHEUS_PORT=<port>" >&2
-    exit 1
+else
+    refuse_busy "$PROMETHEUS_PORT" Prometheus "DEMO_PROMETHEUS_PORT=<port>"
 fi
-for port in "${PG_PORTS[@]}"; do
-    if port_busy "$port"; then
-        echo "demo: port $port (pushgateway) is in use; stop what uses it or move them with DEMO_PUSHGATEWAY_PORTS=\"<p1> <p2> <p3>\"" >&2
-        exit 1
-    fi
-done
 
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR/logs"
@@ -219,6 +213,22 @@ drain_timeout: $DRAIN_TIMEOUT
 EOF
 SHARDING_CONTROL_TOKEN=$TOKEN start consul-sync "$CONSUL_SYNC" --config.file "$DEMO_DIR/dynamic-sharding.yml"
 
+# wait_scraped NAME URL LOGS: ready means a push shows up in the store at URL, so wait (bounded)
+# until its query API has every pushgateway up.
+wait_scraped() {
+    local up=0
+    for _ in $(seq 120); do
+        up=$(curl -fsS --max-time 1 "$2/api/v1/query" --data-urlencode 'query=count(up{job="pushgateway"} == 1)' \
+            2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
+        [ "$up" -ge "${#PG_PORTS[@]}" ] && return
+        sleep 0.5
+    done
+    echo "demo: $1 has $up of ${#PG_PORTS[@]} pushgateways up so far; see $3" >&2
+}
+
 # One Prometheus scrapes everything and evaluates the alert rules.
 start_prometheus() {
     cat >"$DEMO_DIR/prometheus.yml" <<EOF
@@ -258,18 +268,7 @@ EOF
         --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
 
     wait_http prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
-    # Ready means a push shows up in Prometheus: wait until it scrapes every pushgateway.
-    for _ in $(seq 120); do
-        up=$(curl -fsS --max-time 1 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets" 2>/dev/null | python3 -c '
-import json, sys
-targets = json.load(sys.stdin)["data"]["activeTargets"]
-print(sum(1 for t in targets if t["labels"].get("job") == "pushgateway" and t["health"] == "up"))' 2>/dev/null || echo 0)
-        [ "$up" -ge "${#PG_PORTS[@]}" ] && break
-        sleep 0.5
-    done
-    if [ "$up" -lt "${#PG_PORTS[@]}" ]; then
-        echo "demo: Prometheus scrapes $up of ${#PG_PORTS[@]} pushgateways so far; see $DEMO_DIR/logs/prometheus.log" >&2
-    fi
+    wait_scraped Prometheus "http://127.0.0.1:$PROMETHEUS_PORT" "$DEMO_DIR/logs/prometheus.log"
     SEE_IT="then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric"
 }
 
@@ -305,20 +304,7 @@ PY
         member=$((member + 1))
     done
     for port in "${VMAGENT_PORTS[@]}"; do wait_http "vmagent-$port" "http://127.0.0.1:$port/health"; done
-    # Ready means a push shows up in the store: wait until it holds every pushgateway's `up`.
-    local up=0
-    for _ in $(seq 120); do
-        up=$(curl -fsS --max-time 1 "http://127.0.0.1:$VM_PORT/api/v1/query" \
-            --data-urlencode 'query=count(up{job="pushgateway"} == 1)' 2>/dev/null | python3 -c '
-import json, sys
-r = json.load(sys.stdin)["data"]["result"]
-print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
-        [ "$up" -ge "${#PG_PORTS[@]}" ] && break
-        sleep 0.5
-    done
-    if [ "$up" -lt "${#PG_PORTS[@]}" ]; then
-        echo "demo: VictoriaMetrics has $up of ${#PG_PORTS[@]} pushgateways so far; see $DEMO_DIR/logs/vmagent-*.log" >&2
-    fi
+    wait_scraped VictoriaMetrics "http://127.0.0.1:$VM_PORT" "$DEMO_DIR/logs/vmagent-*.log"
     SEE_IT="then see it once in VictoriaMetrics: curl 'http://127.0.0.1:$VM_PORT/api/v1/query?query=demo_metric' (or http://127.0.0.1:$VM_PORT/vmui/); kill a vmagent (pids in $DEMO_DIR/pids) and it stays"
 }
 

@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::Signal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::demo::Demo;
-use testkit::pipeline::{check_groups, push_groups};
+use testkit::pipeline::{push_groups, wait_groups};
 use testkit::poll_for;
 use testkit::prometheus::query;
 
@@ -17,18 +17,7 @@ const METRIC: &str = "demo_vmagent_value";
 
 fn wait_store(demo: &Demo, within: Duration, value: impl Fn(usize) -> f64) -> Duration {
     let vm = format!("http://127.0.0.1:{}", demo.vm_port);
-    let start = Instant::now();
-    let mut last = Err(String::new());
-    let ok = poll_for(within, || {
-        last = check_groups(&query(&vm, METRIC), GROUPS, &value);
-        last.is_ok().then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "VictoriaMetrics after {within:?}: {}",
-        last.unwrap_err()
-    );
-    start.elapsed()
+    wait_groups("VictoriaMetrics", within, GROUPS, value, || query(&vm, METRIC))
 }
 
 #[test]
@@ -59,8 +48,14 @@ fn the_vmagent_demo_shows_every_group_once_also_after_a_vmagent_is_killed() {
         "a vmagent dying does not end the demo:\n{}",
         demo.proc.log_tail(20)
     );
-    assert!(demo
-        .proc
-        .log()
-        .contains("is gone; every pushgateway is still scraped by another vmagent"));
+    let said = poll_for(Duration::from_secs(10), || {
+        let log = demo.proc.log();
+        log.contains("is gone; every pushgateway is still scraped by another vmagent")
+            .then_some(())
+    });
+    assert!(
+        said.is_some(),
+        "the demo says what a vmagent's death means:\n{}",
+        demo.proc.log_tail(20)
+    );
 }

@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
-use testkit::pipeline::{check_groups, Pipeline};
+use std::time::Duration;
+use testkit::pipeline::{self, Pipeline};
 use testkit::prometheus::{Prometheus, PrometheusRun};
 use testkit::{bin, free_port, poll_for, repo_root, shipped_file, TestDir};
 
@@ -49,18 +49,9 @@ fn config(pipeline: &Pipeline, replica: &str) -> String {
 
 /// Waits until `prometheus` has every group once with `value(i)`; panics with what differs.
 fn wait_groups(prometheus: &Prometheus, name: &str, value: impl Fn(usize) -> f64) -> Duration {
-    let start = Instant::now();
-    let mut last = Err(String::new());
-    let ok = poll_for(CONVERGE, || {
-        last = check_groups(&prometheus.query(METRIC), GROUPS, &value);
-        last.is_ok().then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "Prometheus {name} after {CONVERGE:?}: {}",
-        last.unwrap_err()
-    );
-    start.elapsed()
+    pipeline::wait_groups(&format!("Prometheus {name}"), CONVERGE, GROUPS, value, || {
+        prometheus.query(METRIC)
+    })
 }
 
 /// Waits until every shipped rule is loaded and has evaluated without error.

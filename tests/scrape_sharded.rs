@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use testkit::pipeline::{check_groups, Pipeline};
+use std::time::Duration;
+use testkit::pipeline::{wait_groups, Pipeline};
 use testkit::prometheus::{up_targets_of, Prometheus, PrometheusRun};
 use testkit::victoria_metrics::VictoriaMetrics;
 use testkit::vmagent::{env_file, VmAgent};
@@ -35,14 +35,7 @@ fn wait_store(
     within: Duration,
     value: impl Fn(usize) -> f64,
 ) -> Duration {
-    let start = Instant::now();
-    let mut last = Err(String::new());
-    let ok = poll_for(within, || {
-        last = check_groups(&vm.query(metric), GROUPS, &value);
-        last.is_ok().then_some(())
-    });
-    assert!(ok.is_some(), "the store after {within:?}: {}", last.unwrap_err());
-    start.elapsed()
+    wait_groups("the store", within, GROUPS, value, || vm.query(metric))
 }
 
 /// Waits until each pushgateway is scraped (and found up) by exactly `REPLICATION` of the
@@ -69,13 +62,32 @@ fn wait_scraped_by_replication(bases: &[String], pipeline: &Pipeline) {
     eprintln!("pushgateway -> scrapers: {last:?}");
 }
 
-/// After one scraper is killed: new values of every group reach the store within two scrape
-/// intervals plus the scrapers' remote-write delay (`flush`) and a margin for a busy machine.
-fn survives_a_lost_scraper(pipeline: &Pipeline, vm: &VictoriaMetrics, metric: &str, flush: Duration) {
+/// The scenario both forms pass, with the scrapers whose APIs are at `bases` running: every
+/// group once in the store with its value, each pushgateway scraped by exactly `REPLICATION`
+/// scrapers, one raw sample per interval; then after `kill_one`, new values of every group reach
+/// the store within two scrape intervals plus the scrapers' remote-write delay (`flush`) and a
+/// margin for a busy machine.
+fn scrapes_every_group_once_and_survives_a_lost_scraper(
+    pipeline: &Pipeline,
+    vm: &VictoriaMetrics,
+    metric: &str,
+    bases: &[String],
+    kill_one: impl FnOnce(),
+    flush: Duration,
+) {
+    pipeline.push(metric, GROUPS, |i| i as f64);
+    let took = wait_store(vm, metric, FIRST_SCRAPE, |i| i as f64);
+    eprintln!("{metric}: {GROUPS} groups once in the store after {took:?}");
+    wait_scraped_by_replication(bases, pipeline);
+    assert_deduplicated(vm, metric);
+
+    kill_one();
     pipeline.push(metric, GROUPS, |i| (100_000 + i) as f64);
     let within = 2 * INTERVAL + flush + Duration::from_secs(10);
     let took = wait_store(vm, metric, within, |i| (100_000 + i) as f64);
-    eprintln!("one scraper killed: every group's new value once in the store {took:?} after the pushes");
+    eprintln!(
+        "{metric}: one scraper killed; every group's new value once in the store {took:?} after the pushes"
+    );
 }
 
 /// Raw samples the store keeps for one series over the last `window`: with deduplication, about
@@ -138,17 +150,18 @@ fn vmagent_cluster_with_replication_2_keeps_every_group_once_when_a_member_dies(
         .map(|m| VmAgent::start(&dir, m, &env, &config, free_port()))
         .collect();
 
-    let metric = "scrape_vmagent_value";
-    pipeline.push(metric, GROUPS, |i| i as f64);
-    let took = wait_store(&vm, metric, FIRST_SCRAPE, |i| i as f64);
-    eprintln!("vmagent: {GROUPS} groups once in the store after {took:?}");
     let bases: Vec<String> = agents.iter().map(VmAgent::url).collect();
-    wait_scraped_by_replication(&bases, &pipeline);
-    assert_deduplicated(&vm, metric);
-
-    agents[0].proc.kill();
     // vmagent sends what it scraped every second (-remoteWrite.flushInterval).
-    survives_a_lost_scraper(&pipeline, &vm, metric, Duration::from_secs(1));
+    scrapes_every_group_once_and_survives_a_lost_scraper(
+        &pipeline,
+        &vm,
+        "scrape_vmagent_value",
+        &bases,
+        || {
+            agents[0].proc.kill();
+        },
+        Duration::from_secs(1),
+    );
 }
 
 /// The shipped agent configuration of scraper `n` on this stack's ports.
@@ -194,17 +207,18 @@ fn hashmod_prometheus_agents_with_replication_2_keep_every_group_once_when_one_d
         })
         .collect();
 
-    let metric = "scrape_hashmod_value";
-    pipeline.push(metric, GROUPS, |i| i as f64);
-    let took = wait_store(&vm, metric, FIRST_SCRAPE, |i| i as f64);
-    eprintln!("hashmod: {GROUPS} groups once in the store after {took:?}");
     let bases: Vec<String> = agents.iter().map(Prometheus::url).collect();
-    wait_scraped_by_replication(&bases, &pipeline);
-    assert_deduplicated(&vm, metric);
-
-    agents[0].proc.kill();
     // Prometheus sends a remote-write batch at the latest after batch_send_deadline (5 s).
-    survives_a_lost_scraper(&pipeline, &vm, metric, Duration::from_secs(5));
+    scrapes_every_group_once_and_survives_a_lost_scraper(
+        &pipeline,
+        &vm,
+        "scrape_hashmod_value",
+        &bases,
+        || {
+            agents[0].proc.kill();
+        },
+        Duration::from_secs(5),
+    );
 }
 
 /// (modulus, kept shards) of the hashmod relabelling in a shipped agent configuration.

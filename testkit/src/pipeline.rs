@@ -5,11 +5,12 @@
 use crate::envoy::{Envoy, EnvoyOptions, TEST_TOKEN};
 use crate::prometheus::Sample;
 use crate::{
-    consul_sync_bin, free_port, http_request, try_http_get, wait_until, Consul, Proc, Pushgateway, TestDir,
+    consul_sync_bin, free_port, http_request, poll_for, try_http_get, wait_until, Consul, Proc, Pushgateway,
+    TestDir,
 };
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the stack may take to agree on its members.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,4 +154,27 @@ pub fn check_groups(series: &[Sample], groups: usize, value: impl Fn(usize) -> f
         foreign.len(),
         foreign.iter().take(2).collect::<Vec<_>>(),
     ))
+}
+
+/// Polls `query` (an instant query of one metric in `store`) until [`check_groups`] passes, for
+/// at most `within`; returns how long that took, or panics with what still differs.
+pub fn wait_groups(
+    store: &str,
+    within: Duration,
+    groups: usize,
+    value: impl Fn(usize) -> f64,
+    mut query: impl FnMut() -> Vec<Sample>,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = Err(String::new());
+    let ok = poll_for(within, || {
+        last = check_groups(&query(), groups, &value);
+        last.is_ok().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{store} after {within:?}: {}",
+        last.err().unwrap_or_default()
+    );
+    start.elapsed()
 }
