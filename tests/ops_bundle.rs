@@ -183,6 +183,13 @@ fn a_newcomer_follows_running_it_in_production_on_loopback() {
         "envoy.yaml",
         "grafana/dynamic-sharding.json",
         "prometheus/rules.yml",
+        "scraping/ha/prometheus.yml",
+        "scraping/hashmod/prometheus-agent-0.yml",
+        "scraping/hashmod/prometheus-agent-1.yml",
+        "scraping/hashmod/prometheus-agent-2.yml",
+        "scraping/vmagent/dynamic-sharding-vmagent@.service",
+        "scraping/vmagent/scrape.yml",
+        "scraping/vmagent/vmagent.env",
         "systemd/dynamic-sharding-consul-sync.service",
         "systemd/dynamic-sharding-envoy.service",
     ]
