@@ -1,6 +1,6 @@
-//! The list versions the Envoys hold, shared by the pushers (which see them in answers) and the
-//! watcher (which numbers new lists above them, and reads Consul again after a refusal), and the
-//! clock that numbers them.
+//! Member list versions: the clock that numbers new lists ([`VersionClock`]), and the versions
+//! the Envoys hold ([`Versions`]), which the pushers see in answers and the watcher numbers new
+//! lists above.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
