@@ -90,8 +90,8 @@ impl Stat {
     }
 }
 
-/// The proxy as one request (and its listener's filter) sees it. Every call is one host call of
-/// the same name in proxy-wasm; none panics.
+/// The proxy as one request (and its listener's filter) sees it. Each method but
+/// [`Host::with_shared_data`] is at most one proxy-wasm host call; none panics.
 pub trait Host {
     /// Every request header, in one copy.
     fn request_headers(&self) -> Result<RequestHeaders, HostError>;

@@ -44,13 +44,13 @@ impl Sent {
 
 /// The shared data, which a test can make unreadable; counts its reads.
 #[derive(Default)]
-pub struct Shared {
+pub struct SharedData {
     pub store: MemoryStore,
     pub broken: bool,
     pub reads: Cell<usize>,
 }
 
-impl SharedStore for Shared {
+impl SharedStore for SharedData {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
         self.reads.set(self.reads.get() + 1);
         if self.broken {
@@ -79,7 +79,7 @@ pub struct FakeHost {
     pub body: RefCell<Vec<u8>>,
     /// The headers of the call answer being reported.
     response: RefCell<Vec<(String, String)>>,
-    pub shared: RefCell<Shared>,
+    pub shared: RefCell<SharedData>,
     done: RefCell<Vec<Done>>,
     stats: RefCell<[u64; Stat::ALL.len()]>,
     /// Host calls that fail, by name, with the status they give.
