@@ -109,8 +109,9 @@ BUFFER = """\
               max_request_bytes: 65536
 """
 
-# A wasm filter in front of the baseline's chain (bench/floor: a filter that does nothing), to
-# measure what any proxy-wasm filter costs in this Envoy before it does any work.
+# A wasm filter in front of the baseline's chain (bench/floor: the least a proxy-wasm filter does
+# to give the sharding filter's answer), to measure what any such filter costs in this Envoy. Its
+# configuration is the host:port of the Location it sends.
 WASM_FILTER = """\
           - name: floor
             typed_config:
@@ -118,6 +119,9 @@ WASM_FILTER = """\
               config:
                 name: floor
                 root_id: floor
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "{location}"
                 vm_config:
                   vm_id: floor
                   runtime: envoy.wasm.runtime.v8
@@ -180,7 +184,7 @@ def cmd_render_baseline_redirect(a):
         prefix="baseline_redirect",
         location=a.location,
         buffer="" if a.no_buffer else BUFFER,
-        wasm=WASM_FILTER.format(wasm=a.wasm) if a.wasm else "",
+        wasm=WASM_FILTER.format(wasm=a.wasm, location=a.location) if a.wasm else "",
     )
     with open(a.out, "w") as f:
         f.write(text)
@@ -300,11 +304,7 @@ def cmd_snapshot(a):
 def cmd_groups(a):
     """Group count per pushgateway: each of the 10,000 paths is one group and must exist on
     exactly one pushgateway, so the sum tells whether every push landed once."""
-    counts = []
-    for m in a.members.split(","):
-        with urllib.request.urlopen(f"http://{m}/api/v1/metrics", timeout=30) as r:
-            counts.append(len(json.load(r).get("data") or []))
-    print(json.dumps(counts))
+    print(json.dumps(group_counts(a.members)))
 
 
 def cmd_meta(a):
@@ -501,7 +501,11 @@ def cmd_report(a):
     summary = {s: median_record(by[s]) for s in order}
 
     comparisons = []
+    # redirect/floor-redirect: what the filter costs above the least any proxy-wasm filter giving
+    # the same answer costs (the goal is at most 1.10 in CPU and instructions).
     pairs = (
+        ("redirect", "floor-redirect"),
+        ("floor-redirect", "baseline-redirect"),
         ("redirect", "baseline-redirect"),
         ("redirect", "baseline-redirect-close"),
         ("proxy", "baseline-proxy"),
@@ -675,6 +679,202 @@ def cmd_instructions(a):
     print(json.dumps(result))
 
 
+def cmd_instruction_ratios(a):
+    """The ratios of bench/callgrind.sh's scenarios that ran, from its JSON lines."""
+    with open(a.lines) as f:
+        ipr = {r["scenario"]: r["instructions_per_request"] for r in map(json.loads, f) if r}
+    pairs = (("redirect", "floor-redirect"), ("floor-redirect", "baseline-redirect"),
+             ("redirect", "baseline-redirect"), ("proxy", "baseline-proxy"))
+    for scen, base in pairs:
+        if scen in ipr and base in ipr:
+            print(f"{scen}/{base}: instructions per request x{ipr[scen] / ipr[base]:.3f} "
+                  f"({ipr[scen]:,} against {ipr[base]:,}, +{ipr[scen] - ipr[base]:,})")
+
+
+# ---- cluster throughput (bench/cluster.sh) -------------------------------------------------------
+
+
+def group_counts(members):
+    counts = []
+    for m in members.split(","):
+        with urllib.request.urlopen(f"http://{m}/api/v1/metrics", timeout=120) as r:
+            counts.append(len(json.load(r).get("data") or []))
+    return counts
+
+
+def cmd_wait_groups(a):
+    """Waits until the pushgateways hold `total` groups between them (a push answered 202 is
+    stored after its answer); more than that means a group is on two of them."""
+    deadline = time.monotonic() + a.timeout
+    while True:
+        counts = group_counts(a.members)
+        if sum(counts) == a.total:
+            return
+        if sum(counts) > a.total:
+            die(f"the pushgateways hold {counts} groups, {sum(counts)} in all for {a.total} pushed: "
+                "a group is on more than one")
+        if time.monotonic() > deadline:
+            die(f"the pushgateways hold {counts} groups after {a.timeout} s, expected {a.total} in all")
+        time.sleep(1)
+
+
+def cmd_rss(a):
+    print(json.dumps([proc_rss_kb(p) for p in a.pids]))
+
+
+def cmd_cluster_meta(a):
+    import hashlib
+    import subprocess
+
+    def run(*cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            return (p.stdout + p.stderr).strip()
+        except OSError:
+            return ""
+
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open(a.wasm, "rb") as f:
+        wasm_sha = hashlib.sha256(f.read()).hexdigest()
+    dirty = run("git", "-C", a.root, "status", "--porcelain", "--untracked-files=no")
+    before = host_cpu()
+    time.sleep(1)
+    after = host_cpu()
+    busy = round(100.0 * (after["busy"] - before["busy"]) / max(1, after["total"] - before["total"]), 1)
+    pg_version = run(a.pushgateway, "--version").splitlines()
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host_busy_pct_before": busy,
+        "loadavg_before": open("/proc/loadavg").read().split()[:3],
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": os.uname().release,
+        "envoy_version": run(a.envoy, "--version").split("version:")[-1].strip(),
+        "pushgateway_version": pg_version[0] if pg_version else "",
+        "envoy_concurrency": a.concurrency,
+        "wasm_sha256": wasm_sha,
+        "git": run("git", "-C", a.root, "rev-parse", "--short", "HEAD") + (" (with local changes)" if dirty else ""),
+        "connections": a.connections,
+        "duration_s": a.duration,
+        "warmup_s": a.warmup,
+        "min_pushes": a.min_pushes,
+        "metrics_per_push": a.metrics,
+    }
+    with open(a.out, "w") as f:
+        json.dump(meta, f)
+
+
+def cmd_cluster_record(a):
+    """One measurement of bench/cluster.sh: the load generator's result, per push."""
+    with open(a.result) as f:
+        r = json.load(f)
+    counts = json.loads(a.counts)
+    if sum(counts) != a.groups:
+        die(f"{a.mode}, {a.size} pushgateway(s): they hold {counts} groups after the run, "
+            f"{sum(counts)} in all for {a.groups} pushed: every group must be on exactly one")
+    pushes = r["pushes"]
+    if not pushes:
+        die(f"{a.mode}, {a.size} pushgateway(s), {a.groups} groups: no push ended in the window")
+    ms_per_push = {k: round(v * 1000.0 / CLK_TCK / pushes, 3) for k, v in r["cpu_ticks"].items()}
+    empty, loaded = json.loads(a.empty_rss), json.loads(a.loaded_rss)
+    rec = {
+        "groups": a.groups,
+        "size": a.size,
+        "mode": a.mode,
+        "groups_per_pushgateway": counts,
+        "pushes": pushes,
+        "seconds": round(r["seconds"], 2),
+        "pushes_per_s": round(r["pushes_per_s"], 1),
+        "latency_ms": r["latency_ms"],
+        "cpu_ms_per_push": ms_per_push,
+        "cpu_ticks": r["cpu_ticks"],
+        "pushgateway_rss_kb": {"empty": empty, "loaded": loaded, "after_run": r["rss_kb"]},
+        "fill_s": a.fill_s,
+        "load_s": a.load_s,
+    }
+    with open(a.out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def cmd_cluster_report(a):
+    with open(a.records) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    with open(a.meta) as f:
+        m = json.load(f)
+    alone = {r["groups"]: r for r in recs if r["mode"] == "alone"}
+    print()
+    print(f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}; busy {m['host_busy_pct_before']}% "
+          f"before the run, load average {' '.join(m['loadavg_before'])}")
+    print(f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; {m['pushgateway_version']}; "
+          f"wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}")
+    print(f"load: bench/pushload, {m['connections']} pushes in flight (closed loop), PUT of {m['metrics_per_push']} "
+          f"gauges per push, {m['duration_s']} s (at least {m['min_pushes']} pushes) after {m['warmup_s']} s "
+          "warm-up; pushgateway consistency check on")
+    print()
+    head = ("groups", "setup", "pushes/s", "x alone", "p50 ms", "p99 ms", "pushgateway CPU ms/push",
+            "Envoy CPU ms/push", "client CPU ms/push", "groups per pushgateway", "pushgateway RSS MB")
+    rows = []
+    sizing = {}
+    for r in recs:
+        cpu = r["cpu_ms_per_push"]
+        base = alone.get(r["groups"])
+        speedup = f"{r['pushes_per_s'] / base['pushes_per_s']:.1f}" if base and base["pushes_per_s"] else "-"
+        setup = "alone" if r["mode"] == "alone" else f"{r['mode']}, {r['size']}"
+        rss = r["pushgateway_rss_kb"]
+        per_pg = r["groups"] / r["size"]
+        rows.append((
+            f"{r['groups']:,}", setup, f"{r['pushes_per_s']:.1f}", speedup,
+            f"{r['latency_ms']['p50']:.1f}", f"{r['latency_ms']['p99']:.1f}",
+            f"{cpu.get('pushgateways', 0):.2f}", f"{cpu['envoy']:.3f}" if "envoy" in cpu else "-",
+            f"{cpu.get('client', 0):.3f}", f"{per_pg:,.0f}",
+            f"{max(rss['loaded']) / 1024:.0f}",
+        ))
+        # Sizing: what one pushgateway costs per push and holds per 1k groups, by the groups it holds.
+        mb_per_1k = statistics.mean(
+            (loaded - empty) / 1024 / (c / 1000)
+            for loaded, empty, c in zip(rss["loaded"], rss["empty"], r["groups_per_pushgateway"]) if c
+        )
+        sizing.setdefault(round(per_pg), []).append((cpu.get("pushgateways", 0), mb_per_1k))
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    for cells in (head, *rows):
+        print("  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    print()
+    print("sizing, per pushgateway (consistency check on):")
+    print("groups held  CPU ms/push  pushes/s per core  RSS MB per 1k groups")
+    summary = []
+    for per_pg in sorted(sizing):
+        cpu = statistics.median(c for c, _ in sizing[per_pg])
+        mem = statistics.median(x for _, x in sizing[per_pg])
+        rate = 1000.0 / cpu if cpu else 0.0
+        summary.append({"groups_per_pushgateway": per_pg, "cpu_ms_per_push": cpu, "pushes_per_s_per_core": rate,
+                        "rss_mb_per_1k_groups": mem})
+        print(f"{per_pg:>11,}  {cpu:>11.2f}  {rate:>17.0f}  {mem:>20.1f}")
+    notes = []
+    if m["host_busy_pct_before"] > 10:
+        notes.append(f"the machine was {m['host_busy_pct_before']}% busy before the run (other work): "
+                     "the figures are noisier than usual; run again on an idle machine")
+    for r in recs:
+        if r["seconds"] > m["duration_s"] + 1:
+            notes.append(f"{r['groups']:,} groups, {r['mode']} {r['size']}: window {r['seconds']:.0f} s "
+                         f"to reach {r['pushes']} pushes")
+    if notes:
+        print()
+        for n in notes:
+            print("note: " + n)
+    result = {"machine": m, "records": recs, "sizing": summary}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print()
+    print(f"results: {a.out}")
+
+
 # ---- member-list updates on the workers --------------------------------------------------------
 
 
@@ -825,6 +1025,39 @@ def main():
     s.add_argument("--dump", required=True)
     s.add_argument("--requests", type=int, required=True)
     s.set_defaults(f=cmd_events)
+
+    s = sub.add_parser("wait-groups")
+    s.add_argument("--members", required=True)
+    s.add_argument("--total", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=300)
+    s.set_defaults(f=cmd_wait_groups)
+
+    s = sub.add_parser("rss")
+    s.add_argument("pids", type=int, nargs="+")
+    s.set_defaults(f=cmd_rss)
+
+    s = sub.add_parser("cluster-meta")
+    for name in ("out", "root", "envoy", "wasm", "pushgateway"):
+        s.add_argument(f"--{name}", required=True)
+    for name in ("concurrency", "connections", "duration", "warmup", "min-pushes", "metrics"):
+        s.add_argument(f"--{name}", type=int, required=True)
+    s.set_defaults(f=cmd_cluster_meta)
+
+    s = sub.add_parser("cluster-record")
+    for name in ("out", "result", "mode", "counts", "empty-rss", "loaded-rss"):
+        s.add_argument(f"--{name}", required=True)
+    for name in ("size", "groups", "fill-s", "load-s"):
+        s.add_argument(f"--{name}", type=int, required=True)
+    s.set_defaults(f=cmd_cluster_record)
+
+    s = sub.add_parser("cluster-report")
+    for name in ("records", "meta", "out"):
+        s.add_argument(f"--{name}", required=True)
+    s.set_defaults(f=cmd_cluster_report)
+
+    s = sub.add_parser("instruction-ratios")
+    s.add_argument("--lines", required=True)
+    s.set_defaults(f=cmd_instruction_ratios)
 
     s = sub.add_parser("apply")
     s.add_argument("--control", type=int, required=True)
