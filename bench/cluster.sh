@@ -85,54 +85,11 @@ PUSHLOAD=$ROOT/target/release/pushload
 
 # ---- processes: everything started here is stopped on exit, by PID --------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-cluster.XXXXXX")
-PIDS=()
-
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    # A pushgateway writes its persistence file on SIGTERM: give it time (100k groups: seconds).
-    for i in $(seq 600); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-stop() {
-    local pid p keep
-    for pid in "$@"; do
-        stop_pid "$pid"
-        keep=()
-        for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-        PIDS=("${keep[@]}")
-    done
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.log" 2>&1 </dev/null &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-}
-
-show_log() {
-    echo "---- last lines of $1.log" >&2
-    tail -n 30 "$WORK/$1.log" >&2 || true
-}
+WORK_PREFIX=ds-cluster
+# A pushgateway writes its persistence file on SIGTERM: give it time (100k groups: seconds).
+STOP_WAIT=600
+# shellcheck source=bench/procs.sh
+source "$BENCH/procs.sh"
 
 # start_pushgateways TAG CHECK PORT...: one pushgateway per port, state in $WORK/pg-<port>.db
 # (kept across a restart on the same port); CHECK 0 turns the consistency check off. Logs in
@@ -200,9 +157,10 @@ for groups in "${GROUP_TOTALS[@]}"; do
         load_started=$(date +%s)
         start_pushgateways "$tag" 1 "${pg_ports[@]}"
         load_s=$(($(date +%s) - load_started))
+        # Before the group count: listing every group (GET /api/v1/metrics) grows the Go heap.
+        loaded_rss=$("${HELPER[@]}" rss "${PG_PIDS[@]}")
         "${HELPER[@]}" wait-groups --members "$members" --total "$groups" --timeout 10 ||
             die "the pushgateways restarted with fewer groups than they wrote"
-        loaded_rss=$("${HELPER[@]}" rss "${PG_PIDS[@]}")
         pids=()
         for p in "${PG_PIDS[@]}"; do pids+=(--pid "pushgateways=$p"); done
         if [ "$size" = 1 ]; then
