@@ -765,6 +765,7 @@ def cmd_cluster_meta(a):
         "connections": a.connections,
         "duration_s": a.duration,
         "warmup_s": a.warmup,
+        "idle_s": a.idle,
         "min_pushes": a.min_pushes,
         "metrics_per_push": a.metrics,
     }
@@ -783,7 +784,16 @@ def cmd_cluster_record(a):
     pushes = r["pushes"]
     if not pushes:
         die(f"{a.mode}, {a.size} pushgateway(s), {a.groups} groups: no push ended in the window")
-    ms_per_push = {k: round(v * 1000.0 / CLK_TCK / pushes, 3) for k, v in r["cpu_ticks"].items()}
+    # Envoy's and the client's timers and stats run whether pushes come or not: at a few pushes a
+    # second they would be most of "their CPU per push", so their idle rate (measured before the
+    # warm-up) is taken out. Not the pushgateways': idle, they only collect garbage, which pushes
+    # (and the group count's listing just before) made.
+    idle_s = r.get("idle_seconds") or 0
+    ms_per_push, raw = {}, {}
+    for part, ms in r["cpu_ms"].items():
+        idle_ms = r["idle_cpu_ms"].get(part, 0) * r["seconds"] / idle_s if idle_s and part != "pushgateways" else 0
+        raw[part] = round(ms / pushes, 4)
+        ms_per_push[part] = round(max(0.0, ms - idle_ms) / pushes, 4)
     empty, loaded = json.loads(a.empty_rss), json.loads(a.loaded_rss)
     rec = {
         "groups": a.groups,
@@ -795,7 +805,10 @@ def cmd_cluster_record(a):
         "pushes_per_s": round(r["pushes_per_s"], 3),
         "latency_ms": r["latency_ms"],
         "cpu_ms_per_push": ms_per_push,
-        "cpu_ticks": r["cpu_ticks"],
+        "cpu_ms_per_push_with_idle": raw,
+        "cpu_ms": r["cpu_ms"],
+        "idle_cpu_ms": r["idle_cpu_ms"],
+        "idle_seconds": idle_s,
         "pushgateway_rss_kb": {"empty": empty, "loaded": loaded, "after_run": r["rss_kb"]},
         "fill_s": a.fill_s,
         "load_s": a.load_s,
@@ -823,6 +836,8 @@ def cmd_cluster_report(a):
     print(f"load: bench/pushload, {m['connections']} pushes in flight (closed loop), PUT of {m['metrics_per_push']} "
           f"gauges per push, {m['duration_s']} s (at least {m['min_pushes']} pushes) after {m['warmup_s']} s "
           "warm-up; pushgateway consistency check on")
+    print(f"Envoy's and the client's CPU per push leave out their idle CPU (measured over {m.get('idle_s', 0)} s "
+          "before each warm-up)")
     print()
     head = ("groups", "setup", "pushes/s", "x alone", "p50 ms", "p99 ms", "pushgateway CPU ms/push",
             "Envoy CPU ms/push", "client CPU ms/push", "groups per pushgateway", "pushgateway RSS MB")
@@ -1060,7 +1075,7 @@ def main():
     s = sub.add_parser("cluster-meta")
     for name in ("out", "root", "envoy", "wasm", "pushgateway"):
         s.add_argument(f"--{name}", required=True)
-    for name in ("concurrency", "connections", "duration", "warmup", "min-pushes", "metrics"):
+    for name in ("concurrency", "connections", "duration", "warmup", "idle", "min-pushes", "metrics"):
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_cluster_meta)
 

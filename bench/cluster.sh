@@ -17,7 +17,8 @@
 # Settings (environment): BENCH_CLUSTER_GROUPS ("1000 10000 100000"; --quick: "1000 10000"),
 # BENCH_CLUSTER_SIZES ("1 2 4"; 1 is a pushgateway alone, no Envoy), BENCH_CLUSTER_MODES
 # ("proxy redirect"), BENCH_CONNECTIONS (8 pushes in flight), BENCH_DURATION (s, 10; --quick 5),
-# BENCH_WARMUP (s, 2), BENCH_MIN_PUSHES (50; --quick 20: the window goes on until that many pushes
+# BENCH_WARMUP (s, 2), BENCH_IDLE (s, 5: no pushes, to measure Envoy's and the client's idle CPU),
+# BENCH_MIN_PUSHES (50; --quick 20: the window goes on until that many pushes
 # ended in it), BENCH_MAX_DURATION (s, 60), BENCH_METRICS (3 gauges per push),
 # BENCH_ENVOY_CONCURRENCY (2). Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, else .deps/bin/<name>.
 #
@@ -59,10 +60,12 @@ SIZES=(${BENCH_CLUSTER_SIZES:-1 2 4})
 MODES=(${BENCH_CLUSTER_MODES:-proxy redirect})
 CONNECTIONS=${BENCH_CONNECTIONS:-8}
 WARMUP=${BENCH_WARMUP:-2}
+# Seconds with no push before each warm-up: Envoy's and the client's idle CPU, taken out of theirs.
+IDLE=${BENCH_IDLE:-5}
 MAX_DURATION=${BENCH_MAX_DURATION:-60}
 METRICS=${BENCH_METRICS:-3}
 CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
-for v in DURATION MIN_PUSHES CONNECTIONS WARMUP MAX_DURATION METRICS CONCURRENCY; do
+for v in DURATION MIN_PUSHES CONNECTIONS WARMUP IDLE MAX_DURATION METRICS CONCURRENCY; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_${v/CONCURRENCY/ENVOY_CONCURRENCY} must be a positive whole number, got '${!v}'"
 done
 for v in "${GROUP_TOTALS[@]}" "${SIZES[@]}"; do
@@ -118,8 +121,9 @@ start_pushgateways() {
 START=$(date +%s)
 "${HELPER[@]}" cluster-meta --out "$WORK/meta.json" --root "$ROOT" --envoy "$ENVOY" --wasm "$WASM" \
     --pushgateway "$PUSHGATEWAY" --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
-    --duration "$DURATION" --warmup "$WARMUP" --min-pushes "$MIN_PUSHES" --metrics "$METRICS"
-say "groups ${GROUP_TOTALS[*]}; pushgateways ${SIZES[*]}; modes ${MODES[*]}; $CONNECTIONS pushes in flight, ${DURATION}s (+${WARMUP}s warm-up, at least $MIN_PUSHES pushes); state in $WORK"
+    --duration "$DURATION" --warmup "$WARMUP" --idle "$IDLE" --min-pushes "$MIN_PUSHES" --metrics "$METRICS"
+say "groups ${GROUP_TOTALS[*]}; pushgateways ${SIZES[*]}; modes ${MODES[*]}; $CONNECTIONS pushes in" \
+    "flight, ${DURATION}s (+${IDLE}s idle, ${WARMUP}s warm-up; at least $MIN_PUSHES pushes); state in $WORK"
 
 for groups in "${GROUP_TOTALS[@]}"; do
     for size in "${SIZES[@]}"; do
@@ -169,7 +173,10 @@ for groups in "${GROUP_TOTALS[@]}"; do
             pids+=(--pid "envoy=$ENVOY_PID")
             runs=()
             for m in "${MODES[@]}"; do
-                if [ "$m" = proxy ]; then runs+=("proxy http://127.0.0.1:$proxy"); else runs+=("redirect http://127.0.0.1:$redirect --redirect"); fi
+                case "$m" in
+                    proxy) runs+=("proxy http://127.0.0.1:$proxy") ;;
+                    redirect) runs+=("redirect http://127.0.0.1:$redirect --redirect") ;;
+                esac
             done
         fi
         for r in "${runs[@]}"; do
@@ -177,8 +184,8 @@ for groups in "${GROUP_TOTALS[@]}"; do
             say "$groups groups on $size pushgateway(s), $mode: measuring"
             # shellcheck disable=SC2086 # extra is one flag or none
             "$PUSHLOAD" --url "$url" --groups "$groups" --connections "$CONNECTIONS" --metrics "$METRICS" \
-                --status 200 $extra run --warmup "$WARMUP" --duration "$DURATION" --min-pushes "$MIN_PUSHES" \
-                --max-duration "$MAX_DURATION" "${pids[@]}" >"$WORK/$tag-$mode.json" ||
+                --status 200 $extra run --idle "$IDLE" --warmup "$WARMUP" --duration "$DURATION" \
+                --min-pushes "$MIN_PUSHES" --max-duration "$MAX_DURATION" "${pids[@]}" >"$WORK/$tag-$mode.json" ||
                 die "$mode at $groups groups on $size pushgateway(s): pushes failed (above)"
             counts=$("${HELPER[@]}" groups --members "$members")
             "${HELPER[@]}" cluster-record --out "$WORK/records.jsonl" --result "$WORK/$tag-$mode.json" \

@@ -9,8 +9,8 @@
 //!
 //! `fill` pushes each group once; `run` pushes them in a cycle from `--connections` closed-loop
 //! pushers for a warm-up and a measured window, and reports pushes/s, latency percentiles and
-//! the CPU time, over the window, of itself and of every process named with `--pid`. One JSON
-//! object on stdout.
+//! the CPU time, over the window (and over an idle sample before any push), of itself and of
+//! every process named with `--pid`. One JSON object on stdout.
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -55,6 +55,9 @@ enum Command {
     Fill,
     /// Push the groups in a cycle for `--warmup` then `--duration` seconds; measure the latter.
     Run {
+        /// Seconds without pushes first, over which each part's idle CPU is measured.
+        #[arg(long, default_value_t = 0.0)]
+        idle: f64,
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
         #[arg(long, default_value_t = 10.0)]
@@ -171,12 +174,21 @@ impl Pusher {
     }
 }
 
-/// CPU time (user + system, in clock ticks) of a process, all its threads.
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+/// CPU time of a process in nanoseconds: the sum over its threads of the time the scheduler ran
+/// them (`/proc/<pid>/task/*/schedstat`). Exact to the nanosecond, where `/proc/<pid>/stat` counts
+/// 10 ms ticks: a pushgateway at 100,000 groups does a few pushes in a whole window, and Envoy's
+/// share of one is under a millisecond. A thread that exits between two readings takes its time
+/// with it; Envoy's and Go's threads live as long as their process.
+fn cpu_ns(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        // A thread may exit between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
 
 fn rss_kb(pid: &str) -> Option<u64> {
@@ -185,17 +197,26 @@ fn rss_kb(pid: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// CPU ticks of `self` and of each named process (names summed), at one moment.
+/// CPU nanoseconds of `self` and of each named process (names summed), at one moment.
 fn snapshot(pids: &[(String, u32)]) -> Result<Vec<(String, u64)>, String> {
-    let mut out = vec![("client".to_owned(), cpu_ticks("self").unwrap_or(0))];
+    let mut out = vec![("client".to_owned(), cpu_ns("self").unwrap_or(0))];
     for (name, pid) in pids {
-        let ticks = cpu_ticks(&pid.to_string()).ok_or_else(|| format!("process {pid} ({name}) is gone"))?;
+        let ns = cpu_ns(&pid.to_string()).ok_or_else(|| format!("process {pid} ({name}) is gone"))?;
         match out.iter_mut().find(|(n, _)| n == name) {
-            Some(entry) => entry.1 += ticks,
-            None => out.push((name.clone(), ticks)),
+            Some(entry) => entry.1 += ns,
+            None => out.push((name.clone(), ns)),
         }
     }
     Ok(out)
+}
+
+/// CPU milliseconds each part used between two snapshots.
+fn cpu_ms(before: &[(String, u64)], after: &[(String, u64)]) -> serde_json::Value {
+    json!(before
+        .iter()
+        .zip(after)
+        .map(|((name, t0), (_, t1))| (name.clone(), json!(t1.saturating_sub(*t0) as f64 / 1e6)))
+        .collect::<serde_json::Map<_, _>>())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -236,9 +257,11 @@ async fn fill(pusher: Arc<Pusher>, cli: &Cli) -> serde_json::Value {
     })
 }
 
-/// The measured window: after the warm-up, for `duration`, and on until `min_pushes` pushes ended
-/// in it or `max_duration` passed.
+/// The measured window: after the idle sample and the warm-up, for `duration`, and on until
+/// `min_pushes` pushes ended in it or `max_duration` passed.
 struct Window {
+    /// Seconds of no load before the warm-up, to measure what each part spends idle.
+    idle: f64,
     warmup: f64,
     duration: f64,
     min_pushes: u64,
@@ -247,6 +270,18 @@ struct Window {
 
 async fn run(pusher: Arc<Pusher>, cli: &Cli, w: Window, pids: &[(String, u32)]) -> serde_json::Value {
     let groups = cli.groups.max(1);
+    // What every part spends with no push at all (Envoy's timers and stats, a pushgateway's GC),
+    // so that a reader can take it out of the CPU per push when pushes are few.
+    let idle_cpu = if w.idle > 0.0 {
+        let before = snapshot(pids);
+        tokio::time::sleep(Duration::from_secs_f64(w.idle)).await;
+        match (before, snapshot(pids)) {
+            (Ok(b), Ok(a)) => cpu_ms(&b, &a),
+            _ => json!({}),
+        }
+    } else {
+        json!({})
+    };
     let started = Instant::now();
     let window_start = started + Duration::from_secs_f64(w.warmup);
     let stop = Arc::new(AtomicBool::new(false));
@@ -308,11 +343,7 @@ async fn run(pusher: Arc<Pusher>, cli: &Cli, w: Window, pids: &[(String, u32)]) 
     l.sort_unstable();
     let pushes = l.len();
     let cpu = match (before, after) {
-        (Ok(b), Ok(a)) => json!(b
-            .iter()
-            .zip(&a)
-            .map(|((name, t0), (_, t1))| (name.clone(), json!(t1.saturating_sub(*t0))))
-            .collect::<serde_json::Map<_, _>>()),
+        (Ok(b), Ok(a)) => cpu_ms(&b, &a),
         (Err(e), _) | (_, Err(e)) => {
             tally.fail(e);
             json!({})
@@ -328,7 +359,9 @@ async fn run(pusher: Arc<Pusher>, cli: &Cli, w: Window, pids: &[(String, u32)]) 
             "p99": percentile(&l, 99.0),
             "max": percentile(&l, 100.0),
         },
-        "cpu_ticks": cpu,
+        "cpu_ms": cpu,
+        "idle_cpu_ms": idle_cpu,
+        "idle_seconds": w.idle,
         "rss_kb": rss,
         "pushes_in_all": tally.ok,
         "failed": tally.failed,
@@ -389,6 +422,7 @@ fn main() -> std::process::ExitCode {
         match &cli.command {
             Command::Fill => fill(pusher, &cli).await,
             Command::Run {
+                idle,
                 warmup,
                 duration,
                 min_pushes,
@@ -396,6 +430,7 @@ fn main() -> std::process::ExitCode {
                 pids,
             } => {
                 let window = Window {
+                    idle: *idle,
                     warmup: *warmup,
                     duration: *duration,
                     min_pushes: *min_pushes,
