@@ -4,7 +4,8 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
-#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
+#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's;
+#                       `bench cluster [--quick]`: pushes/s and latency of 1, 2 and 4 pushgateways
 #   ./build.sh faults   deps + build + the fault matrix with full durations (docs/operations.md, bench/README.md)
 #   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
 #                       the corpus minimised (fuzz/corpus/, committed); figures for docs/fuzzing.md
@@ -158,6 +159,10 @@ case "${1:-build}" in
         if [ "${1:-}" = curves ]; then
             shift
             bench/curves.sh "$@"
+        elif [ "${1:-}" = cluster ]; then
+            # What a user of the cluster feels: pushes/s, push latency, CPU per push of each part.
+            shift
+            bench/cluster.sh "$@"
         elif [ "${1:-}" = reconcile ]; then
             # The reconciler alone: round time, CPU and memory at 10k and 100k groups.
             shift
@@ -206,7 +211,7 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
