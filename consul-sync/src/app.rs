@@ -8,8 +8,8 @@
 //! at most [`SHUTDOWN_GRACE`] for them after the shutdown.
 
 use crate::config::Config;
+use crate::consul::ConsulClient;
 use crate::endpoint::{self, EndpointState, ReloadRequest};
-use crate::membership::consul::ConsulClient;
 use crate::membership::envoy::Pusher;
 use crate::membership::registrar::Registrar;
 use crate::membership::versions::Versions;

@@ -10,6 +10,8 @@
 //!   goes out to every Envoy;
 //! - [`reconcile`]: one copy of each group, drains; the pushgateway client and its decoders;
 //! - [`endpoint`]: consul-sync's own HTTP endpoint;
+//! - [`consul`]: the Consul HTTP API client (registration, health, the agent's services);
+//! - [`leader`]: whether this consul-sync may act on the pushgateways now (the lease);
 //! - [`status`]: what the tasks report and the endpoint shows (readiness, drains);
 //! - [`config`], [`net`] (HTTP clients, bounded reads, [`net::NetError`]), [`metrics`] (a leaf
 //!   that takes plain values), [`shutdown`], [`backoff`].
@@ -20,7 +22,9 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod consul;
 pub mod endpoint;
+pub mod leader;
 pub mod membership;
 pub mod metrics;
 pub mod net;

@@ -11,7 +11,7 @@
 //!   metric name or `#`, so a copy never pushes a broken body.
 #![no_main]
 
-use consul_sync::membership::consul::members_from_health;
+use consul_sync::consul::members_from_health;
 use consul_sync::membership::envoy::{classify, PushOutcome};
 use consul_sync::reconcile::exposition::{parse_api_groups, PushTimeReader};
 use dynamic_sharding::grouping_key::GroupingKey;

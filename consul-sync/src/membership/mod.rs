@@ -1,7 +1,6 @@
 //! Membership: which pushgateways are in the ring, as Consul's health checks say, and the member
 //! list every Envoy routes with.
 //!
-//! - [`consul`]: the Consul client (registration, the agent's services, passing instances);
 //! - [`watcher`]: registers the pushgateways, then watches Consul and publishes the list;
 //! - [`list`]: the published list and the rules that change it (pure);
 //! - [`versions`]: list versions, the clock that numbers them and those the Envoys hold;
@@ -10,7 +9,6 @@
 //!
 //! The published list leaves on a `watch` channel; nothing here reads the pushgateways' groups.
 
-pub mod consul;
 pub mod envoy;
 pub mod list;
 pub mod registrar;

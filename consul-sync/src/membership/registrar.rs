@@ -11,7 +11,7 @@
 //!   (and scraped) until it leaves `drain` too.
 
 use crate::config::Config;
-use crate::membership::consul::{ConsulClient, Registration, META_MEMBER};
+use crate::consul::{ConsulClient, Registration, META_MEMBER};
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};

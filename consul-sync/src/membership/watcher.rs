@@ -14,7 +14,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::membership::consul::{ConsulClient, Health, Registration};
+use crate::consul::{ConsulClient, Health, Registration};
 use crate::membership::list::{describe_change, ListUpdate, PublishedList};
 use crate::membership::versions::{unix_millis, Versions};
 use crate::metrics::Metrics;
