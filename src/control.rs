@@ -160,7 +160,7 @@ fn internal(e: StoreError) -> (Reply, ControlOutcome) {
 /// True when `presented` equals one of `tokens`. Every token is compared, each in time that
 /// depends only on the lengths, never on where the first differing byte is, so the answer's
 /// timing does not lead a guesser byte by byte to a token.
-fn token_matches(presented: &[u8], tokens: &[String]) -> bool {
+pub fn token_matches(presented: &[u8], tokens: &[String]) -> bool {
     tokens.iter().fold(false, |found, t| {
         found | constant_time_eq(presented, t.as_bytes())
     })

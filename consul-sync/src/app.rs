@@ -3,14 +3,18 @@
 //! SIGHUP and on `POST /-/reload`.
 //!
 //! The tasks: the watcher (registration, then blocking queries on Consul; publishes the member
-//! list), the registrar, one Envoy pusher per control URL (each with its own retries), the
-//! reconciler (one copy of each group, drains), the reloader and the HTTP endpoint. `run` waits
-//! at most [`SHUTDOWN_GRACE`] for them after the shutdown.
+//! list), the registrar, the lease holder (whether this consul-sync may act on the pushgateways),
+//! one Envoy pusher per control URL (each with its own retries), the reconciler (one copy of each
+//! group, drains), the reloader and the HTTP endpoint. `run` waits at most [`SHUTDOWN_GRACE`] for
+//! them after the shutdown.
 
 use crate::config::Config;
 use crate::consul::ConsulClient;
 use crate::endpoint::{self, EndpointState, ReloadRequest};
+use crate::leader::Leadership;
 use crate::membership::envoy::Pusher;
+use crate::membership::lease::{self, LeaseHolder};
+use crate::membership::probe::Prober;
 use crate::membership::registrar::Registrar;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
@@ -24,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -52,6 +56,8 @@ struct Wiring {
     ready: Arc<Readiness>,
     drains: Drains,
     versions: Arc<Versions>,
+    /// Whether this consul-sync holds the lease and may act on the pushgateways.
+    leadership: Arc<Leadership>,
     shutdown: Shutdown,
 }
 
@@ -74,10 +80,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         published: published_rx,
         drains: Drains::default(),
         versions: Arc::new(Versions::default()),
+        leadership: Arc::new(Leadership::new()),
         shutdown: stop,
     };
     let mut tasks = Tasks::new();
-    w.spawn_membership(&mut tasks, published_tx)?;
+    w.spawn_membership(&mut tasks, published_tx, &addr)?;
     w.spawn_reconciler(&mut tasks)?;
     tasks.spawn(reloader(config_tx, reload_rx, w.metrics.clone(), w.shutdown.clone()).map_ok());
     w.spawn_readiness_without_envoys(&mut tasks);
@@ -95,28 +102,45 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
 }
 
 impl Wiring {
-    /// The watcher and the registrar.
+    /// The watcher, the registrar and the lease holder; `endpoint` names this consul-sync in
+    /// the lease.
     fn spawn_membership(
         &self,
         tasks: &mut Tasks,
         published: watch::Sender<Option<MemberList>>,
+        endpoint: &str,
     ) -> Result<(), Error> {
         let client = ConsulClient::new(self.config.consul.clone())?;
+        let register_now = Arc::new(Notify::new());
+        let prober = Prober::new()?;
         let watcher = Watcher {
             config: self.config.clone(),
             updates: self.config_rx.clone(),
             client: client.clone(),
+            prober: prober.clone(),
             metrics: self.metrics.clone(),
             published,
             versions: self.versions.clone(),
+            register_now: register_now.clone(),
         };
         tasks.spawn(watcher.run(self.shutdown.clone()).map_ok());
         let registrar = Registrar {
             config: self.config_rx.clone(),
-            client,
+            client: client.clone(),
             metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
+            prober,
+            register_now,
         };
         tasks.spawn(registrar.run(self.shutdown.clone()).map_ok());
+        let holder = LeaseHolder {
+            config: self.config.lease.clone(),
+            identity: lease::identity(endpoint),
+            client,
+            leadership: self.leadership.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tasks.spawn(holder.run(self.shutdown.clone()).map_ok());
         Ok(())
     }
 
@@ -127,6 +151,7 @@ impl Wiring {
             client: PushgatewayClient::new()?,
             metrics: self.metrics.clone(),
             drains: self.drains.clone(),
+            leadership: self.leadership.clone(),
         };
         tasks.spawn(reconciler.run(self.shutdown.clone()).map_ok());
         Ok(())
@@ -180,6 +205,8 @@ impl Wiring {
             service_name: self.config.service_name.clone(),
             reload,
             drains: self.drains.clone(),
+            config: self.config_rx.clone(),
+            leadership: self.leadership.clone(),
         });
         let stop = self.shutdown.clone();
         tasks.spawn(async move {
@@ -218,7 +245,8 @@ async fn stop_after(shutdown: impl Future, trigger: Trigger, mut tasks: Tasks) -
 }
 
 /// Reloads the configuration file on SIGHUP and on requests from `POST /-/reload`. A refused
-/// file changes nothing: the error is logged (and answered), the running configuration stays.
+/// file changes nothing: the error is logged (and answered), the running configuration stays. An
+/// unchanged file changes nothing either: no task is woken (no reconcile round, no registration).
 async fn reloader(
     config: watch::Sender<Arc<Config>>,
     mut requests: mpsc::Receiver<ReloadRequest>,
@@ -244,6 +272,12 @@ async fn reloader(
         };
         let current = config.borrow().clone();
         let result = reload(&current).map(|(new, summary)| {
+            if new == *current {
+                return format!(
+                    "configuration unchanged ({}): nothing to do",
+                    summary_source(&current)
+                );
+            }
             config.send_replace(Arc::new(new));
             summary
         });
@@ -278,6 +312,14 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
         new.drain_timeout
     );
     Ok((new, summary))
+}
+
+/// The file a configuration came from, for a log line.
+fn summary_source(config: &Config) -> String {
+    config
+        .source
+        .as_ref()
+        .map_or_else(|| "no file".to_owned(), |p| p.display().to_string())
 }
 
 /// `async {}` → `async { Ok(()) }` for the task set.

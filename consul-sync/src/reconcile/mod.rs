@@ -24,6 +24,7 @@ pub mod plan;
 pub mod pushgateway;
 
 use crate::config::Config;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
@@ -61,6 +62,8 @@ pub struct Reconciler {
     pub metrics: Arc<Metrics>,
     /// What `/-/drain` shows.
     pub drains: Drains,
+    /// Only the lease's holder acts; asked before a round and right before each write.
+    pub leadership: Arc<Leadership>,
 }
 
 /// What a round did, for the log.
@@ -113,6 +116,10 @@ impl Reconciler {
         tracker: &mut DrainTracker,
         last_duplicated: &mut HashSet<GroupingKey>,
     ) {
+        if !self.leadership.may_act() {
+            debug!("not reconciling: this consul-sync does not hold the lease");
+            return;
+        }
         let started = Instant::now();
         let config = self.config.borrow().clone();
         let now = unix_now();
@@ -293,14 +300,24 @@ impl Reconciler {
         for d in deletes {
             let client = self.client.clone();
             let limit = limit.clone();
+            let leadership = self.leadership.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
+                // A holder frozen since its read may have lost the lease meanwhile.
+                if !leadership.may_act() {
+                    return (d, None);
+                }
                 let r = client.delete(&d.holder, &d.key).await;
-                (d, r)
+                (d, Some(r))
             });
         }
         while let Some(done) = tasks.join_next().await {
             let Ok((d, result)) = done else { continue };
+            let Some(result) = result else {
+                debug!("not deleting {} on {}: the lease is not fresh", d.key, d.holder);
+                report.skipped += 1;
+                continue;
+            };
             match result {
                 Ok(()) => {
                     debug!(
@@ -363,23 +380,39 @@ impl Reconciler {
             };
             let client = self.client.clone();
             let limit = limit.clone();
+            let leadership = self.leadership.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
+                if !leadership.may_act() {
+                    return (m, None);
+                }
                 let copied = client.put(&m.to, &m.key, text).await;
                 let result = match copied {
                     Ok(()) => client.delete(&m.from, &m.key).await,
                     Err(e) => Err(e),
                 };
-                (m, result)
+                (m, Some(result))
             });
         }
         self.record_moves(tasks, report).await;
     }
 
     /// Logs and counts each move as it ends.
-    async fn record_moves(&self, mut tasks: JoinSet<(Move, Result<(), NetError>)>, report: &mut RoundReport) {
+    async fn record_moves(
+        &self,
+        mut tasks: JoinSet<(Move, Option<Result<(), NetError>>)>,
+        report: &mut RoundReport,
+    ) {
         while let Some(done) = tasks.join_next().await {
             let Ok((m, result)) = done else { continue };
+            let Some(result) = result else {
+                debug!(
+                    "not moving {} from draining {}: the lease is not fresh",
+                    m.key, m.from
+                );
+                report.skipped += 1;
+                continue;
+            };
             match result {
                 Ok(()) => {
                     info!(
