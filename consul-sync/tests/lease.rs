@@ -97,6 +97,42 @@ fn one_of_two_holds_the_lease_and_the_other_takes_over_when_it_dies_or_stops() {
 }
 
 #[test]
+fn a_holder_that_cannot_renew_stops_acting_within_half_the_ttl() {
+    let _serial = serial();
+    let dir = TestDir::new("lease-consul-down");
+    let pg = Pushgateway::start(&dir);
+    let mut consul = Consul::start(&dir);
+    let sync = ConsulSync::start(&dir, options(&consul, vec![pg.addr()]));
+    wait_until("it holds the lease", Duration::from_secs(15), || {
+        is_leader(&sync).then_some(())
+    });
+    wait_until("the list is out", Duration::from_secs(15), || {
+        (sync.targets() == Some(vec![pg.addr()])).then_some(())
+    });
+    let ports = consul.ports;
+    let stopped_at = Instant::now();
+    consul.stop();
+    wait_until("it stops acting", Duration::from_secs(15), || {
+        (!is_leader(&sync) && lease(&sync)["leader"] == false).then_some(())
+    });
+    let took = stopped_at.elapsed();
+    eprintln!("stopped acting {took:?} after Consul went away");
+    // Its last renewal was at most TTL/4 before; it acts until TTL/2 after it (and the metric
+    // follows at the next renewal attempt).
+    assert!(
+        took <= TTL / 2 + TTL / 4 + Duration::from_secs(1),
+        "took {took:?}"
+    );
+    // The member list stays served meanwhile.
+    assert_eq!(sync.targets(), Some(vec![pg.addr()]));
+    consul = Consul::start_on(&dir, ports);
+    wait_until("it holds the lease again", Duration::from_secs(60), || {
+        is_leader(&sync).then_some(())
+    });
+    drop(consul);
+}
+
+#[test]
 fn a_holder_frozen_between_its_read_and_its_delete_deletes_nothing_when_it_wakes() {
     let _serial = serial();
     let dir = TestDir::new("lease-frozen");
