@@ -1,7 +1,7 @@
 //! `pushgateway.servers` against real Consul, Envoy and pushgateways: a DNS name becomes its
 //! address (Envoy routes to addresses only), a name that does not resolve is refused at start, and
-//! a pushgateway deregistered by hand (the Go original's scale-in) is registered again with a
-//! warning that says what to do instead.
+//! a pushgateway deregistered by hand (the Go original's scale-in) is registered again, without
+//! leaving the list, with a warning that says what to do instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -81,9 +81,18 @@ fn a_pushgateway_deregistered_by_hand_is_registered_again_with_a_warning() {
     // The Go original's documented scale-in.
     let id = format!("127.0.0.1_{}", pgs[1].port);
     consul.request("PUT", &format!("/v1/agent/service/deregister/{id}"), b"");
+    let mut lists = Vec::new();
     wait_until("it is registered again", Duration::from_secs(20), || {
+        lists.push(sync.targets());
         consul.passing_ids("pushgateway").contains(&id).then_some(())
     });
+    // Nor did it leave the list meanwhile (its groups would have moved twice).
+    for _ in 0..20 {
+        lists.push(sync.targets());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lacking: Vec<_> = lists.iter().filter(|l| **l != Some(all.clone())).collect();
+    assert!(lacking.is_empty(), "lists without it: {lacking:?}");
     let log = sync.proc.log();
     let line = log
         .lines()

@@ -123,6 +123,13 @@ impl PublishedList {
         self.published.as_ref()
     }
 
+    /// Whether Consul lacks some registered pushgateway altogether (they need registering).
+    pub fn lacks_registered(&self, consul: &Instances) -> bool {
+        self.registered
+            .iter()
+            .any(|m| consul.present.binary_search(m).is_err())
+    }
+
     /// The pushgateways held in the list against Consul's word.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -163,7 +170,7 @@ impl PublishedList {
         if std::mem::take(&mut self.missing) {
             self.suspect_from(now);
         }
-        self.decide(&consul.passing, None, now, now_ms)
+        self.decide(consul, None, now, now_ms)
     }
 
     /// Decides after a [`ListUpdate::Probe`]: of the removed pushgateways, `alive` answered and
@@ -175,16 +182,17 @@ impl PublishedList {
         now: Instant,
         now_ms: u64,
     ) -> ListUpdate {
-        self.decide(&consul.passing, Some(alive), now, now_ms)
+        self.decide(consul, Some(alive), now, now_ms)
     }
 
     fn decide(
         &mut self,
-        passing: &[Member],
+        consul: &Instances,
         probed: Option<&[Member]>,
         now: Instant,
         now_ms: u64,
     ) -> ListUpdate {
+        let passing = &consul.passing;
         let passes = |m: &Member| passing.binary_search(m).is_ok();
         let ended: Vec<Member> = self
             .held
@@ -225,7 +233,7 @@ impl PublishedList {
             self.settle_until = None;
         }
         if probed.is_none() {
-            if let Some(removed) = self.suspicious_removal(&effective, now) {
+            if let Some(removed) = self.suspicious_removal(&effective, &consul.present, now) {
                 return ListUpdate::Probe { removed };
             }
         }
@@ -239,8 +247,15 @@ impl PublishedList {
     }
 
     /// The removed pushgateways to probe, when going from the published list to `effective`
-    /// removes them suspiciously; those whose hold already ran out are not probed again.
-    fn suspicious_removal(&self, effective: &[Member], now: Instant) -> Option<Vec<Member>> {
+    /// removes them suspiciously; those whose hold already ran out are not probed again. A
+    /// registered pushgateway gone from Consul altogether (deregistered by hand: the registrar
+    /// registers it again) is suspicious alone.
+    fn suspicious_removal(
+        &self,
+        effective: &[Member],
+        present: &[Member],
+        now: Instant,
+    ) -> Option<Vec<Member>> {
         let published = self.published.as_ref()?;
         let before: Vec<&Member> = published.holders().collect();
         let removed: Vec<&Member> = before
@@ -248,9 +263,13 @@ impl PublishedList {
             .copied()
             .filter(|m| effective.binary_search(m).is_err())
             .collect();
+        let unregistered = removed
+            .iter()
+            .any(|m| self.registered.contains(m) && present.binary_search(m).is_err());
         let suspicious = removed.len() >= 2
             || (!removed.is_empty() && removed.len() == before.len())
-            || (!removed.is_empty() && self.suspect_until.is_some_and(|t| now < t));
+            || (!removed.is_empty() && self.suspect_until.is_some_and(|t| now < t))
+            || unregistered;
         let to_probe: Vec<Member> = removed
             .into_iter()
             .filter(|m| !self.spent.contains(*m))
@@ -463,6 +482,24 @@ mod tests {
             v.observe(&restarted, t0 + HOLD, 6),
             ListUpdate::Probe { .. }
         ));
+    }
+
+    #[test]
+    fn a_registered_pushgateway_gone_from_consul_is_probed_alone() {
+        let t0 = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0, 1));
+        // Deregistered by hand: it will be registered again, so it is asked first.
+        let gone = pass(&["a:1", "b:1"]);
+        assert!(v.lacks_registered(&gone));
+        assert_eq!(
+            v.observe(&gone, t0, 2),
+            ListUpdate::Probe { removed: m(&["c:1"]) }
+        );
+        // One that is there and fails leaves at once.
+        let failing = consul(&["a:1", "b:1"], &["c:1"]);
+        assert!(!v.lacks_registered(&failing));
+        published(v.observe(&failing, t0, 3));
     }
 
     #[test]

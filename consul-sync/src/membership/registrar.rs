@@ -2,7 +2,7 @@
 //!
 //! Consul deregisters a service whose check stayed critical for `check.deregister_after`; the Go
 //! original then never saw that pushgateway again. Every `reconcile_interval`, at once after a
-//! reload, and when the watcher finds Consul showing none of them, this task lists the agent's
+//! reload, and when the watcher finds Consul lacking one of them, this task lists the agent's
 //! services and:
 //! - registers each configured pushgateway that is missing (it is admitted again as soon as its
 //!   check passes), and registers again those whose check settings a reload changed. One missing
@@ -37,7 +37,7 @@ pub struct Registrar {
     pub leadership: Arc<Leadership>,
     /// Asks a missing pushgateway whether it lives: then a hand deregistered it.
     pub prober: Prober,
-    /// Asks for a sweep now (Consul showed none of the pushgateways).
+    /// Asks for a sweep now (Consul lacks a registered pushgateway).
     pub register_now: Arc<Notify>,
 }
 

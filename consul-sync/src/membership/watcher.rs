@@ -58,7 +58,7 @@ pub struct Watcher {
     pub published: watch::Sender<Option<MemberList>>,
     /// Versions the Envoys hold; new lists get a version above them.
     pub versions: Arc<Versions>,
-    /// Wakes the registrar when Consul shows none of the registered pushgateways.
+    /// Wakes the registrar when Consul lacks a registered pushgateway.
     pub register_now: Arc<Notify>,
 }
 
@@ -78,6 +78,8 @@ struct WatchState {
     hold_until: Option<Instant>,
     /// Consul showed none of the registered pushgateways at the last answer.
     missing: bool,
+    /// Consul lacked some registered pushgateway at the last answer.
+    lacking: bool,
 }
 
 impl WatchState {
@@ -103,6 +105,7 @@ impl Watcher {
             last_index: 0,
             hold_until: None,
             missing: false,
+            lacking: false,
         };
         st.list.set_drain(self.updates.borrow_and_update().drain.clone());
         // Registration first: a watch that starts before it would only see old state.
@@ -241,8 +244,8 @@ impl Watcher {
             if !alive.is_empty() {
                 self.metrics.member_holds.inc_by(alive.len() as u64);
                 warn!(
-                    "Consul took {} out of the list at once, but {} answer /-/healthy: keeping them for up to \
-                     {:.0}s while Consul's checks catch up (a restarted Consul agent starts its checks critical)",
+                    "Consul no longer shows {} passing, but {} answer /-/healthy: keeping them in the list for up \
+                     to {:.0}s while Consul's checks catch up (a restarted Consul agent starts its checks critical)",
                     join(removed),
                     join(&alive),
                     self.hold_time().as_secs_f64()
@@ -260,6 +263,12 @@ impl Watcher {
         }
         self.metrics.members_held.set(st.list.held() as i64);
         let missing = update == ListUpdate::Missing;
+        let lacking = st.list.lacks_registered(consul);
+        if lacking && !st.lacking && !missing {
+            // Dropped by Consul or by hand: registered again now rather than at the next sweep.
+            self.register_now.notify_one();
+        }
+        st.lacking = lacking;
         if missing != st.missing {
             self.metrics.consul_pushgateways_missing.set(i64::from(missing));
             if missing {
