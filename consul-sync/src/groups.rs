@@ -231,6 +231,10 @@ pub fn parse_api_groups(body: &[u8]) -> Result<(Vec<ApiGroup>, Vec<String>), Str
                     continue;
                 }
             };
+            if let Err(why) = renderable(&name, &family) {
+                skipped.push(format!("group {key}: metric {name:?}: {why}"));
+                continue;
+            }
             if name == PUSH_TIME {
                 push_time = family
                     .metrics
@@ -248,6 +252,50 @@ pub fn parse_api_groups(body: &[u8]) -> Result<(Vec<ApiGroup>, Vec<String>), Str
         });
     }
     Ok((groups, skipped))
+}
+
+/// `to_text` writes names, the type and numbers unquoted: a family is copied only when each is
+/// what the text format allows there, so a copy is never a broken or altered push body, whatever
+/// the answer held.
+fn renderable(name: &str, family: &Family) -> Result<(), String> {
+    let mut chars = name.chars();
+    let metric_name = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if !metric_name {
+        return Err("not a metric name; expected [a-zA-Z_:][a-zA-Z0-9_:]*".to_owned());
+    }
+    let kind = family.kind.to_ascii_lowercase();
+    if !matches!(
+        kind.as_str(),
+        "counter" | "gauge" | "histogram" | "summary" | "untyped"
+    ) {
+        return Err(format!(
+            "type {:?}; expected COUNTER, GAUGE, HISTOGRAM, SUMMARY or UNTYPED",
+            family.kind
+        ));
+    }
+    for sample in &family.metrics {
+        if let Some(label) = sample.labels.keys().find(|n| !is_label_name(n)) {
+            return Err(format!("label name {label:?}; expected [a-zA-Z_][a-zA-Z0-9_]*"));
+        }
+        let mut numbers = [&sample.value, &sample.count, &sample.sum]
+            .into_iter()
+            .flatten()
+            .chain(sample.buckets.iter().flatten().flat_map(|(le, c)| [le, c]))
+            .chain(sample.quantiles.iter().flatten().flat_map(|(q, v)| [q, v]));
+        if let Some(v) = numbers.find(|v| v.parse::<f64>().is_err()) {
+            return Err(format!("{v:?} is not a number"));
+        }
+    }
+    Ok(())
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl ApiGroup {
@@ -439,5 +487,37 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
              # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 2\ns_count 3\n# TYPE u untyped\nu NaN\n"
         );
         assert!(parse_api_groups(b"[]").unwrap_err().contains("/api/v1/metrics"));
+    }
+
+    #[test]
+    fn families_a_copy_could_not_render_as_sent_are_skipped() {
+        let family = |name: &str, kind: &str, sample: &str| {
+            format!(r#""{name}":{{"type":"{kind}","metrics":[{{"labels":{{"job":"j"{sample}}}]}}"#)
+        };
+        let good = family("ok_total", "COUNTER", r#"},"value":"1""#);
+        for (bad, why) in [
+            (family("9bad", "GAUGE", r#"},"value":"1""#), "not a metric name"),
+            (family("a b", "GAUGE", r#"},"value":"1""#), "not a metric name"),
+            (family("t", "GAUGE\\nx 1", r#"},"value":"1""#), "type"),
+            (
+                family("l", "GAUGE", r#","a-b":"1"},"value":"1""#),
+                "label name \"a-b\"",
+            ),
+            (family("v", "GAUGE", r#"},"value":"1\nx 2""#), "is not a number"),
+            (
+                family("h", "HISTOGRAM", r#"},"buckets":{"1 x":"1"},"count":"1""#),
+                "is not a number",
+            ),
+        ] {
+            let body = format!(r#"{{"data":[{{"labels":{{"job":"j"}},{good},{bad}}}]}}"#);
+            let (groups, skipped) = parse_api_groups(body.as_bytes()).unwrap();
+            assert_eq!(
+                groups[0].to_text(),
+                "# TYPE ok_total counter\nok_total 1\n",
+                "{bad}"
+            );
+            assert_eq!(skipped.len(), 1, "{bad}: {skipped:?}");
+            assert!(skipped[0].contains(why), "{bad}: {skipped:?}");
+        }
     }
 }
