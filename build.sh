@@ -6,8 +6,9 @@
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
 #   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
-#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
-#                       the corpus minimised (fuzz/corpus/, committed); figures for the README
+#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) from its seeds
+#                       (fuzz/seeds/) and its evolved corpus (fuzz/corpus/, git-ignored), which
+#                       then is minimised; figures for the README
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -91,12 +92,20 @@ cargo_fuzz() {
     (cd fuzz && PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly fuzz "$@")
 }
 
-# One run of every target: fuzz_run <seconds> <seed> <keep>. With keep, new inputs go into the
-# committed corpus (then minimised); without, into a temporary folder, so a test run leaves the
-# tree clean. Prints a table: executions, coverage (edges), features, corpus size; exits 1 on
-# any crash (its input is in fuzz/artifacts/<target>/).
+# One run of every target: fuzz_run <seconds> <seed> <keep>. Each target starts from its
+# committed seeds (fuzz/seeds/<target>/, never written) and the evolved corpus of earlier runs
+# (fuzz/corpus/<target>/, git-ignored, absent in a fresh clone). With keep, new inputs go into
+# that corpus, which is then minimised; without, into a temporary folder, so a test run leaves
+# the tree as it was. Prints a table: executions, coverage (edges), features, corpus size;
+# exits 1 on any crash (its input is in fuzz/artifacts/<target>/).
 fuzz_run() {
     local seconds=$1 seed=$2 keep=$3 t log out corpus failed=0 total=0
+    for t in "${FUZZ_TARGETS[@]}"; do
+        if [[ ! -d fuzz/seeds/$t ]]; then
+            echo "build.sh: fuzz/seeds/$t is missing; every target in FUZZ_TARGETS needs its seeds" >&2
+            return 1
+        fi
+    done
     say "building the fuzz targets (nightly, cargo fuzz)"
     cargo_fuzz build -s none
     local tmp
@@ -104,7 +113,15 @@ fuzz_run() {
     printf '%-20s %12s %8s %8s %8s %s\n' target executions cov ft corpus result
     for t in "${FUZZ_TARGETS[@]}"; do
         log=$tmp/$t.log
-        if [[ -n $keep ]]; then corpus=(corpus/"$t"); else mkdir -p "$tmp/$t"; corpus=("$tmp/$t" corpus/"$t"); fi
+        # libFuzzer writes new inputs into the first folder only.
+        if [[ -n $keep ]]; then
+            mkdir -p fuzz/corpus/"$t"
+            corpus=(corpus/"$t" seeds/"$t")
+        else
+            mkdir -p "$tmp/$t"
+            corpus=("$tmp/$t" seeds/"$t")
+            [[ -d fuzz/corpus/$t ]] && corpus+=(corpus/"$t")
+        fi
         local rc=0
         cargo_fuzz run -s none "$t" "${corpus[@]}" -- -seed="$seed" -max_total_time="$seconds" \
             -print_final_stats=1 -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || rc=$?
@@ -119,15 +136,29 @@ fuzz_run() {
     done
     echo "total executions: $total (seed $seed, $seconds s per target)"
     if [[ -n $keep ]] && ((failed == 0)); then
-        say "minimising the corpus"
+        say "minimising the evolved corpus (fuzz/corpus/): it keeps what the seeds do not cover"
         for t in "${FUZZ_TARGETS[@]}"; do
-            cargo_fuzz cmin -s none "$t" corpus/"$t" >"$tmp/$t.cmin.log" 2>&1 ||
-                { tail -n 20 "$tmp/$t.cmin.log" >&2; failed=1; }
-            echo "$t: $(ls fuzz/corpus/"$t" | wc -l) inputs after cmin"
+            minimise "$t" "$tmp/$t.merge.log" || { tail -n 20 "$tmp/$t.merge.log" >&2; failed=1; }
         done
     fi
     ((failed == 0)) && rm -rf "$tmp"
     return $failed
+}
+
+# minimise <target> <log>: libFuzzer's merge into a folder that starts with the seeds keeps
+# every seed and adds only the cached inputs that reach something new; the seeds are then taken
+# out again, so fuzz/corpus/<target>/ holds what the seeds lack.
+minimise() {
+    local t=$1 log=$2 new=fuzz/corpus/.$1.merging f
+    rm -rf "$new"
+    mkdir -p "$new"
+    cp fuzz/seeds/"$t"/* "$new"/
+    cargo_fuzz run -s none "$t" corpus/."$t".merging corpus/"$t" -- -merge=1 \
+        -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || { rm -rf "$new"; return 1; }
+    for f in fuzz/seeds/"$t"/*; do rm -f "$new/${f##*/}"; done
+    rm -rf fuzz/corpus/"$t"
+    mv "$new" fuzz/corpus/"$t"
+    echo "$t: $(find fuzz/corpus/"$t" -type f | wc -l) evolved inputs kept beside $(find fuzz/seeds/"$t" -type f | wc -l) seeds"
 }
 
 run_tests() {
@@ -206,7 +237,7 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
