@@ -4,6 +4,9 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
+#   ./build.sh check    the contributor loop: fmt, clippy (native and wasm32), promtool and envoy
+#                       --mode validate, unit and golden-vector tests; starts no Envoy, Consul or
+#                       pushgateway; needs what ./build.sh deps installs (envoy, promtool, ...)
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
 #   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
 #   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) from its seeds
@@ -40,14 +43,18 @@ wasm_target() {
     fi
 }
 
-build() {
-    need_cargo
-    say "building the filter (wasm32-wasip1) and consul-sync"
+build_filter() {
     cargo build --release --locked --target wasm32-wasip1 -p dynamic-sharding
     # Envoy calls every exported proxy-wasm callback on every stream, and the SDK exports them
     # all; dropping the ones the filter leaves at their defaults saves about 4 % of Envoy's CPU
     # per redirect (bench/README.md, "Profile"). Idempotent, so a rebuild-free run is harmless.
     python3 scripts/strip-exports.py "$WASM"
+}
+
+build() {
+    need_cargo
+    say "building the filter (wasm32-wasip1) and consul-sync"
+    build_filter
     cargo build --release --locked -p consul-sync
     echo "filter:      $ROOT/$WASM"
     echo "consul-sync: $ROOT/$CONSUL_SYNC"
@@ -82,6 +89,46 @@ checks() {
         fi
         echo "$cfg: OK"
     done
+}
+
+# What the contributor loop (`check`) runs besides cargo; `deps` installs each. A missing one
+# fails the loop: a check that skipped Envoy's validation would pass a config Envoy refuses.
+check_needs() {
+    local missing=() target
+    need_cargo
+    if command -v rustup >/dev/null 2>&1; then
+        for target in wasm32-wasip1 wasm32-unknown-unknown; do
+            rustup target list --installed | grep -qx "$target" || missing+=("the $target target")
+        done
+    fi
+    local envoy promtool=${PROMTOOL_BIN:-$ROOT/.deps/bin/promtool}
+    envoy=$(envoy_bin)
+    command -v "$envoy" >/dev/null 2>&1 || missing+=("envoy ($envoy)")
+    command -v "$promtool" >/dev/null 2>&1 || missing+=("promtool ($promtool)")
+    [[ -x $ROOT/.deps/bin/wasm-bindgen-test-runner ]] ||
+        missing+=("wasm-bindgen-test-runner ($ROOT/.deps/bin/wasm-bindgen-test-runner)")
+    command -v node >/dev/null 2>&1 || missing+=("node (Node.js, for the wasm32 golden vectors; Debian: apt-get install nodejs)")
+    if ((${#missing[@]})); then
+        printf 'build.sh check: missing %s\n' "${missing[@]}" >&2
+        echo "build.sh check: ./build.sh deps installs them into .deps/ (nothing system-wide); ENVOY_BIN and PROMTOOL_BIN name your own" >&2
+        exit 1
+    fi
+}
+
+# The tests that start no process: every crate's unit tests and the golden vectors, natively
+# and on wasm32. The rest of tests/ and consul-sync/tests/ run real Envoy, Consul, pushgateways.
+quick_tests() {
+    say "unit tests (every crate)"
+    cargo test --locked --workspace --lib
+    say "golden vectors (native)"
+    cargo test --locked -p dynamic-sharding --test golden
+    wasm_golden
+}
+
+wasm_golden() {
+    say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$ROOT/.deps/bin/wasm-bindgen-test-runner" \
+        cargo test --locked --target wasm32-unknown-unknown -p dynamic-sharding --test golden
 }
 
 FUZZ_TARGETS=(grouping_key control_api plugin_config consul_sync_config answers)
@@ -168,9 +215,7 @@ run_tests() {
     # The differential test's generator is seeded: a fixed seed here, so a run is repeatable;
     # run it alone without DIFFERENTIAL_SEED for a new seed each time (it prints the seed).
     DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} cargo test --locked --workspace
-    say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
-    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$ROOT/.deps/bin/wasm-bindgen-test-runner" \
-        cargo test --locked --target wasm32-unknown-unknown -p dynamic-sharding --test golden
+    wasm_golden
 }
 
 case "${1:-build}" in
@@ -181,6 +226,13 @@ case "${1:-build}" in
         build
         checks
         run_tests
+        ;;
+    check)
+        check_needs
+        say "building the filter (envoy --mode validate loads it)"
+        build_filter
+        checks
+        quick_tests
         ;;
     bench)
         shift
@@ -237,10 +289,10 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, check, bench, faults, fuzz, demo, dist" >&2
         exit 2
         ;;
 esac
