@@ -7,11 +7,12 @@
 #   ./build.sh check    the contributor loop: fmt, clippy (native and wasm32), promtool and envoy
 #                       --mode validate, unit and golden-vector tests; starts no Envoy, Consul or
 #                       pushgateway; needs what ./build.sh deps installs (envoy, promtool, ...)
-#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's
-#   ./build.sh faults   deps + build + the fault matrix with full durations (README: Faults under load)
+#   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's;
+#                       `bench cluster [--quick]`: pushes/s and latency of 1, 2 and 4 pushgateways
+#   ./build.sh faults   deps + build + the fault matrix with full durations (docs/operations.md, bench/README.md)
 #   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) from its seeds
 #                       (fuzz/seeds/) and its evolved corpus (fuzz/corpus/, git-ignored), which
-#                       then is minimised; figures for the README
+#                       then is minimised; figures for docs/fuzzing.md
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -241,6 +242,10 @@ case "${1:-build}" in
         if [ "${1:-}" = curves ]; then
             shift
             bench/curves.sh "$@"
+        elif [ "${1:-}" = cluster ]; then
+            # What a user of the cluster feels: pushes/s, push latency, CPU per push of each part.
+            shift
+            bench/cluster.sh "$@"
         elif [ "${1:-}" = reconcile ]; then
             # The reconciler alone: round time, CPU and memory at 10k and 100k groups.
             shift
@@ -289,7 +294,7 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "build.sh: unknown command '$1'; expected one of: build, deps, test, check, bench, faults, fuzz, demo, dist" >&2

@@ -109,8 +109,9 @@ BUFFER = """\
               max_request_bytes: 65536
 """
 
-# A wasm filter in front of the baseline's chain (bench/floor: a filter that does nothing), to
-# measure what any proxy-wasm filter costs in this Envoy before it does any work.
+# A wasm filter in front of the baseline's chain (bench/floor: the least a proxy-wasm filter does
+# to give the sharding filter's answer), to measure what any such filter costs in this Envoy. Its
+# configuration is the host:port of the Location it sends.
 WASM_FILTER = """\
           - name: floor
             typed_config:
@@ -118,6 +119,9 @@ WASM_FILTER = """\
               config:
                 name: floor
                 root_id: floor
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "{location}"
                 vm_config:
                   vm_id: floor
                   runtime: envoy.wasm.runtime.v8
@@ -180,7 +184,7 @@ def cmd_render_baseline_redirect(a):
         prefix="baseline_redirect",
         location=a.location,
         buffer="" if a.no_buffer else BUFFER,
-        wasm=WASM_FILTER.format(wasm=a.wasm) if a.wasm else "",
+        wasm=WASM_FILTER.format(wasm=a.wasm, location=a.location) if a.wasm else "",
     )
     with open(a.out, "w") as f:
         f.write(text)
@@ -300,23 +304,23 @@ def cmd_snapshot(a):
 def cmd_groups(a):
     """Group count per pushgateway: each of the 10,000 paths is one group and must exist on
     exactly one pushgateway, so the sum tells whether every push landed once."""
-    counts = []
-    for m in a.members.split(","):
-        with urllib.request.urlopen(f"http://{m}/api/v1/metrics", timeout=30) as r:
-            counts.append(len(json.load(r).get("data") or []))
-    print(json.dumps(counts))
+    print(json.dumps(group_counts(a.members)))
 
 
-def cmd_meta(a):
-    """What the figures depend on: the machine, the binaries, the build and the load settings."""
-    import hashlib
+def run_cmd(*cmd):
+    """A command's output (stdout and stderr: some tools print their version on stderr), or ""."""
     import subprocess
 
-    def run(*cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-        except OSError:
-            return ""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (p.stdout + p.stderr).strip()
+    except OSError:
+        return ""
+
+
+def machine_facts(root, envoy, wasm):
+    """What every benchmark's figures depend on: the machine, how busy it was, Envoy, the build."""
+    import hashlib
 
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -324,31 +328,36 @@ def cmd_meta(a):
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    with open(a.wasm, "rb") as f:
+    with open(wasm, "rb") as f:
         wasm_sha = hashlib.sha256(f.read()).hexdigest()
-    rev = run("git", "-C", a.root, "rev-parse", "--short", "HEAD")
+    rev = run_cmd("git", "-C", root, "rev-parse", "--short", "HEAD")
     # Others edit the tree while benchmarks run: say whether the build may include local changes.
-    dirty = run("git", "-C", a.root, "status", "--porcelain", "--untracked-files=no")
-    envoy_version = run(a.envoy, "--version").split("version:")[-1].strip()
-    # Other work on the machine (builds, tests) takes CPU from Envoy and wrk alike: sample how
-    # busy it is before anything of ours runs, so a noisy run can be recognised afterwards.
+    dirty = run_cmd("git", "-C", root, "status", "--porcelain", "--untracked-files=no")
+    # Other work on the machine (builds, tests) takes CPU from what is measured: sample how busy
+    # it is before anything of ours runs, so a noisy run can be recognised afterwards.
     idle_before = host_cpu()
     time.sleep(1)
     idle_after = host_cpu()
     total = max(1, idle_after["total"] - idle_before["total"])
-    busy_before = round(100.0 * (idle_after["busy"] - idle_before["busy"]) / total, 1)
-    meta = {
+    return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host_busy_pct_before": busy_before,
+        "host_busy_pct_before": round(100.0 * (idle_after["busy"] - idle_before["busy"]) / total, 1),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": os.uname().release,
         "loadavg_before": open("/proc/loadavg").read().split()[:3],
-        "envoy_version": envoy_version,
-        "envoy_concurrency": a.concurrency,
-        "wrk_version": run(a.wrk, "-v").splitlines()[0] if run(a.wrk, "-v") else "",
+        "envoy_version": run_cmd(envoy, "--version").split("version:")[-1].strip(),
         "wasm_sha256": wasm_sha,
         "git": rev + (" (with local changes)" if dirty else ""),
+    }
+
+
+def cmd_meta(a):
+    """What the figures depend on: the machine, the binaries, the build and the load settings."""
+    wrk_version = run_cmd(a.wrk, "-v")
+    meta = machine_facts(a.root, a.envoy, a.wasm) | {
+        "envoy_concurrency": a.concurrency,
+        "wrk_version": wrk_version.splitlines()[0] if wrk_version else "",
         "rounds": a.rounds,
         "pushgateway_consistency_check": bool(a.pushgateway_check),
         "redirect_members": a.members,
@@ -501,7 +510,11 @@ def cmd_report(a):
     summary = {s: median_record(by[s]) for s in order}
 
     comparisons = []
+    # redirect/floor-redirect: what the filter costs above the least any proxy-wasm filter giving
+    # the same answer costs (the goal is at most 1.10 in CPU and instructions).
     pairs = (
+        ("redirect", "floor-redirect"),
+        ("floor-redirect", "baseline-redirect"),
         ("redirect", "baseline-redirect"),
         ("redirect", "baseline-redirect-close"),
         ("proxy", "baseline-proxy"),
@@ -640,39 +653,262 @@ def cmd_events(a):
     print(json.dumps({n: round(t / a.requests) for n, t in zip(names, totals)}))
 
 
-def cmd_instructions(a):
-    """Instructions per request from a callgrind dump, split by where they ran. The Envoy binary
-    is stripped, so only the split is named: Envoy's own code (V8 included), the JIT-compiled wasm
-    (anonymous mappings at high addresses), libc."""
+def callgrind_functions(dump):
+    """(function, object, instructions) of every function in a callgrind dump (the largest file
+    of the dump's parts). The Envoy binary is stripped, so its functions are named by address;
+    JIT-compiled wasm runs in anonymous mappings at high addresses, which move between runs, so
+    it is one entry, "wasm (JIT)"."""
     import glob
     import re
     import subprocess
 
-    dumps = sorted(glob.glob(a.dump + "*"), key=os.path.getsize)
+    dumps = sorted(glob.glob(dump + "*"), key=os.path.getsize)
     out = subprocess.run(["callgrind_annotate", "--threshold=100", dumps[-1]],
                          capture_output=True, text=True, check=True).stdout
-    parts = {}
+    functions = {}
     for line in out.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S+)", line)
         if not m or "PROGRAM TOTALS" in line:
             continue
         ir = int(m.group(1).replace(",", ""))
+        function = m.group(2)
         obj = line.rsplit("[", 1)[-1].rstrip("]") if "[" in line else "?"
         if obj == "???":
             try:
-                address = int(m.group(2).split(":")[1].split("'")[0], 16)
+                address = int(function.split(":")[1].split("'")[0], 16)
             except (IndexError, ValueError):
                 address = 0
             # Low addresses: code of the Envoy binary valgrind did not map to it (part of V8).
             obj = "envoy" if address < 0x10000000 else "wasm (JIT)"
-        name = os.path.basename(obj)
-        name = "envoy" if name == "envoy" else name
-        parts[name] = parts.get(name, 0) + ir
+            if obj == "wasm (JIT)":
+                function = obj
+        key = (function, os.path.basename(obj))
+        functions[key] = functions.get(key, 0) + ir
+    return [(f, o, ir) for (f, o), ir in functions.items()]
+
+
+def cmd_instructions(a):
+    """Instructions per request from a callgrind dump, split by where they ran: Envoy's own code
+    (V8 included), the JIT-compiled wasm, libc."""
+    parts = {}
+    for _, obj, ir in callgrind_functions(a.dump):
+        parts[obj] = parts.get(obj, 0) + ir
     total = sum(parts.values())
     result = {"scenario": a.scenario, "requests": a.requests,
               "instructions_per_request": round(total / a.requests),
               "by_object": {k: round(v / a.requests) for k, v in sorted(parts.items(), key=lambda x: -x[1])}}
     print(json.dumps(result))
+
+
+def cmd_callgrind_diff(a):
+    """Where two callgrind dumps of the same Envoy differ, function by function, per request
+    (bench/callgrind.sh with BENCH_CG_KEEP keeps them): e.g. the filter against the floor."""
+    def per_function(dump):
+        return {(f, o): ir / a.requests for f, o, ir in callgrind_functions(dump)}
+
+    x, y = per_function(a.dump), per_function(a.against)
+    diff = sorted(((x.get(k, 0) - y.get(k, 0), k) for k in set(x) | set(y)), key=lambda d: -abs(d[0]))
+    print(f"{'difference':>10}  {'this':>9}  {'against':>9}  function [object]")
+    for d, k in diff[: a.top]:
+        print(f"{d:>+10,.0f}  {x.get(k, 0):>9,.0f}  {y.get(k, 0):>9,.0f}  {k[0]} [{k[1]}]")
+    print(f"{sum(x.values()) - sum(y.values()):>+10,.0f}  {sum(x.values()):>9,.0f}  {sum(y.values()):>9,.0f}  in all")
+
+
+def cmd_instruction_ratios(a):
+    """The ratios of bench/callgrind.sh's scenarios that ran, from its JSON lines."""
+    with open(a.lines) as f:
+        ipr = {r["scenario"]: r["instructions_per_request"] for r in map(json.loads, f) if r}
+    pairs = (("redirect", "floor-redirect"), ("floor-redirect", "baseline-redirect"),
+             ("redirect", "baseline-redirect"), ("proxy", "baseline-proxy"))
+    for scen, base in pairs:
+        if scen in ipr and base in ipr:
+            print(f"{scen}/{base}: instructions per request x{ipr[scen] / ipr[base]:.3f} "
+                  f"({ipr[scen]:,} against {ipr[base]:,}, +{ipr[scen] - ipr[base]:,})")
+
+
+# ---- cluster throughput (bench/cluster.sh) -------------------------------------------------------
+
+
+def group_counts(members):
+    counts = []
+    for m in members.split(","):
+        with urllib.request.urlopen(f"http://{m}/api/v1/metrics", timeout=120) as r:
+            counts.append(len(json.load(r).get("data") or []))
+    return counts
+
+
+def cmd_wait_groups(a):
+    """Waits until the pushgateways hold `total` groups between them (a push answered 202 is
+    stored after its answer); more than that means a group is on two of them."""
+    deadline = time.monotonic() + a.timeout
+    while True:
+        counts = group_counts(a.members)
+        if sum(counts) == a.total:
+            return
+        if sum(counts) > a.total:
+            die(f"the pushgateways hold {counts} groups, {sum(counts)} in all for {a.total} pushed: "
+                "a group is on more than one")
+        if time.monotonic() > deadline:
+            die(f"the pushgateways hold {counts} groups after {a.timeout} s, expected {a.total} in all")
+        time.sleep(1)
+
+
+def cmd_rss(a):
+    print(json.dumps([proc_rss_kb(p) for p in a.pids]))
+
+
+def cmd_cluster_meta(a):
+    pg_version = run_cmd(a.pushgateway, "--version").splitlines()
+    meta = machine_facts(a.root, a.envoy, a.wasm) | {
+        "pushgateway_version": pg_version[0] if pg_version else "",
+        "envoy_concurrency": a.concurrency,
+        "connections": a.connections,
+        "duration_s": a.duration,
+        "warmup_s": a.warmup,
+        "idle_s": a.idle,
+        "min_pushes": a.min_pushes,
+        "metrics_per_push": a.metrics,
+    }
+    with open(a.out, "w") as f:
+        json.dump(meta, f)
+
+
+def cmd_cluster_record(a):
+    """One measurement of bench/cluster.sh: the load generator's result, per push."""
+    with open(a.result) as f:
+        r = json.load(f)
+    counts = json.loads(a.counts)
+    if sum(counts) != a.groups:
+        die(f"{a.mode}, {a.size} pushgateway(s): they hold {counts} groups after the run, "
+            f"{sum(counts)} in all for {a.groups} pushed: every group must be on exactly one")
+    pushes = r["pushes"]
+    if not pushes:
+        die(f"{a.mode}, {a.size} pushgateway(s), {a.groups} groups: no push ended in the window")
+    # Envoy's and the client's timers and stats run whether pushes come or not: at a few pushes a
+    # second they would be most of "their CPU per push", so their idle rate (measured before the
+    # warm-up) is taken out. Not the pushgateways': idle, they only collect garbage, which pushes
+    # (and the group count's listing just before) made.
+    idle_s = r.get("idle_seconds") or 0
+    ms_per_push, raw = {}, {}
+    for part, ms in r["cpu_ms"].items():
+        idle_ms = r["idle_cpu_ms"].get(part, 0) * r["seconds"] / idle_s if idle_s and part != "pushgateways" else 0
+        raw[part] = round(ms / pushes, 4)
+        ms_per_push[part] = round(max(0.0, ms - idle_ms) / pushes, 4)
+    empty, loaded = json.loads(a.empty_rss), json.loads(a.loaded_rss)
+    rec = {
+        "groups": a.groups,
+        "size": a.size,
+        "mode": a.mode,
+        "groups_per_pushgateway": counts,
+        "pushes": pushes,
+        "seconds": round(r["seconds"], 2),
+        "pushes_per_s": round(r["pushes_per_s"], 3),
+        "latency_ms": r["latency_ms"],
+        "cpu_ms_per_push": ms_per_push,
+        "cpu_ms_per_push_with_idle": raw,
+        "cpu_ms": r["cpu_ms"],
+        "idle_cpu_ms": r["idle_cpu_ms"],
+        "idle_seconds": idle_s,
+        "pushgateway_rss_kb": {"empty": empty, "loaded": loaded, "after_run": r["rss_kb"]},
+        "fill_s": a.fill_s,
+        "load_s": a.load_s,
+    }
+    with open(a.out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def rate_text(per_s):
+    """A rate with the digits that mean something, from 0.12 to 512."""
+    return f"{per_s:.2f}" if per_s < 10 else f"{per_s:.1f}" if per_s < 100 else f"{per_s:.0f}"
+
+
+def cmd_cluster_report(a):
+    with open(a.records) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    with open(a.meta) as f:
+        m = json.load(f)
+    alone = {r["groups"]: r for r in recs if r["mode"] == "alone"}
+    print()
+    print(f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['date']}; busy {m['host_busy_pct_before']}% "
+          f"before the run, load average {' '.join(m['loadavg_before'])}")
+    print(f"envoy {m['envoy_version']}, --concurrency {m['envoy_concurrency']}; {m['pushgateway_version']}; "
+          f"wasm sha256 {m['wasm_sha256'][:16]}; tree {m['git']}")
+    print(f"load: bench/pushload, {m['connections']} pushes in flight (closed loop), PUT of {m['metrics_per_push']} "
+          f"gauges per push, {m['duration_s']} s (at least {m['min_pushes']} pushes) after {m['warmup_s']} s "
+          "warm-up; pushgateway consistency check on")
+    print(f"Envoy's and the client's CPU per push leave out their idle CPU (measured over {m.get('idle_s', 0)} s "
+          "before each warm-up)")
+    print()
+    head = ("groups", "setup", "pushes/s", "x alone", "p50 ms", "p99 ms", "pushgateway CPU ms/push",
+            "Envoy CPU ms/push", "client CPU ms/push", "groups per pushgateway", "pushgateway RSS MB")
+    # RSS is read at the end of the measured window, under load: the check's gather of every group
+    # on each push grows the Go heap well above what the groups alone take.
+    rows = []
+    sizing = {}
+    points = []  # (groups held, RSS MB under load), one per setup
+    for r in recs:
+        cpu = r["cpu_ms_per_push"]
+        base = alone.get(r["groups"])
+        speedup = f"{r['pushes_per_s'] / base['pushes_per_s']:.1f}" if base and base["pushes_per_s"] else "-"
+        setup = "alone" if r["mode"] == "alone" else f"{r['mode']}, {r['size']}"
+        rss = r["pushgateway_rss_kb"]
+        per_pg = r["groups"] / r["size"]
+        under_load = [kb / 1024 for k, kb in rss["after_run"].items() if k.startswith("pushgateways:") and kb]
+        rows.append((
+            f"{r['groups']:,}", setup, rate_text(r["pushes_per_s"]), speedup,
+            f"{r['latency_ms']['p50']:.1f}", f"{r['latency_ms']['p99']:.1f}",
+            f"{cpu.get('pushgateways', 0):.2f}", f"{cpu['envoy']:.3f}" if "envoy" in cpu else "-",
+            f"{cpu.get('client', 0):.3f}", f"{per_pg:,.0f}",
+            f"{max(under_load):.0f}",
+        ))
+        # Sizing: what one pushgateway costs per push and holds, by the groups it holds.
+        mean_rss = statistics.mean(under_load)
+        sizing.setdefault(round(per_pg), []).append((cpu.get("pushgateways", 0), mean_rss))
+        points.append((per_pg, mean_rss))
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    for cells in (head, *rows):
+        print("  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    print()
+    print("sizing, per pushgateway (consistency check on):")
+    print("groups held  CPU ms/push  pushes/s per core  RSS MB under load")
+    summary = {"by_groups_held": []}
+    for per_pg in sorted(sizing):
+        cpu = statistics.median(c for c, _ in sizing[per_pg])
+        mem = statistics.median(x for _, x in sizing[per_pg])
+        rate = 1000.0 / cpu if cpu else 0.0
+        summary["by_groups_held"].append({"groups_per_pushgateway": per_pg, "cpu_ms_per_push": cpu,
+                                          "pushes_per_s_per_core": rate, "rss_mb": mem})
+        print(f"{per_pg:>11,}  {cpu:>11.2f}  {rate_text(rate):>17}  {mem:>17.0f}")
+    if len({c for c, _ in points}) > 1:
+        # Memory per 1k groups: the least-squares slope of RSS over groups held (the intercept is
+        # the Go runtime's own, paid once per pushgateway).
+        n = len(points)
+        mx = sum(c for c, _ in points) / n
+        my = sum(y for _, y in points) / n
+        slope = sum((c - mx) * (y - my) for c, y in points) / sum((c - mx) ** 2 for c, _ in points)
+        summary["rss_mb_per_1k_groups"] = slope * 1000
+        summary["rss_mb_intercept"] = my - slope * mx
+        print(f"memory: {slope * 1000:.1f} MB of RSS under load per 1,000 groups held, on about "
+              f"{my - slope * mx:.0f} MB for the pushgateway itself (least squares over {n} setups)")
+    notes = []
+    if m["host_busy_pct_before"] > 10:
+        notes.append(f"the machine was {m['host_busy_pct_before']}% busy before the run (other work): "
+                     "the figures are noisier than usual; run again on an idle machine")
+    for r in recs:
+        if r["seconds"] > m["duration_s"] + 1:
+            notes.append(f"{r['groups']:,} groups, {r['mode']} {r['size']}: window {r['seconds']:.0f} s "
+                         f"to reach {r['pushes']} pushes")
+    if notes:
+        print()
+        for n in notes:
+            print("note: " + n)
+    result = {"machine": m, "records": recs, "sizing": summary}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print()
+    print(f"results: {a.out}")
 
 
 # ---- member-list updates on the workers --------------------------------------------------------
@@ -825,6 +1061,46 @@ def main():
     s.add_argument("--dump", required=True)
     s.add_argument("--requests", type=int, required=True)
     s.set_defaults(f=cmd_events)
+
+    s = sub.add_parser("wait-groups")
+    s.add_argument("--members", required=True)
+    s.add_argument("--total", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=300)
+    s.set_defaults(f=cmd_wait_groups)
+
+    s = sub.add_parser("rss")
+    s.add_argument("pids", type=int, nargs="+")
+    s.set_defaults(f=cmd_rss)
+
+    s = sub.add_parser("cluster-meta")
+    for name in ("out", "root", "envoy", "wasm", "pushgateway"):
+        s.add_argument(f"--{name}", required=True)
+    for name in ("concurrency", "connections", "duration", "warmup", "idle", "min-pushes", "metrics"):
+        s.add_argument(f"--{name}", type=int, required=True)
+    s.set_defaults(f=cmd_cluster_meta)
+
+    s = sub.add_parser("cluster-record")
+    for name in ("out", "result", "mode", "counts", "empty-rss", "loaded-rss"):
+        s.add_argument(f"--{name}", required=True)
+    for name in ("size", "groups", "fill-s", "load-s"):
+        s.add_argument(f"--{name}", type=int, required=True)
+    s.set_defaults(f=cmd_cluster_record)
+
+    s = sub.add_parser("cluster-report")
+    for name in ("records", "meta", "out"):
+        s.add_argument(f"--{name}", required=True)
+    s.set_defaults(f=cmd_cluster_report)
+
+    s = sub.add_parser("callgrind-diff")
+    s.add_argument("dump")
+    s.add_argument("against")
+    s.add_argument("--requests", type=int, default=2000)
+    s.add_argument("--top", type=int, default=25)
+    s.set_defaults(f=cmd_callgrind_diff)
+
+    s = sub.add_parser("instruction-ratios")
+    s.add_argument("--lines", required=True)
+    s.set_defaults(f=cmd_instruction_ratios)
 
     s = sub.add_parser("apply")
     s.add_argument("--control", type=int, required=True)

@@ -2,14 +2,16 @@
 # Envoy's instructions per request, counted by callgrind: the noise-free complement of
 # bench/run.sh's CPU time on a shared machine (bench/README.md, "Profile").
 #
-#   bench/callgrind.sh [scenario...]     (default: redirect baseline-redirect proxy baseline-proxy)
+#   bench/callgrind.sh [scenario...]     (default: redirect floor-redirect baseline-redirect proxy baseline-proxy)
 #
-# Scenarios as in bench/run.sh (floor-redirect with BENCH_FLOOR_WASM). Envoy runs under
+# Scenarios as in bench/run.sh (floor-redirect: bench/floor.sh builds it). Envoy runs under
 # `valgrind --tool=callgrind` with one worker; after 3,000 uncounted requests (the wasm code is
 # compiled and tiered up by then), BENCH_CG_REQUESTS (2,000) keep-alive PUTs are counted
 # (BENCH_MEMBERS: members of the redirect scenario, 3 by default). Only
 # user-space instructions count (not the kernel's network work). Needs valgrind (Debian package
-# `valgrind`); about a minute per scenario. Prints one JSON line per scenario.
+# `valgrind`); about a minute per scenario. Prints one JSON line per scenario, then the ratios of
+# the scenarios it ran (redirect to the floor first). BENCH_CG_KEEP (a directory): the callgrind
+# dumps are kept there (one per scenario) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,7 +27,9 @@ for f in "$ENVOY" "$PUSHGATEWAY" "$WASM"; do
     [ -e "$f" ] || { echo "bench/callgrind.sh: $f is missing: run ./build.sh deps and ./build.sh" >&2; exit 1; }
 done
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(redirect baseline-redirect proxy baseline-proxy)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(redirect floor-redirect baseline-redirect proxy baseline-proxy)
+FLOOR_WASM=""
+if [[ " ${SCENARIOS[*]} " == *" floor-redirect "* ]]; then FLOOR_WASM=$(bench/floor.sh); fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-callgrind.XXXXXX")
 PIDS=()
@@ -67,7 +71,7 @@ for scen in "${SCENARIOS[@]}"; do
         baseline-redirect) "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
             --admin "$admin" --location "${MEMBERS%%,*}" ;;
         floor-redirect) "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
-            --admin "$admin" --location "${MEMBERS%%,*}" --wasm "${BENCH_FLOOR_WASM:?set BENCH_FLOOR_WASM}" ;;
+            --admin "$admin" --location "${MEMBERS%%,*}" --wasm "$FLOOR_WASM" ;;
         baseline-proxy)
             "${HELPER[@]}" render-baseline-proxy --out "$WORK/$scen.yaml" --port "$port" --admin "$admin" \
                 --members "$MEMBERS"
@@ -91,9 +95,15 @@ for scen in "${SCENARIOS[@]}"; do
     callgrind_control -d "$vg" >/dev/null 2>&1
     kill "$vg"
     wait "$vg" 2>/dev/null || true
-    "${HELPER[@]}" instructions --dump "$WORK/$scen.cg" --scenario "$scen" --requests "$REQUESTS"
+    "${HELPER[@]}" instructions --dump "$WORK/$scen.cg" --scenario "$scen" --requests "$REQUESTS" |
+        tee -a "$WORK/instructions.jsonl"
+    if [ -n "${BENCH_CG_KEEP:-}" ]; then
+        mkdir -p "$BENCH_CG_KEEP"
+        cp "$(ls -S "$WORK/$scen.cg"* | head -n1)" "$BENCH_CG_KEEP/$scen.cg"
+    fi
     if [ -n "${BENCH_VALGRIND_ARGS:-}" ]; then
         # Every event the options turned on (e.g. cache misses with --cache-sim=yes), per request.
         "${HELPER[@]}" events --dump "$WORK/$scen.cg" --requests "$REQUESTS"
     fi
 done
+"${HELPER[@]}" instruction-ratios --lines "$WORK/instructions.jsonl"

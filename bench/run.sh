@@ -5,6 +5,9 @@
 #
 # Scenarios (default: all, in this order):
 #   redirect                 shipped envoy/envoy.yaml, PUTs to the redirect listener; every answer 307
+#   floor-redirect           the floor: baseline-redirect with bench/floor (a proxy-wasm filter that
+#                            reads the headers once, drops the body, answers the 307 at its end) in
+#                            front of the buffer filter: the least any proxy-wasm filter can cost
 #   baseline-redirect        Envoy alone: direct_response 307 + Location, the shipped filter chain
 #                            minus wasm (the buffer filter keeps connections open)
 #   baseline-redirect-close  the same without the buffer filter: Envoy answers from the headers and
@@ -12,8 +15,6 @@
 #   proxy                    shipped envoy/envoy.yaml, proxy listener, three real pushgateways; every answer
 #                            202 (pushgateway's answer without its consistency check; 200 with it)
 #   baseline-proxy           Envoy alone: RING_HASH on :path to three such pushgateways; same answers
-#   floor-redirect           (only when named) baseline-redirect with the wasm filter BENCH_FLOOR_WASM
-#                            in front: what a proxy-wasm filter costs before it does anything
 #
 # Settings (environment): BENCH_DURATION (s, default 10; 3 with --quick), BENCH_WARMUP (s, 2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (1), BENCH_ROUNDS (1: each round runs every scenario once,
@@ -22,7 +23,8 @@
 # BENCH_MEMBERS (3: members of the redirect scenario's ring; redirect never connects to them),
 # BENCH_GROUPS (10000 distinct groups pushed, cycling), BENCH_BODY_BYTES (4),
 # BENCH_PERF (a directory: Envoy is sampled with perf record during each measured run).
-# Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, WRK_BIN, else .deps/bin/<name>.
+# Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, WRK_BIN, else .deps/bin/<name>; BENCH_FLOOR_WASM (else
+# bench/floor.sh builds the floor).
 #
 # Prints a table and writes bench/results/latest.json. See bench/README.md for how to read it.
 set -euo pipefail
@@ -31,9 +33,8 @@ ROOT=$PWD
 BENCH=$ROOT/bench
 HELPER=(python3 "$BENCH/bench.py")
 
-SCENARIO_NAMES=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy floor-redirect)
-# floor-redirect needs a wasm of your own (BENCH_FLOOR_WASM), so it runs only when named.
-DEFAULT_SCENARIOS=(redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
+SCENARIO_NAMES=(redirect floor-redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
+DEFAULT_SCENARIOS=("${SCENARIO_NAMES[@]}")
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -98,59 +99,16 @@ for v in ENVOY PUSHGATEWAY WRK; do
     [ -x "${!v}" ] || die "${!v} is missing: run ./build.sh deps (or set ${v}_BIN)"
 done
 [ -f "$WASM" ] || die "$WASM is missing: run ./build.sh"
+if [[ " ${SCENARIOS[*]} " == *" floor-redirect "* ]]; then
+    FLOOR_WASM=$("$BENCH/floor.sh") || die "the floor filter (bench/floor) did not build"
+fi
 command -v python3 >/dev/null || die "python3 is needed (config rendering and results)"
 
 # ---- processes: everything started here is stopped on exit, by PID --------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-bench.XXXXXX")
-PIDS=()
-
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log; sets STARTED_PID.
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.log" 2>&1 </dev/null &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-}
-
-# stop PID...: stops them now (the next scenario must not share the CPU with them).
-stop() {
-    local pid p keep
-    for pid in "$@"; do
-        stop_pid "$pid"
-        keep=()
-        for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-        PIDS=("${keep[@]}")
-    done
-}
-
-show_log() {
-    echo "---- last lines of $1.log" >&2
-    tail -n 30 "$WORK/$1.log" >&2 || true
-}
+WORK_PREFIX=ds-bench
+# shellcheck source=bench/procs.sh
+source "$BENCH/procs.sh"
 
 ports() { "${HELPER[@]}" ports "$1"; }
 
@@ -295,7 +253,7 @@ scenario_redirect() {
 baseline_redirect() {
     local scen=$1 flags=() port pg
     if [ "$scen" = baseline-redirect-close ]; then flags=(--no-buffer); fi
-    if [ "$scen" = floor-redirect ]; then flags=(--wasm "${BENCH_FLOOR_WASM:?}"); fi
+    if [ "$scen" = floor-redirect ]; then flags=(--wasm "$FLOOR_WASM"); fi
     read -r port ADMIN pg < <(ports 3)
     MEMBERS=""
     PG_PIDS=()

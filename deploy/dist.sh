@@ -7,7 +7,11 @@
 # version is the filter crate's in Cargo.toml. The tarball holds one folder of that name:
 #
 #   README.md  LICENSE  dynamic_sharding.wasm  consul-sync  envoy.yaml  dynamic-sharding.yml
-#   prometheus/rules.yml  grafana/dynamic-sharding.json  systemd/*.service
+#   prometheus/rules.yml  grafana/dynamic-sharding.json  systemd/*.service  docs/*.md
+#   scraping/ha/  scraping/vmagent/  scraping/hashmod/   (deploy/scraping: docs/scraping.md)
+#
+# docs/ goes along because the alert rules' runbook annotations name docs/alerts.md, relative to
+# the bundle's folder as to the repository.
 #
 # envoy.yaml names the wasm relative to the folder, so Envoy runs from inside it (the systemd
 # unit sets WorkingDirectory). Files are sorted and stamped with the last commit's time, so the
@@ -48,7 +52,8 @@ NAME=dynamic-sharding-$VERSION-linux-$ARCH
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 B=$STAGE/$NAME
-mkdir -p "$B/prometheus" "$B/grafana" "$B/systemd"
+mkdir -p "$B/prometheus" "$B/grafana" "$B/systemd" "$B/docs" "$B/scraping/ha" "$B/scraping/vmagent" \
+    "$B/scraping/hashmod"
 install -m 0644 "$WASM" "$B/dynamic_sharding.wasm"
 install -m 0755 "$CONSUL_SYNC" "$B/consul-sync"
 install -m 0644 LICENSE "$B/LICENSE"
@@ -57,6 +62,11 @@ install -m 0644 consul-sync/dynamic-sharding.yml "$B/dynamic-sharding.yml"
 install -m 0644 deploy/prometheus/rules.yml "$B/prometheus/rules.yml"
 install -m 0644 deploy/grafana/dynamic-sharding.json "$B/grafana/dynamic-sharding.json"
 install -m 0644 deploy/systemd/*.service "$B/systemd/"
+install -m 0644 docs/*.md "$B/docs/"
+install -m 0644 deploy/scraping/ha/prometheus.yml "$B/scraping/ha/"
+install -m 0644 deploy/scraping/vmagent/scrape.yml deploy/scraping/vmagent/vmagent.env \
+    deploy/scraping/vmagent/dynamic-sharding-vmagent@.service "$B/scraping/vmagent/"
+install -m 0644 deploy/scraping/hashmod/*.yml "$B/scraping/hashmod/"
 
 # The shipped envoy.yaml, with the wasm path and its comment made right for the bundle. Each
 # replacement must hit exactly once: a reshaped envoy.yaml fails here, not at a user's Envoy.

@@ -9,6 +9,13 @@
 #                             Envoy's admin /stats/prometheus and consul-sync's /metrics; evaluates the
 #                             alert rules of deploy/prometheus/rules.yml, or DEMO_RULES_FILE)
 #
+# With DEMO_SCRAPERS=vmagent, instead of that Prometheus (docs/scraping.md):
+#   three vmagents            127.0.0.1:8429, 8430, 8431 (DEMO_VMAGENT_PORTS): one scrape cluster,
+#                             replication factor 2, deploy/scraping/vmagent/scrape.yml, so each
+#                             target is scraped by two of them
+#   VictoriaMetrics           127.0.0.1:8428 (DEMO_VM_PORT): the store they write to, deduplicating
+#                             the two copies; Prometheus-compatible query API. No alert rules.
+#
 # Ctrl-C or SIGTERM stops everything it started. Ports move with DEMO_*_PORT variables (below);
 # state and logs live in $DEMO_DIR (default .demo/, git-ignored), wiped at each start.
 set -euo pipefail
@@ -27,6 +34,12 @@ CONTROL_PORT=${DEMO_CONTROL_PORT:-9293}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-9901}
 SYNC_PORT=${DEMO_CONSUL_SYNC_PORT:-9294}
 PROMETHEUS_PORT=${DEMO_PROMETHEUS_PORT:-9090}
+# Who scrapes: one Prometheus, or a vmagent cluster writing into VictoriaMetrics.
+SCRAPERS=${DEMO_SCRAPERS:-prometheus}
+read -r -a VMAGENT_PORTS <<<"${DEMO_VMAGENT_PORTS:-8429 8430 8431}"
+VM_PORT=${DEMO_VM_PORT:-8428}
+# Each target is scraped by this many vmagents: losing one loses nothing.
+VMAGENT_REPLICATION=2
 # The data listeners listen on all interfaces as shipped; tests keep them on loopback.
 DATA_ADDRESS=${DEMO_DATA_ADDRESS:-0.0.0.0}
 # Health-check interval of the pushgateways in Consul, and Prometheus' scrape interval.
@@ -42,7 +55,7 @@ TOKEN=${SHARDING_CONTROL_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d 
 
 bin() {
     local name=$1 var
-    var="$(echo "$name" | tr '[:lower:]' '[:upper:]')_BIN"
+    var="$(echo "$name" | tr '[:lower:]-' '[:upper:]_')_BIN"
     local path=${!var:-$ROOT/.deps/bin/$name}
     if [ ! -x "$path" ]; then
         echo "demo: $name not found at $path: run ./build.sh deps (or set $var)" >&2
@@ -53,7 +66,21 @@ bin() {
 ENVOY=$(bin envoy)
 CONSUL=$(bin consul)
 PUSHGATEWAY=$(bin pushgateway)
-PROMETHEUS=$(bin prometheus)
+case $SCRAPERS in
+prometheus) PROMETHEUS=$(bin prometheus) ;;
+vmagent)
+    VMAGENT=$(bin vmagent)
+    VICTORIA_METRICS=$(bin victoria-metrics)
+    if [ "${#VMAGENT_PORTS[@]}" -lt "$VMAGENT_REPLICATION" ]; then
+        echo "demo: DEMO_VMAGENT_PORTS=\"${VMAGENT_PORTS[*]}\" names ${#VMAGENT_PORTS[@]} vmagent; at least $VMAGENT_REPLICATION are needed (the replication factor)" >&2
+        exit 1
+    fi
+    ;;
+*)
+    echo "demo: DEMO_SCRAPERS=$SCRAPERS: expected prometheus (the default) or vmagent" >&2
+    exit 1
+    ;;
+esac
 WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
 CONSUL_SYNC=$ROOT/target/release/consul-sync
 if [ ! -f "$RULES_FILE" ]; then
@@ -69,23 +96,32 @@ done
 
 # A busy port would make one component fail later with a less helpful message: refuse now.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# refuse_busy PORT WHAT HOW: exits naming the port, what it is for and how to move it.
+refuse_busy() {
+    if port_busy "$1"; then
+        echo "demo: port $1 ($2) is in use; stop what uses it or move it with $3" >&2
+        exit 1
+    fi
+}
 for spec in "Consul HTTP:DEMO_CONSUL_PORT:$CONSUL_PORT" "Consul server:DEMO_CONSUL_SERVER_PORT:$CONSUL_SERVER_PORT" \
     "Consul serf LAN:DEMO_CONSUL_SERF_LAN_PORT:$CONSUL_SERF_LAN_PORT" "Consul serf WAN:DEMO_CONSUL_SERF_WAN_PORT:$CONSUL_SERF_WAN_PORT" \
     "Envoy redirect:DEMO_REDIRECT_PORT:$REDIRECT_PORT" "Envoy proxy:DEMO_PROXY_PORT:$PROXY_PORT" \
     "Envoy control:DEMO_CONTROL_PORT:$CONTROL_PORT" "Envoy admin:DEMO_ADMIN_PORT:$ADMIN_PORT" \
-    "consul-sync:DEMO_CONSUL_SYNC_PORT:$SYNC_PORT" "Prometheus:DEMO_PROMETHEUS_PORT:$PROMETHEUS_PORT"; do
+    "consul-sync:DEMO_CONSUL_SYNC_PORT:$SYNC_PORT"; do
     IFS=: read -r what var port <<<"$spec"
-    if port_busy "$port"; then
-        echo "demo: port $port ($what) is in use; stop what uses it or move it with $var=<port>" >&2
-        exit 1
-    fi
+    refuse_busy "$port" "$what" "$var=<port>"
 done
 for port in "${PG_PORTS[@]}"; do
-    if port_busy "$port"; then
-        echo "demo: port $port (pushgateway) is in use; stop what uses it or move them with DEMO_PUSHGATEWAY_PORTS=\"<p1> <p2> <p3>\"" >&2
-        exit 1
-    fi
+    refuse_busy "$port" pushgateway 'DEMO_PUSHGATEWAY_PORTS="<p1> <p2> <p3>"'
 done
+if [ "$SCRAPERS" = vmagent ]; then
+    refuse_busy "$VM_PORT" VictoriaMetrics "DEMO_VM_PORT=<port>"
+    for port in "${VMAGENT_PORTS[@]}"; do
+        refuse_busy "$port" vmagent 'DEMO_VMAGENT_PORTS="<p1> <p2> <p3>"'
+    done
+else
+    refuse_busy "$PROMETHEUS_PORT" Prometheus "DEMO_PROMETHEUS_PORT=<port>"
+fi
 
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR/logs"
@@ -177,7 +213,25 @@ drain_timeout: $DRAIN_TIMEOUT
 EOF
 SHARDING_CONTROL_TOKEN=$TOKEN start consul-sync "$CONSUL_SYNC" --config.file "$DEMO_DIR/dynamic-sharding.yml"
 
-cat >"$DEMO_DIR/prometheus.yml" <<EOF
+# wait_scraped NAME URL LOGS: ready means a push shows up in the store at URL, so wait (bounded)
+# until its query API has every pushgateway up.
+wait_scraped() {
+    local up=0
+    for _ in $(seq 120); do
+        up=$(curl -fsS --max-time 1 "$2/api/v1/query" --data-urlencode 'query=count(up{job="pushgateway"} == 1)' \
+            2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
+        [ "$up" -ge "${#PG_PORTS[@]}" ] && return
+        sleep 0.5
+    done
+    echo "demo: $1 has $up of ${#PG_PORTS[@]} pushgateways up so far; see $3" >&2
+}
+
+# One Prometheus scrapes everything and evaluates the alert rules.
+start_prometheus() {
+    cat >"$DEMO_DIR/prometheus.yml" <<EOF
 global:
   scrape_interval: $SCRAPE_INTERVAL
   evaluation_interval: $SCRAPE_INTERVAL
@@ -210,28 +264,57 @@ scrape_configs:
     static_configs:
       - targets: [127.0.0.1:$ADMIN_PORT]
 EOF
-start prometheus "$PROMETHEUS" --config.file="$DEMO_DIR/prometheus.yml" --storage.tsdb.path="$DEMO_DIR/prometheus" \
-    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+    start prometheus "$PROMETHEUS" --config.file="$DEMO_DIR/prometheus.yml" --storage.tsdb.path="$DEMO_DIR/prometheus" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+
+    wait_http prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+    wait_scraped Prometheus "http://127.0.0.1:$PROMETHEUS_PORT" "$DEMO_DIR/logs/prometheus.log"
+    SEE_IT="then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric"
+}
+
+# A vmagent scrape cluster (the shipped scrape configuration, the flags of the shipped unit
+# deploy/scraping/vmagent/dynamic-sharding-vmagent@.service) writing into VictoriaMetrics, which
+# keeps one sample per series and scrape interval of the two copies.
+start_vmagents() {
+    start victoria-metrics "$VICTORIA_METRICS" -httpListenAddr="127.0.0.1:$VM_PORT" \
+        -storageDataPath="$DEMO_DIR/victoria-metrics" -dedup.minScrapeInterval="$SCRAPE_INTERVAL" \
+        -search.latencyOffset=1s
+    python3 - "$ROOT/deploy/scraping/vmagent/scrape.yml" "$DEMO_DIR/vmagent-scrape.yml" \
+        "scrape_interval: 15s" "scrape_interval: $SCRAPE_INTERVAL" \
+        "server: 127.0.0.1:8500" "server: 127.0.0.1:$CONSUL_PORT" \
+        "'127.0.0.1:9901'" "'127.0.0.1:$ADMIN_PORT'" \
+        "'127.0.0.1:9294'" "'127.0.0.1:$SYNC_PORT'" <<'PY'
+import sys
+src, dst, *pairs = sys.argv[1:]
+text = open(src).read()
+for old, new in zip(pairs[::2], pairs[1::2]):
+    if text.count(old) != 1:
+        sys.exit(f"demo: {src}: expected {old!r} once, found it {text.count(old)} times")
+    text = text.replace(old, new)
+open(dst, "w").write(text)
+PY
+    wait_http victoria-metrics "http://127.0.0.1:$VM_PORT/health"
+    local member=0 port
+    for port in "${VMAGENT_PORTS[@]}"; do
+        start "vmagent-$port" "$VMAGENT" -promscrape.config="$DEMO_DIR/vmagent-scrape.yml" \
+            -promscrape.cluster.membersCount="${#VMAGENT_PORTS[@]}" -promscrape.cluster.memberNum="$member" \
+            -promscrape.cluster.replicationFactor="$VMAGENT_REPLICATION" -promscrape.consulSDCheckInterval=1s \
+            -remoteWrite.url="http://127.0.0.1:$VM_PORT/api/v1/write" \
+            -remoteWrite.tmpDataPath="$DEMO_DIR/vmagent-$port" -httpListenAddr="127.0.0.1:$port"
+        member=$((member + 1))
+    done
+    for port in "${VMAGENT_PORTS[@]}"; do wait_http "vmagent-$port" "http://127.0.0.1:$port/health"; done
+    wait_scraped VictoriaMetrics "http://127.0.0.1:$VM_PORT" "$DEMO_DIR/logs/vmagent-*.log"
+    SEE_IT="then see it once in VictoriaMetrics: curl 'http://127.0.0.1:$VM_PORT/api/v1/query?query=demo_metric' (or http://127.0.0.1:$VM_PORT/vmui/); kill a vmagent (pids in $DEMO_DIR/pids) and it stays"
+}
 
 wait_http consul-sync "http://127.0.0.1:$SYNC_PORT/-/ready"
-wait_http prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
-# Ready means a push shows up in Prometheus: wait until it scrapes every pushgateway.
-for _ in $(seq 120); do
-    up=$(curl -fsS --max-time 1 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets" 2>/dev/null | python3 -c '
-import json, sys
-targets = json.load(sys.stdin)["data"]["activeTargets"]
-print(sum(1 for t in targets if t["labels"].get("job") == "pushgateway" and t["health"] == "up"))' 2>/dev/null || echo 0)
-    [ "$up" -ge "${#PG_PORTS[@]}" ] && break
-    sleep 0.5
-done
-if [ "$up" -lt "${#PG_PORTS[@]}" ]; then
-    echo "demo: Prometheus scrapes $up of ${#PG_PORTS[@]} pushgateways so far; see $DEMO_DIR/logs/prometheus.log" >&2
-fi
+if [ "$SCRAPERS" = vmagent ]; then start_vmagents; else start_prometheus; fi
 
-echo "dynamic-sharding demo ready: push with  echo 'demo_metric 42' | curl -L -X PUT --data-binary @- http://127.0.0.1:$REDIRECT_PORT/metrics/job/demo/instance/a  (or without -L to :$PROXY_PORT), then see it at http://127.0.0.1:$PROMETHEUS_PORT/graph?g0.expr=demo_metric  (logs: $DEMO_DIR/logs, Ctrl-C stops)"
+echo "dynamic-sharding demo ready: push with  echo 'demo_metric 42' | curl -L -X PUT --data-binary @- http://127.0.0.1:$REDIRECT_PORT/metrics/job/demo/instance/a  (or without -L to :$PROXY_PORT), $SEE_IT  (logs: $DEMO_DIR/logs, Ctrl-C stops)"
 
-# Foreground until a signal. A pushgateway may die (try it: that is what the stack is for); any
-# other component dying ends the demo, as nothing would work without it.
+# Foreground until a signal. A pushgateway or a vmagent may die (try it: that is what the stack is
+# for); any other component dying ends the demo, as nothing would work without it.
 declare -A REPORTED=()
 while true; do
     while read -r name pid; do
@@ -240,6 +323,9 @@ while true; do
             case $name in
             pushgateway-*)
                 echo "demo: $name (pid $pid) is gone; its groups now go to the other pushgateways" >&2
+                ;;
+            vmagent-*)
+                echo "demo: $name (pid $pid) is gone; every pushgateway is still scraped by another vmagent" >&2
                 ;;
             *)
                 echo "demo: $name (pid $pid) exited; last lines of $DEMO_DIR/logs/$name.log:" >&2

@@ -14,6 +14,11 @@
 #   .deps/bin/pushgateway                 -> ../root/pushgateway/... (Debian bookworm, 1.5.1)
 #   .deps/bin/prometheus                  -> ../root/prometheus/...  (Debian bullseye, 2.24.1: has consul_sd_configs)
 #   .deps/bin/promtool                    -> ../root/prometheus/...  (the same package: checks the alert rules)
+#   .deps/bin/prometheus-current          -> ../root/prometheus-current/... (Debian bookworm, 2.42.0: http_sd_configs,
+#                                         agent mode, remote-write receiver; no consul_sd_configs)
+#   .deps/bin/promtool-current            -> ../root/prometheus-current/... (its promtool: checks agent configs)
+#   .deps/bin/vmagent                     -> ../root/victoria-metrics/... (Debian bookworm, 1.79.5: scrape clustering)
+#   .deps/bin/victoria-metrics            -> ../root/victoria-metrics/... (the same package: single-node store, dedup)
 #   .deps/bin/wrk                         wrapper: LD_LIBRARY_PATH for the unpacked libluajit (Debian bookworm, 4.1)
 #   .deps/lib/libfaketime.so.1            -> ../root/libfaketime/... (Debian bookworm: a clock ahead, for tests)
 #   .deps/bin/wasm-bindgen-test-runner    -> ../cargo/bin/...        (cargo install wasm-bindgen-cli)
@@ -21,9 +26,10 @@
 #                                         (libFuzzer needs nightly), for ./build.sh fuzz and test
 #   .deps/venv/                           Python venv with prometheus_client 0.26 and requests
 #
-# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, WRK_BIN name a
-# binary to use instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides the mirror
-# read from the system's apt sources; PYTHON the interpreter used to make the venv.
+# Overrides: ENVOY_BIN, CONSUL_BIN, PUSHGATEWAY_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, WRK_BIN,
+# PROMETHEUS_CURRENT_BIN, PROMTOOL_CURRENT_BIN, VMAGENT_BIN, VICTORIA_METRICS_BIN name a binary
+# to use instead; it is checked and .deps/bin/<x> is not created for it. DEBIAN_MIRROR overrides
+# the mirror read from the system's apt sources; PYTHON the interpreter used to make the venv.
 set -euo pipefail
 
 # ---- versions (bump here) ---------------------------------------------------------------------
@@ -41,11 +47,16 @@ DEFAULT_MIRROR=http://deb.debian.org/debian
 BULLSEYE_FALLBACKS=(http://deb.debian.org/debian http://archive.debian.org/debian)
 
 # Debian components: name | package | suite | upstream version | binary in package | override var
+# [| folder under .deps/root, default the name: components of one package share it, unpacked once]
 DEB_COMPONENTS=(
   "consul|consul|bullseye|1.8.7|usr/bin/consul|CONSUL_BIN"
   "pushgateway|prometheus-pushgateway|bookworm|1.5.1|usr/bin/prometheus-pushgateway|PUSHGATEWAY_BIN"
   "prometheus|prometheus|bullseye|2.24.1|usr/bin/prometheus|PROMETHEUS_BIN"
   "wrk|wrk|bookworm|4.1|usr/bin/wrk|WRK_BIN"
+  "prometheus-current|prometheus|bookworm|2.42.0|usr/bin/prometheus|PROMETHEUS_CURRENT_BIN"
+  "promtool-current|prometheus|bookworm|2.42.0|usr/bin/promtool|PROMTOOL_CURRENT_BIN|prometheus-current"
+  "vmagent|victoria-metrics|bookworm|1.79.5|usr/bin/vmagent|VMAGENT_BIN|victoria-metrics"
+  "victoria-metrics|victoria-metrics|bookworm|1.79.5|usr/bin/victoria-metrics|VICTORIA_METRICS_BIN|victoria-metrics"
 )
 # What to say when a Debian component cannot be had.
 declare -A DEB_HELP=(
@@ -53,6 +64,10 @@ declare -A DEB_HELP=(
   [pushgateway]="install Prometheus Pushgateway 1.5 and set PUSHGATEWAY_BIN=/path/to/pushgateway"
   [prometheus]="install a Prometheus 2.x built with consul_sd_configs (e.g. 2.24.1) and set PROMETHEUS_BIN=/path/to/prometheus"
   [wrk]="install wrk 4.x and set WRK_BIN=/path/to/wrk"
+  [prometheus-current]="install a Prometheus >= 2.32 (http_sd_configs, agent mode, remote-write receiver; e.g. 2.42) and set PROMETHEUS_CURRENT_BIN=/path/to/prometheus"
+  [promtool-current]="install the promtool of that Prometheus and set PROMTOOL_CURRENT_BIN=/path/to/promtool"
+  [vmagent]="install vmagent >= 1.79 (VictoriaMetrics) and set VMAGENT_BIN=/path/to/vmagent"
+  [victoria-metrics]="install single-node VictoriaMetrics >= 1.79 and set VICTORIA_METRICS_BIN=/path/to/victoria-metrics"
   [libfaketime]="install libfaketime and set FAKETIME_LIB=/path/to/libfaketime.so.1"
 )
 # Shared libraries a Debian binary may need that a base system lacks: soname -> bookworm package.
@@ -86,10 +101,22 @@ fail_with_log() { # log message
 
 # Run a binary's --version and print its first line; fails if it does not run.
 # wrk has no --version: it prints its banner with `-v`/`--version` and exits 1, so for it the
-# banner itself is the proof that it runs.
+# banner itself is the proof that it runs. Debian builds VictoriaMetrics without its version
+# (`--version` prints an empty line): for vmagent and victoria-metrics the proof is a flag of
+# theirs in `-help`, and the version is the unpacked package's (has_version).
 version_of() { # name binary
   local out rc=0
-  out=$("$2" --version 2>&1) || rc=$?
+  case $1 in
+    vmagent | victoria-metrics)
+      local flag=-promscrape.cluster.replicationFactor
+      [[ $1 == victoria-metrics ]] && flag=-dedup.minScrapeInterval
+      out=$("$2" -help 2>&1) || true
+      [[ $out == *"$flag"* ]] || return 1
+      out=$("$2" -version 2>&1) || return 1
+      [[ $out == *[![:space:]]* ]] || out="$1 (no version built in)"
+      ;;
+    *) out=$("$2" --version 2>&1) || rc=$? ;;
+  esac
   if [[ $1 == wrk ]]; then
     [[ $out == wrk\ * ]] || return 1
   else
@@ -99,11 +126,15 @@ version_of() { # name binary
   grep -m1 . <<<"$out"
 }
 
-# True when the binary runs and reports the wanted version.
+# True when the binary runs and reports the wanted version; for a binary that reports none, the
+# version of the package it was unpacked from (the .deb-version file ensure_deb leaves).
 has_version() { # name binary version
   local v
   [[ -x $2 ]] || return 1
   v=$(version_of "$1" "$2") || return 1
+  if [[ $v == *"no version built in"* ]]; then
+    v=$(cat "$DEPS/root/$(deb_root "$1")/.deb-version" 2>/dev/null) || return 1
+  fi
   [[ $v == *"$3"* ]]
 }
 
@@ -270,6 +301,16 @@ lib_dirs() {
   find "$ROOT/$1" \( -name '*.so' -o -name '*.so.*' \) \( -type f -o -type l \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:
 }
 
+# The folder under .deps/root a Debian component is unpacked into.
+deb_root() { # name
+  local entry name pkg suite version path var root
+  for entry in "${DEB_COMPONENTS[@]}"; do
+    IFS='|' read -r name pkg suite version path var root <<<"$entry"
+    [[ $name == "$1" ]] && { echo "${root:-$name}"; return; }
+  done
+  echo "$1"
+}
+
 # Put .deps/bin/<name> in place: a relative symlink, or for a binary with private libraries a
 # wrapper that finds them relative to itself (so a moved checkout keeps working).
 link_bin() { # name root binary-in-package
@@ -277,7 +318,7 @@ link_bin() { # name root binary-in-package
   rm -f "$BIN/$1"
   dirs=$(lib_dirs "$2")
   if [[ -z $dirs ]]; then
-    ln -s "../root/$1/$3" "$BIN/$1"
+    ln -s "../root/${2##*/}/$3" "$BIN/$1"
     return
   fi
   rel=$(sed "s|$ROOT/$DEPS/|\$here/../|g" <<<"$dirs")
@@ -285,30 +326,37 @@ link_bin() { # name root binary-in-package
 #!/bin/sh
 # Generated by scripts/deps.sh: run the unpacked Debian $1 with its unpacked shared libraries.
 here=\$(dirname "\$(readlink -f "\$0")")
-LD_LIBRARY_PATH="$rel\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "\$here/../root/$1/$3" "\$@"
+LD_LIBRARY_PATH="$rel\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "\$here/../root/${2##*/}/$3" "\$@"
 EOF
   chmod +x "$BIN/$1"
 }
 
-ensure_deb() { # "name|pkg|suite|version|path|VAR"
+ensure_deb() { # "name|pkg|suite|version|path|VAR[|root]"
   local name pkg suite version path var
-  IFS='|' read -r name pkg suite version path var <<<"$1"
+  IFS='|' read -r name pkg suite version path var _ <<<"$1"
   check_override "$name" "$var" && return
   has_version "$name" "$BIN/$name" "$version" && return
   local help="could not fetch $name $version from Debian $suite; ${DEB_HELP[$name]}"
-  apt_ready "$name"
-  local deb got root=$DEPS/root/$name
-  deb=$(fetch_deb "$pkg" "$suite") || fail_with_log "$LOG/apt.log" "$help"
-  got=$(dpkg-deb -f "$deb" Version)
-  [[ $got == "$version"* ]] || die "Debian $suite has $pkg $got, not $version; ${DEB_HELP[$name]}"
-  rm -rf "$root" && mkdir -p "$root"
-  dpkg -x "$deb" "$root" || die "could not unpack $deb; ${DEB_HELP[$name]}"
+  local deb got root how=linked
+  root=$DEPS/root/$(deb_root "$name")
+  got=$(cat "$root/.deb-version" 2>/dev/null) || true
+  # Another component of the same package may have unpacked it already in this run.
+  if [[ $got != "$version"* || ! -x $root/$path ]]; then
+    apt_ready "$name"
+    deb=$(fetch_deb "$pkg" "$suite") || fail_with_log "$LOG/apt.log" "$help"
+    got=$(dpkg-deb -f "$deb" Version)
+    [[ $got == "$version"* ]] || die "Debian $suite has $pkg $got, not $version; ${DEB_HELP[$name]}"
+    rm -rf "$root" && mkdir -p "$root"
+    dpkg -x "$deb" "$root" || die "could not unpack $deb; ${DEB_HELP[$name]}"
+    echo "$got" >"$root/.deb-version"
+    how=fetched
+  fi
   fetch_missing_libs "$name" "$root/$path" "$root" ||
     fail_with_log "$LOG/apt.log" "$name $version needs shared libraries that could not be fetched; ${DEB_HELP[$name]}"
   link_bin "$name" "$root" "$path"
   has_version "$name" "$BIN/$name" "$version" ||
     die "$BIN/$name ($pkg $got) does not run; ${DEB_HELP[$name]}"
-  say "fetched $name $got (Debian $suite) -> $BIN/$name"
+  say "$how $name $got (Debian $suite) -> $BIN/$name"
 }
 
 # libfaketime (Debian bookworm): a shifted clock for one process, by LD_PRELOAD; the tests run a
@@ -468,7 +516,7 @@ check_only() {
     has_version envoy "$BIN/envoy" "$ENVOY_VERSION" || missing+=("envoy $ENVOY_VERSION")
   fi
   for entry in "${DEB_COMPONENTS[@]}"; do
-    IFS='|' read -r name pkg suite version path var <<<"$entry"
+    IFS='|' read -r name pkg suite version path var _ <<<"$entry"
     bin=${!var:-}
     if [[ -n $bin ]]; then
       version_of "$name" "$bin" >/dev/null 2>&1 || missing+=("$name ($var=$bin does not run)")
@@ -498,7 +546,7 @@ check_only() {
 }
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {

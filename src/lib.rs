@@ -4,12 +4,14 @@
 //! by consul-sync (native): [`grouping_key`] turns a push path into its group, [`ring`] maps a group
 //! to its owner, [`members`] validates member lists, [`config`] reads the plugin configuration,
 //! [`routing`] decides what a data request gets, [`control`] serves the member-list API over a
-//! [`store::SharedStore`]. Only `filter` (wasm builds) talks to the proxy.
+//! [`store::SharedStore`], [`request`] carries one request through the filter's rules over a
+//! host trait. Only `filter` (wasm builds) talks to the proxy.
 
 pub mod config;
 pub mod control;
 pub mod grouping_key;
 pub mod members;
+pub mod request;
 pub mod ring;
 pub mod routing;
 pub mod store;

@@ -1,10 +1,12 @@
-//! The release bundle as a newcomer uses it: the README's "Running it in production" steps, on
+//! The release bundle as a newcomer uses it: docs/production.md's steps, on
 //! loopback. The bundle is packed by `deploy/dist.sh` (what `./build.sh dist` runs after building),
 //! unpacked in a temporary folder that stands for `/opt/dynamic-sharding`; the systemd units'
 //! commands run as systemd would run them (credentials directory, working directory), since no
 //! systemd manages services here. Consul and the pushgateways are the user's own: testkit's.
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod markdown;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -171,21 +173,43 @@ fn a_newcomer_follows_running_it_in_production_on_loopback() {
     let opt = bundle(&dir);
     let mut files: Vec<String> = walk(&opt);
     files.sort();
-    assert_eq!(
-        files,
-        [
-            "LICENSE",
-            "README.md",
-            "consul-sync",
-            "dynamic-sharding.yml",
-            "dynamic_sharding.wasm",
-            "envoy.yaml",
-            "grafana/dynamic-sharding.json",
-            "prometheus/rules.yml",
-            "systemd/dynamic-sharding-consul-sync.service",
-            "systemd/dynamic-sharding-envoy.service",
-        ]
+    // Every page of docs/, so that the alerts' runbook links work from the bundle.
+    let mut want: Vec<String> = [
+        "LICENSE",
+        "README.md",
+        "consul-sync",
+        "dynamic-sharding.yml",
+        "dynamic_sharding.wasm",
+        "envoy.yaml",
+        "grafana/dynamic-sharding.json",
+        "prometheus/rules.yml",
+        "scraping/ha/prometheus.yml",
+        "scraping/hashmod/prometheus-agent-0.yml",
+        "scraping/hashmod/prometheus-agent-1.yml",
+        "scraping/hashmod/prometheus-agent-2.yml",
+        "scraping/vmagent/dynamic-sharding-vmagent@.service",
+        "scraping/vmagent/scrape.yml",
+        "scraping/vmagent/vmagent.env",
+        "systemd/dynamic-sharding-consul-sync.service",
+        "systemd/dynamic-sharding-envoy.service",
+    ]
+    .map(String::from)
+    .into();
+    want.extend(
+        walk(&repo_root().join("docs"))
+            .into_iter()
+            .map(|p| format!("docs/{p}")),
     );
+    want.sort();
+    assert_eq!(files, want);
+    let rules = std::fs::read_to_string(opt.join("prometheus/rules.yml")).unwrap();
+    for (alert, runbook) in markdown::alert_runbooks(&rules) {
+        if let Err(e) = markdown::check_runbook(&opt, &alert, &runbook) {
+            panic!("in the bundle: {e}");
+        }
+    }
+    let broken = markdown::broken_links(&opt, &opt.join("README.md"));
+    assert!(broken.is_empty(), "the bundle's README: {broken:?}");
     let sync_bin = opt.join("consul-sync");
     let version = run(Command::new(&sync_bin).arg("--version"));
     assert_eq!(
@@ -420,16 +444,12 @@ fn rand_u128() -> u128 {
     u128::from_le_bytes(buf)
 }
 
-/// The README's two YAML blocks of "Fetching the filter over HTTP", in order.
-fn readme_remote_blocks() -> (String, String) {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let section = readme
-        .split("### Fetching the filter over HTTP")
-        .nth(1)
-        .unwrap()
-        .split("\n### ")
-        .next()
-        .unwrap();
+/// The two YAML blocks of docs/production.md's "Fetching the filter over HTTP", in order.
+fn remote_blocks() -> (String, String) {
+    let section = markdown::section(
+        &repo_root().join("docs/production.md"),
+        "Fetching the filter over HTTP",
+    );
     let blocks: Vec<String> = section
         .split("```yaml\n")
         .skip(1)
@@ -439,10 +459,10 @@ fn readme_remote_blocks() -> (String, String) {
     (blocks[0].clone(), blocks[1].clone())
 }
 
-/// The bundle's envoy.yaml with the README's remote `code:` and cluster, served from `port`,
+/// The bundle's envoy.yaml with docs/production.md's remote `code:` and cluster, served from `port`,
 /// checked against `sha256`.
 fn remote_config(envoy_yaml: &str, port: u16, sha256: &str) -> String {
-    let (code, cluster) = readme_remote_blocks();
+    let (code, cluster) = remote_blocks();
     let code = swap(
         &code,
         "artifacts.example.internal:8080",
@@ -468,14 +488,14 @@ fn remote_config(envoy_yaml: &str, port: u16, sha256: &str) -> String {
 }
 
 #[test]
-fn envoy_fetches_the_filter_over_http_as_the_readme_shows() {
+fn envoy_fetches_the_filter_over_http_as_the_docs_show() {
     let dir = TestDir::new("ops-remote-wasm");
     let opt = bundle(&dir);
     let pg = Pushgateway::start(&dir);
     let ports = configure_envoy(&opt, &[pg.addr()]);
     let envoy_yaml = std::fs::read_to_string(opt.join("envoy.yaml")).unwrap();
 
-    // The artifact server: the README's path under a plain HTTP server.
+    // The artifact server: the path docs/production.md shows, under a plain HTTP server.
     let www = dir.join("www/dynamic-sharding/0.1.0");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::copy(

@@ -17,7 +17,7 @@
 //! CPU for each.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use consul_sync::pushgateway::PushgatewayClient;
+use consul_sync::reconcile::pushgateway::PushgatewayClient;
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::Ring;

@@ -3,9 +3,9 @@
 //! path, computed with the filter's own code (grouping key, ring), offline or from a live Envoy.
 
 use consul_sync::config::{Config, ConfigError};
-use consul_sync::error_chain;
+use consul_sync::net::{self, error_chain};
 use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::{Member, MemberList};
+use dynamic_sharding::members::{Member, MemberList, MAX_UPDATE_BYTES};
 use dynamic_sharding::ring::{validate_vnodes, Ring};
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// How long `owner --from` waits for Envoy's control listener.
 const FROM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes read of an Envoy's member list: the filter takes lists of at most
+/// `MAX_UPDATE_BYTES`, so this leaves ample room.
+const MAX_MEMBERS_BYTES: usize = 16 * MAX_UPDATE_BYTES;
 
 /// `check-config FILE`: exit 0 when consul-sync would start with it, else 1 with every problem.
 pub fn check_config(file: &Path) -> ExitCode {
@@ -149,18 +152,15 @@ fn fetch_members(base: &str) -> Result<MemberList, String> {
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(FROM_TIMEOUT)
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let client = net::client(FROM_TIMEOUT).map_err(|e| format!("building the HTTP client: {e}"))?;
         let answer = client
             .get(&url)
+            .timeout(FROM_TIMEOUT)
             .send()
             .await
             .map_err(|e| format!("--from {base}: GET {url}: {}", error_chain(&e)))?;
         let status = answer.status();
-        let body = answer
-            .bytes()
+        let body = net::read_limited(answer, MAX_MEMBERS_BYTES)
             .await
             .map_err(|e| format!("--from {base}: GET {url}: reading the body: {e}"))?;
         if !status.is_success() {

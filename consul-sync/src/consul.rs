@@ -1,10 +1,12 @@
-//! A small typed client for the three Consul HTTP calls consul-sync makes: register a service,
-//! and read the passing instances of a service with a blocking query.
+//! A small typed client for the Consul HTTP calls consul-sync makes: register and deregister a
+//! service, list the agent's services, and read the passing instances of a service with a
+//! blocking query.
 //!
 //! Owns the wire format (registration body, health response) and the mapping of Consul's answers
 //! to members. Basic auth and the ACL token are sent on every request when configured.
 
 use crate::config::{CheckConfig, ConsulConfig};
+use crate::net::{self, NetError};
 use dynamic_sharding::members::Member;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,52 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read of a health answer: 1,024 instances of a few KiB each fit many times over.
 pub const MAX_HEALTH_BYTES: usize = 16 * 1024 * 1024;
-/// Most bytes read of an error answer, which only goes into a log line.
-pub const MAX_ERROR_BYTES: usize = 4 * 1024;
-
-/// Reads a body of at most `limit` bytes. A longer one is an error and is not read further, so a
-/// misbehaving server cannot make consul-sync buffer without bound.
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
-        return Err(format!("the answer is {len} bytes; at most {limit} are read"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::error_chain(&e))? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!(
-                "the answer is over {limit} bytes; at most {limit} are read"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsulError {
-    /// No HTTP answer: refused, reset, timed out.
-    #[error("{what}: Consul at {url} did not answer: {detail}")]
-    Unreachable {
-        what: &'static str,
-        url: String,
-        detail: String,
-    },
-    /// An HTTP answer other than 200.
-    #[error("{what}: Consul at {url} answered {status}: {body}")]
-    Status {
-        what: &'static str,
-        url: String,
-        status: u16,
-        body: String,
-    },
-    /// A 200 whose body is not what Consul sends.
-    #[error("{what}: Consul at {url} sent an unexpected answer: {why}")]
-    BadResponse {
-        what: &'static str,
-        url: String,
-        why: String,
-    },
-}
+/// Most bytes read of the agent's services, which hold a few KiB each, as health entries do.
+pub const MAX_SERVICES_BYTES: usize = 16 * 1024 * 1024;
 
 /// The passing instances of a service and the index to block on next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,10 +175,7 @@ pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), St
 
 impl ConsulClient {
     pub fn new(config: ConsulConfig) -> Result<ConsulClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .no_proxy()
-            .build()?;
+        let http = net::client(CONNECT_TIMEOUT)?;
         Ok(ConsulClient { http, config })
     }
 
@@ -236,14 +191,11 @@ impl ConsulClient {
     }
 
     /// Registers (or registers again, which Consul takes as an update that keeps check status).
-    pub async fn register(&self, reg: &Registration) -> Result<(), ConsulError> {
+    pub async fn register(&self, reg: &Registration) -> Result<(), NetError> {
         const WHAT: &str = "registering a service";
         let url = format!("{}/v1/agent/service/register", self.config.base_url);
-        let body = serde_json::to_vec(reg).map_err(|e| ConsulError::BadResponse {
-            what: WHAT,
-            url: url.clone(),
-            why: e.to_string(),
-        })?;
+        let body =
+            serde_json::to_vec(reg).map_err(|e| NetError::bad_response(WHAT, &peer(&url), e.to_string()))?;
         let req = self
             .http
             .put(&url)
@@ -255,25 +207,19 @@ impl ConsulClient {
     }
 
     /// The services registered with this agent, by ID (`GET /v1/agent/services`).
-    pub async fn agent_services(&self) -> Result<BTreeMap<String, AgentService>, ConsulError> {
+    pub async fn agent_services(&self) -> Result<BTreeMap<String, AgentService>, NetError> {
         const WHAT: &str = "listing the agent's services";
         let url = format!("{}/v1/agent/services", self.config.base_url);
         let req = self.http.get(&url).timeout(REQUEST_TIMEOUT);
         let resp = self.send(WHAT, &url, req).await?;
-        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
-            what: WHAT,
-            url: url.clone(),
-            detail: crate::error_chain(&e),
-        })?;
-        serde_json::from_slice(&body).map_err(|e| ConsulError::BadResponse {
-            what: WHAT,
-            url,
-            why: e.to_string(),
-        })
+        let body = net::read_limited(resp, MAX_SERVICES_BYTES)
+            .await
+            .map_err(|e| e.into_net(WHAT, &peer(&url)))?;
+        serde_json::from_slice(&body).map_err(|e| NetError::bad_response(WHAT, &peer(&url), e.to_string()))
     }
 
     /// Removes a service (and its check) from this agent.
-    pub async fn deregister(&self, id: &str) -> Result<(), ConsulError> {
+    pub async fn deregister(&self, id: &str) -> Result<(), NetError> {
         const WHAT: &str = "deregistering a service";
         let url = format!("{}/v1/agent/service/deregister/{id}", self.config.base_url);
         let req = self.http.put(&url).timeout(REQUEST_TIMEOUT);
@@ -287,35 +233,13 @@ impl ConsulClient {
         what: &'static str,
         url: &str,
         req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ConsulError> {
-        let resp = self
-            .authorize(req)
-            .send()
-            .await
-            .map_err(|e| ConsulError::Unreachable {
-                what,
-                url: url.to_owned(),
-                detail: crate::error_chain(&e),
-            })?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let body = read_limited(resp, MAX_ERROR_BYTES)
-                .await
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_else(|e| format!("(unreadable: {e})"));
-            return Err(ConsulError::Status {
-                what,
-                url: url.to_owned(),
-                status,
-                body: body.trim().to_owned(),
-            });
-        }
-        Ok(resp)
+    ) -> Result<reqwest::Response, NetError> {
+        net::send(what, &peer(url), self.authorize(req), &[200]).await
     }
 
     /// The passing instances of `service`. With `index > 0` this is a blocking query: Consul
     /// answers when the result may have changed or after `wait`.
-    pub async fn passing(&self, service: &str, index: u64, wait: Duration) -> Result<Health, ConsulError> {
+    pub async fn passing(&self, service: &str, index: u64, wait: Duration) -> Result<Health, NetError> {
         const WHAT: &str = "reading passing services";
         let mut url = format!("{}/v1/health/service/{service}?passing", self.config.base_url);
         let mut timeout = REQUEST_TIMEOUT;
@@ -326,33 +250,30 @@ impl ConsulClient {
         }
         let req = self.http.get(&url).timeout(timeout);
         let resp = self.send(WHAT, &url, req).await?;
+        let bad = |why: String| NetError::bad_response(WHAT, &peer(&url), why);
         let index = resp
             .headers()
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let Some(index) = index else {
-            return Err(ConsulError::BadResponse {
-                what: WHAT,
-                url,
-                why: "no X-Consul-Index header".to_owned(),
-            });
+            return Err(bad("no X-Consul-Index header".to_owned()));
         };
-        let body = read_limited(resp, MAX_HEALTH_BYTES)
+        let body = net::read_limited(resp, MAX_HEALTH_BYTES)
             .await
-            .map_err(|detail| ConsulError::BadResponse {
-                what: WHAT,
-                url: url.clone(),
-                why: detail,
-            })?;
-        let (members, skipped) =
-            members_from_health(&body).map_err(|why| ConsulError::BadResponse { what: WHAT, url, why })?;
+            .map_err(|e| bad(e.to_string()))?;
+        let (members, skipped) = members_from_health(&body).map_err(bad)?;
         Ok(Health {
             members,
             index,
             skipped,
         })
     }
+}
+
+/// Who an error names: Consul, and the URL asked.
+fn peer(url: &str) -> String {
+    format!("Consul at {url}")
 }
 
 #[cfg(test)]
@@ -441,25 +362,37 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_huge_answer_is_refused_without_reading_it_all() {
-        let big = MAX_HEALTH_BYTES * 4;
+    /// Answers of four times `limit` bytes, with the length announced and without: `call` must
+    /// refuse each within seconds, naming the limit. Returns the errors.
+    async fn huge_answers_refused<
+        T: std::fmt::Debug,
+        F: std::future::Future<Output = Result<T, NetError>>,
+    >(
+        limit: usize,
+        call: impl Fn(ConsulClient) -> F,
+    ) -> Vec<String> {
+        let big = limit * 4;
+        let mut errors = Vec::new();
         for head in [
             format!("HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nContent-Length: {big}\r\n\r\n"),
             // No length announced: the limit is enforced while reading.
             "HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nConnection: close\r\n\r\n".to_owned(),
         ] {
             let started = std::time::Instant::now();
-            let err = client(serve_once(head, b' ', big))
-                .passing("pushgateway", 0, Duration::ZERO)
-                .await;
+            let err = call(client(serve_once(head, b' ', big))).await;
             let err = err.unwrap_err().to_string();
-            assert!(
-                err.contains(&format!("at most {MAX_HEALTH_BYTES} are read")),
-                "{err}"
-            );
+            assert!(err.contains(&format!("at most {limit} are read")), "{err}");
             assert!(started.elapsed() < Duration::from_secs(5));
+            errors.push(err);
         }
+        errors
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_refused_without_reading_it_all() {
+        let passing = |c: ConsulClient| async move { c.passing("pushgateway", 0, Duration::ZERO).await };
+        huge_answers_refused(MAX_HEALTH_BYTES, passing).await;
+        let big = MAX_HEALTH_BYTES * 4;
         let head = format!("HTTP/1.1 500 Oops\r\nContent-Length: {big}\r\n\r\n");
         let err = client(serve_once(head, b'x', big))
             .passing("pushgateway", 0, Duration::ZERO)
@@ -469,6 +402,14 @@ mod tests {
             err.contains("answered 500") && err.contains("unreadable"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_huge_list_of_services_is_refused_without_reading_it_all() {
+        let services = |c: ConsulClient| async move { c.agent_services().await };
+        for err in huge_answers_refused(MAX_SERVICES_BYTES, services).await {
+            assert!(err.contains("listing the agent's services"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The `consul-sync` binary: parses flags, loads the configuration, binds the HTTP endpoint,
-//! builds the shutdown future (SIGTERM or SIGINT) and hands over to [`consul_sync::run`].
+//! builds the shutdown future (SIGTERM or SIGINT) and hands over to [`consul_sync::app::run`].
 //! The helper subcommands (`check-config`, `owner`) live in [`cli`].
 
 mod cli;
@@ -7,7 +7,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use consul_sync::config::{Config, DEFAULT_CONFIG_FILE};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
@@ -77,8 +77,14 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    init_logs(&flags.log_level);
+    daemon(&flags.config_file)
+}
+
+/// Logs to stderr at `level` (RUST_LOG overrides it), in colour on a terminal.
+fn init_logs(level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&flags.log_level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -86,8 +92,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
+}
 
-    let (config, warnings) = match Config::load(&flags.config_file) {
+/// Runs consul-sync with the configuration in `file` until SIGTERM or SIGINT.
+fn daemon(file: &Path) -> ExitCode {
+    let (config, warnings) = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -95,7 +104,7 @@ fn main() -> ExitCode {
         }
     };
     for w in warnings {
-        warn!("{}: {w}", flags.config_file.display());
+        warn!("{}: {w}", file.display());
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -119,7 +128,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match consul_sync::run(config, listener, shutdown).await {
+        match consul_sync::app::run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e}");

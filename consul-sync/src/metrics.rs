@@ -125,9 +125,8 @@ fn now_seconds() -> f64 {
 impl Metrics {
     /// The metrics, with the per-Envoy series present (at 0) from the start.
     pub fn new(envoys: &[String]) -> Metrics {
-        let mut registry = Registry::with_prefix("consul_sync");
         let mut m = Metrics {
-            registry: Registry::default(),
+            registry: Registry::with_prefix("consul_sync"),
             consul_requests: Family::default(),
             consul_errors: Family::default(),
             consul_up: Gauge::default(),
@@ -158,140 +157,80 @@ impl Metrics {
             reload_ok: Gauge::default(),
             reload_time: FloatGauge::default(),
         };
-        registry.register(
-            "consul_requests",
-            "Requests to Consul, by kind (register, health)",
-            m.consul_requests.clone(),
-        );
-        registry.register(
-            "consul_errors",
-            "Requests to Consul that failed, by kind",
-            m.consul_errors.clone(),
-        );
-        registry.register(
-            "consul_up",
-            "1 when the last request to Consul succeeded",
-            m.consul_up.clone(),
-        );
-        registry.register(
-            "last_consul_sync_timestamp_seconds",
-            "Unix time of the last successful read of the passing pushgateways from Consul",
-            m.last_consul_sync.clone(),
-        );
-        registry.register(
-            "member_changes",
-            "Changes of the member list after the first list",
-            m.member_changes.clone(),
-        );
-        registry.register(
-            "members",
-            "Members (passing pushgateways) in the current list",
-            m.members.clone(),
-        );
-        registry.register(
-            "member_list_version",
-            "Version of the current member list (Unix milliseconds)",
-            m.version.clone(),
-        );
-        registry.register(
-            "pushes",
-            "Pushes of the member list per Envoy, by result (ok, conflict, refused, failed)",
-            m.pushes.clone(),
-        );
-        registry.register(
-            "last_push_timestamp_seconds",
-            "Unix time of the last push an Envoy accepted",
-            m.last_push.clone(),
-        );
-        registry.register(
-            "envoy_version",
-            "Version of the member list an Envoy last accepted from us",
-            m.envoy_version.clone(),
-        );
-        registry.register(
-            "reconcile_groups",
-            "Groups each pushgateway held at the last reconcile",
-            m.reconcile_groups.clone(),
-        );
-        registry.register(
-            "reconcile_duplicate_groups",
-            "Groups with more than one copy at the last reconcile",
-            m.reconcile_duplicates.clone(),
-        );
-        registry.register(
-            "reconcile_lasting_duplicate_groups",
-            "Groups with more than one copy at the last reconcile and the one before: their older copies come back or cannot be deleted",
-            m.reconcile_lasting.clone(),
-        );
-        registry.register(
-            "reconcile_misplaced_groups",
-            "Groups whose newest copy is not on their owner at the last reconcile",
-            m.reconcile_misplaced.clone(),
-        );
-        registry.register(
-            "reconcile_deleted_copies",
-            "Older copies of groups deleted by the reconciler",
-            m.reconcile_deleted.clone(),
-        );
-        registry.register(
-            "reconcile_skipped_deletes",
-            "Planned deletes not done because the copy changed after it was read",
-            m.reconcile_skipped_deletes.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reads, deletes and moves of the reconciler, by kind",
-            m.reconcile_errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time of one reconcile round",
-            m.reconcile_duration.clone(),
-        );
-        registry.register(
-            "reconcile_interval_seconds",
-            "The configured reconcile_interval",
-            m.reconcile_interval.clone(),
-        );
-        registry.register(
-            "drain_moved_groups",
-            "Groups copied to their owner at a drain deadline (their push time became the copy's)",
-            m.drain_moved.clone(),
-        );
-        registry.register(
-            "drain_state",
-            "Drain state per pushgateway: 1 draining, 2 drained",
-            m.drain_state.clone(),
-        );
-        registry.register(
-            "drain_deadline_timestamp_seconds",
-            "Unix time after which a drain moves the groups left",
-            m.drain_deadline.clone(),
-        );
-        registry.register(
-            "registrations",
-            "Registrations in Consul after the start, by reason (missing, reload)",
-            m.registrations.clone(),
-        );
-        registry.register(
-            "deregistrations",
-            "Services deregistered because they left pushgateway.servers",
-            m.deregistrations.clone(),
-        );
-        registry.register(
-            "config_last_reload_successful",
-            "1 when the last configuration reload succeeded",
-            m.reload_ok.clone(),
-        );
-        registry.register(
-            "config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration load",
-            m.reload_time.clone(),
-        );
+        m.register_all();
         m.reload_ok.set(1);
         m.reload_time.set(now_seconds());
+        m.preset(envoys);
+        m
+    }
+
+    /// Registers every metric, in the order of the exposition: its field, name and help.
+    fn register_all(&mut self) {
+        macro_rules! register {
+            ($m:expr; $($field:ident: $name:literal, $help:literal;)*) => {
+                $($m.registry.register($name, $help, $m.$field.clone());)*
+            };
+        }
+        register!(self;
+            consul_requests: "consul_requests",
+                "Requests to Consul, by kind (register, health)";
+            consul_errors: "consul_errors",
+                "Requests to Consul that failed, by kind";
+            consul_up: "consul_up",
+                "1 when the last request to Consul succeeded";
+            last_consul_sync: "last_consul_sync_timestamp_seconds",
+                "Unix time of the last successful read of the passing pushgateways from Consul";
+            member_changes: "member_changes",
+                "Changes of the member list after the first list";
+            members: "members",
+                "Members (passing pushgateways) in the current list";
+            version: "member_list_version",
+                "Version of the current member list (Unix milliseconds)";
+            pushes: "pushes",
+                "Pushes of the member list per Envoy, by result (ok, conflict, refused, failed)";
+            last_push: "last_push_timestamp_seconds",
+                "Unix time of the last push an Envoy accepted";
+            envoy_version: "envoy_version",
+                "Version of the member list an Envoy last accepted from us";
+            reconcile_groups: "reconcile_groups",
+                "Groups each pushgateway held at the last reconcile";
+            reconcile_duplicates: "reconcile_duplicate_groups",
+                "Groups with more than one copy at the last reconcile";
+            reconcile_lasting: "reconcile_lasting_duplicate_groups",
+                "Groups with more than one copy at the last reconcile and the one before: their older copies come back or cannot be deleted";
+            reconcile_misplaced: "reconcile_misplaced_groups",
+                "Groups whose newest copy is not on their owner at the last reconcile";
+            reconcile_deleted: "reconcile_deleted_copies",
+                "Older copies of groups deleted by the reconciler";
+            reconcile_skipped_deletes: "reconcile_skipped_deletes",
+                "Planned deletes not done because the copy changed after it was read";
+            reconcile_errors: "reconcile_errors",
+                "Failed reads, deletes and moves of the reconciler, by kind";
+            reconcile_duration: "reconcile_duration_seconds",
+                "Time of one reconcile round";
+            reconcile_interval: "reconcile_interval_seconds",
+                "The configured reconcile_interval";
+            drain_moved: "drain_moved_groups",
+                "Groups copied to their owner at a drain deadline (their push time became the copy's)";
+            drain_state: "drain_state",
+                "Drain state per pushgateway: 1 draining, 2 drained";
+            drain_deadline: "drain_deadline_timestamp_seconds",
+                "Unix time after which a drain moves the groups left";
+            registrations: "registrations",
+                "Registrations in Consul after the start, by reason (missing, reload)";
+            deregistrations: "deregistrations",
+                "Services deregistered because they left pushgateway.servers";
+            reload_ok: "config_last_reload_successful",
+                "1 when the last configuration reload succeeded";
+            reload_time: "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load";
+        );
+    }
+
+    /// Series present at 0 from the start, so a rate or an alert has them before the first event.
+    fn preset(&self, envoys: &[String]) {
         for kind in ["read", "delete", "move"] {
-            let _ = m.reconcile_errors.get_or_create(&KindLabels {
+            let _ = self.reconcile_errors.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             });
         }
@@ -299,8 +238,8 @@ impl Metrics {
             let l = KindLabels {
                 kind: kind.to_owned(),
             };
-            let _ = m.consul_requests.get_or_create(&l);
-            let _ = m.consul_errors.get_or_create(&l);
+            let _ = self.consul_requests.get_or_create(&l);
+            let _ = self.consul_errors.get_or_create(&l);
         }
         for e in envoys {
             for r in [
@@ -309,12 +248,10 @@ impl Metrics {
                 PushResult::Refused,
                 PushResult::Failed,
             ] {
-                let _ = m.pushes.get_or_create(&push_labels(e, r));
+                let _ = self.pushes.get_or_create(&push_labels(e, r));
             }
-            let _ = m.last_push.get_or_create(&EnvoyLabels { envoy: e.clone() });
+            let _ = self.last_push.get_or_create(&EnvoyLabels { envoy: e.clone() });
         }
-        m.registry = registry;
-        m
     }
 
     pub fn consul_request(&self, kind: &str) {
@@ -358,21 +295,22 @@ impl Metrics {
             .set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 
-    /// What the last reconcile round saw.
-    pub fn reconciled(
+    /// What the last reconcile round saw: the groups each pushgateway read holds, and the
+    /// groups with copies, with copies at the round before too, and not on their owner.
+    pub fn reconciled<'a>(
         &self,
-        holdings: &std::collections::BTreeMap<dynamic_sharding::members::Member, crate::reconcile::Holdings>,
+        groups: impl IntoIterator<Item = (&'a str, usize)>,
         duplicates: usize,
         lasting: usize,
         misplaced: usize,
     ) {
         self.reconcile_groups.clear();
-        for (member, groups) in holdings {
+        for (pushgateway, held) in groups {
             self.reconcile_groups
                 .get_or_create(&PushgatewayLabels {
-                    pushgateway: member.to_string(),
+                    pushgateway: pushgateway.to_owned(),
                 })
-                .set(groups.len() as i64);
+                .set(held as i64);
         }
         self.reconcile_duplicates.set(duplicates as i64);
         self.reconcile_lasting.set(lasting as i64);
@@ -387,20 +325,19 @@ impl Metrics {
             .inc();
     }
 
-    /// The drains under way (a finished or cancelled one disappears).
-    pub fn drains(&self, statuses: &[crate::reconcile::DrainStatus]) {
+    /// The drains under way, each as (pushgateway, drained, deadline in Unix seconds); a
+    /// finished or cancelled one disappears.
+    pub fn drains<'a>(&self, drains: impl IntoIterator<Item = (&'a str, bool, f64)>) {
         self.drain_state.clear();
         self.drain_deadline.clear();
-        for s in statuses {
+        for (pushgateway, drained, deadline) in drains {
             let l = PushgatewayLabels {
-                pushgateway: s.pushgateway.clone(),
+                pushgateway: pushgateway.to_owned(),
             };
-            let state = match s.state {
-                crate::reconcile::DrainState::Draining => 1,
-                crate::reconcile::DrainState::Drained => 2,
-            };
-            self.drain_state.get_or_create(&l).set(state);
-            self.drain_deadline.get_or_create(&l).set(s.deadline);
+            self.drain_state
+                .get_or_create(&l)
+                .set(if drained { 2 } else { 1 });
+            self.drain_deadline.get_or_create(&l).set(deadline);
         }
     }
 

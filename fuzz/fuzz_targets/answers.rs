@@ -12,8 +12,8 @@
 #![no_main]
 
 use consul_sync::consul::members_from_health;
-use consul_sync::envoy::{classify, PushOutcome};
-use consul_sync::groups::{parse_api_groups, PushTimeReader};
+use consul_sync::membership::envoy::{classify, PushOutcome};
+use consul_sync::reconcile::exposition::{parse_api_groups, PushTimeReader};
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::Ring;

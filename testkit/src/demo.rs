@@ -16,6 +16,9 @@ pub struct Demo {
     pub proxy_port: u16,
     pub prometheus_port: u16,
     pub sync_port: u16,
+    /// VictoriaMetrics and the vmagents, with `DEMO_SCRAPERS=vmagent`.
+    pub vm_port: u16,
+    pub vmagent_ports: Vec<u16>,
 }
 
 impl Demo {
@@ -25,6 +28,8 @@ impl Demo {
         let pg_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let (redirect_port, proxy_port, prometheus_port, sync_port) =
             (free_port(), free_port(), free_port(), free_port());
+        let vm_port = free_port();
+        let vmagent_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut cmd = Command::new(repo_root().join("scripts/demo.sh"));
         cmd.env("DEMO_DIR", dir.join("demo"))
             .env("DEMO_DATA_ADDRESS", "127.0.0.1")
@@ -42,6 +47,15 @@ impl Demo {
             .env("DEMO_ADMIN_PORT", free_port().to_string())
             .env("DEMO_CONSUL_SYNC_PORT", sync_port.to_string())
             .env("DEMO_PROMETHEUS_PORT", prometheus_port.to_string())
+            .env("DEMO_VM_PORT", vm_port.to_string())
+            .env(
+                "DEMO_VMAGENT_PORTS",
+                vmagent_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .env("DEMO_CHECK_INTERVAL", "1s")
             .env("DEMO_SCRAPE_INTERVAL", "1s");
         for (k, v) in env {
@@ -60,6 +74,8 @@ impl Demo {
             proxy_port,
             prometheus_port,
             sync_port,
+            vm_port,
+            vmagent_ports,
         }
     }
 

@@ -12,9 +12,12 @@ pub mod consul;
 pub mod demo;
 pub mod envoy;
 pub mod http;
+pub mod pipeline;
 pub mod proc;
 pub mod prometheus;
 pub mod pushgateway;
+pub mod victoria_metrics;
+pub mod vmagent;
 
 pub use consul::{Consul, ConsulPorts, ConsulService};
 pub use http::{http_get, http_request, try_http_get, try_http_request, HttpResponse};
@@ -35,11 +38,12 @@ pub fn repo_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// The executable for `name` ("envoy", "consul", "pushgateway", "prometheus", "wrk"): the
-/// `<NAME>_BIN` environment variable if set, else `<repo>/.deps/bin/<name>`. Panics naming the
-/// install command when it is missing.
+/// The executable for `name` ("envoy", "consul", "pushgateway", "prometheus", "wrk",
+/// "prometheus-current", "vmagent", "victoria-metrics"): the `<NAME>_BIN` environment variable
+/// (`-` spelled `_`) if set, else `<repo>/.deps/bin/<name>`. Panics naming the install command
+/// when it is missing.
 pub fn bin(name: &str) -> PathBuf {
-    let var = format!("{}_BIN", name.to_ascii_uppercase());
+    let var = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
     let path = match std::env::var_os(&var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => repo_root().join(".deps").join("bin").join(name),
@@ -51,6 +55,32 @@ pub fn bin(name: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// The consul-sync that `./build.sh` builds (`target/release/consul-sync`), for tests outside
+/// consul-sync's own crate. Panics naming the build command when it is missing.
+pub fn consul_sync_bin() -> PathBuf {
+    let path = repo_root().join("target/release/consul-sync");
+    if !path.is_file() {
+        panic!(
+            "{} is missing: run ./build.sh (it runs cargo build --release -p consul-sync)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A file shipped under the repository (e.g. `deploy/scraping/ha/prometheus.yml`) with each
+/// `(old, new)` replaced, in order: the configuration users copy, on a test's ports and paths.
+/// Each `old` must occur, so a reshaped file fails loudly here instead of testing something else.
+pub fn shipped_file(path: &str, replacements: &[(&str, &str)]) -> String {
+    let full = repo_root().join(path);
+    let mut text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()));
+    for (old, new) in replacements {
+        assert!(text.contains(old), "{path}: expected {old:?} in:\n{text}");
+        text = text.replace(old, new);
+    }
+    text
 }
 
 /// libfaketime (`LD_PRELOAD` it with `FAKETIME=+60s` for a process whose clock runs ahead): the

@@ -1,11 +1,33 @@
-//! A real Prometheus (2.24.1, built with Consul discovery) scraping the passing pushgateways of a
-//! test Consul every second, as the README tells users to configure it: `honor_labels`, passing
+//! A real Prometheus: 2.24.1 (built with Consul discovery) scraping the passing pushgateways of a
+//! test Consul every second, as the README tells users to configure it (`honor_labels`, passing
 //! instances only, and a `pushgateway` target label so that a second copy of a group shows as a
-//! second series.
+//! second series); or either version with a configuration of the test's, also in agent mode.
+//! Also the readers of the Prometheus HTTP API that vmagent and VictoriaMetrics share.
 
 use crate::{bin, free_port, try_http_get, wait_until, Proc, TestDir};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+
+/// How long a Prometheus may take to answer `/-/ready` (the current one replays its WAL first).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One series of an instant query: its labels and value.
+pub type Sample = (serde_json::Map<String, serde_json::Value>, f64);
+
+/// What [`Prometheus::start_with`] runs.
+#[derive(Clone, Debug)]
+pub struct PrometheusRun {
+    /// "prometheus" (2.24.1: Consul discovery) or "prometheus-current" (2.42: HTTP discovery,
+    /// agent mode, no Consul discovery); see [`crate::bin`].
+    pub bin: &'static str,
+    /// The configuration file's text.
+    pub config: String,
+    /// Its listen port; the same port again finds the same storage (a restart).
+    pub port: u16,
+    /// `--enable-feature=agent`: scrape and remote-write only, no queries.
+    pub agent: bool,
+}
 
 pub struct Prometheus {
     pub proc: Proc,
@@ -32,37 +54,74 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn");
+        Prometheus::spawn(dir, cmd, port)
+    }
+
+    /// Starts `run` and waits until ready. Its configuration file is `prometheus-<port>.yml` in
+    /// `dir`, its storage `prometheus-data-<port>/`.
+    pub fn start_with(dir: &TestDir, run: &PrometheusRun) -> Prometheus {
+        let port = run.port;
+        let config = dir.write(&format!("prometheus-{port}.yml"), &run.config);
+        let data = Prometheus::data_dir(dir, port);
+        let mut cmd = Command::new(bin(run.bin));
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        if run.agent {
+            cmd.arg("--enable-feature=agent")
+                .arg(format!("--storage.agent.path={}", data.display()));
+        } else {
+            cmd.arg(format!("--storage.tsdb.path={}", data.display()));
+        }
+        Prometheus::spawn(dir, cmd, port)
+    }
+
+    /// Where [`Prometheus::start_with`] keeps the storage of the one on `port`.
+    pub fn data_dir(dir: &TestDir, port: u16) -> PathBuf {
+        dir.join(format!("prometheus-data-{port}"))
+    }
+
+    fn spawn(dir: &TestDir, cmd: Command, port: u16) -> Prometheus {
         let proc = Proc::spawn(&format!("prometheus-{port}"), cmd, dir);
         let mut p = Prometheus { proc, port };
-        let url = format!("http://127.0.0.1:{port}/-/ready");
-        wait_until("prometheus is ready", Duration::from_secs(30), || {
+        let url = format!("{}/-/ready", p.url());
+        wait_until("prometheus is ready", READY_TIMEOUT, || {
             assert!(p.proc.is_running(), "prometheus exited:\n{}", p.proc.log_tail(20));
             matches!(try_http_get(&url), Ok((200, _))).then_some(())
         });
         p
     }
 
+    /// "http://127.0.0.1:<port>".
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// The result vector of an instant query: (labels, value) per series; empty on any error.
-    pub fn query(&self, promql: &str) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
-        let url = format!(
-            "http://127.0.0.1:{}/api/v1/query?query={}",
-            self.port,
-            encode(promql)
-        );
-        let Ok((200, body)) = try_http_get(&url) else {
+    pub fn query(&self, promql: &str) -> Vec<Sample> {
+        query(&self.url(), promql)
+    }
+
+    /// Every rule of every loaded rule group: (group, rule name, health, last error), from
+    /// `/api/v1/rules`; empty on any error.
+    pub fn rules(&self) -> Vec<(String, String, String, String)> {
+        let Ok((200, body)) = try_http_get(&format!("{}/api/v1/rules", self.url())) else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["data"]["result"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| {
-                let labels = r["metric"].as_object()?.clone();
-                let value = r["value"][1].as_str()?.parse().ok()?;
-                Some((labels, value))
-            })
-            .collect()
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let mut out = Vec::new();
+        for g in v["data"]["groups"].as_array().into_iter().flatten() {
+            for r in g["rules"].as_array().into_iter().flatten() {
+                out.push((
+                    text(&g["name"]),
+                    text(&r["name"]),
+                    text(&r["health"]),
+                    text(&r["lastError"]),
+                ));
+            }
+        }
+        out
     }
 
     /// The addresses of the pushgateways it scrapes and finds up.
@@ -75,6 +134,48 @@ impl Prometheus {
         t.sort();
         t
     }
+}
+
+/// An instant query against any Prometheus-compatible API at `base` (Prometheus,
+/// VictoriaMetrics): (labels, value) per series; empty on any error.
+pub fn query(base: &str, promql: &str) -> Vec<Sample> {
+    let url = format!("{base}/api/v1/query?query={}", encode(promql));
+    let Ok((200, body)) = try_http_get(&url) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let labels = r["metric"].as_object()?.clone();
+            let value = r["value"][1].as_str()?.parse().ok()?;
+            Some((labels, value))
+        })
+        .collect()
+}
+
+/// The `host:port` of every target of `job` that the scraper at `base` (Prometheus, also in agent
+/// mode, or vmagent) scrapes and finds up, from its own `/api/v1/targets`, sorted; `None` when it
+/// does not answer.
+pub fn up_targets_of(base: &str, job: &str) -> Option<Vec<String>> {
+    let Ok((200, body)) = try_http_get(&format!("{base}/api/v1/targets")) else {
+        return None;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut out: Vec<String> = v["data"]["activeTargets"]
+        .as_array()?
+        .iter()
+        .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
+        .filter_map(|t| {
+            let url = t["scrapeUrl"].as_str()?;
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .collect();
+    out.sort();
+    Some(out)
 }
 
 /// Percent-encodes a query parameter.

@@ -12,7 +12,11 @@
 //!   succeeds or the list changes.
 
 use crate::backoff::Backoff;
+use crate::membership::versions::Versions;
 use crate::metrics::{Metrics, PushResult};
+use crate::net;
+use crate::shutdown::Shutdown;
+use crate::status::Readiness;
 use dynamic_sharding::control::MEMBERS_PATH;
 use dynamic_sharding::members::MemberList;
 use serde::Deserialize;
@@ -86,49 +90,6 @@ pub fn classify(status: u16, body: &str) -> PushOutcome {
     }
 }
 
-/// Tells when every Envoy has taken a list once (readiness).
-pub trait ReadySink: Send + Sync {
-    fn envoy_synced(&self, index: usize);
-}
-
-/// The highest list version any Envoy answered with, and a wake-up for the watcher when an Envoy
-/// refused our list for another writer's higher version.
-///
-/// Versions are observation times, so a consul-sync whose clock runs ahead sends higher versions;
-/// if it dies, the others' lists would be refused until their clocks catch up. So every new list
-/// gets a version above the highest seen, and after a refusal the watcher reads Consul again: if
-/// our list is what Consul says now, it is sent again with a version above the other writer's.
-#[derive(Debug, Default)]
-pub struct Versions {
-    seen: std::sync::atomic::AtomicU64,
-    conflicts: tokio::sync::Notify,
-}
-
-impl Versions {
-    /// Records a version an Envoy holds.
-    pub fn saw(&self, version: u64) {
-        self.seen.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Records a refusal for another writer's `version`, and wakes the watcher.
-    pub fn conflict(&self, version: u64) {
-        self.saw(version);
-        self.conflicts.notify_one();
-    }
-
-    /// The lowest version every Envoy would take as newer.
-    pub fn floor(&self) -> u64 {
-        self.seen
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .saturating_add(1)
-    }
-
-    /// Completes after the next refusal.
-    pub async fn refused(&self) {
-        self.conflicts.notified().await;
-    }
-}
-
 pub struct Pusher {
     pub index: usize,
     /// The base URL as configured, for logs and metric labels.
@@ -136,7 +97,7 @@ pub struct Pusher {
     pub token: String,
     pub resync_interval: Duration,
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<dyn ReadySink>,
+    pub ready: Arc<Readiness>,
     pub versions: Arc<Versions>,
     http: reqwest::Client,
 }
@@ -148,14 +109,10 @@ impl Pusher {
         token: String,
         resync_interval: Duration,
         metrics: Arc<Metrics>,
-        ready: Arc<dyn ReadySink>,
+        ready: Arc<Readiness>,
         versions: Arc<Versions>,
     ) -> Result<Pusher, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .no_proxy()
-            .build()?;
+        let http = net::client(CONNECT_TIMEOUT)?;
         Ok(Pusher {
             index,
             base_url,
@@ -177,30 +134,29 @@ impl Pusher {
             .bearer_auth(&self.token)
             .header("content-type", "application/json")
             .body(list.to_json())
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await;
         match resp {
             Ok(r) => {
                 let status = r.status().as_u16();
-                match crate::consul::read_limited(r, MAX_ANSWER_BYTES).await {
+                match net::read_limited(r, MAX_ANSWER_BYTES).await {
                     Ok(body) => classify(status, &String::from_utf8_lossy(&body)),
                     Err(e) => PushOutcome::Failed(format!("reading the answer: {e}")),
                 }
             }
-            Err(e) => PushOutcome::Failed(crate::error_chain(&e)),
+            Err(e) => PushOutcome::Failed(net::error_chain(&e)),
         }
     }
 
     /// Pushes on every change of `published` and every resync interval until `shutdown`.
-    pub async fn run(
-        self,
-        mut published: watch::Receiver<Option<MemberList>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        // Retries are never rarer than resyncs: a restarted Envoy is healed within the interval.
-        let mut backoff = Backoff::with_cap(self.resync_interval);
-        let mut failures: u64 = 0;
-        let mut synced_once = false;
+    pub async fn run(self, mut published: watch::Receiver<Option<MemberList>>, mut shutdown: Shutdown) {
+        let mut st = PushState {
+            // Retries are never rarer than resyncs: a restarted Envoy is healed within the interval.
+            backoff: Backoff::with_cap(self.resync_interval),
+            failures: 0,
+            synced_once: false,
+        };
         // Far enough to mean "only on a change".
         let idle = Duration::from_secs(365 * 24 * 3600);
         loop {
@@ -209,7 +165,7 @@ impl Pusher {
                 None => idle,
                 Some(list) => {
                     let outcome = tokio::select! {
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.recv() => return,
                         changed = published.changed() => {
                             // A newer list: abandon this push and send that one.
                             if changed.is_err() { return; }
@@ -217,11 +173,11 @@ impl Pusher {
                         }
                         o = self.push(&list) => o,
                     };
-                    self.after_push(&list, outcome, &mut backoff, &mut failures, &mut synced_once)
+                    self.after_push(&list, outcome, &mut st)
                 }
             };
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.recv() => return,
                 changed = published.changed() => if changed.is_err() { return; },
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -229,91 +185,111 @@ impl Pusher {
     }
 
     /// Logs and counts an outcome; returns the time until the next push.
-    fn after_push(
-        &self,
-        list: &MemberList,
-        outcome: PushOutcome,
-        backoff: &mut Backoff,
-        failures: &mut u64,
-        synced_once: &mut bool,
-    ) -> Duration {
+    fn after_push(&self, list: &MemberList, outcome: PushOutcome, st: &mut PushState) -> Duration {
         let envoy = &self.base_url;
-        let recovered = |failures: &mut u64| {
-            if *failures > 0 {
-                info!("envoy {envoy}: reachable again after {failures} failed pushes");
-                *failures = 0;
-            }
-        };
         match outcome {
             PushOutcome::Accepted { changed, version } => {
-                if let Some(v) = version {
-                    self.versions.saw(v);
-                }
-                recovered(failures);
-                backoff.reset();
-                self.metrics.push(envoy, PushResult::Ok);
-                self.metrics.pushed(envoy, list.version);
-                if changed {
-                    info!(
-                        "envoy {envoy}: took member list version {} ({} members)",
-                        list.version,
-                        list.len()
-                    );
-                } else {
-                    debug!(
-                        "envoy {envoy}: member list version {} already in force",
-                        list.version
-                    );
-                }
-                if !*synced_once {
-                    *synced_once = true;
-                    self.ready.envoy_synced(self.index);
-                }
-                self.resync_interval
+                self.answered(st);
+                self.accepted(list, changed, version, st);
             }
             PushOutcome::Conflict {
                 stored_version,
                 error,
             } => {
-                recovered(failures);
-                backoff.reset();
-                self.metrics.push(envoy, PushResult::Conflict);
-                let stored = stored_version.map_or_else(|| "?".to_owned(), |v| v.to_string());
-                warn!(
-                    "envoy {envoy}: holds a newer, different member list (version {stored}) from another writer; \
-                     not overriding it (ours: version {}, {} members); Consul is read again to tell whose \
-                     list is current: {error}",
-                    list.version,
-                    list.len()
-                );
-                if let Some(v) = stored_version {
-                    self.versions.conflict(v);
-                }
-                self.resync_interval
+                self.answered(st);
+                self.conflicted(list, stored_version, &error);
             }
             PushOutcome::Refused { status, error } => {
-                recovered(failures);
-                backoff.reset();
+                self.answered(st);
                 self.metrics.push(envoy, PushResult::Refused);
                 error!(
                     "envoy {envoy}: refused the member list with {status}: {error}; trying again in {:?}",
                     self.resync_interval
                 );
-                self.resync_interval
             }
-            PushOutcome::Failed(why) => {
-                *failures += 1;
-                self.metrics.push(envoy, PushResult::Failed);
-                let delay = backoff.next_delay();
-                if *failures == 1 || *failures % 10 == 0 {
-                    warn!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
-                } else {
-                    debug!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
-                }
-                delay
-            }
+            PushOutcome::Failed(why) => return self.failed(&why, st),
+        }
+        self.resync_interval
+    }
+
+    /// The Envoy answered: the failures in a row are over.
+    fn answered(&self, st: &mut PushState) {
+        if st.failures > 0 {
+            info!(
+                "envoy {}: reachable again after {} failed pushes",
+                self.base_url, st.failures
+            );
+            st.failures = 0;
+        }
+        st.backoff.reset();
+    }
+
+    /// 409: another writer's newer list is in force there; the watcher reads Consul again.
+    fn conflicted(&self, list: &MemberList, stored_version: Option<u64>, error: &str) {
+        let envoy = &self.base_url;
+        self.metrics.push(envoy, PushResult::Conflict);
+        let stored = stored_version.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        warn!(
+            "envoy {envoy}: holds a newer, different member list (version {stored}) from another writer; \
+             not overriding it (ours: version {}, {} members); Consul is read again to tell whose \
+             list is current: {error}",
+            list.version,
+            list.len()
+        );
+        if let Some(v) = stored_version {
+            self.versions.conflict(v);
         }
     }
+
+    /// 200: the list is in force there.
+    fn accepted(&self, list: &MemberList, changed: bool, version: Option<u64>, st: &mut PushState) {
+        let envoy = &self.base_url;
+        if let Some(v) = version {
+            self.versions.saw(v);
+        }
+        self.metrics.push(envoy, PushResult::Ok);
+        self.metrics.pushed(envoy, list.version);
+        if changed {
+            info!(
+                "envoy {envoy}: took member list version {} ({} members)",
+                list.version,
+                list.len()
+            );
+        } else {
+            debug!(
+                "envoy {envoy}: member list version {} already in force",
+                list.version
+            );
+        }
+        if !st.synced_once {
+            st.synced_once = true;
+            self.ready.envoy_synced(self.index);
+        }
+    }
+
+    /// No answer, 429 or 5xx: the delay before the next try.
+    fn failed(&self, why: &str, st: &mut PushState) -> Duration {
+        let envoy = &self.base_url;
+        st.failures += 1;
+        let failures = st.failures;
+        self.metrics.push(envoy, PushResult::Failed);
+        let delay = st.backoff.next_delay();
+        if failures == 1 || failures % 10 == 0 {
+            warn!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
+        } else {
+            debug!("envoy {envoy}: push failed ({failures} in a row): {why}; retrying in {delay:?}");
+        }
+        delay
+    }
+}
+
+/// What a pusher carries from one push to the next.
+struct PushState {
+    backoff: Backoff,
+    /// Failed pushes in a row.
+    failures: u64,
+    /// Whether this Envoy has taken a list once (readiness).
+    synced_once: bool,
 }
 
 #[cfg(test)]

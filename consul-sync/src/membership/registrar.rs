@@ -11,9 +11,10 @@
 //!   (and scraped) until it leaves `drain` too.
 
 use crate::config::Config;
-use crate::consul::{ConsulClient, Registration};
+use crate::consul::{ConsulClient, Registration, META_MEMBER};
 use crate::metrics::Metrics;
-use crate::watcher::sleep_or_shutdown;
+use crate::net::NetError;
+use crate::shutdown::{sleep_or_shutdown, Shutdown};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -26,7 +27,7 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         // What the watcher registered at the start: a reload that changes it registers again.
         let first = self.config.borrow_and_update().clone();
         let mut registered: BTreeMap<String, Registration> = registrations(&first)
@@ -36,7 +37,7 @@ impl Registrar {
         loop {
             let interval = self.config.borrow().reconcile_interval;
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.recv() => return,
                 _ = tokio::time::sleep(interval) => {}
                 changed = self.config.changed() => if changed.is_err() { return; },
             }
@@ -55,7 +56,7 @@ impl Registrar {
         &self,
         config: &Config,
         registered: &mut BTreeMap<String, Registration>,
-    ) -> Result<(), crate::consul::ConsulError> {
+    ) -> Result<(), NetError> {
         self.metrics.consul_request("register");
         let services = self.client.agent_services().await?;
         let wanted = registrations(config);
@@ -74,9 +75,7 @@ impl Registrar {
                 info!(
                     "registered {} in Consul again as {}: Consul had dropped it (critical for longer than \
                      check.deregister_after, or removed by hand); it rejoins the ring once its check passes",
-                    reg.meta
-                        .get(crate::consul::META_MEMBER)
-                        .map_or("?", String::as_str),
+                    reg.meta.get(META_MEMBER).map_or("?", String::as_str),
                     reg.id
                 );
             } else {

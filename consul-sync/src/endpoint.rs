@@ -7,7 +7,8 @@
 //! Prometheus keep its previous targets. `/-/drain` says where each drain stands.
 
 use crate::metrics::Metrics;
-use crate::Readiness;
+use crate::shutdown::Shutdown;
+use crate::status::{Drains, Readiness};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,19 +17,22 @@ use axum::Router;
 use dynamic_sharding::members::MemberList;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A reload request from `POST /-/reload`: the reloader answers on the oneshot.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
 /// What the handlers read.
-pub struct Shared {
+pub struct EndpointState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<Readiness>,
     pub published: watch::Receiver<Option<MemberList>>,
     pub service_name: String,
-    pub reload: tokio::sync::mpsc::Sender<crate::ReloadRequest>,
-    pub drains: Arc<std::sync::Mutex<Vec<crate::reconcile::DrainStatus>>>,
+    pub reload: mpsc::Sender<ReloadRequest>,
+    pub drains: Drains,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(state: Arc<EndpointState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))
@@ -36,23 +40,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/prometheus/targets", get(targets))
         .route("/-/reload", post(reload).put(reload))
         .route("/-/drain", get(drain))
-        .with_state(shared)
+        .with_state(state)
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until the shutdown.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    state: Arc<EndpointState>,
+    mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.recv().await })
         .await
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<EndpointState>>) -> Response {
     match s.metrics.encode() {
         Ok(text) => (
             [(
@@ -74,7 +76,7 @@ async fn healthy() -> &'static str {
     "consul-sync is healthy.\n"
 }
 
-async fn ready(State(s): State<Arc<Shared>>) -> Response {
+async fn ready(State(s): State<Arc<EndpointState>>) -> Response {
     match s.ready.not_ready_reason() {
         None => (StatusCode::OK, "consul-sync is ready.\n").into_response(),
         Some(why) => (
@@ -85,8 +87,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn reload(State(s): State<Arc<Shared>>) -> Response {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+async fn reload(State(s): State<Arc<EndpointState>>) -> Response {
+    let (tx, rx) = oneshot::channel();
     if s.reload.send(tx).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
@@ -102,7 +104,7 @@ async fn reload(State(s): State<Arc<Shared>>) -> Response {
 }
 
 /// `{"drains": [{"pushgateway", "state": "draining"|"drained", "since", "deadline", "groups"}]}`.
-async fn drain(State(s): State<Arc<Shared>>) -> Response {
+async fn drain(State(s): State<Arc<EndpointState>>) -> Response {
     let drains = s.drains.lock().map(|d| d.clone()).unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -111,7 +113,7 @@ async fn drain(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn targets(State(s): State<Arc<Shared>>) -> Response {
+async fn targets(State(s): State<Arc<EndpointState>>) -> Response {
     let list = s.published.borrow().clone();
     match list {
         None => (

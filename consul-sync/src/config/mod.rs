@@ -1,14 +1,18 @@
 //! The configuration file (`dynamic-sharding.yml`): a superset of the Go original's keys.
 //!
 //! Owns parsing and every check of what a user can write. Values that can be checked alone are
-//! checked while the YAML is read, so a refusal names the key, the line and what is accepted;
-//! checks that need two keys (a server entry and the default port) name the key and the entry.
+//! checked while the YAML is read ([`file`]), so a refusal names the key, the line and what is
+//! accepted; checks that need two keys (a server entry and the default port) are made here, one
+//! section of the file at a time, and name the key and the entry.
+
+mod file;
+
+pub use file::{parse_duration, parse_server};
 
 use dynamic_sharding::members::Member;
-use dynamic_sharding::ring::{validate_vnodes, DEFAULT_VNODES};
-use serde::{Deserialize, Deserializer};
+use dynamic_sharding::ring::DEFAULT_VNODES;
+use file::{locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawPushgateway};
 use std::fmt;
-use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,271 +124,6 @@ impl fmt::Debug for EnvoyConfig {
     }
 }
 
-// ---- the file as written ------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    consul_server: RawConsul,
-    #[serde(default)]
-    register_service_name: Option<ServiceName>,
-    #[serde(default)]
-    pushgateway: RawPushgateway,
-    #[serde(default)]
-    http_listen_addr: Option<ListenAddr>,
-    #[serde(default)]
-    check: RawCheck,
-    #[serde(default)]
-    envoy: RawEnvoy,
-    #[serde(default)]
-    resync_interval: Option<Dur>,
-    #[serde(default)]
-    vnodes: Option<Vnodes>,
-    #[serde(default)]
-    reconcile_interval: Option<Dur>,
-    #[serde(default)]
-    drain_timeout: Option<Dur>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConsul {
-    #[serde(default)]
-    addr: Option<ConsulAddr>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    token: Option<String>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPushgateway {
-    #[serde(default)]
-    port: Option<Port>,
-    #[serde(default)]
-    servers: Option<Vec<String>>,
-    #[serde(default)]
-    drain: Option<Vec<String>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCheck {
-    #[serde(default)]
-    interval: Option<Dur>,
-    #[serde(default)]
-    timeout: Option<Dur>,
-    #[serde(default)]
-    deregister_after: Option<Dur>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEnvoy {
-    #[serde(default)]
-    control_urls: Option<Vec<ControlUrl>>,
-    #[serde(default)]
-    token_file: Option<PathBuf>,
-}
-
-// ---- values checked while reading, so errors carry the line ------------------------------------
-
-/// Deserializes a string and checks it with `check`, whose error says what is accepted.
-fn checked<'de, D: Deserializer<'de>, T>(
-    d: D,
-    check: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    let s = String::deserialize(d)?;
-    check(&s).map_err(serde::de::Error::custom)
-}
-
-/// A positive duration written like `500ms`, `5s`, `1m`, `1h30m`.
-#[derive(Clone, Copy, Debug)]
-struct Dur(Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, parse_duration).map(Dur)
-    }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const ACCEPTED: &str = "expected a positive number with a unit, e.g. 500ms, 5s, 1m, 1h30m";
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); {ACCEPTED}"))?;
-    if d.is_zero() {
-        return Err(format!("invalid duration {s:?}: must be above zero; {ACCEPTED}"));
-    }
-    Ok(d)
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Port(u16);
-
-impl<'de> Deserialize<'de> for Port {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        match u16::try_from(v) {
-            Ok(p) if p != 0 => Ok(Port(p)),
-            _ => Err(serde::de::Error::custom(format!(
-                "port {v} is out of range: expected 1 to 65535"
-            ))),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Vnodes(u32);
-
-impl<'de> Deserialize<'de> for Vnodes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        let v = u32::try_from(v).unwrap_or(u32::MAX);
-        validate_vnodes(v).map(Vnodes).map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct ServiceName(String);
-
-impl<'de> Deserialize<'de> for ServiceName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, |s| {
-            let ok = !s.is_empty()
-                && s.len() <= 63
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if ok {
-                Ok(ServiceName(s.to_owned()))
-            } else {
-                Err(format!(
-                    "invalid service name {s:?}: expected 1 to 63 letters, digits, '-' or '_' (a DNS-compatible Consul service name)"
-                ))
-            }
-        })
-    }
-}
-
-/// `host:port` or `:port` (all interfaces, the Go original's form).
-#[derive(Clone, Debug)]
-struct ListenAddr {
-    addr: String,
-    all_interfaces: bool,
-}
-
-impl<'de> Deserialize<'de> for ListenAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, parse_listen_addr)
-    }
-}
-
-fn parse_listen_addr(s: &str) -> Result<ListenAddr, String> {
-    let bad = |why: &str| {
-        format!("invalid listen address {s:?}: {why}; expected host:port (e.g. 127.0.0.1:9294, [::1]:9294) or :port for all interfaces")
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
-    if host.is_empty() {
-        return Ok(ListenAddr {
-            addr: format!("0.0.0.0:{port}"),
-            all_interfaces: true,
-        });
-    }
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>()
-            .map_err(|_| bad("not an IPv6 address between [ and ]"))?;
-    } else if host.contains(':') || host.contains('/') || host.contains(' ') {
-        return Err(bad(
-            "the host is neither a name, an IPv4 address nor a bracketed IPv6 address",
-        ));
-    }
-    Ok(ListenAddr {
-        addr: s.to_owned(),
-        all_interfaces: false,
-    })
-}
-
-/// Consul's HTTP address: `host:port` as the original, or `http://host:port`.
-#[derive(Clone, Debug)]
-struct ConsulAddr(String);
-
-impl<'de> Deserialize<'de> for ConsulAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, parse_consul_addr).map(ConsulAddr)
-    }
-}
-
-fn parse_consul_addr(s: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("invalid Consul address {s:?}: {why}; expected host:port (e.g. localhost:8500) or http://host:port")
-    };
-    if s.starts_with("https://") {
-        return Err(bad(
-            "HTTPS is not supported; use plain HTTP to the local Consul agent",
-        ));
-    }
-    let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
-    if rest.contains("://") || rest.contains('/') {
-        return Err(bad("only a scheme and an address are allowed, no path"));
-    }
-    let member = Member::parse(rest).map_err(|e| bad(&e))?;
-    Ok(format!("http://{member}"))
-}
-
-/// An Envoy control listener's base URL.
-#[derive(Clone, Debug)]
-struct ControlUrl(String);
-
-impl<'de> Deserialize<'de> for ControlUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, parse_control_url).map(ControlUrl)
-    }
-}
-
-fn parse_control_url(s: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("invalid control URL {s:?}: {why}; expected the base URL of an Envoy control listener, e.g. http://127.0.0.1:9293")
-    };
-    let url = reqwest::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(bad(
-            "only http:// is supported (the control listener is on loopback or a private network)",
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("no host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(bad("no query, fragment or user allowed"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-/// A `pushgateway.servers` entry: `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-pub fn parse_server(entry: &str, default_port: u16) -> Result<Member, String> {
-    let entry = entry.trim();
-    if let Ok(m) = Member::parse(entry) {
-        return Ok(m);
-    }
-    let with_port = if entry.parse::<Ipv6Addr>().is_ok() {
-        format!("[{entry}]:{default_port}")
-    } else {
-        format!("{entry}:{default_port}")
-    };
-    Member::parse(&with_port).map_err(|_| match Member::parse(entry) {
-        Err(e) if entry.contains(':') => e,
-        _ => format!(
-            "{entry:?} is not a pushgateway address: expected host (port from pushgateway.port), host:port, or [IPv6]:port"
-        ),
-    })
-}
-
 /// The entries of `pushgateway.<field>`, each parsed and listed once; an error names the entry,
 /// its line and what is accepted.
 fn pushgateway_list(
@@ -408,77 +147,6 @@ fn pushgateway_list(
         out.push(m);
     }
     Ok(out)
-}
-
-/// Deserializes the file; an error names the key (full path), the line and what is accepted.
-fn read_raw(text: &str) -> Result<RawConfig, String> {
-    // An empty file is all defaults; serde would refuse the missing mapping.
-    let text = if text.trim().is_empty() { "{}" } else { text };
-    let de = serde_norway::Deserializer::from_str(text);
-    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        // The parser's position is where the enclosing mapping starts; the key's own line is
-        // more useful, so find it in the text when the file is in block style.
-        let line = locate(text, &path).or_else(|| inner.location().map(|l| l.line()));
-        let mut message = inner.to_string();
-        if let Some(cut) = message.rfind(" at line ") {
-            message.truncate(cut);
-        }
-        // serde_norway prefixes the path of the enclosing mapping itself; the full path replaces it.
-        if let Some(rest) = message.strip_prefix(&format!("{}: ", parent_path(&path))) {
-            message = rest.to_owned();
-        }
-        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-        if path == "." || path.is_empty() {
-            format!("{message}{at}")
-        } else {
-            format!("{path}{at}: {message}")
-        }
-    })
-}
-
-fn parent_path(path: &str) -> &str {
-    path.rfind(['.', '[']).map_or("", |i| &path[..i])
-}
-
-/// The 1-based line of `path` (`a.b[2].c`) in block-style YAML, if it can be found.
-fn locate(text: &str, path: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let mut at: Option<usize> = None;
-    let mut min_indent = 0usize;
-    for seg in path.split('.') {
-        let (key, index) = match seg.split_once('[') {
-            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
-            None => (seg, None),
-        };
-        if !key.is_empty() {
-            let from = at.map_or(0, |a| a + 1);
-            let found = (from..lines.len()).find(|&i| {
-                let l = lines[i];
-                let body = l.trim_start().trim_start_matches("- ").trim_start();
-                indent(l) >= min_indent
-                    && (body.starts_with(&format!("{key}:")) || body.starts_with(&format!("{key} :")))
-            })?;
-            min_indent = indent(lines[found]) + 1;
-            at = Some(found);
-        }
-        if let Some(n) = index {
-            let start = at.map_or(0, |a| a + 1);
-            let items: Vec<usize> = (start..lines.len())
-                .take_while(|&i| {
-                    lines[i].trim().is_empty() || indent(lines[i]) >= min_indent.saturating_sub(1)
-                })
-                .filter(|&i| lines[i].trim_start().starts_with("- "))
-                .collect();
-            if let Some(&i) = items.get(n) {
-                at = Some(i);
-                min_indent = indent(lines[i]) + 1;
-            }
-        }
-    }
-    at.map(|a| a + 1)
 }
 
 /// A warning for the log, found while loading (the configuration is still accepted).
@@ -542,122 +210,13 @@ impl Config {
             file: file.to_owned(),
             message,
         };
-        // An empty file is all defaults, as serde would refuse the missing mapping.
         let raw = read_raw(text).map_err(invalid)?;
         let mut warnings = Vec::new();
-
-        let port = raw.pushgateway.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
-        let servers = pushgateway_list(text, "servers", raw.pushgateway.servers, port).map_err(invalid)?;
-        let drain = pushgateway_list(text, "drain", raw.pushgateway.drain, port).map_err(invalid)?;
-        for (i, m) in drain.iter().enumerate() {
-            if !servers.contains(m) {
-                warnings.push(format!(
-                    "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained while it is registered in Consul (consul-sync keeps it registered if it registered it), and not registered anew"
-                ));
-            }
-        }
-        if servers.is_empty() {
-            warnings.push(
-                "pushgateway.servers is empty: nothing is registered; the member list is whatever Consul shows passing".to_owned(),
-            );
-        }
-
-        let check = CheckConfig {
-            interval: raw.check.interval.map_or(DEFAULT_CHECK_INTERVAL, |d| d.0),
-            timeout: raw.check.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
-            deregister_after: raw
-                .check
-                .deregister_after
-                .map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
-        };
-        if check.interval < CONSUL_MIN_INTERVAL {
-            warnings.push(format!(
-                "check.interval {:?} is below 1s; Consul runs checks at most once a second",
-                check.interval
-            ));
-        }
-        if check.deregister_after < CONSUL_MIN_DEREGISTER {
-            warnings.push(format!(
-                "check.deregister_after {:?} is below 1m; Consul raises it to 1m (and reaps every 30s)",
-                check.deregister_after
-            ));
-        }
-
-        let http_listen_addr = match raw.http_listen_addr {
-            Some(l) => {
-                if l.all_interfaces {
-                    warnings.push(format!(
-                        "http_listen_addr {:?} listens on all interfaces; it now serves consul-sync's /metrics, /-/ready and \
-                         /prometheus/targets, not the push endpoint (pushes go to Envoy)",
-                        l.addr.trim_start_matches("0.0.0.0")
-                    ));
-                }
-                l.addr
-            }
-            None => DEFAULT_HTTP_LISTEN_ADDR.to_owned(),
-        };
-
-        let control_urls: Vec<String> = raw
-            .envoy
-            .control_urls
-            .unwrap_or_default()
-            .into_iter()
-            .map(|u| u.0)
-            .collect();
-        for (i, u) in control_urls.iter().enumerate() {
-            if let Some(j) = control_urls[..i].iter().position(|v| v == u) {
-                return Err(invalid(format!(
-                    "envoy.control_urls[{i}]: {u:?} repeats envoy.control_urls[{j}]; list each once"
-                )));
-            }
-        }
-        let token = match &raw.envoy.token_file {
-            Some(p) => {
-                let t = read_file(p)
-                    .map_err(|e| invalid(format!("envoy.token_file: cannot read {}: {e}", p.display())))?;
-                let t = t.trim().to_owned();
-                if t.is_empty() {
-                    return Err(invalid(format!(
-                        "envoy.token_file: {} is empty; it must hold the control token",
-                        p.display()
-                    )));
-                }
-                Some(t)
-            }
-            None => env(CONTROL_TOKEN_ENV)
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty()),
-        };
-        if !control_urls.is_empty() && token.is_none() {
-            return Err(invalid(format!(
-                "envoy.control_urls is set but there is no control token: set envoy.token_file or the {CONTROL_TOKEN_ENV} \
-                 environment variable to the token Envoy's filter was given"
-            )));
-        }
-        if control_urls.is_empty() {
-            warnings.push(
-                "envoy.control_urls is empty: the member list is only served on /prometheus/targets"
-                    .to_owned(),
-            );
-        }
-
-        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-        let consul = ConsulConfig {
-            base_url: match raw.consul_server.addr {
-                Some(a) => a.0,
-                None => parse_consul_addr(DEFAULT_CONSUL_ADDR).map_err(invalid)?,
-            },
-            username: nonempty(raw.consul_server.username),
-            password: nonempty(raw.consul_server.password),
-            token: nonempty(raw.consul_server.token).or_else(|| nonempty(env(CONSUL_TOKEN_ENV))),
-        };
-        if consul.password.is_some() && consul.username.is_none() {
-            return Err(invalid(
-                "consul_server.password is set without consul_server.username; set both for basic auth"
-                    .into(),
-            ));
-        }
-
+        let (servers, drain) = pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
+        let check = check(raw.check, &mut warnings);
+        let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
+        let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
+        let consul = consul(raw.consul_server, &env).map_err(invalid)?;
         let config = Config {
             consul,
             service_name: raw
@@ -666,7 +225,7 @@ impl Config {
             servers,
             http_listen_addr,
             check,
-            envoy: EnvoyConfig { control_urls, token },
+            envoy,
             resync_interval: raw.resync_interval.map_or(DEFAULT_RESYNC_INTERVAL, |d| d.0),
             vnodes: raw.vnodes.map_or(DEFAULT_VNODES, |v| v.0),
             drain,
@@ -676,6 +235,138 @@ impl Config {
         };
         Ok((config, warnings))
     }
+}
+
+/// `pushgateway`: the servers to register and the ones to drain.
+fn pushgateways(
+    text: &str,
+    raw: RawPushgateway,
+    warnings: &mut Vec<Warning>,
+) -> Result<(Vec<Member>, Vec<Member>), String> {
+    let port = raw.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
+    let servers = pushgateway_list(text, "servers", raw.servers, port)?;
+    let drain = pushgateway_list(text, "drain", raw.drain, port)?;
+    for (i, m) in drain.iter().enumerate() {
+        if !servers.contains(m) {
+            warnings.push(format!(
+                "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained while it is registered in Consul (consul-sync keeps it registered if it registered it), and not registered anew"
+            ));
+        }
+    }
+    if servers.is_empty() {
+        warnings.push(
+            "pushgateway.servers is empty: nothing is registered; the member list is whatever Consul shows passing".to_owned(),
+        );
+    }
+    Ok((servers, drain))
+}
+
+/// `check`: what Consul will do with it is warned about.
+fn check(raw: RawCheck, warnings: &mut Vec<Warning>) -> CheckConfig {
+    let check = CheckConfig {
+        interval: raw.interval.map_or(DEFAULT_CHECK_INTERVAL, |d| d.0),
+        timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
+        deregister_after: raw.deregister_after.map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
+    };
+    if check.interval < CONSUL_MIN_INTERVAL {
+        warnings.push(format!(
+            "check.interval {:?} is below 1s; Consul runs checks at most once a second",
+            check.interval
+        ));
+    }
+    if check.deregister_after < CONSUL_MIN_DEREGISTER {
+        warnings.push(format!(
+            "check.deregister_after {:?} is below 1m; Consul raises it to 1m (and reaps every 30s)",
+            check.deregister_after
+        ));
+    }
+    check
+}
+
+/// `http_listen_addr`: the Go original's `:port` is taken, and warned about.
+fn listen_addr(raw: Option<ListenAddr>, warnings: &mut Vec<Warning>) -> String {
+    let Some(l) = raw else {
+        return DEFAULT_HTTP_LISTEN_ADDR.to_owned();
+    };
+    if l.all_interfaces {
+        warnings.push(format!(
+            "http_listen_addr {:?} listens on all interfaces; it now serves consul-sync's /metrics, /-/ready and \
+             /prometheus/targets, not the push endpoint (pushes go to Envoy)",
+            l.addr.trim_start_matches("0.0.0.0")
+        ));
+    }
+    l.addr
+}
+
+/// `envoy`: the control URLs, each once, and the token they need.
+fn envoy(
+    raw: RawEnvoy,
+    env: &impl Fn(&str) -> Option<String>,
+    read_file: &impl Fn(&Path) -> Result<String, String>,
+    warnings: &mut Vec<Warning>,
+) -> Result<EnvoyConfig, String> {
+    let control_urls: Vec<String> = raw
+        .control_urls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    for (i, u) in control_urls.iter().enumerate() {
+        if let Some(j) = control_urls[..i].iter().position(|v| v == u) {
+            return Err(format!(
+                "envoy.control_urls[{i}]: {u:?} repeats envoy.control_urls[{j}]; list each once"
+            ));
+        }
+    }
+    let token = match &raw.token_file {
+        Some(p) => {
+            let t =
+                read_file(p).map_err(|e| format!("envoy.token_file: cannot read {}: {e}", p.display()))?;
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                return Err(format!(
+                    "envoy.token_file: {} is empty; it must hold the control token",
+                    p.display()
+                ));
+            }
+            Some(t)
+        }
+        None => env(CONTROL_TOKEN_ENV)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty()),
+    };
+    if !control_urls.is_empty() && token.is_none() {
+        return Err(format!(
+            "envoy.control_urls is set but there is no control token: set envoy.token_file or the {CONTROL_TOKEN_ENV} \
+             environment variable to the token Envoy's filter was given"
+        ));
+    }
+    if control_urls.is_empty() {
+        warnings.push(
+            "envoy.control_urls is empty: the member list is only served on /prometheus/targets".to_owned(),
+        );
+    }
+    Ok(EnvoyConfig { control_urls, token })
+}
+
+/// `consul_server`: the address, basic auth (both or neither) and the ACL token.
+fn consul(raw: RawConsul, env: &impl Fn(&str) -> Option<String>) -> Result<ConsulConfig, String> {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let consul = ConsulConfig {
+        base_url: match raw.addr {
+            Some(a) => a.0,
+            None => parse_consul_addr(DEFAULT_CONSUL_ADDR)?,
+        },
+        username: nonempty(raw.username),
+        password: nonempty(raw.password),
+        token: nonempty(raw.token).or_else(|| nonempty(env(CONSUL_TOKEN_ENV))),
+    };
+    if consul.password.is_some() && consul.username.is_none() {
+        return Err(
+            "consul_server.password is set without consul_server.username; set both for basic auth".into(),
+        );
+    }
+    Ok(consul)
 }
 
 #[cfg(test)]
@@ -756,7 +447,7 @@ http_listen_addr: :9292
 
     #[test]
     fn the_shipped_sample_is_accepted() {
-        let text = include_str!("../dynamic-sharding.yml");
+        let text = include_str!("../../dynamic-sharding.yml");
         let (c, _) = parse_env(text, &[(CONTROL_TOKEN_ENV, "t")]).unwrap();
         assert_eq!(c.envoy.control_urls, ["http://127.0.0.1:9293"]);
         assert_eq!(c.http_listen_addr, DEFAULT_HTTP_LISTEN_ADDR);
@@ -1002,15 +693,5 @@ vnodes: 100
                 assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
             }
         }
-    }
-
-    #[test]
-    fn server_entries() {
-        assert_eq!(
-            parse_server("Host.Example", 1).unwrap().as_str(),
-            "host.example:1"
-        );
-        assert_eq!(parse_server("fe80::1", 2).unwrap().as_str(), "[fe80::1]:2");
-        assert!(parse_server("h:x", 1).unwrap_err().contains("port"));
     }
 }

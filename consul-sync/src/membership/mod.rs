@@ -1,0 +1,16 @@
+//! Membership: which pushgateways are in the ring, as Consul's health checks say, and the member
+//! list every Envoy routes with.
+//!
+//! - [`watcher`]: registers the pushgateways, then watches Consul and publishes the list;
+//! - [`list`]: the published list and the rules that change it (pure);
+//! - [`versions`]: list versions, the clock that numbers them and those the Envoys hold;
+//! - [`registrar`]: keeps the configured pushgateways registered, and only those;
+//! - [`envoy`]: one pusher per Envoy control listener.
+//!
+//! The published list leaves on a `watch` channel; nothing here reads the pushgateways' groups.
+
+pub mod envoy;
+pub mod list;
+pub mod registrar;
+pub mod versions;
+pub mod watcher;

@@ -1,0 +1,96 @@
+//! The pushgateway calls the reconciler makes: read what one holds, delete a group, put a group.
+//!
+//! Owns the URLs, timeouts and the mapping of pushgateway's answers to errors. A group is always
+//! named by [`GroupingKey::to_path`], so a delete names exactly the group that was read, whatever
+//! its label values hold (`/`, `%`, Unicode, empty).
+
+use crate::net::{self, NetError};
+use crate::reconcile::exposition::{parse_api_groups, ApiGroup, PushTimeReader, PushTimes};
+use dynamic_sharding::grouping_key::GroupingKey;
+use dynamic_sharding::members::Member;
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A pushgateway with 100k groups needs a few seconds to expose them.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// One delete or put of one group.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest `/api/v1/metrics` answer read into memory (it is read only to copy groups at a drain
+/// deadline); the push times are streamed and need no bound.
+const MAX_API_BODY: usize = 1 << 30;
+
+#[derive(Clone, Debug)]
+pub struct PushgatewayClient {
+    http: reqwest::Client,
+}
+
+/// Who an error names.
+fn peer(member: &Member) -> String {
+    format!("pushgateway {member}")
+}
+
+impl PushgatewayClient {
+    pub fn new() -> Result<PushgatewayClient, reqwest::Error> {
+        Ok(PushgatewayClient {
+            http: net::client(CONNECT_TIMEOUT)?,
+        })
+    }
+
+    /// Every group `member` holds with its push time, from the `push_time_seconds` lines of its
+    /// `/metrics` (streamed: memory does not grow with the number of groups' metrics).
+    pub async fn push_times(&self, member: &Member) -> Result<PushTimes, NetError> {
+        const WHAT: &str = "reading push times";
+        let req = self
+            .http
+            .get(format!("http://{member}/metrics"))
+            .header("accept", "text/plain; version=0.0.4")
+            .timeout(READ_TIMEOUT);
+        let resp = net::send(WHAT, &peer(member), req, &[200]).await?;
+        let mut reader = PushTimeReader::default();
+        net::read_chunks(resp, |chunk| {
+            reader.feed(chunk);
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.into_net(WHAT, &peer(member)))?;
+        Ok(reader.finish())
+    }
+
+    /// Every group `member` holds with its metric families (`/api/v1/metrics`).
+    pub async fn api_groups(&self, member: &Member) -> Result<Vec<ApiGroup>, NetError> {
+        const WHAT: &str = "reading groups";
+        let req = self
+            .http
+            .get(format!("http://{member}/api/v1/metrics"))
+            .timeout(READ_TIMEOUT);
+        let resp = net::send(WHAT, &peer(member), req, &[200]).await?;
+        let body = net::read_limited(resp, MAX_API_BODY)
+            .await
+            .map_err(|e| e.into_net(WHAT, &peer(member)))?;
+        let (groups, _skipped) =
+            parse_api_groups(&body).map_err(|why| NetError::bad_response(WHAT, &peer(member), why))?;
+        Ok(groups)
+    }
+
+    /// Deletes exactly the group `key` (pushgateway answers 202, also for a missing group).
+    pub async fn delete(&self, member: &Member, key: &GroupingKey) -> Result<(), NetError> {
+        let req = self
+            .http
+            .delete(format!("http://{member}{}", key.to_path()))
+            .timeout(WRITE_TIMEOUT);
+        net::send("deleting a group", &peer(member), req, &[200, 202]).await?;
+        Ok(())
+    }
+
+    /// Replaces the group `key` with `text` (the text format), as a job's `PUT` would.
+    pub async fn put(&self, member: &Member, key: &GroupingKey, text: String) -> Result<(), NetError> {
+        let req = self
+            .http
+            .put(format!("http://{member}{}", key.to_path()))
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(text)
+            .timeout(WRITE_TIMEOUT);
+        net::send("copying a group", &peer(member), req, &[200, 202]).await?;
+        Ok(())
+    }
+}

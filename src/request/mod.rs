@@ -1,0 +1,380 @@
+//! One request through the filter, free of host calls: what it answers, when, which calls it
+//! waits for and what their answers do. The filter's proxy-wasm contexts (`src/filter/`) only
+//! translate the host's callbacks into calls on a [`Request`], which reaches the proxy through
+//! the [`Host`] trait.
+//!
+//! Data listeners ask [`routing::plan`] and carry out its decision; the control listener serves
+//! [`control::handle`] once the body is read.
+//!
+//! Redirect mode answers a push with a body only after the body was read (then Envoy keeps the
+//! connection alive): the headers continue to the `buffer` filter that must follow this one, which
+//! holds them, while this filter throws each body chunk away and replies at the end of the stream.
+//!
+//! A `DELETE` first goes, as a `DELETE` of the same path, to every other pushgateway that may hold
+//! a copy of the group ([`routing::plan`]); the 307 is sent, or the request resumed to the owner,
+//! only when every one of those calls answered or timed out ([`calls`]), so that when the client
+//! sees its answer no other copy is left (unless a call failed: counted and logged, never fatal).
+
+pub mod calls;
+pub mod header_map;
+pub mod host;
+pub mod listener;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Mode;
+use crate::control::{self, ControlOutcome};
+use crate::members::{Member, MAX_UPDATE_BYTES};
+use crate::routing::{self, Decision, Outcome, Reply};
+use calls::{InFlight, Purpose, Then};
+pub use header_map::RequestHeaders;
+pub use host::{Host, HostError, Stat};
+pub use listener::Listener;
+use log::Level;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The cluster a `DELETE` fan-out call goes through: the shipped ORIGINAL_DST cluster, which
+/// routes on the destination header set on the call (Envoy's async client hands the call's
+/// headers to the cluster's load balancer as it does a routed request's).
+pub const FANOUT_CLUSTER: &str = "pushgateway_owner";
+
+/// Longest a client's `DELETE` waits for one fan-out call: a pushgateway answers a `DELETE` in
+/// milliseconds; one that does not within this is counted as failed and the request goes on.
+pub const FANOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the host does with the request after a callback, as proxy-wasm's `Action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// A control request waiting for its body.
+struct ControlRequest {
+    method: String,
+    authorization: Option<String>,
+}
+
+/// One request, from its headers to its end.
+pub struct Request<H> {
+    listener: Rc<Listener<H>>,
+    /// Redirect mode: the reply to send once the request body has been read.
+    after_body: Option<Reply>,
+    control: Option<ControlRequest>,
+    calls: InFlight,
+}
+
+impl<H: Host> Request<H> {
+    pub fn new(listener: Rc<Listener<H>>) -> Request<H> {
+        Request {
+            listener,
+            after_body: None,
+            control: None,
+            calls: InFlight::default(),
+        }
+    }
+
+    fn host(&self) -> &H {
+        &self.listener.host
+    }
+
+    /// The request headers arrived (`end_of_stream`: and there is no body).
+    pub fn on_headers(&mut self, end_of_stream: bool) -> Action {
+        let result = match self.listener.config.mode {
+            Mode::Control => self.control_headers(end_of_stream),
+            Mode::Redirect | Mode::Proxy => self.data_headers(end_of_stream),
+        };
+        result.unwrap_or_else(|e| self.internal_error(e))
+    }
+
+    /// A chunk of the body arrived: `body_size` bytes are held by the host for this filter.
+    pub fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.control.is_some() {
+            return self.control_body(body_size, end_of_stream);
+        }
+        if self.after_body.is_none() {
+            return Action::Continue;
+        }
+        if end_of_stream {
+            // The reply ends the request here; Envoy discards what it holds of the body.
+            if let Some(reply) = self.after_body.take() {
+                return self.after_calls(Then::Reply(reply));
+            }
+        }
+        // Nothing goes upstream: drop the bytes so the buffer filter behind us holds nothing.
+        if body_size > 0 {
+            if let Err(e) = self.host().drop_request_body(body_size) {
+                self.after_body = None;
+                return self.internal_error(e);
+            }
+        }
+        Action::Continue
+    }
+
+    /// The request trailers arrived: the body (if any) ended before them.
+    pub fn on_trailers(&mut self) -> Action {
+        if let Some(reply) = self.after_body.take() {
+            return self.after_calls(Then::Reply(reply));
+        }
+        if let Some(request) = self.control.take() {
+            // The body (paused, so held by Envoy) ended before the trailers.
+            return match self.host().request_body(0, MAX_UPDATE_BYTES + 1) {
+                Ok(body) => self.serve_control(&request, &body),
+                Err(e) => self.internal_error(e),
+            };
+        }
+        Action::Continue
+    }
+
+    /// The call `token` answered (`num_headers` 0: it got no answer, reset or timed out).
+    pub fn on_call_response(&mut self, token: u32, num_headers: usize) {
+        let Some(purpose) = self.calls.answered(token) else {
+            return;
+        };
+        let status = if num_headers == 0 {
+            None
+        } else {
+            self.host()
+                .http_call_response_header(":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        match purpose {
+            Purpose::DeleteCopy(member) => {
+                if !status.is_some_and(|s| (200..300).contains(&s)) {
+                    self.host().count(Stat::FanoutFailures);
+                    let what = status.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"));
+                    self.host().log(
+                        Level::Warn,
+                        format_args!(
+                            "DELETE fan-out to {member} failed ({what}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(then) = self.calls.released() {
+            self.release(then);
+        }
+    }
+
+    fn data_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
+        let listener = Rc::clone(&self.listener);
+        let (mode, host) = (listener.config.mode, &listener.host);
+        let headers = host.request_headers()?;
+        let destination = listener.config.destination_header.as_str();
+        if mode == Mode::Proxy && headers.contains(destination) {
+            // Before anything else: only this filter may name the destination. (Looked up in the
+            // copy first: a removal is a host call, and clients do not send the header.)
+            host.remove_request_header(destination)?;
+        }
+        let (Some(method), Some(path)) = (headers.get(":method"), headers.get(":path")) else {
+            return Ok(Action::Continue);
+        };
+        listener.catch_up();
+        let plan = match listener.view() {
+            Some(view) => routing::plan(mode, method, path, view.ring(), view.list()),
+            None => return Ok(Action::Continue),
+        };
+        if !plan.fanout.is_empty() {
+            self.delete_copies(path, &plan.fanout, headers.get("authorization"));
+        }
+        match plan.decision {
+            Decision::PassThrough => Ok(Action::Continue),
+            Decision::Route { owner } => {
+                host.set_request_header(destination, owner.as_str())?;
+                host.count(Stat::Proxied);
+                // Held (body included, up to the listener's buffer limit) until the fan-out
+                // answered; then on to the owner.
+                Ok(self.after_calls(Then::Resume))
+            }
+            Decision::Reply { reply, outcome } => {
+                host.count(match outcome {
+                    Outcome::Redirect => Stat::Redirects,
+                    Outcome::Lookup => Stat::Lookups,
+                    Outcome::BadRequest | Outcome::MethodNotAllowed => Stat::BadRequests,
+                    Outcome::NoMember => Stat::NoMember,
+                });
+                // A client that sent `Expect: 100-continue` has not uploaded the body yet: answering
+                // now saves it an upload that would only be thrown away (Envoy then closes the
+                // connection, a fair price for a large push).
+                let expects_continue = headers
+                    .get("expect")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                if end_of_stream || mode == Mode::Proxy || expects_continue {
+                    Ok(self.after_calls(Then::Reply(reply)))
+                } else {
+                    // Answer once the body is read, so the connection stays open.
+                    self.after_body = Some(reply);
+                    Ok(Action::Continue)
+                }
+            }
+        }
+    }
+
+    /// Sends the same `DELETE` to each of `targets`, with no body and only the headers pushgateway
+    /// needs: its own `:authority`, the destination header the cluster routes on (set here, never
+    /// taken from the client) and the client's `authorization` (pushgateways behind basic auth
+    /// refuse a `DELETE` without it; the client sends it to the owner anyway).
+    fn delete_copies(&mut self, path: &str, targets: &[Member], authorization: Option<&str>) {
+        let listener = Rc::clone(&self.listener);
+        let (host, destination) = (&listener.host, listener.config.destination_header.as_str());
+        for member in targets {
+            let mut headers = vec![
+                (":method", "DELETE"),
+                (":path", path),
+                (":authority", member.as_str()),
+                (":scheme", "http"),
+                (destination, member.as_str()),
+            ];
+            if let Some(a) = authorization {
+                headers.push(("authorization", a));
+            }
+            host.count(Stat::FanoutCalls);
+            match host.dispatch_http_call(FANOUT_CLUSTER, headers, FANOUT_TIMEOUT) {
+                Ok(token) => self.calls.sent(token, Purpose::DeleteCopy(member.clone())),
+                Err(e) => {
+                    host.count(Stat::FanoutFailures);
+                    // Measured: a call the cluster finds no host for (no destination header)
+                    // fails here, as InternalFailure.
+                    let why = match e.status {
+                        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
+                        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
+                        _ => e.to_string(),
+                    };
+                    host.log(
+                        Level::Warn,
+                        format_args!(
+                            "DELETE fan-out to {member} failed ({why}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Carries out `then` now if no call is in flight, else once the last one answered.
+    fn after_calls(&mut self, then: Then) -> Action {
+        match self.calls.after(then) {
+            Some(Then::Reply(reply)) => self.reply(&reply),
+            // Nothing was paused: the request simply goes on.
+            Some(Then::Resume) => Action::Continue,
+            None => Action::Pause,
+        }
+    }
+
+    /// Carries out what waited for the calls, outside the callback that paused the request.
+    fn release(&self, then: Then) {
+        match then {
+            Then::Reply(reply) => {
+                self.reply(&reply);
+            }
+            Then::Resume => {
+                if let Err(e) = self.host().resume_request() {
+                    self.host().count(Stat::HostErrors);
+                    self.host().log(
+                        Level::Error,
+                        format_args!("could not resume the DELETE after its fan-out: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn reply(&self, reply: &Reply) -> Action {
+        if let Err(e) = self.host().send_reply(reply) {
+            self.host().count(Stat::HostErrors);
+            self.host().log(
+                Level::Error,
+                format_args!("could not send the {} reply: {e}", reply.status),
+            );
+        }
+        Action::Pause
+    }
+
+    fn internal_error(&self, e: HostError) -> Action {
+        self.host().count(Stat::HostErrors);
+        self.host()
+            .log(Level::Error, format_args!("request refused: {e}"));
+        self.reply(&Reply::text(
+            500,
+            "dynamic-sharding: internal error, see the Envoy log\n",
+        ))
+    }
+
+    fn control_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
+        let headers = self.host().request_headers()?;
+        let Some(path) = headers.get(":path") else {
+            return Ok(Action::Continue);
+        };
+        if !control::is_control_path(path) {
+            return Ok(Action::Continue);
+        }
+        let request = ControlRequest {
+            method: headers.get(":method").unwrap_or_default().to_owned(),
+            authorization: headers.get("authorization").map(str::to_owned),
+        };
+        if end_of_stream {
+            return Ok(self.serve_control(&request, &[]));
+        }
+        self.control = Some(request);
+        Ok(Action::Continue)
+    }
+
+    fn control_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > MAX_UPDATE_BYTES {
+            let why = format!("body is over {MAX_UPDATE_BYTES} bytes");
+            let reply = Reply::json(413, serde_json::json!({ "error": why }).to_string());
+            self.host().count(Stat::UpdatesRejected);
+            self.control = None;
+            return self.reply(&reply);
+        }
+        if !end_of_stream {
+            // Keep buffering in Envoy until the whole body is there.
+            return Action::Pause;
+        }
+        let Some(request) = self.control.take() else {
+            return Action::Continue;
+        };
+        match self.host().request_body(0, body_size) {
+            Ok(body) => self.serve_control(&request, &body),
+            Err(e) => self.internal_error(e),
+        }
+    }
+
+    fn serve_control(&self, request: &ControlRequest, body: &[u8]) -> Action {
+        let (config, host) = (&self.listener.config, self.host());
+        let (reply, outcome) = host.with_shared_data(|store| {
+            control::handle(
+                &request.method,
+                request.authorization.as_deref(),
+                body,
+                &config.control_tokens,
+                &config.bootstrap,
+                store,
+            )
+        });
+        match outcome {
+            ControlOutcome::Accepted { old, new } => {
+                host.count(Stat::UpdatesAccepted);
+                host.record(Stat::Members, new.len() as u64);
+                host.record(Stat::MembersVersion, new.version);
+                host.log(Level::Info, format_args!("{}", control::describe(&old, &new)));
+            }
+            ControlOutcome::Unchanged => host.count(Stat::UpdatesAccepted),
+            ControlOutcome::Rejected(why) => {
+                host.count(Stat::UpdatesRejected);
+                host.log(
+                    Level::Warn,
+                    format_args!("member update refused ({}): {why}", reply.status),
+                );
+            }
+            ControlOutcome::Read => {}
+        }
+        self.reply(&reply)
+    }
+}

@@ -1,0 +1,856 @@
+//! The request rules, one test each, through the [`FakeHost`] double.
+
+use super::testing::{Done, FakeHost, Sent};
+use super::*;
+use crate::config::Config;
+use crate::members::MemberList;
+use crate::store::{bump_generation, SharedStore, MEMBERS_KEY};
+
+const DEST: &str = "x-sharding-destination";
+const TOKEN: &str = "s3cret";
+const MEMBERS: [&str; 3] = ["10.0.0.1:9091", "10.0.0.2:9091", "10.0.0.3:9091"];
+const PATH: &str = "/metrics/job/j/instance/i";
+
+type TestListener = Rc<Listener<FakeHost>>;
+
+fn listener(mode: &str, members: &[&str]) -> TestListener {
+    let json = serde_json::json!({ "mode": mode, "members": members, "control_token": TOKEN });
+    let config = Config::parse(json.to_string().as_bytes(), |_| None).unwrap();
+    Rc::new(Listener::start(config, FakeHost::default()))
+}
+
+fn request(l: &TestListener, headers: &[(&str, &str)]) -> Request<FakeHost> {
+    l.host().set_headers(headers);
+    Request::new(Rc::clone(l))
+}
+
+fn push<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        (":method", method),
+        (":path", path),
+        (":authority", "sharding.example"),
+        (":scheme", "http"),
+    ]
+}
+
+/// The member `path`'s group belongs to, by the listener's own ring.
+fn owner(l: &TestListener, path: &str) -> String {
+    let view = l.view().unwrap();
+    match routing::decide(Mode::Proxy, "PUT", path, view.ring()) {
+        Decision::Route { owner } => owner.to_string(),
+        other => panic!("no owner for {path}: {other:?}"),
+    }
+}
+
+fn location(reply: &Reply) -> Option<&str> {
+    reply
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "location")
+        .map(|(_, v)| v.as_str())
+}
+
+/// Stores `list` as the control listener of another worker would, and counts it.
+fn publish(host: &FakeHost, list: &MemberList) {
+    store(host, list);
+    host.add_to_stat(Stat::UpdatesAccepted, 1);
+}
+
+/// Stores `list` (without counting it).
+fn store(host: &FakeHost, list: &MemberList) {
+    let mut shared = host.shared.borrow_mut();
+    shared
+        .store
+        .set(MEMBERS_KEY, list.to_json().as_bytes(), None)
+        .unwrap();
+    bump_generation(&mut shared.store).unwrap();
+}
+
+/// Where a push of `PATH` is redirected to now.
+fn redirected_to(l: &TestListener) -> String {
+    request(l, &push("PUT", PATH)).on_headers(true);
+    let replies = l.host().replies();
+    let url = location(&replies[0]).unwrap();
+    url.strip_prefix("http://")
+        .and_then(|u| u.strip_suffix(PATH))
+        .unwrap()
+        .to_owned()
+}
+
+fn reads(host: &FakeHost) -> usize {
+    host.shared.borrow().reads.get()
+}
+
+/// Asserts that a warning or an error containing `text` was logged.
+fn assert_warned(host: &FakeHost, text: &str) {
+    let logs = warnings(host);
+    assert!(
+        logs.iter().any(|m| m.contains(text)),
+        "no warning with {text:?} in {logs:?}"
+    );
+}
+
+fn warnings(host: &FakeHost) -> Vec<String> {
+    host.logs()
+        .into_iter()
+        .filter(|(level, _)| *level <= log::Level::Warn)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+// ---- data listeners: what is answered, when ----
+
+#[test]
+fn proxy_mode_removes_a_destination_header_the_client_sent_before_anything_else() {
+    let l = listener("proxy", &MEMBERS);
+    let mut headers = push("PUT", PATH);
+    headers.push((DEST, "evil.example:80"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(true), Action::Continue);
+    let owner = owner(&l, PATH);
+    assert_eq!(
+        l.host().take(),
+        [
+            Done::RemoveHeader(DEST.into()),
+            Done::SetHeader(DEST.into(), owner.clone())
+        ]
+    );
+    assert_eq!(l.host().header(DEST), Some(owner));
+
+    // Not sent: nothing to remove, and no host call to find that out.
+    request(&l, &push("PUT", PATH)).on_headers(true);
+    assert!(!l.host().take().contains(&Done::RemoveHeader(DEST.into())));
+    // Even on a path this filter does not handle, the client may not name the destination.
+    let mut foreign = push("GET", "/api/v1/metrics");
+    foreign.push((DEST, "evil.example:80"));
+    assert_eq!(request(&l, &foreign).on_headers(true), Action::Continue);
+    assert_eq!(l.host().take(), [Done::RemoveHeader(DEST.into())]);
+}
+
+#[test]
+fn redirect_mode_leaves_the_destination_header_alone() {
+    let l = listener("redirect", &MEMBERS);
+    let mut headers = push("PUT", PATH);
+    headers.push((DEST, "evil.example:80"));
+    request(&l, &headers).on_headers(true);
+    let done = l.host().take();
+    assert!(
+        matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_request_without_method_or_path_goes_on_untouched() {
+    let l = listener("redirect", &MEMBERS);
+    let mut r = request(&l, &[(":path", PATH)]);
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(r.on_body(10, true), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    assert_eq!(l.host().stat_value(Stat::Redirects), 0);
+}
+
+#[test]
+fn a_foreign_path_passes_through_untouched() {
+    let l = listener("redirect", &MEMBERS);
+    let mut r = request(&l, &push("GET", "/api/v1/metrics"));
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(r.on_body(10, false), Action::Continue);
+    assert_eq!(r.on_trailers(), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    let counted: u64 = Stat::ALL
+        .iter()
+        .filter(|s| !s.is_gauge())
+        .map(|s| l.host().stat_value(*s))
+        .sum();
+    assert_eq!(counted, 0);
+}
+
+#[test]
+fn a_push_with_a_body_is_answered_at_its_end_and_its_chunks_are_dropped() {
+    let l = listener("redirect", &MEMBERS);
+    let mut r = request(&l, &push("PUT", "/metrics/job/j?x=1"));
+    // The headers go on to the buffer filter; the answer waits for the body.
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    assert_eq!(r.on_body(5, false), Action::Continue);
+    assert_eq!(r.on_body(0, false), Action::Continue);
+    assert_eq!(r.on_body(7, false), Action::Continue);
+    assert_eq!(l.host().take(), [Done::DropBody(5), Done::DropBody(7)]);
+    assert_eq!(r.on_body(3, true), Action::Pause);
+    let replies = l.host().replies();
+    let owner = owner(&l, "/metrics/job/j");
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 307);
+    let expected = format!("http://{owner}/metrics/job/j?x=1");
+    assert_eq!(location(&replies[0]), Some(expected.as_str()));
+    assert_eq!(l.host().stat_value(Stat::Redirects), 1);
+}
+
+#[test]
+fn a_push_without_a_body_is_answered_at_once() {
+    let l = listener("redirect", &MEMBERS);
+    let mut r = request(&l, &push("POST", PATH));
+    assert_eq!(r.on_headers(true), Action::Pause);
+    assert_eq!(l.host().replies().len(), 1);
+}
+
+#[test]
+fn proxy_mode_answers_at_once_even_with_a_body_coming() {
+    let l = listener("proxy", &MEMBERS);
+    // A refused path and a lookup: both answered from the headers.
+    for (method, path, status) in [("PUT", "/metrics/job/j/odd", 400), ("GET", PATH, 200)] {
+        let mut r = request(&l, &push(method, path));
+        assert_eq!(r.on_headers(false), Action::Pause, "{method} {path}");
+        let replies = l.host().replies();
+        assert_eq!(replies.len(), 1, "{method} {path}");
+        assert_eq!(replies[0].status, status);
+        assert_eq!(r.on_body(4, true), Action::Continue, "answered already");
+        assert_eq!(l.host().take(), []);
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let l = listener("redirect", &MEMBERS);
+    let mut headers = push("PUT", PATH);
+    headers.push(("expect", "100-Continue"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Pause);
+    assert_eq!(l.host().replies().len(), 1);
+    // Any other expectation is not one: the answer waits for the body.
+    let mut headers = push("PUT", PATH);
+    headers.push(("expect", "something-else"));
+    assert_eq!(request(&l, &headers).on_headers(false), Action::Continue);
+    assert_eq!(l.host().take(), []);
+}
+
+#[test]
+fn trailers_end_a_body_the_answer_waited_for() {
+    let l = listener("redirect", &MEMBERS);
+    let mut r = request(&l, &push("PUT", PATH));
+    r.on_headers(false);
+    r.on_body(4, false);
+    l.host().take();
+    assert_eq!(r.on_trailers(), Action::Pause);
+    assert_eq!(l.host().replies().len(), 1);
+    assert_eq!(r.on_trailers(), Action::Continue, "answered once");
+    assert_eq!(l.host().take(), []);
+}
+
+#[test]
+fn a_body_chunk_that_cannot_be_dropped_is_answered_500_once() {
+    let l = listener("redirect", &MEMBERS);
+    l.host().fail("drop_request_body", 2);
+    let mut r = request(&l, &push("PUT", PATH));
+    r.on_headers(false);
+    assert_eq!(r.on_body(4, false), Action::Pause);
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 500);
+    assert!(replies[0].body.contains("internal error"), "{}", replies[0].body);
+    assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+    // The 307 that waited is gone: nothing more is sent at the end of the body.
+    assert_eq!(r.on_body(4, true), Action::Continue);
+    assert_eq!(l.host().take(), []);
+}
+
+#[test]
+fn proxy_mode_routes_a_push_to_its_owner() {
+    let l = listener("proxy", &MEMBERS);
+    let mut r = request(&l, &push("PUT", PATH));
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(l.host().take(), [Done::SetHeader(DEST.into(), owner(&l, PATH))]);
+    assert_eq!(l.host().stat_value(Stat::Proxied), 1);
+    assert_eq!(r.on_body(4, true), Action::Continue, "the body goes upstream");
+    assert_eq!(l.host().take(), []);
+}
+
+#[test]
+fn each_answer_is_counted_by_what_it_was() {
+    let l = listener("redirect", &MEMBERS);
+    for (method, path) in [
+        ("PUT", PATH),
+        ("GET", PATH),
+        ("HEAD", PATH),
+        ("PUT", "/metrics/job/j/odd"),
+        ("PATCH", PATH),
+    ] {
+        request(&l, &push(method, path)).on_headers(true);
+    }
+    let h = l.host();
+    assert_eq!(
+        [
+            Stat::Redirects,
+            Stat::Lookups,
+            Stat::BadRequests,
+            Stat::NoMember,
+            Stat::Proxied
+        ]
+        .map(|s| h.stat_value(s)),
+        [1, 2, 2, 0, 0]
+    );
+    let empty = listener("redirect", &[]);
+    request(&empty, &push("PUT", PATH)).on_headers(true);
+    assert_eq!(empty.host().replies()[0].status, 503);
+    assert_eq!(empty.host().stat_value(Stat::NoMember), 1);
+}
+
+#[test]
+fn a_host_error_on_the_request_path_is_answered_500_and_counted() {
+    for (mode, call) in [
+        ("redirect", "request_headers"),
+        ("proxy", "set_request_header"),
+        ("control", "request_headers"),
+    ] {
+        let l = listener(mode, &MEMBERS);
+        l.host().fail(call, 2);
+        let headers = match mode {
+            "control" => push("GET", control::MEMBERS_PATH),
+            _ => push("PUT", PATH),
+        };
+        assert_eq!(request(&l, &headers).on_headers(false), Action::Pause, "{mode}");
+        let replies = l.host().replies();
+        assert_eq!(replies.len(), 1, "{mode}");
+        assert_eq!(replies[0].status, 500, "{mode}");
+        assert_eq!(l.host().stat_value(Stat::HostErrors), 1, "{mode}");
+        assert_warned(l.host(), call);
+    }
+}
+
+#[test]
+fn a_reply_that_cannot_be_sent_is_counted_and_logged() {
+    let l = listener("redirect", &MEMBERS);
+    l.host().fail("send_reply", 2);
+    assert_eq!(request(&l, &push("PUT", PATH)).on_headers(true), Action::Pause);
+    assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+    assert_warned(l.host(), "could not send the 307 reply");
+}
+
+// ---- the member list: catching up with updates ----
+
+#[test]
+fn an_update_counted_on_any_worker_is_used_by_the_next_request() {
+    let l = listener("redirect", &["10.0.0.1:9091"]);
+    assert_eq!(redirected_to(&l), "10.0.0.1:9091");
+    publish(l.host(), &MemberList::new(7, &["10.9.9.9:9091"]).unwrap());
+    assert_eq!(redirected_to(&l), "10.9.9.9:9091");
+    // The change is logged and shown in the gauges.
+    assert_eq!(l.host().stat_value(Stat::Members), 1);
+    assert_eq!(l.host().stat_value(Stat::MembersVersion), 7);
+    let logs = l.host().logs();
+    assert!(
+        logs.iter()
+            .any(|(_, m)| m.contains("worker now uses member list version 7")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn the_member_list_is_read_only_when_the_update_count_moved() {
+    let l = listener("redirect", &MEMBERS);
+    request(&l, &push("PUT", PATH)).on_headers(true);
+    let before = reads(l.host());
+    for _ in 0..3 {
+        request(&l, &push("PUT", PATH)).on_headers(true);
+    }
+    assert_eq!(reads(l.host()), before, "no update: no shared-data read");
+    l.host().add_to_stat(Stat::UpdatesAccepted, 1);
+    request(&l, &push("PUT", PATH)).on_headers(true);
+    assert!(reads(l.host()) > before);
+}
+
+#[test]
+fn an_unreadable_update_count_reads_the_member_list_every_time() {
+    let l = listener("redirect", &["10.0.0.1:9091"]);
+    l.host().fail("stat", 2);
+    assert_eq!(redirected_to(&l), "10.0.0.1:9091");
+    // Stored but, as far as this worker can tell, not counted: found all the same.
+    store(l.host(), &MemberList::new(7, &["10.9.9.9:9091"]).unwrap());
+    assert_eq!(redirected_to(&l), "10.9.9.9:9091");
+}
+
+#[test]
+fn a_member_list_that_could_not_be_read_is_read_again_by_the_next_request() {
+    let l = listener("redirect", &["10.0.0.1:9091"]);
+    publish(l.host(), &MemberList::new(7, &["10.9.9.9:9091"]).unwrap());
+    l.host().shared.borrow_mut().broken = true;
+    // The request is still answered, with the list the worker had.
+    assert_eq!(redirected_to(&l), "10.0.0.1:9091");
+    assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+    assert_warned(l.host(), "keeping the current one");
+    // The count has not moved since, but the update was never read: it is now.
+    l.host().shared.borrow_mut().broken = false;
+    assert_eq!(redirected_to(&l), "10.9.9.9:9091");
+}
+
+#[test]
+fn start_reads_the_stored_list_and_sets_the_gauges() {
+    let l = listener("redirect", &MEMBERS);
+    assert_eq!(l.host().stat_value(Stat::Members), 3, "bootstrap members");
+    assert_eq!(l.host().stat_value(Stat::MembersVersion), 0);
+    // A listener started after an update (a new worker, a reloaded configuration) uses it.
+    let config = l.config.clone();
+    let host = FakeHost::default();
+    publish(&host, &MemberList::new(9, &["10.9.9.9:9091"]).unwrap());
+    let later = Rc::new(Listener::start(config, host));
+    assert_eq!(later.host().stat_value(Stat::Members), 1);
+    assert_eq!(later.host().stat_value(Stat::MembersVersion), 9);
+    assert_eq!(owner(&later, PATH), "10.9.9.9:9091");
+}
+
+#[test]
+fn the_tick_refreshes_data_listeners_only() {
+    for (mode, refreshed) in [("redirect", true), ("proxy", true), ("control", false)] {
+        let l = listener(mode, &MEMBERS);
+        publish(l.host(), &MemberList::new(7, &["10.9.9.9:9091"]).unwrap());
+        let before = reads(l.host());
+        l.tick();
+        assert_eq!(reads(l.host()) > before, refreshed, "{mode}");
+        assert_eq!(
+            l.host().stat_value(Stat::MembersVersion) == 7,
+            refreshed,
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn a_control_listener_without_a_token_warns_at_start() {
+    let config = Config::parse(br#"{"mode": "control"}"#, |_| None).unwrap();
+    let l = Listener::start(config, FakeHost::default());
+    assert_warned(l.host(), "every member update will be refused");
+}
+
+// ---- DELETE: the copies elsewhere go first ----
+
+/// A redirect or proxy listener whose list has the three members and one draining pushgateway.
+fn with_draining(mode: &str) -> TestListener {
+    let l = listener(mode, &MEMBERS);
+    let list = MemberList::new(1, &MEMBERS)
+        .and_then(|m| m.with_draining(&["10.0.0.9:9091"]))
+        .unwrap();
+    publish(l.host(), &list);
+    l
+}
+
+/// Every holder but `path`'s owner.
+fn others(l: &TestListener, path: &str) -> Vec<String> {
+    let owner = owner(l, path);
+    MEMBERS
+        .iter()
+        .chain(&["10.0.0.9:9091"])
+        .filter(|m| **m != owner)
+        .map(|m| (*m).to_owned())
+        .collect()
+}
+
+fn answer(l: &TestListener, r: &mut Request<FakeHost>, call: &Sent, status: &str) {
+    l.host().set_response(&[(":status", status)]);
+    r.on_call_response(call.token, 1);
+}
+
+#[test]
+fn a_delete_goes_to_every_other_holder_with_only_the_headers_it_needs() {
+    let l = with_draining("redirect");
+    let path = "/metrics/job/j/instance/i?x=1";
+    let mut headers = push("DELETE", path);
+    headers.extend([
+        ("authorization", "Basic dTpw"),
+        ("cookie", "c=1"),
+        (DEST, "evil:1"),
+    ]);
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let sent = l.host().sent();
+    let targets = others(&l, PATH);
+    assert_eq!(sent.len(), targets.len());
+    for (call, member) in sent.iter().zip(&targets) {
+        assert_eq!(call.cluster, FANOUT_CLUSTER);
+        assert_eq!(call.timeout, FANOUT_TIMEOUT);
+        let expected: Vec<(String, String)> = [
+            (":method", "DELETE"),
+            (":path", path),
+            (":authority", member.as_str()),
+            (":scheme", "http"),
+            (DEST, member.as_str()),
+            ("authorization", "Basic dTpw"),
+        ]
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(call.headers, expected);
+    }
+    assert_eq!(l.host().stat_value(Stat::FanoutCalls), targets.len() as u64);
+    // Without credentials, none are made up.
+    request(&l, &push("DELETE", PATH)).on_headers(true);
+    let sent = l.host().sent();
+    assert!(!sent.is_empty() && sent.iter().all(|c| c.header("authorization").is_none()));
+}
+
+#[test]
+fn only_a_delete_fans_out() {
+    let l = with_draining("redirect");
+    for method in ["PUT", "POST", "GET"] {
+        request(&l, &push(method, PATH)).on_headers(true);
+        assert_eq!(l.host().sent(), [], "{method}");
+    }
+}
+
+#[test]
+fn a_redirected_delete_is_answered_only_after_every_call_answered() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let sent = l.host().sent();
+    assert!(sent.len() >= 2);
+    // Answers come in any order; the 307 waits for the last.
+    for call in sent.iter().skip(1).rev() {
+        answer(&l, &mut r, call, "202");
+        assert_eq!(l.host().take(), [], "answered before the last call");
+    }
+    answer(&l, &mut r, &sent[0], "202");
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 307);
+    assert_eq!(l.host().stat_value(Stat::FanoutFailures), 0);
+}
+
+#[test]
+fn a_proxied_delete_goes_on_to_its_owner_only_after_every_call_answered() {
+    let l = with_draining("proxy");
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(false), Action::Pause, "held, body included");
+    let done = l.host().take();
+    assert!(done.contains(&Done::SetHeader(DEST.into(), owner(&l, PATH))));
+    let sent: Vec<Sent> = done
+        .into_iter()
+        .filter_map(|d| match d {
+            Done::Call(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    for call in &sent[1..] {
+        answer(&l, &mut r, call, "202");
+    }
+    assert_eq!(l.host().take(), []);
+    answer(&l, &mut r, &sent[0], "202");
+    assert_eq!(l.host().take(), [Done::Resume]);
+}
+
+#[test]
+fn a_call_that_fails_is_counted_and_logged_and_holds_nothing_up() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    let sent = l.host().sent();
+    assert_eq!(sent.len(), 3);
+    answer(&l, &mut r, &sent[0], "500");
+    r.on_call_response(sent[1].token, 0);
+    assert_eq!(l.host().stat_value(Stat::FanoutFailures), 2);
+    let logs = warnings(l.host());
+    let failed = |member: &str, what: &str| {
+        logs.iter().any(|m| {
+            m.contains(&format!("DELETE fan-out to {member} failed ({what})"))
+                && m.contains("a copy of the group may remain there")
+        })
+    };
+    let member = |call: &Sent| call.header(DEST).unwrap().to_owned();
+    assert!(failed(&member(&sent[0]), "status 500"), "{logs:?}");
+    assert!(failed(&member(&sent[1]), "no answer"), "{logs:?}");
+    answer(&l, &mut r, &sent[2], "202");
+    assert_eq!(l.host().replies().len(), 1, "the client still gets its answer");
+}
+
+#[test]
+fn every_2xx_answer_is_a_success_and_nothing_else_is() {
+    for (status, failed) in [
+        ("200", false),
+        ("202", false),
+        ("299", false),
+        ("199", true),
+        ("300", true),
+        ("404", true),
+        ("garbage", true),
+    ] {
+        let l = with_draining("redirect");
+        let mut r = request(&l, &push("DELETE", PATH));
+        r.on_headers(true);
+        let sent = l.host().sent();
+        answer(&l, &mut r, &sent[0], status);
+        assert_eq!(
+            l.host().stat_value(Stat::FanoutFailures),
+            u64::from(failed),
+            "status {status}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_or_repeated_token_changes_nothing() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    let sent = l.host().sent();
+    l.host().set_response(&[(":status", "500")]);
+    r.on_call_response(9999, 1);
+    answer(&l, &mut r, &sent[0], "202");
+    answer(&l, &mut r, &sent[0], "202");
+    answer(&l, &mut r, &sent[1], "202");
+    assert_eq!(l.host().take(), [], "one call is still in flight");
+    assert_eq!(l.host().stat_value(Stat::FanoutFailures), 0);
+    answer(&l, &mut r, &sent[2], "202");
+    assert_eq!(l.host().replies().len(), 1);
+}
+
+#[test]
+fn calls_answered_before_the_body_ended_let_the_answer_go_at_its_end() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(false), Action::Continue);
+    let sent = l.host().sent();
+    for call in &sent {
+        answer(&l, &mut r, call, "202");
+    }
+    assert_eq!(l.host().take(), [], "nothing to answer before the body ended");
+    assert_eq!(r.on_body(4, true), Action::Pause);
+    assert_eq!(l.host().replies().len(), 1);
+}
+
+#[test]
+fn calls_in_flight_at_the_end_of_the_body_hold_the_answer() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(false);
+    let sent = l.host().sent();
+    assert_eq!(r.on_body(4, true), Action::Pause);
+    assert_eq!(l.host().take(), []);
+    for call in &sent {
+        answer(&l, &mut r, call, "202");
+    }
+    assert_eq!(l.host().replies().len(), 1);
+}
+
+#[test]
+fn a_call_the_host_refuses_is_counted_and_holds_nothing_up() {
+    for (status, why) in [
+        (
+            host::INTERNAL_FAILURE,
+            "cluster pushgateway_owner found no host for it",
+        ),
+        (host::BAD_ARGUMENT, "cluster pushgateway_owner is not configured"),
+        (7, "host call dispatch_http_call failed with status 7"),
+    ] {
+        let l = with_draining("proxy");
+        l.host().fail("dispatch_http_call", status);
+        let mut r = request(&l, &push("DELETE", PATH));
+        // Nothing in flight: on to the owner now, with no resume call.
+        assert_eq!(r.on_headers(false), Action::Continue, "{why}");
+        assert_eq!(l.host().take(), [Done::SetHeader(DEST.into(), owner(&l, PATH))]);
+        assert_eq!(l.host().stat_value(Stat::FanoutCalls), 3);
+        assert_eq!(l.host().stat_value(Stat::FanoutFailures), 3);
+        let logs = warnings(l.host());
+        assert_eq!(logs.iter().filter(|m| m.contains(why)).count(), 3, "{logs:?}");
+    }
+}
+
+#[test]
+fn a_delete_that_cannot_go_on_after_its_calls_is_counted_and_logged() {
+    let l = with_draining("proxy");
+    l.host().fail("resume_request", 2);
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    for call in l.host().sent() {
+        answer(&l, &mut r, &call, "202");
+    }
+    assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+    assert_warned(l.host(), "could not resume the DELETE");
+}
+
+#[test]
+fn answers_after_the_request_was_refused_do_nothing() {
+    let l = with_draining("proxy");
+    l.host().fail("set_request_header", 2);
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(false), Action::Pause);
+    let done = l.host().take();
+    let replies: Vec<&Done> = done.iter().filter(|d| matches!(d, Done::Reply(_))).collect();
+    assert_eq!(replies.len(), 1);
+    for d in &done {
+        if let Done::Call(call) = d {
+            answer(&l, &mut r, call, "202");
+        }
+    }
+    assert_eq!(l.host().take(), [], "no second answer, no resume");
+}
+
+// ---- the control listener ----
+
+fn control_put(l: &TestListener, token: &str) -> Request<FakeHost> {
+    let auth = format!("Bearer {token}");
+    let mut headers = push("PUT", control::MEMBERS_PATH);
+    headers.push(("authorization", auth.as_str()));
+    request(l, &headers)
+}
+
+fn body_of(l: &TestListener, list: &MemberList) -> usize {
+    let json = list.to_json().into_bytes();
+    let len = json.len();
+    *l.host().body.borrow_mut() = json;
+    len
+}
+
+#[test]
+fn other_paths_on_the_control_listener_go_on_untouched() {
+    let l = listener("control", &MEMBERS);
+    let mut r = request(&l, &push("PUT", PATH));
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(r.on_body(10, true), Action::Continue);
+    assert_eq!(l.host().take(), []);
+}
+
+#[test]
+fn a_control_read_without_a_body_is_answered_at_once() {
+    let l = listener("control", &MEMBERS);
+    let mut r = request(&l, &push("GET", "/-/sharding/members?pretty"));
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 200);
+    let list = MemberList::from_json(replies[0].body.as_bytes()).unwrap();
+    assert_eq!(list, MemberList::new(0, &MEMBERS).unwrap());
+}
+
+#[test]
+fn a_control_update_is_served_once_its_whole_body_is_buffered() {
+    let l = listener("control", &MEMBERS);
+    let list = MemberList::new(5, &["10.9.9.9:9091"]).unwrap();
+    let size = body_of(&l, &list);
+    let mut r = control_put(&l, TOKEN);
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(r.on_body(size / 2, false), Action::Pause, "Envoy keeps buffering");
+    assert_eq!(l.host().take(), []);
+    assert_eq!(r.on_body(size, true), Action::Pause);
+    let done = l.host().take();
+    assert_eq!(done[0], Done::ReadBody { start: 0, max: size });
+    assert!(
+        matches!(&done[1..], [Done::Reply(r)] if r.status == 200),
+        "{done:?}"
+    );
+    let h = l.host();
+    assert_eq!(h.stat_value(Stat::UpdatesAccepted), 1);
+    assert_eq!(
+        (h.stat_value(Stat::Members), h.stat_value(Stat::MembersVersion)),
+        (1, 5)
+    );
+    assert!(h
+        .logs()
+        .iter()
+        .any(|(_, m)| m.contains("member list version 0 -> 5")));
+    // Stored for every worker: a data listener on this store would now route with it.
+    let stored = crate::store::load_members(&h.shared.borrow().store).unwrap();
+    assert_eq!(stored.map(|(l, _)| l), Some(list));
+}
+
+#[test]
+fn a_control_body_over_the_limit_is_refused_413() {
+    let l = listener("control", &MEMBERS);
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    assert_eq!(r.on_body(MAX_UPDATE_BYTES + 1, false), Action::Pause);
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 413);
+    assert!(
+        replies[0].body.contains("body is over 65536 bytes"),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(l.host().stat_value(Stat::UpdatesRejected), 1);
+    assert_eq!(
+        r.on_body(MAX_UPDATE_BYTES + 2, true),
+        Action::Continue,
+        "answered already"
+    );
+    assert_eq!(l.host().take(), []);
+    // At the limit it is read.
+    let list = MemberList::new(5, &["10.9.9.9:9091"]).unwrap();
+    body_of(&l, &list);
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    r.on_body(MAX_UPDATE_BYTES, true);
+    assert_eq!(l.host().replies()[0].status, 200);
+}
+
+#[test]
+fn a_control_body_ended_by_trailers_is_read_whole() {
+    let l = listener("control", &MEMBERS);
+    let size = body_of(&l, &MemberList::new(5, &["10.9.9.9:9091"]).unwrap());
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    assert_eq!(r.on_body(size, false), Action::Pause);
+    assert_eq!(r.on_trailers(), Action::Pause);
+    let done = l.host().take();
+    assert_eq!(
+        done[0],
+        Done::ReadBody {
+            start: 0,
+            max: MAX_UPDATE_BYTES + 1
+        }
+    );
+    assert!(
+        matches!(&done[1..], [Done::Reply(r)] if r.status == 200),
+        "{done:?}"
+    );
+    assert_eq!(r.on_trailers(), Action::Continue, "served once");
+}
+
+#[test]
+fn a_refused_update_is_counted_and_logged() {
+    let l = listener("control", &MEMBERS);
+    let size = body_of(&l, &MemberList::new(5, &["10.9.9.9:9091"]).unwrap());
+    let mut r = control_put(&l, "wrong");
+    r.on_headers(false);
+    r.on_body(size, true);
+    assert_eq!(l.host().replies()[0].status, 401);
+    assert_eq!(l.host().stat_value(Stat::UpdatesRejected), 1);
+    assert_eq!(l.host().stat_value(Stat::UpdatesAccepted), 0);
+    assert_warned(l.host(), "member update refused (401)");
+}
+
+#[test]
+fn an_update_with_the_members_in_force_counts_as_accepted() {
+    let l = listener("control", &MEMBERS);
+    let size = body_of(&l, &MemberList::new(5, &MEMBERS).unwrap());
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    r.on_body(size, true);
+    assert_eq!(l.host().replies()[0].status, 200);
+    // Counted, so every worker's next request re-reads the (new version of the) list.
+    assert_eq!(l.host().stat_value(Stat::UpdatesAccepted), 1);
+}
+
+#[test]
+fn a_control_body_that_cannot_be_read_is_answered_500() {
+    let l = listener("control", &MEMBERS);
+    l.host().fail("request_body", 2);
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    assert_eq!(r.on_body(10, true), Action::Pause);
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 500);
+    assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+}
+
+#[test]
+fn each_stat_sits_at_its_own_index_under_its_own_name() {
+    for (i, stat) in Stat::ALL.iter().enumerate() {
+        assert_eq!(*stat as usize, i);
+        assert!(stat.name().starts_with("dynamic_sharding."));
+    }
+    let mut names: Vec<&str> = Stat::ALL.iter().map(|s| s.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), Stat::ALL.len());
+}
