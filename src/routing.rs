@@ -10,17 +10,22 @@ use crate::config::Mode;
 use crate::grouping_key::{GroupingKey, PathError};
 use crate::members::{Member, MemberList};
 use crate::ring::Ring;
+use smallvec::{smallvec, SmallVec};
 
 /// Seconds a client is asked to wait when no member is known: about one health-check interval.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
 
 const ALLOWED_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
 
+/// A reply's headers: one inline (a redirect's `location`, a text reply's `content-type`), so the
+/// common replies allocate only their values; inline, the list is moved with the reply.
+pub type ReplyHeaders = SmallVec<[(&'static str, String); 1]>;
+
 /// A reply the filter sends itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: ReplyHeaders,
     pub body: String,
 }
 
@@ -28,7 +33,7 @@ impl Reply {
     pub fn text(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
+            headers: smallvec![("content-type", "text/plain; charset=utf-8".to_owned())],
             body: body.into(),
         }
     }
@@ -36,7 +41,7 @@ impl Reply {
     pub fn json(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "application/json".to_owned())],
+            headers: smallvec![("content-type", "application/json".to_owned())],
             body: body.into(),
         }
     }
@@ -109,15 +114,17 @@ fn decide_with_owner<'r>(
     ring: &'r Ring,
 ) -> (Decision, Option<&'r Member>) {
     let reply = |reply, outcome| (Decision::Reply { reply, outcome }, None);
-    let path = path_and_query.split('?').next().unwrap_or(path_and_query);
-    let key = match GroupingKey::from_path(path) {
-        Ok(key) => key,
+    // Only the rare answers name the path alone.
+    let path = || path_and_query.split('?').next().unwrap_or(path_and_query);
+    let hash = match GroupingKey::hash_target(path_and_query) {
+        Ok(hash) => hash,
         Err(PathError::NotPushPath) => return (Decision::PassThrough, None),
         Err(PathError::Invalid(why)) => {
+            let path = path();
             return reply(
                 Reply::text(400, format!("bad push path {path:?}: {why}\n")),
                 Outcome::BadRequest,
-            )
+            );
         }
     };
     let is_lookup = matches!(method, "GET" | "HEAD");
@@ -131,11 +138,14 @@ fn decide_with_owner<'r>(
             Outcome::MethodNotAllowed,
         );
     }
-    let Some(owner) = ring.owner(key.hash()) else {
+    let Some(owner) = ring.owner(hash) else {
+        // Rare: the key is built only to name it.
+        let path = path();
+        let group = GroupingKey::from_path(path).map_or_else(|_| format!("{path:?}"), |key| key.to_string());
         return reply(
             Reply::text(
                 503,
-                format!("no healthy pushgateway is known (the member list is empty); group {key} cannot be placed\n"),
+                format!("no healthy pushgateway is known (the member list is empty); group {group} cannot be placed\n"),
             )
             .with_header("retry-after", RETRY_AFTER_SECONDS.to_string()),
             Outcome::NoMember,
@@ -164,7 +174,7 @@ fn decide_with_owner<'r>(
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
                 status: 307,
-                headers: vec![("location", url)],
+                headers: smallvec![("location", url)],
                 body: String::new(),
             },
             outcome: Outcome::Redirect,

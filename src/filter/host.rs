@@ -228,7 +228,9 @@ impl Host for Envoy {
     /// Envoy's HTTP/1 codec keeps the connection open when the request was read to its end
     /// before this call.
     fn send_reply(&self, reply: &Reply) -> Result<(), HostError> {
-        let serialized = header_map::encode(reply.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        // On the stack unless the headers are long: a redirect's `location` fits.
+        let serialized =
+            header_map::encode_inline::<[u8; 512]>(reply.headers.iter().map(|(n, v)| (*n, v.as_str())));
         let body = reply.body.as_bytes();
         // SAFETY: pointers and lengths of live buffers; details omitted (null, 0).
         let s = unsafe {

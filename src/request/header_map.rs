@@ -4,6 +4,8 @@
 //! The encoding: a `u32` count, then a (name length, value length) `u32` pair per header, then
 //! each name and value followed by a NUL byte; every integer little-endian.
 
+use smallvec::SmallVec;
+
 /// Every request header, as one copy of the host's encoded map. Each single-header read costs a
 /// host call plus a call back into the VM to allocate the copy; a push needs three of them, so
 /// one copy of the whole (small) map is cheaper.
@@ -35,6 +37,23 @@ impl RequestHeaders {
         })
         .is_none()
             || found
+    }
+
+    /// [`RequestHeaders::get`] of each of `names`, in one pass over the map.
+    pub fn get_each<const N: usize>(&self, names: [&str; N]) -> [Option<&str>; N] {
+        let mut found = [None; N];
+        let mut missing = N;
+        // A map that turns out malformed after some were found keeps those: `get` finds them too.
+        let _ = self.walk(|n, v| {
+            for (name, slot) in names.iter().zip(found.iter_mut()) {
+                if slot.is_none() && n == name.as_bytes() {
+                    *slot = Some(v);
+                    missing -= 1;
+                }
+            }
+            missing == 0
+        });
+        found.map(|v| v.and_then(|v| std::str::from_utf8(v).ok()))
     }
 
     fn raw(&self, name: &str) -> Option<&[u8]> {
@@ -79,10 +98,17 @@ impl RequestHeaders {
 
 /// Encodes `headers` as a proxy-wasm header map.
 pub fn encode<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Vec<u8> {
+    encode_inline::<[u8; 0]>(headers).into_vec()
+}
+
+/// [`encode`] into a buffer that holds `A`'s length inline, so a map that fits allocates nothing.
+pub fn encode_inline<'a, A: smallvec::Array<Item = u8>>(
+    headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) -> SmallVec<A> {
     let (count, size) = headers
         .clone()
         .fold((0u32, 4), |(c, s), (n, v)| (c + 1, s + 10 + n.len() + v.len()));
-    let mut out = Vec::with_capacity(size);
+    let mut out = SmallVec::with_capacity(size);
     out.extend_from_slice(&count.to_le_bytes());
     for (n, v) in headers.clone() {
         out.extend_from_slice(&(n.len() as u32).to_le_bytes());
@@ -117,6 +143,10 @@ mod tests {
         assert_eq!(h.get(":path"), Some("/metrics/job/j"));
         assert_eq!(h.get("x"), Some(""), "the first value wins");
         assert_eq!(h.get("y"), None);
+        assert_eq!(
+            h.get_each([":path", "y", "x", ":method"]),
+            [Some("/metrics/job/j"), None, Some(""), Some("PUT")]
+        );
         assert!(h.contains("x") && !h.contains("y"));
         let none = map(&[]);
         assert_eq!((none.get("x"), none.contains("x")), (None, false));
@@ -128,6 +158,7 @@ mod tests {
         for cut in 1..good.len() - 1 {
             let h = RequestHeaders::from_encoded(good[..cut].to_vec());
             assert_eq!(h.get("x-sharding-destination"), None, "cut at {cut}");
+            assert_eq!(h.get_each(["x-sharding-destination"]), [None], "cut at {cut}");
             assert!(h.contains("x-sharding-destination"), "cut at {cut}");
         }
         // Nothing at all (the host had no map), or a count no map of this size can hold.
