@@ -36,5 +36,6 @@ callgrind_annotate --auto=no --threshold=100 "$out" 2>/dev/null |
         else if (file ~ /^memmove|^memcpy|^memset/) what = "copying bytes"
         else if (file == "xxhash64.rs") what = "hashing the grouping key (XXH64)"
         else if (file ~ /^(routing|grouping_key|ring|members|config)\.rs$/) what = "the filter'"'"'s own code: " file
+        else if (line ~ /^src\/request\//) what = "the filter'"'"'s own code: request/" file
         else what = "the rest of std, inlined (slices, iterators, comparisons)"
         by[what] += ir } END { for (w in by) printf "%8.0f  %s\n", by[w] / n, w }' | sort -rn
