@@ -56,7 +56,7 @@ pub fn handle(
                 405,
                 format!("method {other} is not allowed on {MEMBERS_PATH}; allowed: GET, PUT"),
             );
-            reply.headers.push(("allow", "GET, PUT".to_owned()));
+            reply.headers.push("allow", "GET, PUT");
             (reply, ControlOutcome::Rejected(format!("method {other}")))
         }
     }
@@ -148,7 +148,7 @@ fn error(status: u32, why: String) -> Reply {
 
 fn unauthorized(why: &str) -> Reply {
     let mut reply = error(401, why.to_owned());
-    reply.headers.push(("www-authenticate", "Bearer".to_owned()));
+    reply.headers.push("www-authenticate", "Bearer");
     reply
 }
 

@@ -172,7 +172,9 @@ impl<H: Host> Request<H> {
             // copy first: a removal is a host call, and clients do not send the header.)
             host.remove_request_header(destination)?;
         }
-        let (Some(method), Some(path)) = (headers.get(":method"), headers.get(":path")) else {
+        // One pass over the copy for what every push needs.
+        let [method, path, expect] = headers.get_each([":method", ":path", "expect"]);
+        let (Some(method), Some(path)) = (method, path) else {
             return Ok(Action::Continue);
         };
         listener.catch_up();
@@ -202,9 +204,7 @@ impl<H: Host> Request<H> {
                 // A client that sent `Expect: 100-continue` has not uploaded the body yet: answering
                 // now saves it an upload that would only be thrown away (Envoy then closes the
                 // connection, a fair price for a large push).
-                let expects_continue = headers
-                    .get("expect")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                let expects_continue = expect.is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
                     Ok(self.after_calls(Then::Reply(reply)))
                 } else {

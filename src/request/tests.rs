@@ -43,11 +43,7 @@ fn owner(l: &TestListener, path: &str) -> String {
 }
 
 fn location(reply: &Reply) -> Option<&str> {
-    reply
-        .headers
-        .iter()
-        .find(|(n, _)| *n == "location")
-        .map(|(_, v)| v.as_str())
+    reply.headers.get("location")
 }
 
 /// Stores `list` as the control listener of another worker would, and counts it.
