@@ -390,7 +390,7 @@ mod tests {
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
-            draining: vec![],
+            ..MemberList::default()
         });
         let text = m.encode().unwrap();
         for line in [
