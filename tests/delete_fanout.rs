@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{expected_owner, send_on, stack, Stack};
+use common::{expected_owner, rss_kib, send_on, stack, Stack};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -50,6 +50,15 @@ fn wait_stopped(pid: u32) {
         });
         all_stopped.then_some(())
     });
+}
+
+/// Freezes the pushgateway `addr` (it accepts connections, the kernel does, but never answers);
+/// returns its index.
+fn freeze(s: &mut Stack, addr: &str) -> usize {
+    let idx = s.pgs.iter().position(|p| p.addr() == addr).unwrap();
+    s.pgs[idx].proc.freeze();
+    wait_stopped(s.pgs[idx].proc.pid());
+    idx
 }
 
 /// A member that does not own `path` among `members`.
@@ -268,10 +277,7 @@ fn a_frozen_member_holds_the_delete(
     let owner = expected_owner(&members, path);
     let frozen = not_owner(&members, path);
     copies(&s, "fanout_frozen", &[&owner]);
-    let idx = s.pgs.iter().position(|p| p.addr() == frozen).unwrap();
-    // Accepts connections (the kernel does) but never answers.
-    s.pgs[idx].proc.freeze();
-    wait_stopped(s.pgs[idx].proc.pid());
+    let idx = freeze(&mut s, &frozen);
     let failures = s.envoy.stat(FAILURES);
     let calls = s.envoy.stat(CALLS);
     let start = Instant::now();
@@ -536,9 +542,7 @@ fn more_delete_fanouts_than_the_bound_are_refused_with_retry_after() {
     let members = s.members();
     let path = "/metrics/job/fanout_bound";
     let frozen = not_owner(&members, path);
-    let idx = s.pgs.iter().position(|p| p.addr() == frozen).unwrap();
-    s.pgs[idx].proc.freeze();
-    wait_stopped(s.pgs[idx].proc.pid());
+    let idx = freeze(&mut s, &frozen);
     let url = format!("{}{path}", s.envoy.proxy_url());
     let calls = s.envoy.stat(CALLS);
     let waiting: Vec<_> = (0..MAX_FANOUTS)
@@ -576,16 +580,6 @@ fn more_delete_fanouts_than_the_bound_are_refused_with_retry_after() {
     assert_eq!(r.status, 202, "{}", r.body);
 }
 
-/// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// `n` times: a `DELETE` whose fan-out waits for a frozen pushgateway, and the client closes the
 /// connection at once. Paced so that Envoy holds at most about 50 of those connections at once:
 /// otherwise its memory follows the size of the burst.
@@ -612,9 +606,7 @@ fn a_loop_of_delete_and_close_against_a_frozen_member_leaves_envoy_bounded_and_a
     let path = "/metrics/job/fanout_leak";
     let owner = expected_owner(&members, path);
     let frozen = not_owner(&members, path);
-    let idx = s.pgs.iter().position(|p| p.addr() == frozen).unwrap();
-    s.pgs[idx].proc.freeze();
-    wait_stopped(s.pgs[idx].proc.pid());
+    let idx = freeze(&mut s, &frozen);
     let pid = s.envoy.proc.pid();
     let calls = s.envoy.stat(CALLS);
     // Warm up: Envoy's pools and the VM's heap reach their working size; then two more rounds.
