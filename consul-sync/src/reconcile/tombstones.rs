@@ -167,14 +167,15 @@ impl Tombstones {
         let Some(mut kept) = self.load().await else {
             return;
         };
-        if self.collect(&mut kept).await {
+        let collected = self.collect(&mut kept).await;
+        if !collected.is_empty() {
             // What was written has new modify indexes; what was not, is not kept.
             match self.load().await {
                 Some(k) => kept = k,
                 None => return,
             }
         }
-        self.apply(&mut kept, holdings, ttl).await;
+        self.apply(&mut kept, holdings, &collected, ttl).await;
         self.metrics.tombstones_kept(kept.len());
     }
 
@@ -203,9 +204,9 @@ impl Tombstones {
         Some(kept)
     }
 
-    /// Takes every Envoy's tombstones into `kept` and Consul; true when `kept` changed.
-    async fn collect(&self, kept: &mut KeptMap) -> bool {
-        let mut changed = false;
+    /// Takes every Envoy's tombstones into `kept` and Consul; the keys it merged into.
+    async fn collect(&self, kept: &mut KeptMap) -> BTreeSet<String> {
+        let mut collected = BTreeSet::new();
         for envoy in &self.envoys {
             for _ in 0..MAX_PAGES {
                 let (page, sent_ms, received_ms) = match self.page(envoy).await {
@@ -219,15 +220,14 @@ impl Tombstones {
                 if page.tombstones.is_empty() {
                     break;
                 }
-                changed = true;
-                let (done, all) = self.keep(kept, &page, sent_ms, received_ms).await;
+                let (done, all) = self.keep(kept, &page, sent_ms, received_ms, &mut collected).await;
                 let acked = done.is_empty() || self.acknowledge(envoy, &done, kept.len()).await;
                 if !acked || !all || !page.more {
                     break;
                 }
             }
         }
-        changed
+        collected
     }
 
     /// Merges a page into `kept` and writes the keys it touched. Returns the ids of the
@@ -239,6 +239,7 @@ impl Tombstones {
         page: &Page,
         sent_ms: u64,
         received_ms: u64,
+        collected: &mut BTreeSet<String>,
     ) -> (Vec<u64>, bool) {
         let mut done: Vec<u64> = Vec::new();
         let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -276,6 +277,7 @@ impl Tombstones {
                     kept.insert(kv.clone(), (placed, 0));
                 }
             }
+            collected.insert(kv.clone());
             by_key.entry(kv).or_default().push(t.id);
         }
         for (kv, ids) in by_key {
@@ -355,7 +357,15 @@ impl Tombstones {
     }
 
     /// Applies what can be applied, expires what waited too long, and writes what changed.
-    async fn apply(&self, kept: &mut KeptMap, holdings: &BTreeMap<Member, Holdings>, ttl: Duration) {
+    /// `collected`: the tombstones this round took in, whose `DELETE` may have come after
+    /// `holdings` were read (a copy missing there may have been pushed since).
+    async fn apply(
+        &self,
+        kept: &mut KeptMap,
+        holdings: &BTreeMap<Member, Holdings>,
+        collected: &BTreeSet<String>,
+        ttl: Duration,
+    ) {
         let now_ms = unix_millis();
         let ttl_ms = ttl.as_millis() as u64;
         let mut changed: BTreeSet<String> = BTreeSet::new();
@@ -379,8 +389,9 @@ impl Tombstones {
                 continue;
             };
             let before = k.pushgateways.len();
+            let just_collected = collected.contains(kv);
             k.pushgateways.retain(|p| match holdings.get(p) {
-                Some(held) if held.contains_key(&key) => {
+                Some(held) if held.contains_key(&key) || just_collected => {
                     due.entry(p.clone()).or_default().push(kv.clone());
                     true
                 }
