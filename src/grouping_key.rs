@@ -598,10 +598,18 @@ fn is_valid_label_name(name: &str) -> bool {
     chars.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// Pushgateway's `decodeBase64`: trailing `=` trimmed, then unpadded base64url.
+/// Pushgateway's `decodeBase64`: trailing `=` trimmed, then unpadded base64url, where Go's
+/// decoder skips `\r` and `\n` wherever they stand (so `M%0Aw` is `3`, and `MQ==%0A` is refused:
+/// its `=` are not trailing).
 fn decode_base64(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_end_matches('=');
+    let input: Cow<'_, str> = if trimmed.contains(['\r', '\n']) {
+        Cow::Owned(trimmed.replace(['\r', '\n'], ""))
+    } else {
+        Cow::Borrowed(trimmed)
+    };
     let bytes = PUSHGATEWAY_BASE64
-        .decode(s.trim_end_matches('='))
+        .decode(input.as_bytes())
         .map_err(|e| format!("{e} (expected unpadded or padded base64url, RFC 4648 section 5)"))?;
     String::from_utf8(bytes).map_err(|_| "decoded value is not valid UTF-8".to_owned())
 }
@@ -664,6 +672,41 @@ mod tests {
             pairs(&[("job", "j"), ("p", "/~?")])
         );
         assert_eq!(key("/metrics/job@base64/ag=="), key("/metrics/job/j"));
+    }
+
+    #[test]
+    fn line_breaks_in_base64_values_are_skipped_as_pushgateway_does() {
+        // Go's base64 decoder skips `\r` and `\n` wherever they stand; pushgateway 1.5.1 takes
+        // each of these (after trimming trailing `=`), checked with curl.
+        for (path, value) in [
+            ("/metrics/job/j/a@base64/M%0Aw", "3"),
+            ("/metrics/job/j/a@base64/M%0Dw", "3"),
+            ("/metrics/job/j/a@base64/M%0D%0Aw", "3"),
+            ("/metrics/job/j/a@base64/%0AMw%0A", "3"),
+            ("/metrics/job/j/a@base64/M%0Aw%3D%3D", "3"),
+            ("/metrics/job/j/a@base64/MQ%0A==", "1"),
+            ("/metrics/job/j/a@base64/MQ%0D%0A%0D%0A", "1"),
+            ("/metrics/job/j/a@base64/%0A", ""),
+            ("/metrics/job/j/a@base64/%0A=", ""),
+        ] {
+            assert_eq!(labels(path), pairs(&[("a", value), ("job", "j")]), "{path}");
+        }
+        assert_eq!(key("/metrics/job@base64/a%0Ag/a/1"), key("/metrics/job/j/a/1"));
+        // A line break before the trailing `=` keeps them from being trimmed: pushgateway
+        // refuses these, and so does the filter. Other white space is never skipped.
+        for path in [
+            "/metrics/job/j/a@base64/MQ==%0A",
+            "/metrics/job/j/a@base64/=%0A",
+            "/metrics/job/j/a@base64/M%20w",
+            "/metrics/job/j/a@base64/M%09w",
+        ] {
+            assert!(invalid_reason(path).contains("invalid base64"), "{path}");
+        }
+        // An instance that decodes to nothing is still an empty instance.
+        assert_eq!(
+            invalid_reason("/metrics/job/j/instance@base64/%0A"),
+            EMPTY_INSTANCE
+        );
     }
 
     #[test]

@@ -10,12 +10,14 @@
 use crate::config::Config;
 use crate::consul::ConsulClient;
 use crate::endpoint::{self, EndpointState, ReloadRequest};
+use crate::leader::Leadership;
 use crate::membership::envoy::Pusher;
 use crate::membership::registrar::Registrar;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
 use crate::metrics::Metrics;
 use crate::reconcile::pushgateway::PushgatewayClient;
+use crate::reconcile::tombstones::Tombstones;
 use crate::reconcile::Reconciler;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::status::{Drains, Readiness};
@@ -52,6 +54,8 @@ struct Wiring {
     ready: Arc<Readiness>,
     drains: Drains,
     versions: Arc<Versions>,
+    /// Whether this consul-sync may act on the pushgateways now.
+    leadership: Arc<Leadership>,
     shutdown: Shutdown,
 }
 
@@ -74,6 +78,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         published: published_rx,
         drains: Drains::default(),
         versions: Arc::new(Versions::default()),
+        leadership: sole_leadership(),
         shutdown: stop,
     };
     let mut tasks = Tasks::new();
@@ -121,12 +126,21 @@ impl Wiring {
     }
 
     fn spawn_reconciler(&self, tasks: &mut Tasks) -> Result<(), Error> {
+        let client = PushgatewayClient::new()?;
+        let tombstones = Tombstones::new(
+            &self.config,
+            ConsulClient::new(self.config.consul.clone())?,
+            client.clone(),
+            self.metrics.clone(),
+            self.leadership.clone(),
+        )?;
         let reconciler = Reconciler {
             config: self.config_rx.clone(),
             published: self.published.clone(),
-            client: PushgatewayClient::new()?,
+            client,
             metrics: self.metrics.clone(),
             drains: self.drains.clone(),
+            tombstones,
         };
         tasks.spawn(reconciler.run(self.shutdown.clone()).map_ok());
         Ok(())
@@ -188,6 +202,16 @@ impl Wiring {
                 .map_err(|source| Error::Serve { addr, source })
         });
     }
+}
+
+/// Until a lease in Consul says which consul-sync may act, this one acts as the only one.
+fn sole_leadership() -> Arc<Leadership> {
+    let leadership = Leadership::new();
+    leadership.renewed(
+        std::time::Instant::now(),
+        Duration::from_secs(100 * 365 * 24 * 3600),
+    );
+    Arc::new(leadership)
 }
 
 /// Waits for `shutdown` or the first task to end, then stops every task, waiting at most

@@ -24,6 +24,10 @@
 //! | `consul_sync_drain_moved_groups_total` | groups copied to their owner at a drain deadline |
 //! | `consul_sync_drain_state{pushgateway}` | 1 draining, 2 drained |
 //! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
+//! | `consul_sync_tombstones` | tombstones kept in Consul (`DELETE`s that did not reach a pushgateway) |
+//! | `consul_sync_tombstones_collected_total` | tombstones taken from the Envoys (after they were kept in Consul) |
+//! | `consul_sync_tombstones_closed_total{result}` | a tombstone done with on one pushgateway: `deleted`, `absent`, `newer`, `unclear`, `expired` |
+//! | `consul_sync_tombstone_errors_total{kind}` | failures: `collect`, `store`, `ack`, `apply`, `full` |
 //! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
 //! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
 //! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
@@ -83,6 +87,46 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// How a tombstone ended on one pushgateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TombstoneResult {
+    /// Its copy there, pushed before the `DELETE`, was deleted.
+    Deleted,
+    /// It held no copy.
+    Absent,
+    /// Its copy was pushed after the `DELETE`: kept.
+    Newer,
+    /// Its copy was pushed too close to the `DELETE` to tell by the clocks: kept.
+    Unclear,
+    /// The pushgateway was not readable within `tombstone_ttl`.
+    Expired,
+}
+
+impl TombstoneResult {
+    pub const ALL: [TombstoneResult; 5] = [
+        TombstoneResult::Deleted,
+        TombstoneResult::Absent,
+        TombstoneResult::Newer,
+        TombstoneResult::Unclear,
+        TombstoneResult::Expired,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TombstoneResult::Deleted => "deleted",
+            TombstoneResult::Absent => "absent",
+            TombstoneResult::Newer => "newer",
+            TombstoneResult::Unclear => "unclear",
+            TombstoneResult::Expired => "expired",
+        }
+    }
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -109,6 +153,10 @@ pub struct Metrics {
     pub drain_moved: Counter,
     drain_state: Family<PushgatewayLabels, Gauge>,
     drain_deadline: Family<PushgatewayLabels, FloatGauge>,
+    tombstones: Gauge,
+    pub tombstones_collected: Counter,
+    tombstones_closed: Family<ResultLabels, Counter>,
+    tombstone_errors: Family<KindLabels, Counter>,
     registrations: Family<ReasonLabels, Counter>,
     pub deregistrations: Counter,
     reload_ok: Gauge,
@@ -152,6 +200,10 @@ impl Metrics {
             drain_moved: Counter::default(),
             drain_state: Family::default(),
             drain_deadline: Family::default(),
+            tombstones: Gauge::default(),
+            tombstones_collected: Counter::default(),
+            tombstones_closed: Family::default(),
+            tombstone_errors: Family::default(),
             registrations: Family::default(),
             deregistrations: Counter::default(),
             reload_ok: Gauge::default(),
@@ -216,6 +268,14 @@ impl Metrics {
                 "Drain state per pushgateway: 1 draining, 2 drained";
             drain_deadline: "drain_deadline_timestamp_seconds",
                 "Unix time after which a drain moves the groups left";
+            tombstones: "tombstones",
+                "Tombstones kept in Consul: DELETEs that did not reach a pushgateway, waiting for it to be readable";
+            tombstones_collected: "tombstones_collected",
+                "Tombstones taken from the Envoys, each acknowledged after it was kept in Consul";
+            tombstones_closed: "tombstones_closed",
+                "Tombstones done with on one pushgateway, by result (deleted, absent, newer, unclear, expired)";
+            tombstone_errors: "tombstone_errors",
+                "Failures while collecting, keeping, acknowledging and applying tombstones, by kind (collect, store, ack, apply, full)";
             registrations: "registrations",
                 "Registrations in Consul after the start, by reason (missing, reload)";
             deregistrations: "deregistrations",
@@ -232,6 +292,16 @@ impl Metrics {
         for kind in ["read", "delete", "move"] {
             let _ = self.reconcile_errors.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            });
+        }
+        for kind in ["collect", "store", "ack", "apply", "full"] {
+            let _ = self.tombstone_errors.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
+        }
+        for r in TombstoneResult::ALL {
+            let _ = self.tombstones_closed.get_or_create(&ResultLabels {
+                result: r.label().to_owned(),
             });
         }
         for kind in ["register", "health"] {
@@ -341,6 +411,27 @@ impl Metrics {
         }
     }
 
+    /// Tombstones kept in Consul now.
+    pub fn tombstones_kept(&self, kept: usize) {
+        self.tombstones.set(kept as i64);
+    }
+
+    pub fn tombstone_closed(&self, result: TombstoneResult) {
+        self.tombstones_closed
+            .get_or_create(&ResultLabels {
+                result: result.label().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn tombstone_error(&self, kind: &str) {
+        self.tombstone_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn registered(&self, reason: &str) {
         self.registrations
             .get_or_create(&ReasonLabels {
@@ -390,8 +481,11 @@ mod tests {
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
-            draining: vec![],
+            ..MemberList::default()
         });
+        m.tombstones_kept(3);
+        m.tombstone_closed(TombstoneResult::Newer);
+        m.tombstone_error("ack");
         let text = m.encode().unwrap();
         for line in [
             "consul_sync_consul_requests_total{kind=\"health\"} 1",
@@ -403,6 +497,12 @@ mod tests {
             "consul_sync_members 0",
             "consul_sync_member_list_version 7",
             "consul_sync_member_changes_total 0",
+            "consul_sync_tombstones 3",
+            "consul_sync_tombstones_collected_total 0",
+            "consul_sync_tombstones_closed_total{result=\"newer\"} 1",
+            "consul_sync_tombstones_closed_total{result=\"expired\"} 0",
+            "consul_sync_tombstone_errors_total{kind=\"ack\"} 1",
+            "consul_sync_tombstone_errors_total{kind=\"store\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

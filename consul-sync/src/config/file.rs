@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) vnodes: Option<Vnodes>,
     pub(super) reconcile_interval: Option<Dur>,
     pub(super) drain_timeout: Option<Dur>,
+    pub(super) tombstone_ttl: Option<Dur>,
 }
 
 #[derive(Default, Deserialize)]

@@ -30,6 +30,9 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a draining pushgateway keeps the groups nobody pushed elsewhere before they are
 /// moved to their owners: long enough for jobs that push hourly to move them themselves.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a tombstone waits for its pushgateways to be readable again: long enough for one
+/// that was down over a weekend to come back and lose the groups deleted meanwhile.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 /// Environment variable for the Consul ACL token when `consul_server.token` is not set.
 pub const CONSUL_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 /// Environment variable for the Envoy control token when `envoy.token_file` is not set.
@@ -73,6 +76,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// How long a drain waits for groups to be pushed elsewhere before it moves the rest.
     pub drain_timeout: Duration,
+    /// How long a tombstone (a `DELETE` that did not reach a pushgateway) is kept waiting for
+    /// that pushgateway to be readable.
+    pub tombstone_ttl: Duration,
     /// The file it was read from: a reload reads it again.
     pub source: Option<PathBuf>,
 }
@@ -168,8 +174,8 @@ impl Config {
 
     /// Refuses a reloaded configuration that changes what only a restart can change: the Consul
     /// connection, the service name, the endpoint's address, the Envoys and the resync interval.
-    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, vnodes) is
-    /// taken live.
+    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, tombstone_ttl,
+    /// vnodes) is taken live.
     pub fn check_reload(&self, new: &Config) -> Result<(), String> {
         let mut changed = Vec::new();
         if self.consul != new.consul {
@@ -191,7 +197,8 @@ impl Config {
             Ok(())
         } else {
             Err(format!(
-                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout and vnodes, \
+                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout, tombstone_ttl \
+                 and vnodes, \
                  the rest needs a restart of consul-sync; nothing was changed",
                 changed.join(", ")
             ))
@@ -231,6 +238,7 @@ impl Config {
             drain,
             reconcile_interval: raw.reconcile_interval.map_or(DEFAULT_RECONCILE_INTERVAL, |d| d.0),
             drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+            tombstone_ttl: raw.tombstone_ttl.map_or(DEFAULT_TOMBSTONE_TTL, |d| d.0),
             source: None,
         };
         Ok((config, warnings))
@@ -507,8 +515,10 @@ vnodes: 100
 
     #[test]
     fn drain_and_reconcile_keys() {
-        let text = "pushgateway:\n  servers: [a:1, b:1, c:1]\n  drain: [c:1, 'D']\nreconcile_interval: 5s\ndrain_timeout: 2m\n";
+        let text = "pushgateway:\n  servers: [a:1, b:1, c:1]\n  drain: [c:1, 'D']\nreconcile_interval: 5s\ndrain_timeout: 2m\n\
+                    tombstone_ttl: 1d\n";
         let (c, warnings) = parse(text).unwrap();
+        assert_eq!(c.tombstone_ttl, Duration::from_secs(24 * 3600));
         let drain: Vec<&str> = c.drain.iter().map(Member::as_str).collect();
         assert_eq!(drain, ["c:1", "d:9091"]);
         assert_eq!(c.reconcile_interval, Duration::from_secs(5));
@@ -521,8 +531,18 @@ vnodes: 100
         );
         let (c, _) = parse("").unwrap();
         assert_eq!(
-            (c.reconcile_interval, c.drain_timeout, c.drain.len()),
-            (DEFAULT_RECONCILE_INTERVAL, DEFAULT_DRAIN_TIMEOUT, 0)
+            (
+                c.reconcile_interval,
+                c.drain_timeout,
+                c.tombstone_ttl,
+                c.drain.len()
+            ),
+            (
+                DEFAULT_RECONCILE_INTERVAL,
+                DEFAULT_DRAIN_TIMEOUT,
+                DEFAULT_TOMBSTONE_TTL,
+                0
+            )
         );
         let e = refused("pushgateway:\n  drain:\n    - a:1\n    - A:1\n");
         assert!(

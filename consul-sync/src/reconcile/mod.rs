@@ -16,12 +16,16 @@
 //!   deadline reads the owner again after the (slow) read of the draining pushgateway, and is not
 //!   made where the owner got a copy as new or newer meanwhile.
 //!
+//! - Right after the round's reads, [`tombstones`]: the `DELETE`s through Envoy that did not
+//!   reach a pushgateway are collected, kept in Consul and applied where they can be.
+//!
 //! The pushgateways are reached through [`pushgateway`], whose answers [`exposition`] decodes.
 
 pub mod drain;
 pub mod exposition;
 pub mod plan;
 pub mod pushgateway;
+pub mod tombstones;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -39,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tombstones::Tombstones;
 use tracing::{debug, info, warn};
 
 /// Deletes and copies in flight at once, over all pushgateways.
@@ -61,6 +66,8 @@ pub struct Reconciler {
     pub metrics: Arc<Metrics>,
     /// What `/-/drain` shows.
     pub drains: Drains,
+    /// The `DELETE`s through Envoy that did not reach every pushgateway.
+    pub tombstones: Tombstones,
 }
 
 /// What a round did, for the log.
@@ -123,6 +130,7 @@ impl Reconciler {
         let holders: Vec<Member> = list.holders().cloned().collect();
         let mut report = RoundReport::default();
         let holdings = self.read_all(&holders, &mut report).await;
+        self.tombstones.round(&holdings, config.tombstone_ttl).await;
         let mut plan = plan(&holdings, &ring, &tracker.expired(now));
         self.follow_duplicates(&holdings, &mut plan, last_duplicated);
         if !plan.deletes.is_empty() {

@@ -85,6 +85,7 @@ pub struct SyncOptions {
     pub reconcile: &'static str,
     pub drain_timeout: &'static str,
     pub drain: Vec<String>,
+    pub tombstone_ttl: &'static str,
 }
 
 impl SyncOptions {
@@ -102,6 +103,7 @@ impl SyncOptions {
             reconcile: "30s",
             drain_timeout: "1h",
             drain: Vec::new(),
+            tombstone_ttl: "72h",
         }
     }
 
@@ -112,7 +114,7 @@ impl SyncOptions {
             "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n\
              http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
              envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n\
-             reconcile_interval: {}\ndrain_timeout: {}\n",
+             reconcile_interval: {}\ndrain_timeout: {}\ntombstone_ttl: {}\n",
             self.consul_addr,
             self.service,
             or_empty(&self.servers),
@@ -124,6 +126,7 @@ impl SyncOptions {
             self.resync,
             self.reconcile,
             self.drain_timeout,
+            self.tombstone_ttl,
         )
     }
 }
