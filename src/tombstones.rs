@@ -181,7 +181,7 @@ pub fn handle(
                 405,
                 format!("method {other} is not allowed on {path}; allowed: {allowed}"),
             );
-            reply.headers.push(("allow", allowed.to_owned()));
+            reply.headers.push("allow", allowed);
             (
                 reply,
                 TombstoneOutcome::Rejected(format!("method {other} on {path}")),

@@ -85,7 +85,7 @@ pub struct PendingDelete {
 /// `503` with `Retry-After`: the client may send the same `DELETE` again later.
 fn unavailable(retry_after: u32, body: String) -> Reply {
     let mut reply = Reply::text(503, body);
-    reply.headers.push(("retry-after", retry_after.to_string()));
+    reply.headers.push("retry-after", &retry_after.to_string());
     reply
 }
 
