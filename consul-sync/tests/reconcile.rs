@@ -365,7 +365,7 @@ fn a_draining_pushgateway_that_fails_a_check_keeps_its_deadline() {
     let dir = TestDir::new("drain-deadline");
     let file = dir.join("draining.persistence");
     let port = testkit::free_port();
-    let mut pgs = vec![
+    let mut pgs = [
         Pushgateway::start(&dir),
         Pushgateway::start(&dir),
         Pushgateway::start_persistent(&dir, port, Some(&file)),
