@@ -474,3 +474,72 @@ fn pushgateways_behind_basic_auth_are_checked_and_reconciled() {
         "the password is never logged"
     );
 }
+
+#[test]
+fn nothing_is_written_without_the_lease() {
+    use consul_sync::config::Config;
+    use consul_sync::leader::Leadership;
+    use consul_sync::metrics::Metrics;
+    use consul_sync::reconcile::pushgateway::PushgatewayClient;
+    use consul_sync::reconcile::Reconciler;
+    use dynamic_sharding::members::MemberList;
+    use std::sync::Arc;
+
+    let dir = TestDir::new("lease");
+    let pgs: Vec<Pushgateway> = (0..2).map(|_| Pushgateway::start(&dir)).collect();
+    let addrs = sorted(pgs.iter().map(Pushgateway::addr).collect());
+    let g = labels("lease", "g");
+    assert_eq!(request(&pgs[0], "PUT", &path(&g), "lease_value 1\n", false), 200);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(request(&pgs[1], "PUT", &path(&g), "lease_value 2\n", false), 200);
+    // The reconciler alone, on the list a watcher would publish.
+    let (config, _) = Config::parse(
+        "reconcile_interval: 200ms\n",
+        "t.yml",
+        |_| None,
+        |_| Err(String::new()),
+    )
+    .unwrap();
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
+    let list = MemberList::new(1, &addrs).unwrap();
+    let (_list_tx, list_rx) = tokio::sync::watch::channel(Some(list));
+    let metrics = Arc::new(Metrics::new(&[]));
+    let leadership = Arc::new(Leadership::new());
+    let reconciler = Reconciler::new(
+        config_rx,
+        list_rx,
+        PushgatewayClient::new().unwrap(),
+        metrics.clone(),
+        Default::default(),
+        leadership.clone(),
+    );
+    let (trigger, stop) = consul_sync::shutdown::channel();
+    let task = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(reconciler.run(stop));
+    });
+    let rounds = || {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("consul_sync_reconcile_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_until("three rounds without the lease", Duration::from_secs(20), || {
+        (rounds() >= 3.0).then_some(())
+    });
+    assert!(
+        held(&pgs[0], false).contains_key(&g),
+        "a consul-sync that does not hold the lease deleted a copy"
+    );
+    // Given the lease, it acts.
+    leadership.renewed(std::time::Instant::now(), Duration::from_secs(60));
+    wait_until("the older copy is deleted", Duration::from_secs(20), || {
+        (!held(&pgs[0], false).contains_key(&g)).then_some(())
+    });
+    trigger.fire();
+    task.join().unwrap();
+}
