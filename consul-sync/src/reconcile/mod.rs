@@ -11,7 +11,8 @@
 //!    every holder.
 //! 3. Deletes: the keepers are read first; then each holder is read again and its still-valid
 //!    copies are deleted right away, holders concurrently, for at most [`WRITE_BUDGET`] after
-//!    that read before it is read again. A copy that changed since the plan stays.
+//!    that read (and at least one batch) before it is read again. A copy that changed since the
+//!    plan stays.
 //! 4. Moves, from each draining pushgateway: its groups' contents are read once; then, in
 //!    batches of at most [`WRITE_BUDGET`], the source and the owners are read again, and a group
 //!    is copied only if its owner has no copy as new or newer and the source still holds it
@@ -57,9 +58,9 @@ use tracing::{debug, info, warn};
 const MAX_IN_FLIGHT: usize = 16;
 /// Shortest time between two rounds, so a burst of member changes costs one or two rounds.
 const MIN_ROUND_SPACING: Duration = Duration::from_millis(500);
-/// How long writes go on after the read they were checked against before the pushgateways
-/// involved are read again: with the read itself, it bounds the time in which a push can be lost
-/// to a delete or overwritten by a move.
+/// How long writes go on after the read they were checked against ended, before the
+/// pushgateways involved are read again: with the read itself, it bounds the time in which a push
+/// can be lost to a delete or overwritten by a move.
 const WRITE_BUDGET: Duration = Duration::from_millis(250);
 
 fn unix_now() -> f64 {
@@ -475,7 +476,7 @@ impl Hands {
     }
 
     /// The deletes from one holder: read it, delete what is still valid for at most
-    /// [`WRITE_BUDGET`], read it again for the rest.
+    /// [`WRITE_BUDGET`] after the read, read it again for the rest.
     async fn delete_from(
         &self,
         holder: &Member,
@@ -682,10 +683,11 @@ impl Hands {
         client.delete(&m.from, &m.key).await
     }
 
-    /// Starts `write` for the items in order, at most [`MAX_IN_FLIGHT`] at once, as long as
-    /// [`WRITE_BUDGET`] since `read_at` has not passed. Returns once the last one started: the
-    /// started writes (each ends with the time from `read_at` to its end) and the items left for
-    /// after another read.
+    /// Starts `write` for the items in order, at most [`MAX_IN_FLIGHT`] at once, until
+    /// [`WRITE_BUDGET`] after the read that started at `read_at` ended (now); the first
+    /// [`MAX_IN_FLIGHT`] always start, so a slow read still lets the writes progress. Returns once
+    /// the last one started: the started writes (each ends with the time from `read_at` to its
+    /// end) and the items left for after another read.
     async fn within_budget<T, R, F, Fut>(
         &self,
         items: Vec<T>,
@@ -697,16 +699,19 @@ impl Hands {
         F: Fn(Hands, T) -> Fut,
         Fut: std::future::Future<Output = R> + Send + 'static,
     {
+        let until = Instant::now() + WRITE_BUDGET;
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
         let mut items = items.into_iter();
+        let mut started = 0;
         while let Some(item) = items.next() {
             let permit = limit.clone().acquire_owned().await.ok();
-            if permit.is_none() || read_at.elapsed() > WRITE_BUDGET {
+            if permit.is_none() || (started >= MAX_IN_FLIGHT && Instant::now() > until) {
                 let mut rest = vec![item];
                 rest.extend(items);
                 return (tasks, rest);
             }
+            started += 1;
             let write = write(self.clone(), item);
             tasks.spawn(async move {
                 let _permit = permit;
