@@ -75,6 +75,22 @@ fn start_pushgateway(dir: &TestDir) -> (Proc, u16) {
     (proc, port)
 }
 
+/// Waits until `members` hold `total` groups in all: without the consistency check, pushes are
+/// applied asynchronously.
+fn wait_applied(rt: &tokio::runtime::Runtime, client: &PushgatewayClient, members: &[Member], total: usize) {
+    wait_until("every push is applied", Duration::from_secs(120), || {
+        let held: usize = members
+            .iter()
+            .map(|m| {
+                rt.block_on(client.push_times(m))
+                    .map(|p| p.groups.len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        (held == total).then_some(())
+    });
+}
+
 /// `name{labels} value` of consul-sync's metrics.
 fn metric(port: u16, series: &str) -> f64 {
     let Ok((200, body)) = try_http_get(&format!("http://127.0.0.1:{port}/metrics")) else {
@@ -122,23 +138,12 @@ fn run(groups: usize) {
             });
         }
     });
-    // Without the consistency check pushes are applied asynchronously: wait until all are there.
     let client = PushgatewayClient::new().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    wait_until("every push is applied", Duration::from_secs(120), || {
-        let total: usize = members
-            .iter()
-            .map(|m| {
-                rt.block_on(client.push_times(m))
-                    .map(|p| p.groups.len())
-                    .unwrap_or(0)
-            })
-            .sum();
-        (total == groups + duplicates).then_some(())
-    });
+    wait_applied(&rt, &client, &members, groups + duplicates);
     let load_time = loaded.elapsed();
 
     // One read of everything, both ways.
@@ -284,17 +289,7 @@ fn windows(groups: usize) {
         .enable_all()
         .build()
         .unwrap();
-    wait_until("every push is applied", Duration::from_secs(120), || {
-        let total: usize = all
-            .iter()
-            .map(|m| {
-                rt.block_on(client.push_times(m))
-                    .map(|p| p.groups.len())
-                    .unwrap_or(0)
-            })
-            .sum();
-        (total == groups + duplicates + to_move).then_some(())
-    });
+    wait_applied(&rt, &client, &all, groups + duplicates + to_move);
     let consul = Consul::start(&dir);
     let sync_port = free_port();
     let servers: String = all.iter().map(|m| format!("\n    - '{m}'")).collect();
