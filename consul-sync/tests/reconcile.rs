@@ -276,6 +276,61 @@ fn a_drain_deadline_move_keeps_fresh_pushes_client_deletes_and_failed_pushes() {
 }
 
 #[test]
+fn no_drain_move_while_a_newer_copy_may_sit_on_an_unreadable_pushgateway() {
+    let dir = TestDir::new("unreadable-holder");
+    let (a, c, drained) = (
+        Pushgateway::start(&dir),
+        Pushgateway::start(&dir),
+        Pushgateway::start(&dir),
+    );
+    // c passes its check but its /metrics cannot be read.
+    let unreadable = Front::start(&c.addr(), 0.0);
+    unreadable.fail_metrics(true);
+    let members = sorted(vec![a.addr(), unreadable.addr()]);
+    // A group a owns; c holds its newest copy (pushed there when c owned it, or by an Envoy that
+    // had not yet taken a new list), the draining one an older copy.
+    let g = (0..1000)
+        .map(|i| labels("ur", &i.to_string()))
+        .find(|l| owner(&members, l) == a.addr())
+        .unwrap();
+    assert_eq!(request(&drained, "PUT", &path(&g), "ur_value 1\n", false), 200);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(request(&c, "PUT", &path(&g), "ur_value 2\n", false), 200);
+    let servers = vec![a.addr(), unreadable.addr(), drained.addr()];
+    let cluster = Cluster::start(dir, &servers, |o| {
+        o.drain = vec![drained.addr()];
+        o.drain_timeout = "1s";
+    });
+    // Past the deadline, rounds that cannot read c.
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.wait_rounds(3.0, Duration::from_secs(30));
+    // c is readable again: whatever was done meanwhile, the newest push must be what is left.
+    unreadable.fail_metrics(false);
+    wait_until("the drain ends", Duration::from_secs(30), || {
+        cluster
+            .drain(&drained.addr())
+            .is_some_and(|d| d["state"] == "drained")
+            .then_some(())
+    });
+    cluster.wait_rounds(2.0, Duration::from_secs(20));
+    let left: Vec<(String, Option<f64>)> = [&a, &c, &drained]
+        .iter()
+        .filter_map(|p| held(p, false).get(&g).map(|h| (p.addr(), h.value)))
+        .collect();
+    assert_eq!(
+        left,
+        vec![(c.addr(), Some(2.0))],
+        "the drained older copy was moved while a newer one sat on an unreadable pushgateway"
+    );
+    assert!(
+        cluster
+            .sync
+            .metric("consul_sync_drain_skipped_moves_total{reason=\"unreadable\"}")
+            >= 1.0
+    );
+}
+
+#[test]
 fn a_push_during_a_slow_read_of_another_pushgateway_is_not_deleted() {
     let dir = TestDir::new("delete-window");
     let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -25,6 +25,8 @@ struct Shared {
     /// Milliseconds `GET /metrics` waits before it is forwarded.
     metrics_delay_ms: AtomicU64,
     metrics_reads: AtomicUsize,
+    /// `GET /metrics` is answered 503 (everything else is forwarded).
+    metrics_fail: AtomicBool,
 }
 
 pub struct Front {
@@ -45,6 +47,7 @@ impl Front {
             shift,
             metrics_delay_ms: AtomicU64::new(0),
             metrics_reads: AtomicUsize::new(0),
+            metrics_fail: AtomicBool::new(false),
         });
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -85,6 +88,12 @@ impl Front {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// From now on `GET /metrics` is answered 503 when `fail`: the pushgateway passes its check
+    /// but cannot be read.
+    pub fn fail_metrics(&self, fail: bool) {
+        self.shared.metrics_fail.store(fail, Ordering::SeqCst);
+    }
+
     /// `GET /metrics` requests received so far (counted on arrival, before any delay).
     pub fn metrics_reads(&self) -> usize {
         self.shared.metrics_reads.load(Ordering::SeqCst)
@@ -115,6 +124,12 @@ async fn forward(State(s): State<Arc<Shared>>, req: Request) -> Response {
         let delay = s.metrics_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if s.metrics_fail.load(Ordering::SeqCst) {
+            return Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(Body::from("failing on purpose"))
+                .unwrap();
         }
     }
     let headers = req.headers().clone();
