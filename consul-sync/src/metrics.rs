@@ -365,12 +365,12 @@ impl Metrics {
         }
     }
 
-    pub fn drain_skipped_move(&self, reason: &str) {
+    pub fn drain_skipped_moves(&self, reason: &str, n: u64) {
         self.drain_skipped_moves
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn reconcile_error(&self, kind: &str) {
@@ -448,6 +448,8 @@ mod tests {
         m.consul_request("health");
         m.consul_error("health");
         m.push("http://e:1", PushResult::Conflict);
+        m.clock_skews([("a:1", 30.5)]);
+        m.drain_skipped_moves("newer", 2);
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
@@ -464,6 +466,11 @@ mod tests {
             "consul_sync_members 0",
             "consul_sync_member_list_version 7",
             "consul_sync_member_changes_total 0",
+            "consul_sync_pushgateway_clock_skew_seconds{pushgateway=\"a:1\"} 30.5",
+            "consul_sync_drain_skipped_moves_total{reason=\"newer\"} 2",
+            "consul_sync_drain_skipped_moves_total{reason=\"unreadable\"} 0",
+            "consul_sync_reconcile_clock_refusals_total 0",
+            "consul_sync_drain_moved_failed_pushes_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

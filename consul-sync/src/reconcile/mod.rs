@@ -194,6 +194,9 @@ impl Reconciler {
         }
         let ring = Ring::new(&list.members, config.vnodes);
         let holders: Vec<Member> = list.holders().cloned().collect();
+        if let Ok(mut c) = self.clocks.lock() {
+            c.retain(|m| holders.contains(m) || config.servers.contains(m) || config.drain.contains(m));
+        }
         let mut report = RoundReport::default();
 
         // 1. Read every holder.
@@ -216,9 +219,8 @@ impl Reconciler {
                  read, and it may hold a newer copy",
                 plan.held_moves
             );
-            for _ in 0..plan.held_moves {
-                self.metrics.drain_skipped_move("unreadable");
-            }
+            self.metrics
+                .drain_skipped_moves("unreadable", plan.held_moves as u64);
         }
         // 3. Delete the older copies.
         hands
@@ -603,7 +605,7 @@ impl Hands {
                         if reason == "clock" {
                             self.metrics.reconcile_clock_refusals.inc();
                         } else {
-                            self.metrics.drain_skipped_move(reason);
+                            self.metrics.drain_skipped_moves(reason, 1);
                         }
                         report.skipped += 1;
                     }
