@@ -163,7 +163,22 @@ impl PushgatewayClient {
             .header("content-type", "text/plain; version=0.0.4")
             .body(FAILING_PUSH)
             .timeout(WRITE_TIMEOUT);
-        net::send("recording a failed push", &peer(member), req, &[400, 202]).await?;
+        const WHAT: &str = "recording a failed push";
+        let resp = net::send(WHAT, &peer(member), req, &[400, 202]).await?;
+        if resp.status().as_u16() == 400 {
+            // Refused for its timestamp, as meant, and not for anything else.
+            let body = net::read_limited(resp, 4096)
+                .await
+                .map_err(|e| e.into_net(WHAT, &peer(member)))?;
+            let body = String::from_utf8_lossy(&body);
+            if !body.contains("timestamp") {
+                return Err(NetError::bad_response(
+                    WHAT,
+                    &peer(member),
+                    format!("refused for another reason than its timestamp: {}", body.trim()),
+                ));
+            }
+        }
         Ok(())
     }
 }
