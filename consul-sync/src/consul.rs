@@ -5,7 +5,7 @@
 //! Owns the wire format (registration body, health response) and the mapping of Consul's answers
 //! to members. Basic auth and the ACL token are sent on every request when configured.
 
-use crate::config::{CheckConfig, ConsulConfig};
+use crate::config::{BasicAuth, CheckConfig, ConsulConfig};
 use crate::net::{self, NetError};
 use dynamic_sharding::members::Member;
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,9 @@ pub struct RegistrationCheck {
     pub name: String,
     #[serde(rename = "HTTP")]
     pub http: String,
+    /// `Authorization` for pushgateways behind basic auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<CheckHeader>,
     pub interval: String,
     pub timeout: String,
     pub deregister_critical_service_after: String,
@@ -133,12 +136,36 @@ impl Registration {
             check: RegistrationCheck {
                 name: format!("pushgateway {member} /-/healthy"),
                 http: format!("http://{member}/-/healthy"),
+                header: check.auth.as_ref().map(|a| {
+                    CheckHeader(BTreeMap::from([(
+                        "Authorization".to_owned(),
+                        vec![basic_auth_header(a)],
+                    )]))
+                }),
                 interval: go(check.interval),
                 timeout: go(check.timeout),
                 deregister_critical_service_after: go(check.deregister_after),
             },
         }
     }
+}
+
+/// The headers of Consul's HTTP check (`Header`): they hold credentials, kept out of logs.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CheckHeader(BTreeMap<String, Vec<String>>);
+
+impl std::fmt::Debug for CheckHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<set>")
+    }
+}
+
+/// The `Authorization` value for `auth`.
+fn basic_auth_header(auth: &BasicAuth) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", auth.username, auth.password.as_deref().unwrap_or(""));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
 /// One service of `/v1/agent/services`; only what is used.
@@ -382,10 +409,11 @@ mod tests {
     #[test]
     fn registration_matches_the_original_and_adds_what_prometheus_relabels_on() {
         let m = Member::parse("10.0.0.1:9091").unwrap();
-        let check = CheckConfig {
+        let mut check = CheckConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_millis(2500),
             deregister_after: Duration::from_secs(600),
+            auth: None,
         };
         let json = serde_json::to_value(Registration::for_member(&m, "pushgateway", &check)).unwrap();
         assert_eq!(
@@ -405,6 +433,16 @@ mod tests {
         assert_eq!(
             (v6.id.as_str(), v6.address.as_str(), v6.check.http.as_str()),
             ("::1_1", "::1", "http://[::1]:1/-/healthy")
+        );
+        // Behind basic auth, Consul's check sends the credentials.
+        check.auth = Some(BasicAuth {
+            username: "sync".into(),
+            password: Some("pushgateway-test-password".into()),
+        });
+        let json = serde_json::to_value(Registration::for_member(&m, "pushgateway", &check)).unwrap();
+        assert_eq!(
+            json["Check"]["Header"],
+            serde_json::json!({"Authorization": ["Basic c3luYzpwdXNoZ2F0ZXdheS10ZXN0LXBhc3N3b3Jk"]})
         );
     }
 

@@ -21,7 +21,13 @@
 //! | `consul_sync_reconcile_errors_total{kind}` | failed reads, deletes, moves (`read`, `delete`, `move`) |
 //! | `consul_sync_reconcile_duration_seconds` | time of a reconcile round (histogram) |
 //! | `consul_sync_reconcile_interval_seconds` | the configured `reconcile_interval` |
+//! | `consul_sync_reconcile_clock_refusals_total` | deletes and moves not made: the pushgateways' clocks could reverse the order they rest on |
+//! | `consul_sync_reconcile_delete_window_seconds` | from the read a delete was checked against to the delete (histogram) |
+//! | `consul_sync_pushgateway_clock_skew_seconds{pushgateway}` | its clock minus consul-sync's, from its `Date` headers |
 //! | `consul_sync_drain_moved_groups_total` | groups copied to their owner at a drain deadline |
+//! | `consul_sync_drain_moved_failed_pushes_total` | of those, groups whose last push had failed (recorded on the owner too) |
+//! | `consul_sync_drain_skipped_moves_total{reason}` | moves not made at a drain deadline: `newer`, `deleted`, `unreadable` |
+//! | `consul_sync_drain_move_window_seconds` | from the reads a move was checked against to its copy (histogram) |
 //! | `consul_sync_drain_state{pushgateway}` | 1 draining, 2 drained |
 //! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
 //! | `consul_sync_tombstones` | tombstones kept in Consul (`DELETE`s that did not reach a pushgateway) |
@@ -150,7 +156,13 @@ pub struct Metrics {
     reconcile_errors: Family<KindLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconcile_interval: FloatGauge,
+    pub reconcile_clock_refusals: Counter,
+    pub reconcile_delete_window: Histogram,
+    clock_skew: Family<PushgatewayLabels, FloatGauge>,
     pub drain_moved: Counter,
+    pub drain_moved_failed_pushes: Counter,
+    drain_skipped_moves: Family<ReasonLabels, Counter>,
+    pub drain_move_window: Histogram,
     drain_state: Family<PushgatewayLabels, Gauge>,
     drain_deadline: Family<PushgatewayLabels, FloatGauge>,
     tombstones: Gauge,
@@ -197,7 +209,13 @@ impl Metrics {
                 0.001, 2.0, 17,
             )),
             reconcile_interval: FloatGauge::default(),
+            reconcile_clock_refusals: Counter::default(),
+            reconcile_delete_window: Histogram::new(window_buckets()),
+            clock_skew: Family::default(),
             drain_moved: Counter::default(),
+            drain_moved_failed_pushes: Counter::default(),
+            drain_skipped_moves: Family::default(),
+            drain_move_window: Histogram::new(window_buckets()),
             drain_state: Family::default(),
             drain_deadline: Family::default(),
             tombstones: Gauge::default(),
@@ -262,8 +280,20 @@ impl Metrics {
                 "Time of one reconcile round";
             reconcile_interval: "reconcile_interval_seconds",
                 "The configured reconcile_interval";
+            reconcile_clock_refusals: "reconcile_clock_refusals",
+                "Deletes and moves not made because the pushgateways' clocks could reverse the order they rest on";
+            reconcile_delete_window: "reconcile_delete_window_seconds",
+                "Time from the start of the read a delete was checked against to the end of the delete: a push to that copy meanwhile is lost";
+            clock_skew: "pushgateway_clock_skew_seconds",
+                "A pushgateway's clock minus consul-sync's, from the Date headers of its answers (about a second of resolution, narrowed over reads)";
             drain_moved: "drain_moved_groups",
                 "Groups copied to their owner at a drain deadline (their push time became the copy's)";
+            drain_moved_failed_pushes: "drain_moved_failed_pushes",
+                "Groups moved at a drain deadline whose last push had failed: the failure is recorded on the owner too";
+            drain_skipped_moves: "drain_skipped_moves",
+                "Moves at a drain deadline not made this round, by reason (newer: pushed elsewhere meanwhile; deleted: deleted meanwhile; unreadable: a pushgateway involved could not be read)";
+            drain_move_window: "drain_move_window_seconds",
+                "Time from the start of the reads a move was checked against to the end of its copy: a push to the owner meanwhile is overwritten";
             drain_state: "drain_state",
                 "Drain state per pushgateway: 1 draining, 2 drained";
             drain_deadline: "drain_deadline_timestamp_seconds",
@@ -289,6 +319,11 @@ impl Metrics {
 
     /// Series present at 0 from the start, so a rate or an alert has them before the first event.
     fn preset(&self, envoys: &[String]) {
+        for reason in ["newer", "deleted", "unreadable"] {
+            let _ = self.drain_skipped_moves.get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
         for kind in ["read", "delete", "move"] {
             let _ = self.reconcile_errors.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
@@ -387,6 +422,27 @@ impl Metrics {
         self.reconcile_misplaced.set(misplaced as i64);
     }
 
+    /// The clock skew of each pushgateway read (its clock minus ours, seconds); the ones no
+    /// longer read disappear.
+    pub fn clock_skews<'a>(&self, skews: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.clock_skew.clear();
+        for (pushgateway, skew) in skews {
+            self.clock_skew
+                .get_or_create(&PushgatewayLabels {
+                    pushgateway: pushgateway.to_owned(),
+                })
+                .set(skew);
+        }
+    }
+
+    pub fn drain_skipped_moves(&self, reason: &str, n: u64) {
+        self.drain_skipped_moves
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
     pub fn reconcile_error(&self, kind: &str) {
         self.reconcile_errors
             .get_or_create(&KindLabels {
@@ -455,6 +511,11 @@ impl Metrics {
     }
 }
 
+/// 1 ms to about 33 s: a window is milliseconds with few groups, seconds at 100k.
+fn window_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16)
+}
+
 fn push_labels(envoy: &str, r: PushResult) -> PushLabels {
     let result = match r {
         PushResult::Ok => PushResultLabel::ok,
@@ -478,6 +539,8 @@ mod tests {
         m.consul_request("health");
         m.consul_error("health");
         m.push("http://e:1", PushResult::Conflict);
+        m.clock_skews([("a:1", 30.5)]);
+        m.drain_skipped_moves("newer", 2);
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
@@ -503,6 +566,11 @@ mod tests {
             "consul_sync_tombstones_closed_total{result=\"expired\"} 0",
             "consul_sync_tombstone_errors_total{kind=\"ack\"} 1",
             "consul_sync_tombstone_errors_total{kind=\"store\"} 0",
+            "consul_sync_pushgateway_clock_skew_seconds{pushgateway=\"a:1\"} 30.5",
+            "consul_sync_drain_skipped_moves_total{reason=\"newer\"} 2",
+            "consul_sync_drain_skipped_moves_total{reason=\"unreadable\"} 0",
+            "consul_sync_reconcile_clock_refusals_total 0",
+            "consul_sync_drain_moved_failed_pushes_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -40,6 +40,8 @@ pub(super) struct RawPushgateway {
     pub(super) port: Option<Port>,
     pub(super) servers: Option<Vec<String>>,
     pub(super) drain: Option<Vec<String>>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

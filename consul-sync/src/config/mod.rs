@@ -83,6 +83,13 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+impl Config {
+    /// The credentials every request to a pushgateway carries, if they need any.
+    pub fn pushgateway_auth(&self) -> Option<&BasicAuth> {
+        self.check.auth.as_ref()
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConsulConfig {
     /// `http://host:port`, no trailing slash.
@@ -106,11 +113,31 @@ impl fmt::Debug for ConsulConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub deregister_after: Duration,
+    /// The pushgateways' basic-auth credentials (`pushgateway.username`, `pushgateway.password`):
+    /// Consul's check sends them, and so does the reconciler ([`Config::pushgateway_auth`]).
+    pub auth: Option<BasicAuth>,
+}
+
+/// HTTP basic-auth credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+// The password stays out of logs and panics.
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -217,10 +244,12 @@ impl Config {
             file: file.to_owned(),
             message,
         };
-        let raw = read_raw(text).map_err(invalid)?;
+        let mut raw = read_raw(text).map_err(invalid)?;
         let mut warnings = Vec::new();
+        let auth = pushgateway_auth(raw.pushgateway.username.take(), raw.pushgateway.password.take())
+            .map_err(invalid)?;
         let (servers, drain) = pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
-        let check = check(raw.check, &mut warnings);
+        let check = check(raw.check, auth, &mut warnings);
         let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
         let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
         let consul = consul(raw.consul_server, &env).map_err(invalid)?;
@@ -269,12 +298,29 @@ fn pushgateways(
     Ok((servers, drain))
 }
 
+/// `pushgateway.username` and `password`: both, or a username alone, or neither.
+fn pushgateway_auth(username: Option<String>, password: Option<String>) -> Result<Option<BasicAuth>, String> {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    match (nonempty(username), nonempty(password)) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(
+            "pushgateway.password is set without pushgateway.username; set both for basic auth to the pushgateways"
+                .into(),
+        ),
+        (Some(u), _) if u.contains(':') => Err(format!(
+            "pushgateway.username {u:?} holds ':', which HTTP basic auth cannot carry; expected a name without ':'"
+        )),
+        (Some(username), password) => Ok(Some(BasicAuth { username, password })),
+    }
+}
+
 /// `check`: what Consul will do with it is warned about.
-fn check(raw: RawCheck, warnings: &mut Vec<Warning>) -> CheckConfig {
+fn check(raw: RawCheck, auth: Option<BasicAuth>, warnings: &mut Vec<Warning>) -> CheckConfig {
     let check = CheckConfig {
         interval: raw.interval.map_or(DEFAULT_CHECK_INTERVAL, |d| d.0),
         timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
         deregister_after: raw.deregister_after.map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
+        auth,
     };
     if check.interval < CONSUL_MIN_INTERVAL {
         warnings.push(format!(
@@ -445,7 +491,8 @@ http_listen_addr: :9292
             CheckConfig {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
-                deregister_after: Duration::from_secs(600)
+                deregister_after: Duration::from_secs(600),
+                auth: None
             }
         );
         assert_eq!(c.resync_interval, Duration::from_secs(10));
@@ -511,6 +558,38 @@ vnodes: 100
             !debug.contains("abc") && !debug.contains("file-token") && debug.contains("<set>"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn pushgateway_credentials() {
+        let (c, _) = parse("pushgateway:\n  username: sync\n  password: s3cret\n").unwrap();
+        let auth = c.pushgateway_auth().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_deref()),
+            ("sync", Some("s3cret"))
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("<set>"), "{debug}");
+        assert_eq!(
+            parse("pushgateway: {username: ''}\n")
+                .unwrap()
+                .0
+                .pushgateway_auth(),
+            None
+        );
+        let e = refused("pushgateway:\n  password: p\n");
+        assert!(
+            e.contains("pushgateway.password") && e.contains("without pushgateway.username"),
+            "{e}"
+        );
+        let e = refused("pushgateway: {username: 'a:b', password: p}\n");
+        assert!(
+            e.contains("pushgateway.username") && e.contains("without ':'"),
+            "{e}"
+        );
+        // A reload takes new credentials.
+        let (new, _) = parse("pushgateway: {username: other}\n").unwrap();
+        assert_eq!(c.check_reload(&new), Ok(()));
     }
 
     #[test]

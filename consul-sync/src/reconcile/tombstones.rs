@@ -18,8 +18,9 @@ use crate::consul::ConsulClient;
 use crate::leader::Leadership;
 use crate::metrics::{Metrics, TombstoneResult};
 use crate::net::{self, NetError};
+use crate::reconcile::clock::Offset;
 use crate::reconcile::plan::Holdings;
-use crate::reconcile::pushgateway::{unix_millis, ClockReading, PushgatewayClient};
+use crate::reconcile::pushgateway::PushgatewayClient;
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
 use dynamic_sharding::tombstones::{Tombstone, ACK_PATH, TOMBSTONES_PATH};
@@ -89,16 +90,13 @@ pub enum Verdict {
     Keep(TombstoneResult),
 }
 
-/// Judges a copy pushed at `push_time` (seconds, the pushgateway's clock, which `clock` shows).
-/// A copy pushed after the `DELETE` must never go, whatever the clocks' skew: only a copy whose
-/// latest possible push time, on consul-sync's clock, is before the earliest the `DELETE` can
-/// have been is deleted.
-pub fn judge(k: &Kept, push_time: f64, clock: &ClockReading) -> Verdict {
-    let date_ms = clock.date_s as f64 * 1000.0;
-    // The pushgateway's clock minus ours lies in [date - received, date + 1 s - sent].
-    let push_ms = push_time * 1000.0;
-    let latest = push_ms - (date_ms - clock.received_ms as f64);
-    let earliest = push_ms - (date_ms + 1000.0 - clock.sent_ms as f64);
+/// Judges a copy last changed (pushed, or a push refused) at `push_time` (seconds, the
+/// pushgateway's clock, whose offset from ours lies within `clock`). A copy changed after the
+/// `DELETE` must never go, whatever the clocks' skew: only a copy whose latest possible time, on
+/// consul-sync's clock, is before the earliest the `DELETE` can have been is deleted.
+pub fn judge(k: &Kept, push_time: f64, clock: &Offset) -> Verdict {
+    let latest = (push_time - clock.low) * 1000.0;
+    let earliest = (push_time - clock.high) * 1000.0;
     if latest < k.after_ms as f64 {
         Verdict::Delete
     } else if earliest > k.before_ms as f64 {
@@ -106,6 +104,14 @@ pub fn judge(k: &Kept, push_time: f64, clock: &ClockReading) -> Verdict {
     } else {
         Verdict::Keep(TombstoneResult::Unclear)
     }
+}
+
+/// consul-sync's clock, Unix milliseconds.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The Consul KV key of a group's tombstone: its ring hash, so every Envoy's tombstones of one
@@ -129,7 +135,6 @@ struct Page {
 /// The tombstone step of the reconcile round.
 pub struct Tombstones {
     consul: ConsulClient,
-    pushgateways: PushgatewayClient,
     envoys: Vec<String>,
     token: String,
     http: reqwest::Client,
@@ -142,13 +147,11 @@ impl Tombstones {
     pub fn new(
         config: &Config,
         consul: ConsulClient,
-        pushgateways: PushgatewayClient,
         metrics: Arc<Metrics>,
         leadership: Arc<Leadership>,
     ) -> Result<Tombstones, reqwest::Error> {
         Ok(Tombstones {
             consul,
-            pushgateways,
             envoys: config.envoy.control_urls.clone(),
             token: config.envoy.token.clone().unwrap_or_default(),
             http: net::client(CONNECT_TIMEOUT)?,
@@ -159,8 +162,13 @@ impl Tombstones {
     }
 
     /// One round: collect, keep, acknowledge, apply on the pushgateways in `holdings` (those
-    /// this round read, with what they held), expire after `ttl`.
-    pub async fn round(&self, holdings: &BTreeMap<Member, Holdings>, ttl: Duration) {
+    /// this round read, with what they held) through `pushgateways`, expire after `ttl`.
+    pub async fn round(
+        &self,
+        pushgateways: &PushgatewayClient,
+        holdings: &BTreeMap<Member, Holdings>,
+        ttl: Duration,
+    ) {
         if !self.leadership.may_act() {
             return;
         }
@@ -175,7 +183,8 @@ impl Tombstones {
                 None => return,
             }
         }
-        self.apply(&mut kept, holdings, &collected, ttl).await;
+        self.apply(pushgateways, &mut kept, holdings, &collected, ttl)
+            .await;
         self.metrics.tombstones_kept(kept.len());
     }
 
@@ -361,6 +370,7 @@ impl Tombstones {
     /// `holdings` were read (a copy missing there may have been pushed since).
     async fn apply(
         &self,
+        pushgateways: &PushgatewayClient,
         kept: &mut KeptMap,
         holdings: &BTreeMap<Member, Holdings>,
         collected: &BTreeSet<String>,
@@ -410,28 +420,25 @@ impl Tombstones {
             if !self.leadership.may_act() {
                 break;
             }
-            self.apply_on(&member, &kvs, kept, &mut changed).await;
+            self.apply_on(pushgateways, &member, &kvs, kept, &mut changed)
+                .await;
         }
         for kv in changed {
             self.store_change(kept, &kv).await;
         }
     }
 
-    /// The tombstones `kvs` on `member`: read its clock and its groups again, then delete the
-    /// copies pushed before their `DELETE`.
+    /// The tombstones `kvs` on `member`: read its groups and its clock again, then delete the
+    /// copies pushed (or last refused) before their `DELETE`.
     async fn apply_on(
         &self,
+        pushgateways: &PushgatewayClient,
         member: &Member,
         kvs: &[String],
         kept: &mut KeptMap,
         changed: &mut BTreeSet<String>,
     ) {
-        let read = async {
-            let clock = self.pushgateways.clock(member).await?;
-            let held = self.pushgateways.push_times(member).await?;
-            Ok::<_, NetError>((clock, held.groups.into_iter().collect::<HashMap<_, _>>()))
-        };
-        let (clock, held) = match read.await {
+        let read = match pushgateways.read(member).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.tombstone_error("apply");
@@ -439,6 +446,20 @@ impl Tombstones {
                 return;
             }
         };
+        let Some(clock) = read.clock.as_ref().map(Offset::of) else {
+            self.metrics.tombstone_error("apply");
+            warn!(
+                "pushgateway {member} answered without a readable Date header: its clock is unknown, so its \
+                 tombstones are applied in a later round"
+            );
+            return;
+        };
+        let held: HashMap<GroupingKey, f64> = read
+            .times
+            .groups
+            .into_iter()
+            .map(|(key, stamps)| (key, stamps.latest()))
+            .collect();
         for kv in kvs {
             let Some((k, _)) = kept.get_mut(kv) else { continue };
             let Ok(key) = GroupingKey::from_path(&k.group) else {
@@ -447,7 +468,7 @@ impl Tombstones {
             let result = match held.get(&key) {
                 None => TombstoneResult::Absent,
                 Some(&pushed) => match judge(k, pushed, &clock) {
-                    Verdict::Delete => match self.pushgateways.delete(member, &key).await {
+                    Verdict::Delete => match pushgateways.delete(member, &key).await {
                         Ok(()) => {
                             info!(
                                 "applied the tombstone of {} on pushgateway {member}: deleted its copy, pushed at {pushed:.3} \
@@ -515,6 +536,7 @@ impl Tombstones {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::clock::Reading;
 
     fn m(list: &[&str]) -> Vec<Member> {
         list.iter().map(|s| Member::parse(s).unwrap()).collect()
@@ -558,11 +580,11 @@ mod tests {
         let k = kept(100_000, 100_050, &["a:1"]);
         // The pushgateway's Date said 200 s while our clock read 100.000 to 100.010 s: its
         // clock runs between 99.990 s and 100.999 s ahead.
-        let clock = ClockReading {
-            date_s: 200,
-            sent_ms: 100_000,
-            received_ms: 100_010,
-        };
+        let clock = Offset::of(&Reading {
+            sent: 100.000,
+            answered: 100.010,
+            date: 200.0,
+        });
         // Pushed at 198.9 (its clock): at the latest 98.91 s on ours.
         assert_eq!(judge(&k, 198.9, &clock), Verdict::Delete);
         // Pushed at 199.9: between 98.901 and 99.91 s on ours, before 100.000: goes.
@@ -572,11 +594,11 @@ mod tests {
         // Pushed at 201.2: at the earliest 100.201 s, after 100.050: pushed after the DELETE.
         assert_eq!(judge(&k, 201.2, &clock), Verdict::Keep(TombstoneResult::Newer));
         // However far its clock is behind, a push after the DELETE is never judged older.
-        let behind = ClockReading {
-            date_s: 40,
-            sent_ms: 100_000,
-            received_ms: 100_010,
-        };
+        let behind = Offset::of(&Reading {
+            sent: 100.000,
+            answered: 100.010,
+            date: 40.0,
+        });
         assert_eq!(judge(&k, 40.1, &behind), Verdict::Keep(TombstoneResult::Unclear));
         assert_eq!(judge(&k, 41.2, &behind), Verdict::Keep(TombstoneResult::Newer));
         assert_eq!(judge(&k, 38.9, &behind), Verdict::Delete);
