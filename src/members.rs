@@ -142,6 +142,11 @@ pub struct MemberList {
     /// so a `DELETE` must reach them too. Sorted, disjoint from `members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<Member>,
+    /// Pushgateways registered but not passing their health check: they may hold groups (in
+    /// memory or in their persistence file) and come back with them, but no call reaches them
+    /// now, so a `DELETE` leaves a tombstone for them. Sorted, disjoint from the two above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Member>,
 }
 
 /// The control API's wire form, before validation.
@@ -152,6 +157,8 @@ struct WireList {
     members: Vec<serde_json::Value>,
     #[serde(default)]
     draining: Vec<serde_json::Value>,
+    #[serde(default)]
+    absent: Vec<serde_json::Value>,
 }
 
 impl MemberList {
@@ -178,38 +185,59 @@ impl MemberList {
         Ok(MemberList {
             version,
             members: parsed,
-            draining: Vec::new(),
+            ..MemberList::default()
         })
     }
 
     /// The same list with `draining` set, refusing bad entries, duplicates, entries that are
     /// also ring members, and more than [`MAX_MEMBERS`] in all.
     pub fn with_draining<S: AsRef<str>>(mut self, draining: &[S]) -> Result<MemberList, String> {
-        if self.members.len() + draining.len() > MAX_MEMBERS {
+        self.draining = self.beside("draining", draining)?;
+        Ok(self)
+    }
+
+    /// The same list with `absent` set, refusing what [`MemberList::with_draining`] refuses and
+    /// entries that are also draining.
+    pub fn with_absent<S: AsRef<str>>(mut self, absent: &[S]) -> Result<MemberList, String> {
+        self.absent = self.beside("absent", absent)?;
+        Ok(self)
+    }
+
+    /// Parses a list that travels beside the ring (`field` names it in errors): canonical,
+    /// sorted, each once, none also in another list, at most [`MAX_MEMBERS`] in all.
+    fn beside<S: AsRef<str>>(&self, field: &str, entries: &[S]) -> Result<Vec<Member>, String> {
+        let count = |name: &str, list: &[Member]| if name == field { entries.len() } else { list.len() };
+        let (draining, absent) = (count("draining", &self.draining), count("absent", &self.absent));
+        if self.members.len() + draining + absent > MAX_MEMBERS {
             return Err(format!(
-                "{} members and {} draining given; at most {MAX_MEMBERS} in all are accepted",
+                "{} members, {draining} draining and {absent} absent given; at most {MAX_MEMBERS} in all are accepted",
                 self.members.len(),
-                draining.len()
             ));
         }
-        let mut parsed: Vec<Member> = Vec::with_capacity(draining.len());
-        for (i, m) in draining.iter().enumerate() {
-            let member = Member::parse(m.as_ref()).map_err(|e| format!("draining[{i}]: {e}"))?;
+        let mut parsed: Vec<Member> = Vec::with_capacity(entries.len());
+        for (i, m) in entries.iter().enumerate() {
+            let member = Member::parse(m.as_ref()).map_err(|e| format!("{field}[{i}]: {e}"))?;
             if parsed.contains(&member) {
                 return Err(format!(
-                    "draining[{i}]: {member} is listed twice; each pushgateway may appear once"
+                    "{field}[{i}]: {member} is listed twice; each pushgateway may appear once"
                 ));
             }
             if self.members.contains(&member) {
                 return Err(format!(
-                    "draining[{i}]: {member} is also in members; a draining pushgateway is out of the ring"
+                    "{field}[{i}]: {member} is also in members; a {field} pushgateway is out of the ring"
                 ));
+            }
+            for (other, list) in [("draining", &self.draining), ("absent", &self.absent)] {
+                if other != field && list.contains(&member) {
+                    return Err(format!(
+                        "{field}[{i}]: {member} is also in {other}; a pushgateway is in one list only"
+                    ));
+                }
             }
             parsed.push(member);
         }
         parsed.sort();
-        self.draining = parsed;
-        Ok(self)
+        Ok(parsed)
     }
 
     /// Every pushgateway that may hold groups: the members, then the draining ones.
@@ -239,7 +267,13 @@ impl MemberList {
                 .collect()
         };
         MemberList::new(wire.version, &strings("members", &wire.members)?)?
-            .with_draining(&strings("draining", &wire.draining)?)
+            .with_draining(&strings("draining", &wire.draining)?)?
+            .with_absent(&strings("absent", &wire.absent)?)
+    }
+
+    /// True when both lists name the same pushgateways in the same roles (versions aside).
+    pub fn same_members(&self, other: &MemberList) -> bool {
+        self.members == other.members && self.draining == other.draining && self.absent == other.absent
     }
 
     /// The JSON that [`MemberList::from_json`] reads back.
@@ -402,6 +436,51 @@ mod tests {
             let err = MemberList::from_json(body).err().unwrap_or_default();
             assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn absent_pushgateways_travel_beside_the_ring_too() {
+        let list = MemberList::from_json(
+            br#"{"version": 2, "members": ["b:1"], "draining": ["c:1"], "absent": ["e:1", "D:1"]}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(list.absent, vec![Member("d:1".into()), Member("e:1".into())]);
+        assert_eq!(list.holders().count(), 2, "no call can reach an absent one");
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list.clone()));
+        assert!(!list.same_members(&MemberList {
+            absent: vec![],
+            ..list.clone()
+        }));
+        for (body, reason) in [
+            (
+                &br#"{"version": 1, "members": ["a:1"], "absent": ["a:1"]}"#[..],
+                "absent[0]: a:1 is also in members",
+            ),
+            (
+                br#"{"version": 1, "members": [], "draining": ["c:1"], "absent": ["c:1"]}"#,
+                "absent[0]: c:1 is also in draining",
+            ),
+            (
+                br#"{"version": 1, "members": [], "absent": ["c:1", "C:1"]}"#,
+                "absent[1]: c:1 is listed twice",
+            ),
+            (
+                br#"{"version": 1, "members": [], "absent": [true]}"#,
+                "absent[0]: true is not a string",
+            ),
+        ] {
+            let err = MemberList::from_json(body).err().unwrap_or_default();
+            assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
+        }
+        let many: Vec<String> = (0..MAX_MEMBERS).map(|i| format!("h{i}:1")).collect();
+        let err = MemberList::new(1, &many[..1000])
+            .and_then(|l| l.with_draining(&many[1000..1020]))
+            .and_then(|l| l.with_absent(&many[1020..]))
+            .map(|l| l.with_absent(&["x:1"; 5]));
+        assert!(err.is_ok_and(|e| e
+            .err()
+            .unwrap_or_default()
+            .contains("1000 members, 20 draining and 5 absent given; at most 1024")));
     }
 
     #[test]

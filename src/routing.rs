@@ -9,6 +9,7 @@
 use crate::config::Mode;
 use crate::grouping_key::{GroupingKey, PathError};
 use crate::members::{Member, MemberList};
+use crate::request::header_map::ReplyHeaders;
 use crate::ring::Ring;
 
 /// Seconds a client is asked to wait when no member is known: about one health-check interval.
@@ -20,7 +21,7 @@ const ALLOWED_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: ReplyHeaders,
     pub body: String,
 }
 
@@ -28,7 +29,7 @@ impl Reply {
     pub fn text(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
+            headers: ReplyHeaders::joined("content-type", &["text/plain; charset=utf-8"]),
             body: body.into(),
         }
     }
@@ -36,13 +37,13 @@ impl Reply {
     pub fn json(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "application/json".to_owned())],
+            headers: ReplyHeaders::joined("content-type", &["application/json"]),
             body: body.into(),
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: String) -> Reply {
-        self.headers.push((name, value));
+    fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push(name, value);
         self
     }
 }
@@ -109,15 +110,17 @@ fn decide_with_owner<'r>(
     ring: &'r Ring,
 ) -> (Decision, Option<&'r Member>) {
     let reply = |reply, outcome| (Decision::Reply { reply, outcome }, None);
-    let path = path_and_query.split('?').next().unwrap_or(path_and_query);
-    let key = match GroupingKey::from_path(path) {
-        Ok(key) => key,
+    // Only the rare answers name the path alone.
+    let path = || path_and_query.split('?').next().unwrap_or(path_and_query);
+    let hash = match GroupingKey::hash_target(path_and_query) {
+        Ok(hash) => hash,
         Err(PathError::NotPushPath) => return (Decision::PassThrough, None),
         Err(PathError::Invalid(why)) => {
+            let path = path();
             return reply(
                 Reply::text(400, format!("bad push path {path:?}: {why}\n")),
                 Outcome::BadRequest,
-            )
+            );
         }
     };
     let is_lookup = matches!(method, "GET" | "HEAD");
@@ -127,35 +130,32 @@ fn decide_with_owner<'r>(
                 405,
                 format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"),
             )
-            .with_header("allow", ALLOWED_METHODS.to_owned()),
+            .with_header("allow", ALLOWED_METHODS),
             Outcome::MethodNotAllowed,
         );
     }
-    let Some(owner) = ring.owner(key.hash()) else {
+    let Some(owner) = ring.owner(hash) else {
+        // Rare: the key is built only to name it.
+        let path = path();
+        let group = GroupingKey::from_path(path).map_or_else(|_| format!("{path:?}"), |key| key.to_string());
         return reply(
             Reply::text(
                 503,
-                format!("no healthy pushgateway is known (the member list is empty); group {key} cannot be placed\n"),
+                format!("no healthy pushgateway is known (the member list is empty); group {group} cannot be placed\n"),
             )
-            .with_header("retry-after", RETRY_AFTER_SECONDS.to_string()),
+            .with_header("retry-after", &RETRY_AFTER_SECONDS.to_string()),
             Outcome::NoMember,
         );
     };
-    // Not format!: this runs for every push, and the formatting machinery costs more than
-    // the rest of the decision.
-    let mut url = String::with_capacity(7 + owner.as_str().len() + path_and_query.len());
-    url.push_str("http://");
-    url.push_str(owner.as_str());
-    url.push_str(path_and_query);
     if is_lookup {
         // The Go original's lookup answer, kept byte for byte so scripts that parse it still work.
         let body = if method == "HEAD" {
             String::new()
         } else {
-            format!("nextUrl:{url}")
+            format!("nextUrl:http://{}{path_and_query}", owner.as_str())
         };
         return reply(
-            Reply::text(200, body).with_header("x-sharding-owner", owner.to_string()),
+            Reply::text(200, body).with_header("x-sharding-owner", owner.as_str()),
             Outcome::Lookup,
         );
     }
@@ -164,7 +164,8 @@ fn decide_with_owner<'r>(
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
                 status: 307,
-                headers: vec![("location", url)],
+                // Written once, into the encoded map: this runs for every push.
+                headers: ReplyHeaders::joined("location", &["http://", owner.as_str(), path_and_query]),
                 body: String::new(),
             },
             outcome: Outcome::Redirect,
@@ -190,10 +191,7 @@ mod tests {
     }
 
     fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-        r.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        r.headers.get(name)
     }
 
     #[test]

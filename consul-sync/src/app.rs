@@ -20,6 +20,7 @@ use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
 use crate::metrics::Metrics;
 use crate::reconcile::pushgateway::PushgatewayClient;
+use crate::reconcile::tombstones::Tombstones;
 use crate::reconcile::Reconciler;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::status::{Drains, Readiness};
@@ -145,14 +146,21 @@ impl Wiring {
     }
 
     fn spawn_reconciler(&self, tasks: &mut Tasks) -> Result<(), Error> {
-        let reconciler = Reconciler {
-            config: self.config_rx.clone(),
-            published: self.published.clone(),
-            client: PushgatewayClient::new()?,
-            metrics: self.metrics.clone(),
-            drains: self.drains.clone(),
-            leadership: self.leadership.clone(),
-        };
+        let tombstones = Tombstones::new(
+            &self.config,
+            ConsulClient::new(self.config.consul.clone())?,
+            self.metrics.clone(),
+            self.leadership.clone(),
+        )?;
+        let reconciler = Reconciler::new(
+            self.config_rx.clone(),
+            self.published.clone(),
+            PushgatewayClient::new()?,
+            self.metrics.clone(),
+            self.drains.clone(),
+            self.leadership.clone(),
+            tombstones,
+        );
         tasks.spawn(reconciler.run(self.shutdown.clone()).map_ok());
         Ok(())
     }

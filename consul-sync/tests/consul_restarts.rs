@@ -274,3 +274,45 @@ fn a_token_that_lost_service_read_never_empties_envoy() {
     assert_eq!(w.sync.metric("consul_sync_consul_pushgateways_missing"), 0.0);
     w.still_follows_consul();
 }
+
+/// The probe that decides whether Consul's removal is believed asks with the pushgateways'
+/// credentials: behind basic auth, a live pushgateway asked without them answers `401`, and a
+/// restarted Consul agent would take every one of them out of Envoy's list at once.
+#[test]
+fn a_live_pushgateway_behind_basic_auth_answers_the_probe() {
+    use consul_sync::config::BasicAuth;
+    use consul_sync::membership::probe::Prober;
+    use dynamic_sharding::members::Member;
+    use testkit::pushgateway::{BASIC_AUTH_PASSWORD, BASIC_AUTH_USER};
+
+    let dir = TestDir::new("probe-basic-auth");
+    let pg = Pushgateway::start_basic_auth(&dir);
+    let member = Member::parse(&pg.addr()).unwrap();
+    let auth = BasicAuth {
+        username: BASIC_AUTH_USER.to_owned(),
+        password: Some(BASIC_AUTH_PASSWORD.to_owned()),
+    };
+    let wrong = BasicAuth {
+        password: Some("not-the-password".to_owned()),
+        ..auth.clone()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let prober = Prober::new().unwrap();
+    let probe = |auth: Option<&BasicAuth>| {
+        rt.block_on(prober.alive(std::slice::from_ref(&member), Duration::from_secs(2), auth))
+    };
+    assert_eq!(
+        probe(Some(&auth)),
+        vec![member.clone()],
+        "asked with the credentials, it lives"
+    );
+    assert_eq!(probe(None), vec![], "without credentials it answers 401");
+    assert_eq!(
+        probe(Some(&wrong)),
+        vec![],
+        "with a wrong password it answers 401"
+    );
+}

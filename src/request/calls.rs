@@ -14,6 +14,15 @@ pub enum Purpose {
     DeleteCopy(Member),
 }
 
+impl Purpose {
+    /// The pushgateway the call is a `DELETE` of the group to, if it is one.
+    pub fn deletes_on(&self) -> Option<&Member> {
+        match self {
+            Purpose::DeleteCopy(member) => Some(member),
+        }
+    }
+}
+
 /// What a request does once nothing it waits for is in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Then {
@@ -38,6 +47,11 @@ impl InFlight {
 
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
+    }
+
+    /// What each call still in flight was for.
+    pub fn pending(&self) -> impl Iterator<Item = &Purpose> {
+        self.calls.iter().map(|(_, p)| p)
     }
 
     /// `then`, back when nothing is in flight (carry it out now); otherwise kept until the last

@@ -86,6 +86,8 @@ pub struct FakeHost {
     failing: RefCell<HashMap<&'static str, u32>>,
     next_token: Cell<u32>,
     logs: RefCell<Vec<(Level, String)>>,
+    /// The wall clock the host reports, in nanoseconds.
+    pub now: Cell<u64>,
 }
 
 impl FakeHost {
@@ -272,7 +274,7 @@ impl Host for FakeHost {
     }
 
     fn now_nanos(&self) -> u64 {
-        0
+        self.now.get()
     }
 
     fn log(&self, level: Level, message: fmt::Arguments<'_>) {

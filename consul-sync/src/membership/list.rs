@@ -19,10 +19,12 @@
 //!   again, it leaves. A single pushgateway removed otherwise leaves at once: a dead one must
 //!   leave fast.
 //! - Pushgateways in `pushgateway.drain` leave the ring and travel beside it while they pass.
+//! - Registered pushgateways that do not pass travel beside it as `absent`: a `DELETE` cannot
+//!   reach them now, so it leaves a tombstone for each.
 
 use crate::consul::Instances;
 use crate::membership::versions::VersionClock;
-use dynamic_sharding::members::{Member, MemberDiff, MemberList};
+use dynamic_sharding::members::{Member, MemberDiff, MemberList, MAX_MEMBERS};
 use dynamic_sharding::ring::Ring;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -218,10 +220,11 @@ impl PublishedList {
         effective.dedup();
         let (draining, members): (Vec<Member>, Vec<Member>) =
             effective.iter().cloned().partition(|m| self.drain.contains(m));
+        let absent = self.absent(&effective);
         if self
             .published
             .as_ref()
-            .is_some_and(|p| p.members == members && p.draining == draining)
+            .is_some_and(|p| p.members == members && p.draining == draining && p.absent == absent)
         {
             return ListUpdate::Unchanged;
         }
@@ -241,6 +244,7 @@ impl PublishedList {
             version: self.clock.next(now_ms),
             members,
             draining,
+            absent,
         };
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
@@ -276,6 +280,24 @@ impl PublishedList {
             .cloned()
             .collect();
         (suspicious && !to_probe.is_empty()).then_some(to_probe)
+    }
+}
+
+impl PublishedList {
+    /// The registered pushgateways not in `listed` (the passing and the held ones; sorted), at
+    /// most as many as a list takes.
+    fn absent(&self, listed: &[Member]) -> Vec<Member> {
+        let room = MAX_MEMBERS.saturating_sub(listed.len());
+        let mut absent: Vec<Member> = self
+            .registered
+            .iter()
+            .filter(|m| listed.binary_search(m).is_err())
+            .take(room)
+            .cloned()
+            .collect();
+        absent.sort();
+        absent.dedup();
+        absent
     }
 }
 
@@ -317,8 +339,13 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
             join(&old.draining)
         )
     };
+    let absent = if old.absent == new.absent {
+        String::new()
+    } else {
+        format!(", absent [{}] (was [{}])", join(&new.absent), join(&old.absent))
+    };
     format!(
-        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}; old [{}] new [{}]",
+        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}{absent}; old [{}] new [{}]",
         new.version,
         old.len(),
         new.len(),
@@ -575,6 +602,43 @@ mod tests {
     }
 
     #[test]
+    fn registered_pushgateways_that_do_not_pass_are_listed_absent() {
+        let now = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        v.set_drain(m(&["c:1"]));
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1", "x:1"]), now, 1));
+        assert!(new.absent.is_empty(), "{new:?}");
+        // b dies: out of the ring, absent.
+        let new = published(v.observe(&consul(&["a:1", "c:1", "x:1"], &["b:1"]), now, 2));
+        assert_eq!(
+            (new.members, new.draining, new.absent),
+            (m(&["a:1", "x:1"]), m(&["c:1"]), m(&["b:1"]))
+        );
+        // The draining one dies too: absent as well, still holding what it held.
+        let new = published(v.observe(&consul(&["a:1", "x:1"], &["b:1", "c:1"]), now, 3));
+        assert_eq!((new.draining, new.absent), (vec![], m(&["b:1", "c:1"])));
+        // An unregistered one that stops passing is simply gone.
+        let new = published(v.observe(&consul(&["a:1"], &["b:1", "c:1"]), now, 4));
+        assert_eq!((new.members, new.absent), (m(&["a:1"]), m(&["b:1", "c:1"])));
+        assert_eq!(
+            v.observe(&consul(&["a:1"], &["b:1", "c:1"]), now, 5),
+            ListUpdate::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_held_pushgateway_is_in_the_ring_not_absent() {
+        let now = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 1));
+        let critical = consul(&["a:1"], &["b:1", "c:1"]);
+        assert!(matches!(v.observe(&critical, now, 2), ListUpdate::Probe { .. }));
+        // b answered its probe, c did not: b stays a member, only c is absent.
+        let new = published(v.observe_probed(&critical, &m(&["b:1"]), now, 3));
+        assert_eq!((new.members, new.absent), (m(&["a:1", "b:1"]), m(&["c:1"])));
+    }
+
+    #[test]
     fn no_registered_servers_means_no_settling() {
         let mut v = PublishedList::new(vec![], HOLD);
         v.settle_until(Instant::now() + Duration::from_secs(60));
@@ -586,12 +650,13 @@ mod tests {
         let old = MemberList {
             version: 1,
             members: m(&["a:1", "b:1", "c:1"]),
-            draining: vec![],
+            ..MemberList::default()
         };
         let new = MemberList {
             version: 2,
             members: m(&["a:1", "b:1"]),
-            draining: vec![],
+            absent: m(&["c:1"]),
+            ..MemberList::default()
         };
         let line = describe_change(Some(&old), &new, 500);
         assert!(
@@ -600,7 +665,10 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.ends_with("old [a:1,b:1,c:1] new [a:1,b:1]"), "{line}");
+        assert!(
+            line.ends_with("absent [c:1] (was []); old [a:1,b:1,c:1] new [a:1,b:1]"),
+            "{line}"
+        );
         let first = describe_change(None, &old, 500);
         assert!(
             first.contains("0 -> 3 members") && !first.contains("groups move"),

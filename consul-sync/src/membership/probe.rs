@@ -1,6 +1,7 @@
-//! Asks pushgateways directly whether they are alive (`GET /-/healthy`, as Consul's check does),
-//! when Consul's word that several left at once is in doubt.
+//! Asks pushgateways directly whether they are alive (`GET /-/healthy`, as Consul's check does,
+//! with the same credentials), when Consul's word that several left at once is in doubt.
 
+use crate::config::BasicAuth;
 use crate::net;
 use dynamic_sharding::members::Member;
 use std::time::Duration;
@@ -22,17 +23,24 @@ impl Prober {
     }
 
     /// The members of `members` that answer `200` to `GET /-/healthy` within `timeout`, sorted;
-    /// all are asked at once.
-    pub async fn alive(&self, members: &[Member], timeout: Duration) -> Vec<Member> {
+    /// all are asked at once. `auth`: the pushgateways' basic-auth credentials
+    /// ([`crate::config::Config::pushgateway_auth`]); behind basic auth, one asked without them
+    /// answers `401` and would be judged dead.
+    pub async fn alive(
+        &self,
+        members: &[Member],
+        timeout: Duration,
+        auth: Option<&BasicAuth>,
+    ) -> Vec<Member> {
         let mut tasks = JoinSet::new();
         for m in members {
-            let (http, m) = (self.http.clone(), m.clone());
+            let (http, m, auth) = (self.http.clone(), m.clone(), auth.cloned());
             tasks.spawn(async move {
-                let answer = http
-                    .get(format!("http://{m}/-/healthy"))
-                    .timeout(timeout)
-                    .send()
-                    .await;
+                let mut req = http.get(format!("http://{m}/-/healthy")).timeout(timeout);
+                if let Some(a) = &auth {
+                    req = req.basic_auth(&a.username, a.password.as_deref());
+                }
+                let answer = req.send().await;
                 answer.is_ok_and(|r| r.status() == 200).then_some(m)
             });
         }
@@ -83,7 +91,11 @@ mod tests {
         let started = std::time::Instant::now();
         let alive = Prober::new()
             .unwrap()
-            .alive(&[ok.clone(), failing, frozen, closed], Duration::from_millis(500))
+            .alive(
+                &[ok.clone(), failing, frozen, closed],
+                Duration::from_millis(500),
+                None,
+            )
             .await;
         assert_eq!(alive, vec![ok]);
         assert!(started.elapsed() < Duration::from_secs(2), "probes run at once");

@@ -125,7 +125,11 @@ impl Registrar {
     async fn log_registered_again(&self, reg: &Registration, all_gone: bool, config: &Config) {
         let member = reg.meta.get(META_MEMBER).map_or("?", String::as_str);
         let alive = match (all_gone, Member::parse(member)) {
-            (false, Ok(m)) => !self.prober.alive(&[m], config.check.timeout).await.is_empty(),
+            (false, Ok(m)) => !self
+                .prober
+                .alive(&[m], config.check.timeout, config.pushgateway_auth())
+                .await
+                .is_empty(),
             _ => false,
         };
         if alive {

@@ -239,8 +239,11 @@ impl Watcher {
     async fn decide(&self, consul: &Instances, st: &mut WatchState, index: u64) {
         let mut update = st.list.observe(consul, Instant::now(), self.now_ms());
         if let ListUpdate::Probe { removed } = &update {
-            let timeout = self.updates.borrow().check.timeout;
-            let alive = self.prober.alive(removed, timeout).await;
+            let (timeout, auth) = {
+                let config = self.updates.borrow();
+                (config.check.timeout, config.pushgateway_auth().cloned())
+            };
+            let alive = self.prober.alive(removed, timeout, auth.as_ref()).await;
             if !alive.is_empty() {
                 self.metrics.member_holds.inc_by(alive.len() as u64);
                 warn!(
@@ -354,8 +357,8 @@ impl Watcher {
 
     /// How long a pushgateway that answers is held against Consul, and the settling time.
     fn hold_time(&self) -> Duration {
-        let check = self.updates.borrow().check;
-        check.interval * 2 + check.timeout + SETTLE_MARGIN
+        let config = self.updates.borrow();
+        config.check.interval * 2 + config.check.timeout + SETTLE_MARGIN
     }
 
     fn log_failure(&self, e: &NetError, failures: u64, consequence: &str) {

@@ -91,6 +91,9 @@ pub struct SyncOptions {
     pub reload_token: String,
     /// Top-level YAML appended as it is (e.g. `lease: {...}`).
     pub extra_yaml: String,
+    pub tombstone_ttl: &'static str,
+    /// `pushgateway.username` and `pushgateway.password`, for pushgateways behind basic auth.
+    pub auth: Option<(String, String)>,
 }
 
 impl SyncOptions {
@@ -111,6 +114,8 @@ impl SyncOptions {
             drain: Vec::new(),
             reload_token: "reload-test-token".to_owned(),
             extra_yaml: String::new(),
+            tombstone_ttl: "72h",
+            auth: None,
         }
     }
 
@@ -122,11 +127,15 @@ impl SyncOptions {
             .as_ref()
             .map(|t| format!("\n  token: '{t}'"))
             .unwrap_or_default();
+        let auth = match &self.auth {
+            Some((user, password)) => format!("  username: '{user}'\n  password: '{password}'\n"),
+            None => String::new(),
+        };
         format!(
-            "consul_server:\n  addr: {}{consul_token}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n\
+            "consul_server:\n  addr: {}{consul_token}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n{auth}\
              http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
              envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n\
-             reconcile_interval: {}\ndrain_timeout: {}\nreload_token_file: {reload_token_file}\n{}",
+             reconcile_interval: {}\ndrain_timeout: {}\ntombstone_ttl: {}\nreload_token_file: {reload_token_file}\n{}",
             self.consul_addr,
             self.service,
             or_empty(&self.servers),
@@ -138,6 +147,7 @@ impl SyncOptions {
             self.resync,
             self.reconcile,
             self.drain_timeout,
+            self.tombstone_ttl,
             self.extra_yaml,
         )
     }
