@@ -391,6 +391,7 @@ mod tests {
             version: 7,
             members: vec![],
             draining: vec![],
+            ..MemberList::default()
         });
         let text = m.encode().unwrap();
         for line in [

@@ -36,7 +36,7 @@ fn push<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
 /// The member `path`'s group belongs to, by the listener's own ring.
 fn owner(l: &TestListener, path: &str) -> String {
     let view = l.view().unwrap();
-    match routing::decide(Mode::Proxy, "PUT", path, view.ring()) {
+    match routing::decide(Mode::Proxy, "PUT", path, view.ring(), view.list()) {
         Decision::Route { owner } => owner.to_string(),
         other => panic!("no owner for {path}: {other:?}"),
     }
@@ -762,7 +762,9 @@ fn a_control_body_over_the_limit_is_refused_413() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].status, 413);
     assert!(
-        replies[0].body.contains("body is over 65536 bytes"),
+        replies[0]
+            .body
+            .contains(&format!("body is over {MAX_UPDATE_BYTES} bytes")),
         "{}",
         replies[0].body
     );

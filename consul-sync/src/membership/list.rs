@@ -105,6 +105,7 @@ impl PublishedList {
             version: self.clock.next(now_ms),
             members,
             draining,
+            ..MemberList::default()
         };
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
@@ -306,11 +307,13 @@ mod tests {
             version: 1,
             members: m(&["a:1", "b:1", "c:1"]),
             draining: vec![],
+            ..MemberList::default()
         };
         let new = MemberList {
             version: 2,
             members: m(&["a:1", "b:1"]),
             draining: vec![],
+            ..MemberList::default()
         };
         let line = describe_change(Some(&old), &new, 500);
         assert!(
