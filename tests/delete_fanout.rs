@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{expected_owner, send_on, stack, Stack};
+use common::{expected_owner, send_on, stack, wait_stopped, Stack};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use testkit::envoy::TEST_TOKEN;
+use testkit::http_request;
 use testkit::pushgateway::labels;
-use testkit::{http_request, wait_until};
 
 const CALLS: &str = "delete_fanout_calls_total";
 const FAILURES: &str = "delete_fanout_failures_total";
@@ -35,21 +35,6 @@ fn copies(s: &Stack, job: &str, on: &[&str]) {
     held.sort();
     want.sort();
     assert_eq!(held, want);
-}
-
-/// Waits until every thread of `pid` is stopped: SIGSTOP returns before that, and on a busy
-/// machine a Go process was seen answering requests 300 ms after it.
-fn wait_stopped(pid: u32) {
-    wait_until(&format!("pid {pid} is stopped"), Duration::from_secs(5), || {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-        let all_stopped = tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-                .unwrap_or(false)
-        });
-        all_stopped.then_some(())
-    });
 }
 
 /// A member that does not own `path` among `members`.

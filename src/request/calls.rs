@@ -5,13 +5,15 @@
 //! waited for them when the last one answered, failed or timed out.
 
 use crate::members::Member;
-use crate::routing::Reply;
+use crate::routing::{Replica, Reply};
 
 /// What a call was sent for, which says what its answer means.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purpose {
     /// The same `DELETE` as the client's, to a pushgateway that may hold a copy of the group.
     DeleteCopy(Member),
+    /// The client's write, to the standby of the slot it goes to.
+    Replicate(Replica),
 }
 
 /// What a request does once nothing it waits for is in flight.

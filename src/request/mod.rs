@@ -14,11 +14,20 @@
 //! a copy of the group ([`routing::plan`]); the 307 is sent, or the request resumed to the owner,
 //! only when every one of those calls answered or timed out ([`calls`]), so that when the client
 //! sees its answer no other copy is left (unless a call failed: counted and logged, never fatal).
+//!
+//! A write to a slot with a standby is copied as its body goes by ([`replication`], up to the
+//! configured limit) and sent to the standby when the body ended. The 307 waits for the standby's
+//! answer; in proxy mode the last bytes of the body do (the body streams to the active until
+//! then): the chunk that completes the declared length, or the end of a body of unknown length,
+//! as the active cannot answer without either. So in both modes the standby takes the write
+//! before the active, and the client's answer comes after both. A standby that fails costs the client nothing but the wait (bounded by
+//! `replication_timeout`): the failure is counted and logged.
 
 pub mod calls;
 pub mod header_map;
 pub mod host;
 pub mod listener;
+pub mod replication;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -33,6 +42,7 @@ pub use header_map::RequestHeaders;
 pub use host::{Host, HostError, Stat};
 pub use listener::Listener;
 use log::Level;
+use replication::{Failure, Replication};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,6 +75,10 @@ pub struct Request<H> {
     after_body: Option<Reply>,
     control: Option<ControlRequest>,
     calls: InFlight,
+    /// A write being copied for its slot's standby, until its body ended.
+    replication: Option<Replication>,
+    /// Proxy mode: the last of the body is held until the standby answered.
+    holding: bool,
 }
 
 impl<H: Host> Request<H> {
@@ -74,6 +88,8 @@ impl<H: Host> Request<H> {
             after_body: None,
             control: None,
             calls: InFlight::default(),
+            replication: None,
+            holding: false,
         }
     }
 
@@ -95,29 +111,59 @@ impl<H: Host> Request<H> {
         if self.control.is_some() {
             return self.control_body(body_size, end_of_stream);
         }
-        if self.after_body.is_none() {
-            return Action::Continue;
+        if self.holding {
+            // Envoy keeps what comes meanwhile (the end of the stream) behind the held bytes.
+            return Action::Pause;
         }
-        if end_of_stream {
-            // The reply ends the request here; Envoy discards what it holds of the body.
-            if let Some(reply) = self.after_body.take() {
-                return self.after_calls(Then::Reply(reply));
-            }
+        self.copy_for_standby(body_size);
+        // Proxy mode: the active needs no end of stream after the declared length, so the
+        // chunk that completes it is the one to hold. (Redirect mode answers at the end of the
+        // stream, which always comes: nothing of the body goes on.)
+        let complete =
+            self.after_body.is_none() && self.replication.as_ref().is_some_and(Replication::complete);
+        if end_of_stream || complete {
+            return self.body_ended(body_size);
         }
         // Nothing goes upstream: drop the bytes so the buffer filter behind us holds nothing.
-        if body_size > 0 {
+        if self.after_body.is_some() && body_size > 0 {
             if let Err(e) = self.host().drop_request_body(body_size) {
-                self.after_body = None;
                 return self.internal_error(e);
             }
         }
         Action::Continue
     }
 
+    /// The body ended; the host still holds its last `last_chunk` bytes for this filter. Sends
+    /// the write to its standby, then the reply that waited for the body, or (proxy mode) lets
+    /// the end of the body go on to the active once the standby answered.
+    fn body_ended(&mut self, last_chunk: usize) -> Action {
+        let replicating = self.replicate();
+        if let Some(reply) = self.after_body.take() {
+            // Waiting for calls, hold nothing: the chunk would count against the buffer filter's
+            // limit, and a reply ends the request anyway.
+            if !self.calls.is_empty() && last_chunk > 0 {
+                if let Err(e) = self.host().drop_request_body(last_chunk) {
+                    return self.internal_error(e);
+                }
+            }
+            // The reply ends the request here; Envoy discards what it holds of the body.
+            return self.after_calls(Then::Reply(reply));
+        }
+        if replicating {
+            let action = self.after_calls(Then::Resume);
+            self.holding = action == Action::Pause;
+            return action;
+        }
+        Action::Continue
+    }
+
     /// The request trailers arrived: the body (if any) ended before them.
     pub fn on_trailers(&mut self) -> Action {
-        if let Some(reply) = self.after_body.take() {
-            return self.after_calls(Then::Reply(reply));
+        if self.holding {
+            return Action::Pause;
+        }
+        if self.after_body.is_some() || self.replication.is_some() {
+            return self.body_ended(0);
         }
         if let Some(request) = self.control.take() {
             // The body (paused, so held by Envoy) ended before the trailers.
@@ -144,6 +190,14 @@ impl<H: Host> Request<H> {
                 .and_then(|s| s.parse::<u32>().ok())
         };
         match purpose {
+            Purpose::Replicate(replica) => {
+                if !status.is_some_and(|s| (200..300).contains(&s)) {
+                    // The answer's body is read only for a line that is logged: a standby that
+                    // is down fails every write to its slot.
+                    let why = || self.answer_failure(num_headers, status);
+                    self.listener.replication_failed(&replica, why);
+                }
+            }
             Purpose::DeleteCopy(member) => {
                 if !status.is_some_and(|s| (200..300).contains(&s)) {
                     self.host().count(Stat::FanoutFailures);
@@ -158,8 +212,21 @@ impl<H: Host> Request<H> {
             }
         }
         if let Some(then) = self.calls.released() {
+            self.holding = false;
             self.release(then);
         }
+    }
+
+    /// Why the call answer being reported is not a success.
+    fn answer_failure(&self, num_headers: usize, status: Option<u32>) -> Failure {
+        if num_headers == 0 {
+            return Failure::NoAnswer;
+        }
+        let body = self
+            .host()
+            .http_call_response_body(replication::REASON_BYTES)
+            .unwrap_or_default();
+        Failure::Status(status.unwrap_or(0), replication::reason(&body))
     }
 
     fn data_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
@@ -183,13 +250,26 @@ impl<H: Host> Request<H> {
         if !plan.fanout.is_empty() {
             self.delete_copies(path, &plan.fanout, headers.get("authorization"));
         }
+        let replication = plan.replica.map(|replica| {
+            Replication::new(
+                replica,
+                method,
+                path,
+                &headers,
+                listener.config.replication_body_limit,
+            )
+        });
         match plan.decision {
             Decision::PassThrough => Ok(Action::Continue),
             Decision::Route { owner } => {
                 host.set_request_header(destination, owner.as_str())?;
                 host.count(Stat::Proxied);
-                // Held (body included, up to the listener's buffer limit) until the fan-out
-                // answered; then on to the owner.
+                self.replication = replication;
+                if end_of_stream {
+                    self.replicate();
+                }
+                // Held (body included, up to the listener's buffer limit) until the fan-out and,
+                // without a body, the standby answered; then on to the owner.
                 Ok(self.after_calls(Then::Resume))
             }
             Decision::Reply { reply, outcome } => {
@@ -205,7 +285,12 @@ impl<H: Host> Request<H> {
                 let expects_continue = headers
                     .get("expect")
                     .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                self.replication = replication;
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
+                    if let (false, Some(r)) = (end_of_stream, self.replication.as_mut()) {
+                        r.body_not_read();
+                    }
+                    self.replicate();
                     Ok(self.after_calls(Then::Reply(reply)))
                 } else {
                     // Answer once the body is read, so the connection stays open.
@@ -257,6 +342,48 @@ impl<H: Host> Request<H> {
         }
     }
 
+    /// Copies a body chunk of `size` bytes for the standby, if a write is being copied.
+    fn copy_for_standby(&mut self, size: usize) {
+        let host = &self.listener.host;
+        if let Some(replication) = self.replication.as_mut() {
+            if replication.wants(size) {
+                replication.copy(host.request_body(0, size));
+            }
+        }
+    }
+
+    /// Sends the write being copied to its standby; true when the call is in flight. A write that
+    /// cannot be sent is counted and logged as failed, as one the standby refuses.
+    fn replicate(&mut self) -> bool {
+        let Some(replication) = self.replication.take() else {
+            return false;
+        };
+        let listener = Rc::clone(&self.listener);
+        let (host, config) = (&listener.host, &listener.config);
+        host.count(Stat::Replications);
+        let sent = match replication.call(&config.destination_header) {
+            Ok(call) => host
+                .dispatch_http_call_with_body(
+                    FANOUT_CLUSTER,
+                    call.headers,
+                    call.body,
+                    config.replication_timeout,
+                )
+                .map_err(|e| Failure::NotSent(refused_call(e))),
+            Err(why) => Err(why.clone()),
+        };
+        match sent {
+            Ok(token) => {
+                self.calls.sent(token, Purpose::Replicate(replication.replica));
+                true
+            }
+            Err(why) => {
+                listener.replication_failed(&replication.replica, || why);
+                false
+            }
+        }
+    }
+
     /// Carries out `then` now if no call is in flight, else once the last one answered.
     fn after_calls(&mut self, then: Then) -> Action {
         match self.calls.after(then) {
@@ -278,7 +405,7 @@ impl<H: Host> Request<H> {
                     self.host().count(Stat::HostErrors);
                     self.host().log(
                         Level::Error,
-                        format_args!("could not resume the DELETE after its fan-out: {e}"),
+                        format_args!("could not resume the request after its calls: {e}"),
                     );
                 }
             }
@@ -296,7 +423,10 @@ impl<H: Host> Request<H> {
         Action::Pause
     }
 
-    fn internal_error(&self, e: HostError) -> Action {
+    fn internal_error(&mut self, e: HostError) -> Action {
+        // Answered here: nothing that waited for the body or the calls is carried out.
+        self.after_body = None;
+        self.replication = None;
         self.host().count(Stat::HostErrors);
         self.host()
             .log(Level::Error, format_args!("request refused: {e}"));
@@ -346,7 +476,7 @@ impl<H: Host> Request<H> {
         }
     }
 
-    fn serve_control(&self, request: &ControlRequest, body: &[u8]) -> Action {
+    fn serve_control(&mut self, request: &ControlRequest, body: &[u8]) -> Action {
         let (config, host) = (&self.listener.config, self.host());
         let (reply, outcome) = host.with_shared_data(|store| {
             control::handle(
@@ -376,5 +506,14 @@ impl<H: Host> Request<H> {
             ControlOutcome::Read => {}
         }
         self.reply(&reply)
+    }
+}
+
+/// Why the host would not send a call to `pushgateway_owner`, as the operator can act on it.
+fn refused_call(e: HostError) -> String {
+    match e.status {
+        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
+        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
+        _ => e.to_string(),
     }
 }
