@@ -83,7 +83,10 @@ fuzz_target!(|data: &[u8]| {
             Some(owner) => {
                 assert!(list.members.contains(owner), "owner {owner} is not a member");
                 let placed = list.placement(owner);
-                assert!(list.addresses().any(|a| a == placed.active), "{placed} outside the list");
+                assert!(
+                    list.addresses().any(|a| a == placed.active),
+                    "{placed} outside the list"
+                );
                 assert_ne!(placed.standby, Some(placed.active), "{placed}");
             }
             None => assert!(list.members.is_empty(), "no owner on a ring of members"),
