@@ -4,11 +4,15 @@
 #   ./build.sh          build the filter (.wasm) and consul-sync, print where they are
 #   ./build.sh deps     install what is missing into .deps/ (Envoy, Consul, pushgateway, ...)
 #   ./build.sh test     deps + build + fmt + clippy (native and wasm32) + envoy --mode validate + every test
+#   ./build.sh check    the contributor loop: fmt, clippy (native and wasm32), promtool and envoy
+#                       --mode validate, unit and golden-vector tests; starts no Envoy, Consul or
+#                       pushgateway; needs what ./build.sh deps installs (envoy, promtool, ...)
 #   ./build.sh bench    deps + build + the benchmarks (bench/README.md); `bench curves`: cost curves; `bench reconcile`: the reconciler's;
 #                       `bench cluster [--quick]`: pushes/s and latency of 1, 2 and 4 pushgateways
 #   ./build.sh faults   deps + build + the fault matrix with full durations (docs/operations.md, bench/README.md)
-#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) on its corpus, then
-#                       the corpus minimised (fuzz/corpus/, committed); figures for docs/fuzzing.md
+#   ./build.sh fuzz [s] deps + every fuzz target for s seconds (default 120) from its seeds
+#                       (fuzz/seeds/) and its evolved corpus (fuzz/corpus/, git-ignored), which
+#                       then is minimised; figures for docs/fuzzing.md
 #   ./build.sh demo     deps + build + the whole stack in the foreground (Ctrl-C stops it)
 #   ./build.sh dist     build + the release bundle dist/dynamic-sharding-<version>-linux-<arch>.tar.gz (+ .sha256)
 set -euo pipefail
@@ -40,14 +44,18 @@ wasm_target() {
     fi
 }
 
-build() {
-    need_cargo
-    say "building the filter (wasm32-wasip1) and consul-sync"
+build_filter() {
     cargo build --release --locked --target wasm32-wasip1 -p dynamic-sharding
     # Envoy calls every exported proxy-wasm callback on every stream, and the SDK exports them
     # all; dropping the ones the filter leaves at their defaults saves about 4 % of Envoy's CPU
     # per redirect (bench/README.md, "Profile"). Idempotent, so a rebuild-free run is harmless.
     python3 scripts/strip-exports.py "$WASM"
+}
+
+build() {
+    need_cargo
+    say "building the filter (wasm32-wasip1) and consul-sync"
+    build_filter
     cargo build --release --locked -p consul-sync
     echo "filter:      $ROOT/$WASM"
     echo "consul-sync: $ROOT/$CONSUL_SYNC"
@@ -84,6 +92,46 @@ checks() {
     done
 }
 
+# What the contributor loop (`check`) runs besides cargo; `deps` installs each. A missing one
+# fails the loop: a check that skipped Envoy's validation would pass a config Envoy refuses.
+check_needs() {
+    local missing=() target
+    need_cargo
+    if command -v rustup >/dev/null 2>&1; then
+        for target in wasm32-wasip1 wasm32-unknown-unknown; do
+            rustup target list --installed | grep -qx "$target" || missing+=("the $target target")
+        done
+    fi
+    local envoy promtool=${PROMTOOL_BIN:-$ROOT/.deps/bin/promtool}
+    envoy=$(envoy_bin)
+    command -v "$envoy" >/dev/null 2>&1 || missing+=("envoy ($envoy)")
+    command -v "$promtool" >/dev/null 2>&1 || missing+=("promtool ($promtool)")
+    [[ -x $ROOT/.deps/bin/wasm-bindgen-test-runner ]] ||
+        missing+=("wasm-bindgen-test-runner ($ROOT/.deps/bin/wasm-bindgen-test-runner)")
+    command -v node >/dev/null 2>&1 || missing+=("node (Node.js, for the wasm32 golden vectors; Debian: apt-get install nodejs)")
+    if ((${#missing[@]})); then
+        printf 'build.sh check: missing %s\n' "${missing[@]}" >&2
+        echo "build.sh check: ./build.sh deps installs them into .deps/ (nothing system-wide); ENVOY_BIN and PROMTOOL_BIN name your own" >&2
+        exit 1
+    fi
+}
+
+# The tests that start no process: every crate's unit tests and the golden vectors, natively
+# and on wasm32. The rest of tests/ and consul-sync/tests/ run real Envoy, Consul, pushgateways.
+quick_tests() {
+    say "unit tests (every crate)"
+    cargo test --locked --workspace --lib
+    say "golden vectors (native)"
+    cargo test --locked -p dynamic-sharding --test golden
+    wasm_golden
+}
+
+wasm_golden() {
+    say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$ROOT/.deps/bin/wasm-bindgen-test-runner" \
+        cargo test --locked --target wasm32-unknown-unknown -p dynamic-sharding --test golden
+}
+
 FUZZ_TARGETS=(grouping_key control_api plugin_config consul_sync_config answers)
 
 # cargo fuzz on the nightly toolchain, both installed by scripts/deps.sh. No sanitizer: the code
@@ -92,12 +140,20 @@ cargo_fuzz() {
     (cd fuzz && PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly fuzz "$@")
 }
 
-# One run of every target: fuzz_run <seconds> <seed> <keep>. With keep, new inputs go into the
-# committed corpus (then minimised); without, into a temporary folder, so a test run leaves the
-# tree clean. Prints a table: executions, coverage (edges), features, corpus size; exits 1 on
-# any crash (its input is in fuzz/artifacts/<target>/).
+# One run of every target: fuzz_run <seconds> <seed> <keep>. Each target starts from its
+# committed seeds (fuzz/seeds/<target>/, never written) and the evolved corpus of earlier runs
+# (fuzz/corpus/<target>/, git-ignored, absent in a fresh clone). With keep, new inputs go into
+# that corpus, which is then minimised; without, into a temporary folder, so a test run leaves
+# the tree as it was. Prints a table: executions, coverage (edges), features, corpus size;
+# exits 1 on any crash (its input is in fuzz/artifacts/<target>/).
 fuzz_run() {
     local seconds=$1 seed=$2 keep=$3 t log out corpus failed=0 total=0
+    for t in "${FUZZ_TARGETS[@]}"; do
+        if [[ ! -d fuzz/seeds/$t ]]; then
+            echo "build.sh: fuzz/seeds/$t is missing; every target in FUZZ_TARGETS needs its seeds" >&2
+            return 1
+        fi
+    done
     say "building the fuzz targets (nightly, cargo fuzz)"
     cargo_fuzz build -s none
     local tmp
@@ -105,7 +161,15 @@ fuzz_run() {
     printf '%-20s %12s %8s %8s %8s %s\n' target executions cov ft corpus result
     for t in "${FUZZ_TARGETS[@]}"; do
         log=$tmp/$t.log
-        if [[ -n $keep ]]; then corpus=(corpus/"$t"); else mkdir -p "$tmp/$t"; corpus=("$tmp/$t" corpus/"$t"); fi
+        # libFuzzer writes new inputs into the first folder only.
+        if [[ -n $keep ]]; then
+            mkdir -p fuzz/corpus/"$t"
+            corpus=(corpus/"$t" seeds/"$t")
+        else
+            mkdir -p "$tmp/$t"
+            corpus=("$tmp/$t" seeds/"$t")
+            [[ -d fuzz/corpus/$t ]] && corpus+=(corpus/"$t")
+        fi
         local rc=0
         cargo_fuzz run -s none "$t" "${corpus[@]}" -- -seed="$seed" -max_total_time="$seconds" \
             -print_final_stats=1 -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || rc=$?
@@ -120,15 +184,29 @@ fuzz_run() {
     done
     echo "total executions: $total (seed $seed, $seconds s per target)"
     if [[ -n $keep ]] && ((failed == 0)); then
-        say "minimising the corpus"
+        say "minimising the evolved corpus (fuzz/corpus/): it keeps what the seeds do not cover"
         for t in "${FUZZ_TARGETS[@]}"; do
-            cargo_fuzz cmin -s none "$t" corpus/"$t" >"$tmp/$t.cmin.log" 2>&1 ||
-                { tail -n 20 "$tmp/$t.cmin.log" >&2; failed=1; }
-            echo "$t: $(ls fuzz/corpus/"$t" | wc -l) inputs after cmin"
+            minimise "$t" "$tmp/$t.merge.log" || { tail -n 20 "$tmp/$t.merge.log" >&2; failed=1; }
         done
     fi
     ((failed == 0)) && rm -rf "$tmp"
     return $failed
+}
+
+# minimise <target> <log>: libFuzzer's merge into a folder that starts with the seeds keeps
+# every seed and adds only the cached inputs that reach something new; the seeds are then taken
+# out again, so fuzz/corpus/<target>/ holds what the seeds lack.
+minimise() {
+    local t=$1 log=$2 new=fuzz/corpus/.$1.merging f
+    rm -rf "$new"
+    mkdir -p "$new"
+    cp fuzz/seeds/"$t"/* "$new"/
+    cargo_fuzz run -s none "$t" corpus/."$t".merging corpus/"$t" -- -merge=1 \
+        -rss_limit_mb=1024 -max_len=4096 >"$log" 2>&1 || { rm -rf "$new"; return 1; }
+    for f in fuzz/seeds/"$t"/*; do rm -f "$new/${f##*/}"; done
+    rm -rf fuzz/corpus/"$t"
+    mv "$new" fuzz/corpus/"$t"
+    echo "$t: $(find fuzz/corpus/"$t" -type f | wc -l) evolved inputs kept beside $(find fuzz/seeds/"$t" -type f | wc -l) seeds"
 }
 
 run_tests() {
@@ -138,9 +216,7 @@ run_tests() {
     # The differential test's generator is seeded: a fixed seed here, so a run is repeatable;
     # run it alone without DIFFERENTIAL_SEED for a new seed each time (it prints the seed).
     DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} cargo test --locked --workspace
-    say "golden vectors on wasm32 (wasm-bindgen-test under Node)"
-    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$ROOT/.deps/bin/wasm-bindgen-test-runner" \
-        cargo test --locked --target wasm32-unknown-unknown -p dynamic-sharding --test golden
+    wasm_golden
 }
 
 case "${1:-build}" in
@@ -151,6 +227,13 @@ case "${1:-build}" in
         build
         checks
         run_tests
+        ;;
+    check)
+        check_needs
+        say "building the filter (envoy --mode validate loads it)"
+        build_filter
+        checks
+        quick_tests
         ;;
     bench)
         shift
@@ -211,10 +294,10 @@ case "${1:-build}" in
         deploy/dist.sh
         ;;
     -h | --help | help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, bench, faults, fuzz, demo, dist" >&2
+        echo "build.sh: unknown command '$1'; expected one of: build, deps, test, check, bench, faults, fuzz, demo, dist" >&2
         exit 2
         ;;
 esac

@@ -5,6 +5,7 @@
 
 use crate::members::MemberList;
 use crate::ring::{validate_vnodes, DEFAULT_VNODES};
+use crate::tombstones::{DEFAULT_MAX_TOMBSTONES, MAX_MAX_TOMBSTONES};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ struct RawConfig {
     replication_body_limit: Option<usize>,
     #[serde(default)]
     replication_timeout: Option<String>,
+    #[serde(default = "default_max_delete_fanouts")]
+    max_delete_fanouts: u32,
+    #[serde(default = "default_max_tombstones")]
+    max_tombstones: u32,
 }
 
 fn default_vnodes() -> u32 {
@@ -67,6 +72,19 @@ fn default_token_env() -> String {
 fn default_destination_header() -> String {
     DEFAULT_DESTINATION_HEADER.to_owned()
 }
+fn default_max_delete_fanouts() -> u32 {
+    DEFAULT_MAX_DELETE_FANOUTS
+}
+fn default_max_tombstones() -> u32 {
+    DEFAULT_MAX_TOMBSTONES
+}
+
+/// Default of `max_delete_fanouts`: far above what honest clients keep in flight (a `DELETE`
+/// waits at most 3 s), low enough that a flood costs each pushgateway at most this many
+/// calls per worker at once.
+pub const DEFAULT_MAX_DELETE_FANOUTS: u32 = 64;
+/// Largest `max_delete_fanouts` accepted.
+pub const MAX_MAX_DELETE_FANOUTS: u32 = 10_000;
 
 /// The compiled configuration every request context shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +103,10 @@ pub struct Config {
     pub replication_body_limit: usize,
     /// Longest a write's answer waits for its standby.
     pub replication_timeout: Duration,
+    /// `DELETE`s whose fan-out may be in flight at once on one worker; more are answered `503`.
+    pub max_delete_fanouts: u32,
+    /// Tombstones kept for consul-sync; a `DELETE` that could need one more is answered `503`.
+    pub max_tombstones: u32,
 }
 
 impl Config {
@@ -98,7 +120,7 @@ impl Config {
                 format!(
                     "plugin configuration: {e}; accepted fields: mode (redirect|proxy|control), vnodes, members, \
                      control_token, control_token_env, destination_header, replication_body_limit, \
-                     replication_timeout"
+                     replication_timeout, max_delete_fanouts, max_tombstones"
                 )
             })?
         };
@@ -116,6 +138,21 @@ impl Config {
                 raw.destination_header
             ));
         }
+        let within = |field: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!(
+                    "plugin configuration: field `{field}`: {value} is out of range; expected 1 to {max}"
+                ))
+            }
+        };
+        let max_delete_fanouts = within(
+            "max_delete_fanouts",
+            raw.max_delete_fanouts,
+            MAX_MAX_DELETE_FANOUTS,
+        )?;
+        let max_tombstones = within("max_tombstones", raw.max_tombstones, MAX_MAX_TOMBSTONES)?;
         let (control_tokens, control_token_source) = match raw.control_token {
             Some(t) => {
                 let tokens = parse_tokens(&t)
@@ -163,6 +200,8 @@ impl Config {
             destination_header,
             replication_body_limit,
             replication_timeout,
+            max_delete_fanouts,
+            max_tombstones,
         })
     }
 }
@@ -238,6 +277,7 @@ mod tests {
         assert_eq!(c.destination_header, "x-sharding-destination");
         assert_eq!(c.replication_body_limit, 1024 * 1024);
         assert_eq!(c.replication_timeout, Duration::from_secs(2));
+        assert_eq!((c.max_delete_fanouts, c.max_tombstones), (64, 10_000));
     }
 
     #[test]
@@ -289,7 +329,8 @@ mod tests {
     #[test]
     fn full_configuration() {
         let c = Config::parse(
-            br#"{"mode":"proxy","vnodes":100,"members":["b:1","a:1"],"control_token":"s3cret","destination_header":"X-Owner"}"#,
+            br#"{"mode":"proxy","vnodes":100,"members":["b:1","a:1"],"control_token":"s3cret","destination_header":"X-Owner",
+                 "max_delete_fanouts":8,"max_tombstones":50}"#,
             no_env,
         )
         .unwrap();
@@ -302,6 +343,7 @@ mod tests {
         assert_eq!(c.bootstrap.version, 0);
         assert_eq!(c.control_tokens, ["s3cret"]);
         assert_eq!(c.destination_header, "x-owner");
+        assert_eq!((c.max_delete_fanouts, c.max_tombstones), (8, 50));
     }
 
     #[test]
@@ -369,6 +411,14 @@ mod tests {
             ),
             (br#"{"destination_header":"host"}"#, "field `destination_header`"),
             (br#"{"control_token":""}"#, "field `control_token`"),
+            (
+                br#"{"max_delete_fanouts":0}"#,
+                "field `max_delete_fanouts`: 0 is out of range; expected 1 to 10000",
+            ),
+            (
+                br#"{"max_tombstones":100001}"#,
+                "field `max_tombstones`: 100001 is out of range; expected 1 to 100000",
+            ),
             (b"[1]", "accepted fields"),
         ] {
             let err = Config::parse(json, no_env).unwrap_err();

@@ -11,7 +11,7 @@
 //!
 //! Nothing is stored unless everything was valid; a refused update leaves the list as it was.
 
-use crate::members::{MemberDiff, MemberList, MAX_UPDATE_BYTES};
+use crate::members::{Member, MemberDiff, MemberList, MAX_UPDATE_BYTES};
 use crate::routing::Reply;
 use crate::store::{bump_generation, load_members, SharedStore, StoreError, MEMBERS_KEY};
 use serde_json::json;
@@ -56,7 +56,7 @@ pub fn handle(
                 405,
                 format!("method {other} is not allowed on {MEMBERS_PATH}; allowed: GET, PUT"),
             );
-            reply.headers.push(("allow", "GET, PUT".to_owned()));
+            reply.headers.push("allow", "GET, PUT");
             (reply, ControlOutcome::Rejected(format!("method {other}")))
         }
     }
@@ -69,16 +69,8 @@ fn put(
     bootstrap: &MemberList,
     store: &mut dyn SharedStore,
 ) -> (Reply, ControlOutcome) {
-    if tokens.is_empty() {
-        let why = "no control token is configured: set SHARDING_CONTROL_TOKEN for Envoy (or control_token in the plugin configuration)";
-        return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
-    }
-    let presented = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    if !presented.is_some_and(|p| token_matches(p.as_bytes(), tokens)) {
-        let why = "missing or wrong token: send Authorization: Bearer <token>";
-        return (unauthorized(why), ControlOutcome::Rejected(why.to_owned()));
+    if let Err((reply, why)) = authorize(authorization, tokens) {
+        return (reply, ControlOutcome::Rejected(why));
     }
     if body.len() > MAX_UPDATE_BYTES {
         let why = format!(
@@ -97,7 +89,7 @@ fn put(
             Ok(v) => v,
             Err(e) => return internal(e),
         };
-        let same_members = old.same_placement(&new);
+        let same_members = old.same_members(&new);
         if !same_members && new.version <= old.version {
             let why = format!(
                 "version {} is not above the stored version {} and the members differ; send a higher version",
@@ -130,6 +122,22 @@ fn put(
     internal(StoreError::CasMismatch)
 }
 
+/// Checks the bearer token of a request that needs one; the refusal and its reason otherwise.
+pub(crate) fn authorize(authorization: Option<&str>, tokens: &[String]) -> Result<(), (Reply, String)> {
+    if tokens.is_empty() {
+        let why = "no control token is configured: set SHARDING_CONTROL_TOKEN for Envoy (or control_token in the plugin configuration)";
+        return Err((unauthorized(why), why.to_owned()));
+    }
+    let presented = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !presented.is_some_and(|p| token_matches(p.as_bytes(), tokens)) {
+        let why = "missing or wrong token: send Authorization: Bearer <token>";
+        return Err((unauthorized(why), why.to_owned()));
+    }
+    Ok(())
+}
+
 /// The stored list, or the bootstrap list before the first update.
 fn current(store: &dyn SharedStore, bootstrap: &MemberList) -> Result<(MemberList, Option<u32>), StoreError> {
     Ok(load_members(store)?.unwrap_or_else(|| (bootstrap.clone(), None)))
@@ -142,13 +150,13 @@ fn accepted(list: &MemberList, changed: bool) -> Reply {
     )
 }
 
-fn error(status: u32, why: String) -> Reply {
+pub(crate) fn error(status: u32, why: String) -> Reply {
     Reply::json(status, json!({ "error": why }).to_string())
 }
 
 fn unauthorized(why: &str) -> Reply {
     let mut reply = error(401, why.to_owned());
-    reply.headers.push(("www-authenticate", "Bearer".to_owned()));
+    reply.headers.push("www-authenticate", "Bearer");
     reply
 }
 
@@ -177,14 +185,18 @@ fn constant_time_eq(presented: &[u8], token: &[u8]) -> bool {
 
 /// A log line for an accepted update: versions, counts and what changed.
 pub fn describe(old: &MemberList, new: &MemberList) -> String {
-    let draining = if new.draining.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<&str> = new.draining.iter().map(|m| m.as_str()).collect();
-        format!(", draining [{}]", names.join(","))
+    let beside = |what: &str, list: &[Member]| {
+        if list.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = list.iter().map(|m| m.as_str()).collect();
+            format!(", {what} [{}]", names.join(","))
+        }
     };
+    let draining = beside("draining", &new.draining);
+    let absent = beside("absent", &new.absent);
     format!(
-        "member list version {} -> {}, {} -> {} members, {}{draining}{}",
+        "member list version {} -> {}, {} -> {} members, {}{draining}{absent}{}",
         old.version,
         new.version,
         old.len(),
@@ -276,8 +288,23 @@ mod tests {
         assert!(r.body.contains(r#""version":11"#), "{}", r.body);
         assert!(matches!(o, ControlOutcome::Rejected(_)));
         assert_eq!(stored(&s).members, MemberList::new(0, &["a:1"]).unwrap().members);
+        // The same ring with another pushgateway absent is another list.
+        let (r, _) = put(
+            &mut s,
+            r#"{"version": 11, "members": ["a:1"], "absent": ["b:1"]}"#,
+        );
+        assert_eq!(r.status, 409);
+        let (r, o) = put(
+            &mut s,
+            r#"{"version": 12, "members": ["a:1"], "absent": ["b:1"]}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            matches!(o, ControlOutcome::Accepted { ref new, .. } if describe(&stored(&s), new).contains("absent [b:1]"))
+        );
+        assert_eq!(stored(&s).absent, MemberList::new(0, &["b:1"]).unwrap().members);
         // Empty list with a newer version is honest and taken.
-        let (r, _) = put(&mut s, r#"{"version": 12, "members": []}"#);
+        let (r, _) = put(&mut s, r#"{"version": 13, "members": []}"#);
         assert_eq!(r.status, 200);
         assert!(stored(&s).is_empty());
     }

@@ -9,9 +9,9 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::Hasher;
 
 /// Prefix of every push path (pushgateway's default `--web.route-prefix`).
 const METRICS_PREFIX: &str = "/metrics/job";
@@ -75,54 +75,30 @@ fn invalid(why: impl Into<String>) -> PathError {
 impl GroupingKey {
     /// Parses the path part of a request target (no query string) into its grouping key.
     pub fn from_path(raw_path: &str) -> Result<GroupingKey, PathError> {
-        // Cheap rejection first: most foreign paths never pay for decoding.
-        if !may_be_push_path(raw_path) {
-            return Err(PathError::NotPushPath);
-        }
-        let decoded = match percent_decode(raw_path)? {
-            Decoded::Text(t) => t,
-            // Rare: judged byte by byte, so only the values the group keeps must be UTF-8.
-            Decoded::Bytes(b) => return from_decoded_bytes(&b),
-        };
-        let cleaned = clean_path(&decoded);
-        let rest = cleaned
-            .strip_prefix(METRICS_PREFIX)
-            .ok_or(PathError::NotPushPath)?;
-        let (job_is_base64, rest) = match rest.strip_prefix(BASE64_SUFFIX) {
-            Some(after) => (true, after),
-            None => (false, rest),
-        };
-        let rest = match rest.strip_prefix('/') {
-            Some(after) => after,
-            // `/metrics/jobs/...` or `/metrics/job` alone: not the push API.
-            None if rest.is_empty() => return Err(invalid("job name is required: /metrics/job/<job>")),
-            None => return Err(PathError::NotPushPath),
-        };
-        let (job_raw, label_part) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let job = if job_is_base64 {
-            decode_base64(job_raw)
-                .map_err(|e| invalid(format!("invalid base64 encoding for job {job_raw:?}: {e}")))?
-        } else {
-            job_raw.to_owned()
-        };
-        if job.is_empty() {
-            return Err(invalid("job name is required: /metrics/job/<job>"));
-        }
-        let mut labels = split_labels(label_part)?;
-        if labels
-            .iter()
-            .any(|(name, value)| name == INSTANCE && value.is_empty())
-        {
-            return Err(invalid(EMPTY_INSTANCE));
-        }
-        // The job from the path wins over a `job` label, as in pushgateway.
-        labels.retain(|(name, _)| name != "job");
-        labels.push(("job".to_owned(), job));
-        labels.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(GroupingKey { labels })
+        parse(raw_path, false, |labels| GroupingKey {
+            labels: labels
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.as_ref().to_owned()))
+                .collect(),
+        })
+    }
+
+    /// The hash of the group `raw_path` names: `GroupingKey::from_path(raw_path)` and
+    /// [`GroupingKey::hash`], with the same errors, without building the key. Names and values
+    /// are borrowed from the path where nothing had to be decoded, so a push path with a few
+    /// labels and no escapes costs no allocation.
+    pub fn hash_path(raw_path: &str) -> Result<u64, PathError> {
+        parse(raw_path, false, |labels| {
+            hash_labels(labels.iter().map(|(name, value)| (*name, value.as_ref())))
+        })
+    }
+
+    /// [`GroupingKey::hash_path`] of a request target's path: the target up to its first `?`
+    /// (found in the same pass over it as the rest).
+    pub fn hash_target(path_and_query: &str) -> Result<u64, PathError> {
+        parse(path_and_query, true, |labels| {
+            hash_labels(labels.iter().map(|(name, value)| (*name, value.as_ref())))
+        })
     }
 
     /// The group named by grouping labels as pushgateway reports them (the `labels` of each
@@ -198,18 +174,42 @@ impl GroupingKey {
     }
 
     /// XXH64 (seed 0) of [`GroupingKey::canonical_bytes`]: the group's position on the ring.
-    /// Streamed into the hasher piece by piece (the same digest as hashing the bytes at once),
-    /// so the request path allocates no buffer for it.
     pub fn hash(&self) -> u64 {
-        let mut h = twox_hash::XxHash64::with_seed(0);
-        for (name, value) in &self.labels {
-            for part in [name.as_bytes(), value.as_bytes()] {
-                h.write(&(part.len() as u32).to_be_bytes());
-                h.write(part);
-            }
-        }
-        h.finish()
+        hash_labels(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
+}
+
+/// XXH64 (seed 0) of the canonical bytes of `labels` (sorted by name, see
+/// [`GroupingKey::canonical_bytes`]). A short key's bytes are laid out on the stack and hashed in
+/// one call, which costs less than streaming them piece by piece; a long one is streamed (the
+/// same digest), so no buffer is allocated either way.
+fn hash_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> u64 {
+    let mut bytes = [0u8; 128];
+    let mut len = 0;
+    for (name, value) in labels.clone() {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            let Some(out) = bytes.get_mut(len..len + 4 + part.len()) else {
+                return hash_streamed(labels);
+            };
+            let (prefix, rest) = out.split_at_mut(4);
+            prefix.copy_from_slice(&(part.len() as u32).to_be_bytes());
+            rest.copy_from_slice(part);
+            len += 4 + part.len();
+        }
+    }
+    twox_hash::XxHash64::oneshot(0, &bytes[..len])
+}
+
+fn hash_streamed<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    for (name, value) in labels {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            h.write(&(part.len() as u32).to_be_bytes());
+            h.write(part);
+        }
+    }
+    h.finish()
 }
 
 impl fmt::Display for GroupingKey {
@@ -253,10 +253,126 @@ pub(crate) fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// True when the path could decode to something under `/metrics/job`. Paths with `%`, `.` or `//`
-/// may hide the prefix, so they go through the full parse.
-fn may_be_push_path(raw: &str) -> bool {
-    raw.starts_with(METRICS_PREFIX) || raw.contains('%') || raw.contains("/.") || raw.contains("//")
+/// Labels as a path names them, borrowed from it where nothing was decoded. Inline up to a
+/// count no real push path exceeds, so parsing allocates only for what it had to decode.
+type Labels<'a> = SmallVec<[(&'a str, Cow<'a, str>); 8]>;
+
+/// Parses `raw_path` (with `target`, only up to its first `?`) as [`GroupingKey::from_path`]
+/// describes and hands `f` the group's labels, sorted by name, `job` included.
+fn parse<R>(
+    raw_path: &str,
+    target: bool,
+    f: impl FnOnce(&[(&str, Cow<'_, str>)]) -> R,
+) -> Result<R, PathError> {
+    let scan = Scan::of(raw_path, target);
+    let raw_path = raw_path.get(..scan.end).unwrap_or(raw_path);
+    // Cheap rejection first: most foreign paths never pay for decoding. Paths with `%`, `/.` or
+    // `//` may hide the prefix, so they go through the full parse.
+    if !(raw_path.starts_with(METRICS_PREFIX) || scan.percent || scan.unclean) {
+        return Err(PathError::NotPushPath);
+    }
+    let mut labels = Labels::new();
+    if !(scan.percent || scan.unclean) {
+        // The common case: nothing to decode or clean, every label borrowed from the path.
+        labels_of(raw_path, &mut labels)?;
+        return Ok(f(&labels));
+    }
+    let decoded = match percent_decode(raw_path)? {
+        Decoded::Text(t) => t,
+        // Rare: judged byte by byte, so only the values the group keeps must be UTF-8.
+        Decoded::Bytes(b) => {
+            let key = from_decoded_bytes(&b)?;
+            let labels: Labels<'_> = key
+                .labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), Cow::Borrowed(v.as_str())))
+                .collect();
+            return Ok(f(&labels));
+        }
+    };
+    let cleaned = clean_path(&decoded);
+    let mut labels = Labels::new();
+    labels_of(&cleaned, &mut labels)?;
+    Ok(f(&labels))
+}
+
+/// What one pass over a raw path finds: where it ends, anything to percent-decode, anything Go's
+/// path cleaning would change (`//` or `/.`).
+struct Scan {
+    end: usize,
+    percent: bool,
+    unclean: bool,
+}
+
+impl Scan {
+    /// With `target`, the path ends at the first `?`; else at the end of `raw`.
+    fn of(raw: &str, target: bool) -> Scan {
+        let mut scan = Scan {
+            end: raw.len(),
+            percent: false,
+            unclean: false,
+        };
+        let mut after_slash = false;
+        for (i, b) in raw.bytes().enumerate() {
+            match b {
+                b'%' => scan.percent = true,
+                b'/' | b'.' if after_slash => scan.unclean = true,
+                b'?' if target => {
+                    scan.end = i;
+                    break;
+                }
+                _ => {}
+            }
+            after_slash = b == b'/';
+        }
+        scan
+    }
+}
+
+/// Fills `labels` (empty) with those of a decoded and cleaned path, sorted by name, `job`
+/// included: pushgateway's rules (see the module documentation) on text. Filled in place, as
+/// the inline list is too large to return by value for free.
+fn labels_of<'a>(cleaned: &'a str, labels: &mut Labels<'a>) -> Result<(), PathError> {
+    let rest = cleaned
+        .strip_prefix(METRICS_PREFIX)
+        .ok_or(PathError::NotPushPath)?;
+    let (job_is_base64, rest) = match rest.strip_prefix(BASE64_SUFFIX) {
+        Some(after) => (true, after),
+        None => (false, rest),
+    };
+    let rest = match rest.strip_prefix('/') {
+        Some(after) => after,
+        // `/metrics/jobs/...` or `/metrics/job` alone: not the push API.
+        None if rest.is_empty() => return Err(invalid("job name is required: /metrics/job/<job>")),
+        None => return Err(PathError::NotPushPath),
+    };
+    let (job_raw, label_part) = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let job = if job_is_base64 {
+        Cow::Owned(
+            decode_base64(job_raw)
+                .map_err(|e| invalid(format!("invalid base64 encoding for job {job_raw:?}: {e}")))?,
+        )
+    } else {
+        Cow::Borrowed(job_raw)
+    };
+    if job.is_empty() {
+        return Err(invalid("job name is required: /metrics/job/<job>"));
+    }
+    split_labels(label_part, labels)?;
+    if labels
+        .iter()
+        .any(|(name, value)| *name == INSTANCE && value.is_empty())
+    {
+        return Err(invalid(EMPTY_INSTANCE));
+    }
+    // The job from the path wins over a `job` label, as in pushgateway.
+    labels.retain(|(name, _)| *name != "job");
+    labels.push(("job", job));
+    labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    Ok(())
 }
 
 /// A percent-decoded path: text, or bytes that are not UTF-8 (a value pushgateway would keep
@@ -433,20 +549,19 @@ fn clean_path(p: &str) -> Cow<'_, str> {
 }
 
 /// Pushgateway's `splitLabels`: `""` and `"/"` are no labels; otherwise an odd number of
-/// components after the leading slash is an error.
-fn split_labels(labels: &str) -> Result<Vec<(String, String)>, PathError> {
-    let mut result: Vec<(String, String)> = Vec::new();
+/// components after the leading slash is an error. Later duplicates win. Appends to `result`.
+fn split_labels<'a>(labels: &'a str, result: &mut Labels<'a>) -> Result<(), PathError> {
     if labels.len() <= 1 {
-        return Ok(result);
+        return Ok(());
     }
-    let components: Vec<&str> = labels.split('/').collect();
-    if components.len() % 2 == 0 {
+    // Counted first: an odd count is the error pushgateway reports before any label's.
+    if labels.bytes().filter(|b| *b == b'/').count() % 2 == 1 {
         return Err(invalid(format!(
             "odd number of components in label string {labels:?}: expected /<label>/<value> pairs"
         )));
     }
-    for pair in components[1..].chunks_exact(2) {
-        let (name, value) = (pair[0], pair[1]);
+    let mut components = labels[1..].split('/');
+    while let (Some(name), Some(value)) = (components.next(), components.next()) {
         let (trimmed, is_base64) = match name.strip_suffix(BASE64_SUFFIX) {
             Some(t) => (t, true),
             None => (name, false),
@@ -457,21 +572,21 @@ fn split_labels(labels: &str) -> Result<Vec<(String, String)>, PathError> {
             )));
         }
         let value = if is_base64 {
-            decode_base64(value).map_err(|e| {
+            Cow::Owned(decode_base64(value).map_err(|e| {
                 invalid(format!(
                     "invalid base64 encoding for label {trimmed}={value:?}: {e}"
                 ))
-            })?
+            })?)
         } else {
-            value.to_owned()
+            Cow::Borrowed(value)
         };
         // Later duplicates win, as in pushgateway's map.
-        match result.iter_mut().find(|(n, _)| n == trimmed) {
+        match result.iter_mut().find(|(n, _)| *n == trimmed) {
             Some(entry) => entry.1 = value,
-            None => result.push((trimmed.to_owned(), value)),
+            None => result.push((trimmed, value)),
         }
     }
-    Ok(result)
+    Ok(())
 }
 
 fn is_valid_label_name(name: &str) -> bool {
@@ -483,10 +598,18 @@ fn is_valid_label_name(name: &str) -> bool {
     chars.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// Pushgateway's `decodeBase64`: trailing `=` trimmed, then unpadded base64url.
+/// Pushgateway's `decodeBase64`: trailing `=` trimmed, then unpadded base64url, where Go's
+/// decoder skips `\r` and `\n` wherever they stand (so `M%0Aw` is `3`, and `MQ==%0A` is refused:
+/// its `=` are not trailing).
 fn decode_base64(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_end_matches('=');
+    let input: Cow<'_, str> = if trimmed.contains(['\r', '\n']) {
+        Cow::Owned(trimmed.replace(['\r', '\n'], ""))
+    } else {
+        Cow::Borrowed(trimmed)
+    };
     let bytes = PUSHGATEWAY_BASE64
-        .decode(s.trim_end_matches('='))
+        .decode(input.as_bytes())
         .map_err(|e| format!("{e} (expected unpadded or padded base64url, RFC 4648 section 5)"))?;
     String::from_utf8(bytes).map_err(|_| "decoded value is not valid UTF-8".to_owned())
 }
@@ -549,6 +672,41 @@ mod tests {
             pairs(&[("job", "j"), ("p", "/~?")])
         );
         assert_eq!(key("/metrics/job@base64/ag=="), key("/metrics/job/j"));
+    }
+
+    #[test]
+    fn line_breaks_in_base64_values_are_skipped_as_pushgateway_does() {
+        // Go's base64 decoder skips `\r` and `\n` wherever they stand; pushgateway 1.5.1 takes
+        // each of these (after trimming trailing `=`), checked with curl.
+        for (path, value) in [
+            ("/metrics/job/j/a@base64/M%0Aw", "3"),
+            ("/metrics/job/j/a@base64/M%0Dw", "3"),
+            ("/metrics/job/j/a@base64/M%0D%0Aw", "3"),
+            ("/metrics/job/j/a@base64/%0AMw%0A", "3"),
+            ("/metrics/job/j/a@base64/M%0Aw%3D%3D", "3"),
+            ("/metrics/job/j/a@base64/MQ%0A==", "1"),
+            ("/metrics/job/j/a@base64/MQ%0D%0A%0D%0A", "1"),
+            ("/metrics/job/j/a@base64/%0A", ""),
+            ("/metrics/job/j/a@base64/%0A=", ""),
+        ] {
+            assert_eq!(labels(path), pairs(&[("a", value), ("job", "j")]), "{path}");
+        }
+        assert_eq!(key("/metrics/job@base64/a%0Ag/a/1"), key("/metrics/job/j/a/1"));
+        // A line break before the trailing `=` keeps them from being trimmed: pushgateway
+        // refuses these, and so does the filter. Other white space is never skipped.
+        for path in [
+            "/metrics/job/j/a@base64/MQ==%0A",
+            "/metrics/job/j/a@base64/=%0A",
+            "/metrics/job/j/a@base64/M%20w",
+            "/metrics/job/j/a@base64/M%09w",
+        ] {
+            assert!(invalid_reason(path).contains("invalid base64"), "{path}");
+        }
+        // An instance that decodes to nothing is still an empty instance.
+        assert_eq!(
+            invalid_reason("/metrics/job/j/instance@base64/%0A"),
+            EMPTY_INSTANCE
+        );
     }
 
     #[test]
@@ -757,6 +915,46 @@ mod tests {
             GroupingKey::from_labels([("job", "j"), ("instance", "")]),
             Err(EMPTY_INSTANCE.to_owned())
         );
+    }
+
+    /// The request path hashes without building the key: the same hash, or the same error, for
+    /// every kind of path (borrowed, decoded, cleaned, not UTF-8, more labels than fit inline, a
+    /// key too long to hash on the stack), and a request target is hashed up to its `?`.
+    #[test]
+    fn hashing_a_path_is_hashing_its_key() {
+        let many: String = (0..12).map(|i| format!("/l{i}/v{i}")).collect();
+        let long = format!("/metrics/job/{}/instance/{}", "j".repeat(100), "h".repeat(200));
+        for path in [
+            "/metrics/job/j",
+            "/metrics/job/j/",
+            "/metrics/job/j/b/2/a/1",
+            "/metrics/job/j/a/1/a/2/job/x",
+            "/metrics/job@base64/ag/a@base64/MQ/b/2",
+            "/metrics/job/j%20k/v/50%25",
+            "/metrics/./job//j/x/../a/1",
+            "/metrics/job/j/a/%E2%9CT/a/1",
+            "/metrics/job/j/a/1/",
+            "/metrics/job/j/instance@base64/=",
+            "/metrics/job/j/a%zz",
+            "/metrics/jobs/x",
+            "/metrics/job",
+            "/api/v1/metrics",
+            &format!("/metrics/job/j{many}"),
+            &long,
+        ] {
+            let expected = GroupingKey::from_path(path).map(|k| k.hash());
+            assert_eq!(GroupingKey::hash_path(path), expected, "{path}");
+            assert_eq!(GroupingKey::hash_target(path), expected, "{path}");
+            assert_eq!(
+                GroupingKey::hash_target(&format!("{path}?q=/../%zz//")),
+                expected,
+                "{path}?..."
+            );
+        }
+        // Laid out on the stack, and streamed: both are XXH64 of the canonical bytes.
+        for k in [key("/metrics/job/j/a/1"), key(&long)] {
+            assert_eq!(k.hash(), crate::ring::xxh64(&k.canonical_bytes()), "{k}");
+        }
     }
 
     #[test]

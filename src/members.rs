@@ -21,8 +21,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// ring to 10,240,000 points at the largest `vnodes`.
 pub const MAX_MEMBERS: usize = 1024;
 
-/// Largest control-API body accepted, in bytes: room for [`MAX_MEMBERS`] slots, each with an
-/// active and a standby address of some 40 characters.
+/// Largest member-list update accepted, in bytes: room for [`MAX_MEMBERS`] slots, each with an
+/// active and a standby address of some 40 characters. (Tombstone acknowledgements have their
+/// own, smaller limit: [`crate::tombstones::MAX_ACK_BYTES`].)
 pub const MAX_UPDATE_BYTES: usize = 256 * 1024;
 
 const ACCEPTED: &str =
@@ -140,8 +141,9 @@ fn canonical_host(host: &str) -> Result<String, String> {
     Ok(host.to_ascii_lowercase())
 }
 
-/// A validated member list: canonical members, sorted, no duplicates, at most [`MAX_MEMBERS`]
-/// in `members` and `draining` together.
+/// A validated member list: canonical members, sorted, at most [`MAX_MEMBERS`] in `members`,
+/// `draining` and `absent` together, and no address twice across those and the addresses of
+/// `slots`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemberList {
     pub version: u64,
@@ -151,8 +153,14 @@ pub struct MemberList {
     /// `DELETE` must reach them too. Sorted, disjoint from `members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<Member>,
+    /// Pushgateways registered but not passing their health check: they may hold groups (in
+    /// memory or in their persistence file) and come back with them, but no call reaches them
+    /// now, so a `DELETE` leaves a tombstone for them. Sorted, disjoint from the two above and
+    /// from every address serving a slot (a standby that is down stays its slot's standby).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Member>,
     /// The slots (of `members` or `draining`) not served at their name alone: each one's active
-    /// and standby. A slot absent here is served at its name and has no standby; an entry that
+    /// and standby. A slot without an entry here is served at its name and has no standby; an entry that
     /// says just that is never kept, so equal lists are equal values. Build it with
     /// [`MemberList::with_slots`], which checks that no address serves two slots.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -196,6 +204,8 @@ struct WireList {
     members: Vec<serde_json::Value>,
     #[serde(default)]
     draining: Vec<serde_json::Value>,
+    #[serde(default)]
+    absent: Vec<serde_json::Value>,
     #[serde(default)]
     slots: WireSlots,
 }
@@ -272,31 +282,57 @@ impl MemberList {
     /// The same list with `draining` set, refusing bad entries, duplicates, entries that are
     /// also ring members, and more than [`MAX_MEMBERS`] in all.
     pub fn with_draining<S: AsRef<str>>(mut self, draining: &[S]) -> Result<MemberList, String> {
-        if self.members.len() + draining.len() > MAX_MEMBERS {
+        self.draining = self.beside("draining", draining)?;
+        Ok(self)
+    }
+
+    /// The same list with `absent` set, refusing what [`MemberList::with_draining`] refuses and
+    /// entries that are also draining.
+    pub fn with_absent<S: AsRef<str>>(mut self, absent: &[S]) -> Result<MemberList, String> {
+        self.absent = self.beside("absent", absent)?;
+        Ok(self)
+    }
+
+    /// Parses a list that travels beside the ring (`field` names it in errors): canonical,
+    /// sorted, each once, none also in another list, at most [`MAX_MEMBERS`] in all.
+    fn beside<S: AsRef<str>>(&self, field: &str, entries: &[S]) -> Result<Vec<Member>, String> {
+        let count = |name: &str, list: &[Member]| if name == field { entries.len() } else { list.len() };
+        let (draining, absent) = (count("draining", &self.draining), count("absent", &self.absent));
+        if self.members.len() + draining + absent > MAX_MEMBERS {
             return Err(format!(
-                "{} members and {} draining given; at most {MAX_MEMBERS} in all are accepted",
+                "{} members, {draining} draining and {absent} absent given; at most {MAX_MEMBERS} in all are accepted",
                 self.members.len(),
-                draining.len()
             ));
         }
-        let mut parsed: Vec<Member> = Vec::with_capacity(draining.len());
-        for (i, m) in draining.iter().enumerate() {
-            let member = Member::parse(m.as_ref()).map_err(|e| format!("draining[{i}]: {e}"))?;
+        let mut parsed: Vec<Member> = Vec::with_capacity(entries.len());
+        for (i, m) in entries.iter().enumerate() {
+            let member = Member::parse(m.as_ref()).map_err(|e| format!("{field}[{i}]: {e}"))?;
             if parsed.contains(&member) {
                 return Err(format!(
-                    "draining[{i}]: {member} is listed twice; each pushgateway may appear once"
+                    "{field}[{i}]: {member} is listed twice; each pushgateway may appear once"
                 ));
             }
             if self.members.contains(&member) {
                 return Err(format!(
-                    "draining[{i}]: {member} is also in members; a draining pushgateway is out of the ring"
+                    "{field}[{i}]: {member} is also in members; a {field} pushgateway is out of the ring"
+                ));
+            }
+            for (other, list) in [("draining", &self.draining), ("absent", &self.absent)] {
+                if other != field && list.contains(&member) {
+                    return Err(format!(
+                        "{field}[{i}]: {member} is also in {other}; a pushgateway is in one list only"
+                    ));
+                }
+            }
+            if let Some((slot, role)) = self.serving(&member) {
+                return Err(format!(
+                    "{field}[{i}]: {member} is also slot {slot}'s {role} in slots; a pushgateway is in one list only"
                 ));
             }
             parsed.push(member);
         }
         parsed.sort();
-        self.draining = parsed;
-        Ok(self)
+        Ok(parsed)
     }
 
     /// Every slot that may hold groups, by name: the members, then the draining ones. Its
@@ -320,6 +356,16 @@ impl MemberList {
                 standby: None,
             },
         }
+    }
+
+    /// The slot `address` serves at an address other than the slot's name, and in which role.
+    fn serving(&self, address: &Member) -> Option<(&Member, &'static str)> {
+        self.slots.iter().find_map(|(name, s)| match () {
+            _ if name == address => None,
+            _ if s.active == *address => Some((name, "active")),
+            _ if s.standby.as_ref() == Some(address) => Some((name, "standby")),
+            _ => None,
+        })
     }
 
     /// Every pushgateway address in the list: each holder's active, then its standby if any.
@@ -368,7 +414,8 @@ impl MemberList {
         Ok(self)
     }
 
-    /// Every address serves one slot in one role, and no slot is served at another's name.
+    /// Every address serves one slot in one role, no slot is served at another's name, and no
+    /// address serving a slot is also absent.
     fn check_addresses(&self) -> Result<(), String> {
         let names: BTreeSet<&Member> = self.holders().collect();
         let mut serving: BTreeMap<&Member, (&Member, &str)> = BTreeMap::new();
@@ -381,6 +428,11 @@ impl MemberList {
                 if address != slot && names.contains(address) {
                     return Err(format!(
                         "{at}: {address} is the name of another slot (in members or draining); a slot is served at its own name or at addresses no other slot is named by"
+                    ));
+                }
+                if self.absent.binary_search(address).is_ok() {
+                    return Err(format!(
+                        "{at}: {address} is also in absent; a pushgateway is in one list only (a standby that is down stays its slot's standby)"
                     ));
                 }
                 if let Some((other, other_role)) = serving.insert(address, (slot, role)) {
@@ -397,9 +449,13 @@ impl MemberList {
         Ok(())
     }
 
-    /// Whether both lists place every group, and every copy, alike: all but the version equal.
-    pub fn same_placement(&self, other: &MemberList) -> bool {
-        self.members == other.members && self.draining == other.draining && self.slots == other.slots
+    /// True when both lists name the same pushgateways in the same roles (versions aside): they
+    /// place every group and every copy alike, and owe the same tombstones.
+    pub fn same_members(&self, other: &MemberList) -> bool {
+        self.members == other.members
+            && self.draining == other.draining
+            && self.absent == other.absent
+            && self.slots == other.slots
     }
 
     /// Decodes and validates a control-API body `{"version": <u64>, "members": ["host:port", ...]}`.
@@ -412,7 +468,7 @@ impl MemberList {
         }
         let wire: WireList = serde_json::from_slice(body).map_err(|e| {
             format!(
-                r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}} with optional "draining": ["host:port", ...] and "slots": {{"<slot>": {{"active": "host:port", "standby": "host:port" or null}}}}: {e}"#
+                r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}} with optional "draining": ["host:port", ...], "absent": ["host:port", ...] and "slots": {{"<slot>": {{"active": "host:port", "standby": "host:port" or null}}}}: {e}"#
             )
         })?;
         let strings = |field: &str, values: &[serde_json::Value]| -> Result<Vec<String>, String> {
@@ -436,6 +492,7 @@ impl MemberList {
         }
         MemberList::new(wire.version, &strings("members", &wire.members)?)?
             .with_draining(&strings("draining", &wire.draining)?)?
+            .with_absent(&strings("absent", &wire.absent)?)?
             .with_slots(
                 slots
                     .iter()
@@ -745,17 +802,17 @@ mod tests {
     }
 
     #[test]
-    fn same_placement_ignores_only_the_version() {
+    fn same_members_ignores_only_the_version() {
         let a = MemberList::new(1, &["a:1"]).unwrap_or_default();
         let b = MemberList::new(2, &["a:1"]).unwrap_or_default();
-        assert!(a.same_placement(&b));
+        assert!(a.same_members(&b));
         let c = b
             .clone()
             .with_slots([("a:1", "a:1", Some("s:1"))])
             .unwrap_or_default();
-        assert!(!c.same_placement(&b));
+        assert!(!c.same_members(&b));
         let d = b.clone().with_draining(&["d:1"]).unwrap_or_default();
-        assert!(!d.same_placement(&b));
+        assert!(!d.same_members(&b));
         // Spelled without the default entry or with it: the same list.
         let e = b.clone().with_slots([("a:1", "A:1", None)]).unwrap_or_default();
         assert_eq!(e, b);
@@ -793,6 +850,104 @@ mod tests {
         let json = list.to_json();
         assert!(json.len() <= MAX_UPDATE_BYTES, "{} bytes", json.len());
         assert_eq!(MemberList::from_json(json.as_bytes()), Ok(list));
+    }
+
+    #[test]
+    fn absent_and_slot_addresses_are_checked_together() {
+        // One body: absent checked against the slots whichever is read first.
+        let with = |absent: &str, slots: &str| {
+            format!(
+                r#"{{"version": 1, "members": ["a:1", "b:1"], "draining": ["c:1"], "absent": {absent}, "slots": {slots}}}"#
+            )
+        };
+        for (absent, slots, reason) in [
+            (
+                r#"["s:1"]"#,
+                r#"{"a:1": {"active": "a:1", "standby": "s:1"}}"#,
+                r#"slots["a:1"].standby: s:1 is also in absent; a pushgateway is in one list only"#,
+            ),
+            (
+                r#"["S:1"]"#,
+                r#"{"c:1": {"active": "s:1"}}"#,
+                r#"slots["c:1"].active: s:1 is also in absent"#,
+            ),
+            (
+                r#"["a:1"]"#,
+                r#"{"a:1": {"active": "z:1", "standby": "a:1"}}"#,
+                "absent[0]: a:1 is also in members",
+            ),
+        ] {
+            let body = with(absent, slots);
+            let err = MemberList::from_json(body.as_bytes()).err().unwrap_or_default();
+            assert!(err.contains(reason), "{absent} {slots}: {err}");
+        }
+        // Built in the other order: the absent list is checked against the slots.
+        let err = MemberList::new(1, &["a:1"])
+            .and_then(|l| l.with_slots([("a:1", "z:1", Some("a:1"))]))
+            .and_then(|l| l.with_absent(&["z:1"]))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("absent[0]: z:1 is also slot a:1's active in slots"),
+            "{err}"
+        );
+        // Apart, they go together.
+        let list = MemberList::from_json(
+            with(r#"["d:1"]"#, r#"{"a:1": {"active": "a:1", "standby": "s:1"}}"#).as_bytes(),
+        )
+        .unwrap_or_default();
+        assert_eq!(list.absent, [Member("d:1".into())]);
+        assert_eq!(placed(&list, "a:1"), ("a:1".to_owned(), Some("s:1".to_owned())));
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list.clone()));
+        assert!(!list.same_members(&MemberList {
+            absent: vec![],
+            ..list.clone()
+        }));
+    }
+
+    #[test]
+    fn absent_pushgateways_travel_beside_the_ring_too() {
+        let list = MemberList::from_json(
+            br#"{"version": 2, "members": ["b:1"], "draining": ["c:1"], "absent": ["e:1", "D:1"]}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(list.absent, vec![Member("d:1".into()), Member("e:1".into())]);
+        assert_eq!(list.holders().count(), 2, "no call can reach an absent one");
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list.clone()));
+        assert!(!list.same_members(&MemberList {
+            absent: vec![],
+            ..list.clone()
+        }));
+        for (body, reason) in [
+            (
+                &br#"{"version": 1, "members": ["a:1"], "absent": ["a:1"]}"#[..],
+                "absent[0]: a:1 is also in members",
+            ),
+            (
+                br#"{"version": 1, "members": [], "draining": ["c:1"], "absent": ["c:1"]}"#,
+                "absent[0]: c:1 is also in draining",
+            ),
+            (
+                br#"{"version": 1, "members": [], "absent": ["c:1", "C:1"]}"#,
+                "absent[1]: c:1 is listed twice",
+            ),
+            (
+                br#"{"version": 1, "members": [], "absent": [true]}"#,
+                "absent[0]: true is not a string",
+            ),
+        ] {
+            let err = MemberList::from_json(body).err().unwrap_or_default();
+            assert!(err.contains(reason), "{}: {err}", String::from_utf8_lossy(body));
+        }
+        let many: Vec<String> = (0..MAX_MEMBERS).map(|i| format!("h{i}:1")).collect();
+        let err = MemberList::new(1, &many[..1000])
+            .and_then(|l| l.with_draining(&many[1000..1020]))
+            .and_then(|l| l.with_absent(&many[1020..]))
+            .map(|l| l.with_absent(&["x:1"; 5]));
+        assert!(err.is_ok_and(|e| e
+            .err()
+            .unwrap_or_default()
+            .contains("1000 members, 20 draining and 5 absent given; at most 1024")));
     }
 
     #[test]

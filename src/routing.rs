@@ -11,6 +11,7 @@
 use crate::config::Mode;
 use crate::grouping_key::{GroupingKey, PathError};
 use crate::members::{Member, MemberList, Placement};
+use crate::request::header_map::ReplyHeaders;
 use crate::ring::Ring;
 
 /// Seconds a client is asked to wait when no member is known: about one health-check interval.
@@ -22,7 +23,7 @@ const ALLOWED_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: ReplyHeaders,
     pub body: String,
 }
 
@@ -30,7 +31,7 @@ impl Reply {
     pub fn text(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
+            headers: ReplyHeaders::joined("content-type", &["text/plain; charset=utf-8"]),
             body: body.into(),
         }
     }
@@ -38,13 +39,13 @@ impl Reply {
     pub fn json(status: u32, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", "application/json".to_owned())],
+            headers: ReplyHeaders::joined("content-type", &["application/json"]),
             body: body.into(),
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: String) -> Reply {
-        self.headers.push((name, value));
+    fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push(name, value);
         self
     }
 }
@@ -148,15 +149,17 @@ fn decide_with_owner<'r>(
     list: &'r MemberList,
 ) -> (Decision, Option<Placement<'r>>) {
     let reply = |reply, outcome| (Decision::Reply { reply, outcome }, None);
-    let path = path_and_query.split('?').next().unwrap_or(path_and_query);
-    let key = match GroupingKey::from_path(path) {
-        Ok(key) => key,
+    // Only the rare answers name the path alone.
+    let path = || path_and_query.split('?').next().unwrap_or(path_and_query);
+    let hash = match GroupingKey::hash_target(path_and_query) {
+        Ok(hash) => hash,
         Err(PathError::NotPushPath) => return (Decision::PassThrough, None),
         Err(PathError::Invalid(why)) => {
+            let path = path();
             return reply(
                 Reply::text(400, format!("bad push path {path:?}: {why}\n")),
                 Outcome::BadRequest,
-            )
+            );
         }
     };
     let is_lookup = matches!(method, "GET" | "HEAD");
@@ -166,42 +169,39 @@ fn decide_with_owner<'r>(
                 405,
                 format!("method {method} is not allowed on a push path; allowed: {ALLOWED_METHODS}\n"),
             )
-            .with_header("allow", ALLOWED_METHODS.to_owned()),
+            .with_header("allow", ALLOWED_METHODS),
             Outcome::MethodNotAllowed,
         );
     }
-    let Some(slot) = ring.owner(key.hash()) else {
+    let Some(slot) = ring.owner(hash) else {
+        // Rare: the key is built only to name it.
+        let path = path();
+        let group = GroupingKey::from_path(path).map_or_else(|_| format!("{path:?}"), |key| key.to_string());
         return reply(
             Reply::text(
                 503,
-                format!("no healthy pushgateway is known (the member list is empty); group {key} cannot be placed\n"),
+                format!("no healthy pushgateway is known (the member list is empty); group {group} cannot be placed\n"),
             )
-            .with_header("retry-after", RETRY_AFTER_SECONDS.to_string()),
+            .with_header("retry-after", &RETRY_AFTER_SECONDS.to_string()),
             Outcome::NoMember,
         );
     };
     // The one place the filter turns the owner slot into addresses.
     let placement = list.placement(slot);
     let owner = placement.active;
-    // Not format!: this runs for every push, and the formatting machinery costs more than
-    // the rest of the decision.
-    let mut url = String::with_capacity(7 + owner.as_str().len() + path_and_query.len());
-    url.push_str("http://");
-    url.push_str(owner.as_str());
-    url.push_str(path_and_query);
     if is_lookup {
         // The Go original's lookup answer, kept byte for byte so scripts that parse it still work.
         let body = if method == "HEAD" {
             String::new()
         } else {
-            format!("nextUrl:{url}")
+            format!("nextUrl:http://{}{path_and_query}", owner.as_str())
         };
-        let mut found = Reply::text(200, body).with_header("x-sharding-owner", owner.to_string());
+        let mut found = Reply::text(200, body).with_header("x-sharding-owner", owner.as_str());
         if slot != owner {
-            found = found.with_header("x-sharding-slot", slot.to_string());
+            found = found.with_header("x-sharding-slot", slot.as_str());
         }
         if let Some(standby) = placement.standby {
-            found = found.with_header("x-sharding-standby", standby.to_string());
+            found = found.with_header("x-sharding-standby", standby.as_str());
         }
         return reply(found, Outcome::Lookup);
     }
@@ -210,7 +210,8 @@ fn decide_with_owner<'r>(
         Mode::Redirect | Mode::Control => Decision::Reply {
             reply: Reply {
                 status: 307,
-                headers: vec![("location", url)],
+                // Written once, into the encoded map: this runs for every push.
+                headers: ReplyHeaders::joined("location", &["http://", owner.as_str(), path_and_query]),
                 body: String::new(),
             },
             outcome: Outcome::Redirect,
@@ -253,10 +254,7 @@ mod tests {
     }
 
     fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-        r.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        r.headers.get(name)
     }
 
     #[test]
@@ -473,7 +471,7 @@ mod tests {
         let path = path_of(&r, "c:3");
         let rep = reply(decide(Mode::Proxy, "GET", &path, &r));
         assert_eq!(
-            rep.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            rep.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             ["content-type", "x-sharding-owner"]
         );
     }

@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{expected_owner, send_on, stack, wait_stopped, Stack};
+use common::{expected_owner, rss_kib, send_on, stack, wait_stopped, Stack};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use testkit::envoy::TEST_TOKEN;
-use testkit::http_request;
 use testkit::pushgateway::labels;
+use testkit::{http_request, wait_until};
 
 const CALLS: &str = "delete_fanout_calls_total";
 const FAILURES: &str = "delete_fanout_failures_total";
@@ -35,6 +35,15 @@ fn copies(s: &Stack, job: &str, on: &[&str]) {
     held.sort();
     want.sort();
     assert_eq!(held, want);
+}
+
+/// Freezes the pushgateway `addr` (it accepts connections, the kernel does, but never answers);
+/// returns its index.
+fn freeze(s: &mut Stack, addr: &str) -> usize {
+    let idx = s.pgs.iter().position(|p| p.addr() == addr).unwrap();
+    s.pgs[idx].proc.freeze();
+    wait_stopped(s.pgs[idx].proc.pid());
+    idx
 }
 
 /// A member that does not own `path` among `members`.
@@ -253,10 +262,7 @@ fn a_frozen_member_holds_the_delete(
     let owner = expected_owner(&members, path);
     let frozen = not_owner(&members, path);
     copies(&s, "fanout_frozen", &[&owner]);
-    let idx = s.pgs.iter().position(|p| p.addr() == frozen).unwrap();
-    // Accepts connections (the kernel does) but never answers.
-    s.pgs[idx].proc.freeze();
-    wait_stopped(s.pgs[idx].proc.pid());
+    let idx = freeze(&mut s, &frozen);
     let failures = s.envoy.stat(FAILURES);
     let calls = s.envoy.stat(CALLS);
     let start = Instant::now();
@@ -331,4 +337,295 @@ fn a_member_envoy_has_no_host_for_is_counted_and_the_filter_keeps_working() {
         assert_eq!(between, vec![owner.clone()], "round {round}");
         assert_eq!(s.envoy.stat(FAILURES) - failures, 1, "round {round}");
     }
+}
+
+// ---- tombstones: a DELETE that did not reach every copy ----
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap()
+}
+
+/// `GET /-/sharding/tombstones` with the token.
+fn tombstones(s: &Stack) -> serde_json::Value {
+    let auth = format!("Bearer {TEST_TOKEN}");
+    let url = format!("{}/-/sharding/tombstones", s.envoy.control_url());
+    let r = http_request("GET", &url, &[("authorization", &auth)], b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn a_delete_that_misses_a_pushgateway_leaves_a_tombstone_that_consul_sync_collects() {
+    let mut s = stack("tombstone-dead");
+    let members = s.members();
+    // Spelled otherwise than the canonical path the tombstone names.
+    let path = "/metrics/job/tombstone_dead/zone/eu/instance@base64/YQ";
+    let owner = expected_owner(&members, path);
+    let dead = not_owner(&members, path);
+    let idx = s.pgs.iter().position(|p| p.addr() == dead).unwrap();
+    s.pgs[idx].proc.kill();
+
+    let before = unix_millis();
+    let r = http_request("DELETE", &format!("{}{path}", s.envoy.redirect_url()), &[], b"");
+    let after = unix_millis();
+    assert_eq!(r.status, 307, "the client gets its usual answer: {}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{owner}{path}").as_str())
+    );
+    let t = tombstones(&s);
+    let list = t["tombstones"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{t}");
+    assert_eq!(list[0]["group"], "/metrics/job/tombstone_dead/instance/a/zone/eu");
+    assert_eq!(list[0]["pushgateways"], serde_json::json!([dead]));
+    let at = list[0]["at_ms"].as_u64().unwrap();
+    assert!((before..=after).contains(&at), "{before} <= {at} <= {after}");
+    let now = t["now_ms"].as_u64().unwrap();
+    assert!(now >= after && now <= unix_millis(), "Envoy's clock: {now}");
+    assert_eq!(t["more"], false);
+    assert_eq!(s.envoy.stat("tombstones"), 1);
+
+    // The same group through the proxy listener: one tombstone, the later time.
+    let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let t = tombstones(&s);
+    let list = t["tombstones"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{t}");
+    assert!(list[0]["at_ms"].as_u64().unwrap() >= at);
+    assert_eq!(s.envoy.stat("tombstones_recorded_total"), 2);
+
+    // Only with the token; an acknowledgement forgets it.
+    let url = |p: &str| format!("{}/-/sharding/tombstones{p}", s.envoy.control_url());
+    assert_eq!(http_request("GET", &url(""), &[], b"").status, 401);
+    let auth = format!("Bearer {TEST_TOKEN}");
+    let ack = serde_json::json!({"ids": [list[0]["id"]]}).to_string();
+    let r = http_request("POST", &url("/ack"), &[("authorization", &auth)], ack.as_bytes());
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"forgotten":1,"held":0}"#));
+    assert_eq!(tombstones(&s)["tombstones"], serde_json::json!([]));
+    assert_eq!(s.envoy.stat("tombstones"), 0);
+    assert_eq!(s.envoy.stat("tombstones_acknowledged_total"), 1);
+    let log = s.envoy.proc.log();
+    assert!(
+        log.contains(&format!("DELETE fan-out to {dead} failed"))
+            && log.contains("a tombstone keeps the DELETE"),
+        "{}",
+        s.envoy.proc.log_tail(20)
+    );
+}
+
+#[test]
+fn an_absent_pushgateway_gets_a_tombstone_and_no_call() {
+    let s = stack("tombstone-absent");
+    let all = s.members();
+    let path = "/metrics/job/tombstone_absent";
+    let (ring, absent) = (all[..2].to_vec(), all[2].clone());
+    let body = serde_json::json!({"version": 2, "members": ring, "absent": [absent]}).to_string();
+    let r = s.envoy.put_members_raw(Some(TEST_TOKEN), body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let owner = expected_owner(&ring, path);
+    copies(&s, "tombstone_absent", &[&owner, &absent]);
+    let calls = s.envoy.stat(CALLS);
+    let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        s.envoy.stat(CALLS) - calls,
+        1,
+        "only the other ring member is called"
+    );
+    assert_eq!(
+        s.holders(&labels(&[("job", "tombstone_absent")])),
+        vec![absent.clone()],
+        "the absent one was not reached"
+    );
+    let t = tombstones(&s);
+    assert_eq!(t["tombstones"][0]["group"], "/metrics/job/tombstone_absent");
+    assert_eq!(t["tombstones"][0]["pushgateways"], serde_json::json!([absent]));
+}
+
+#[test]
+fn a_full_tombstone_list_refuses_a_delete_before_anything_is_deleted() {
+    let s = stack_with("tombstone-full", 2, r#""max_tombstones": 20"#);
+    let all = s.members();
+    let (ring, absent) = (all[..2].to_vec(), all[2].clone());
+    let body = serde_json::json!({"version": 2, "members": ring, "absent": [absent]}).to_string();
+    assert_eq!(
+        s.envoy.put_members_raw(Some(TEST_TOKEN), body.as_bytes()).status,
+        200
+    );
+    // 20 groups, each DELETEd once with a pushgateway absent.
+    let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap());
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for i in 0..20 {
+        let (status, _) = send_on(&mut conn, "DELETE", &format!("/metrics/job/full_{i}"), b"");
+        assert_eq!(status, 307, "DELETE {i}");
+    }
+    assert_eq!(s.envoy.stat("tombstones"), 20);
+    let path = "/metrics/job/tombstone_full";
+    let owner = expected_owner(&ring, path);
+    let other = ring.iter().find(|m| **m != owner).unwrap().clone();
+    copies(&s, "tombstone_full", &[&owner, &other]);
+    let calls = s.envoy.stat(CALLS);
+    for base in [s.envoy.redirect_url(), s.envoy.proxy_url()] {
+        let r = http_request("DELETE", &format!("{base}{path}"), &[], b"");
+        assert_eq!(r.status, 503, "{base}: {}", r.body);
+        assert!(
+            r.body.contains("max_tombstones 20") && r.body.contains("nothing was deleted"),
+            "{}",
+            r.body
+        );
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(s.envoy.stat(CALLS), calls, "no call was made");
+    let mut held = s.holders(&labels(&[("job", "tombstone_full")]));
+    held.sort();
+    let mut both = vec![owner, other];
+    both.sort();
+    assert_eq!(held, both, "nothing was deleted");
+    assert_eq!(s.envoy.stat("tombstones_full_total"), 2);
+    // Pushes are not held up.
+    let r = http_request(
+        "PUT",
+        &format!("{}{path}", s.envoy.proxy_url()),
+        &[],
+        b"tombstone_full 2\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// The shipped `max_delete_fanouts`.
+const MAX_FANOUTS: usize = 64;
+
+/// The three pushgateways and an Envoy with `concurrency` workers and more plugin `settings`.
+fn stack_with(name: &str, concurrency: u32, settings: &str) -> Stack {
+    let dir = testkit::TestDir::new(name);
+    let pgs: Vec<testkit::Pushgateway> = (0..3).map(|_| testkit::Pushgateway::start(&dir)).collect();
+    let envoy = testkit::envoy::Envoy::start(
+        &dir,
+        testkit::envoy::EnvoyOptions {
+            members: pgs.iter().map(|p| p.addr()).collect(),
+            concurrency,
+            plugin_settings: settings.to_owned(),
+            ..Default::default()
+        },
+    );
+    Stack { dir, pgs, envoy }
+}
+
+/// The three pushgateways and an Envoy with one worker (the bound is per worker).
+fn one_worker_stack(name: &str) -> Stack {
+    stack_with(name, 1, "")
+}
+
+#[test]
+fn more_delete_fanouts_than_the_bound_are_refused_with_retry_after() {
+    let mut s = one_worker_stack("fanout-bound");
+    let members = s.members();
+    let path = "/metrics/job/fanout_bound";
+    let frozen = not_owner(&members, path);
+    let idx = freeze(&mut s, &frozen);
+    let url = format!("{}{path}", s.envoy.proxy_url());
+    let calls = s.envoy.stat(CALLS);
+    let waiting: Vec<_> = (0..MAX_FANOUTS)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || http_request("DELETE", &url, &[], b"").status)
+        })
+        .collect();
+    // Every one of them is waiting for the frozen pushgateway.
+    wait_until("the DELETEs fan out", Duration::from_secs(5), || {
+        (s.envoy.stat(CALLS) - calls >= 2 * MAX_FANOUTS as u64).then_some(())
+    });
+    for base in [s.envoy.proxy_url(), s.envoy.redirect_url()] {
+        let r = http_request("DELETE", &format!("{base}{path}"), &[], b"");
+        assert_eq!(r.status, 503, "{base}: {}", r.body);
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert!(
+            r.body.contains("max_delete_fanouts") && r.body.contains("nothing was deleted"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        s.envoy.stat(CALLS) - calls,
+        2 * MAX_FANOUTS as u64,
+        "the refused ones sent nothing"
+    );
+    assert_eq!(s.envoy.stat("delete_fanout_limited_total"), 2);
+    for w in waiting {
+        assert_eq!(w.join().unwrap(), 202, "each waiting DELETE ends as usual");
+    }
+    s.pgs[idx].proc.thaw();
+    // Their places are free again.
+    let r = http_request("DELETE", &url, &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+/// `n` times: a `DELETE` whose fan-out waits for a frozen pushgateway, and the client closes the
+/// connection at once. Paced so that Envoy holds at most about 50 of those connections at once:
+/// otherwise its memory follows the size of the burst.
+fn delete_and_close(s: &Stack, path: &str, n: usize) {
+    use std::io::Write;
+    let request = format!("DELETE {path} HTTP/1.1\r\nhost: leak\r\ncontent-length: 0\r\n\r\n");
+    for i in 0..n {
+        let mut c = TcpStream::connect(("127.0.0.1", s.envoy.ports.redirect)).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        drop(c);
+        if i % 50 == 49 {
+            wait_until("Envoy closed them", Duration::from_secs(10), || {
+                let open = s.envoy.envoy_stat("http.sharding_redirect.downstream_cx_active");
+                (open < 50).then_some(())
+            });
+        }
+    }
+}
+
+#[test]
+fn a_loop_of_delete_and_close_against_a_frozen_member_leaves_envoy_bounded_and_alive() {
+    let mut s = one_worker_stack("fanout-leak");
+    let members = s.members();
+    let path = "/metrics/job/fanout_leak";
+    let owner = expected_owner(&members, path);
+    let frozen = not_owner(&members, path);
+    let idx = freeze(&mut s, &frozen);
+    let pid = s.envoy.proc.pid();
+    let calls = s.envoy.stat(CALLS);
+    // Warm up: Envoy's pools and the VM's heap reach their working size; then two more rounds.
+    let mut rss = Vec::new();
+    for _ in 0..3 {
+        delete_and_close(&s, path, 2_000);
+        std::thread::sleep(FANOUT_BOUND);
+        rss.push(rss_kib(pid));
+    }
+    let (fanned_out, refused) = (
+        (s.envoy.stat(CALLS) - calls) / 2,
+        s.envoy.stat("delete_fanout_limited_total"),
+    );
+    println!(
+        "envoy RSS after each 2,000 DELETE-and-close: {rss:?} KiB; {fanned_out} fanned out, {refused} refused at the bound"
+    );
+    assert!(fanned_out + refused >= 5_700, "most DELETEs reached the filter");
+    assert!(
+        rss[2] < rss[0] + 8 * 1024,
+        "Envoy's memory grew from {} to {} KiB over 4,000 DELETE-and-close",
+        rss[0],
+        rss[2]
+    );
+    // The VM is alive: every request is answered as before.
+    s.pgs[idx].proc.thaw();
+    // The thawed pushgateway still reads the DELETEs queued in its sockets while it was frozen
+    // (Envoy gave up on them): let it, or they delete the copies pushed next.
+    std::thread::sleep(Duration::from_secs(2));
+    copies(&s, "fanout_leak", &[&owner, &frozen]);
+    let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(s.holders(&labels(&[("job", "fanout_leak")])).is_empty());
+    let r = http_request("PUT", &format!("{}{path}", s.envoy.redirect_url()), &[], b"x 1\n");
+    assert_eq!(r.status, 307);
+    assert_eq!(s.envoy.stat("host_errors_total"), 0);
+    assert!(s.envoy.proc.is_running());
 }

@@ -288,6 +288,11 @@ fn parser_and_pushgateway_agree_on_generated_paths() {
         let per = batch.len().div_ceil(CONNECTIONS);
         let ours: Vec<Result<GroupingKey, PathError>> =
             batch.iter().map(|p| GroupingKey::from_path(p)).collect();
+        // The filter hashes a path without building its key: the same group, the same refusal.
+        for (p, key) in batch.iter().zip(&ours) {
+            let hash = key.as_ref().map(GroupingKey::hash).map_err(Clone::clone);
+            assert_eq!(GroupingKey::hash_path(p), hash, "{p:?}");
+        }
         let ours = &ours;
         let verdicts: Vec<Verdict> = std::thread::scope(|s| {
             let handles: Vec<_> = batch

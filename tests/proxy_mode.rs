@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{expected_owner, send_on, stack};
+use common::{expected_owner, rss_kib, send_on, stack};
 use serde_json::json;
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -144,15 +144,6 @@ fn a_forged_destination_header_does_not_steer_the_proxy() {
         b"f 1\n",
     );
     assert_eq!(r.status, 400);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Benchmark of the reconciler: round time, consul-sync CPU and memory with 10k and 100k groups
 //! over 4 real pushgateways, and what reading the groups costs both ways pushgateway offers.
 //!
-//!   cargo run --release -p consul-sync --example reconcile_bench [GROUPS...]   (default 10000 100000)
+//!   cargo run --release -p consul-sync --example reconcile_bench [windows] [GROUPS...]   (default 10000 100000)
 //!
 //! Run by `./build.sh bench` (and `./build.sh bench reconcile` alone). Needs `./build.sh` first
 //! (target/release/consul-sync) and `./build.sh deps` (Consul, pushgateway).
@@ -15,6 +15,14 @@
 //! through `GET /metrics` (push times only, streamed: what the reconciler does) against
 //! `GET /api/v1/metrics` (every group with its metrics), with bytes, time, and the pushgateways'
 //! CPU for each.
+//!
+//! Then the windows a round leaves (`windows`): the same load plus a fifth pushgateway draining,
+//! holding a tenth as many groups again that nobody pushes elsewhere. The first round deletes the
+//! older copies; a reload then sets `drain_timeout` to 1 s, and the next round moves the drained
+//! groups to their owners. Printed: for the deletes and the moves, the mean and the longest time
+//! from the start of the read a write was checked against to the end of that write (a push to
+//! that copy meanwhile would be lost to a delete, or overwritten by a move), from consul-sync's
+//! histograms and round log lines.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use consul_sync::reconcile::pushgateway::PushgatewayClient;
@@ -67,6 +75,22 @@ fn start_pushgateway(dir: &TestDir) -> (Proc, u16) {
     (proc, port)
 }
 
+/// Waits until `members` hold `total` groups in all: without the consistency check, pushes are
+/// applied asynchronously.
+fn wait_applied(rt: &tokio::runtime::Runtime, client: &PushgatewayClient, members: &[Member], total: usize) {
+    wait_until("every push is applied", Duration::from_secs(120), || {
+        let held: usize = members
+            .iter()
+            .map(|m| {
+                rt.block_on(client.push_times(m))
+                    .map(|p| p.groups.len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        (held == total).then_some(())
+    });
+}
+
 /// `name{labels} value` of consul-sync's metrics.
 fn metric(port: u16, series: &str) -> f64 {
     let Ok((200, body)) = try_http_get(&format!("http://127.0.0.1:{port}/metrics")) else {
@@ -114,23 +138,12 @@ fn run(groups: usize) {
             });
         }
     });
-    // Without the consistency check pushes are applied asynchronously: wait until all are there.
     let client = PushgatewayClient::new().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    wait_until("every push is applied", Duration::from_secs(120), || {
-        let total: usize = members
-            .iter()
-            .map(|m| {
-                rt.block_on(client.push_times(m))
-                    .map(|p| p.groups.len())
-                    .unwrap_or(0)
-            })
-            .sum();
-        (total == groups + duplicates).then_some(())
-    });
+    wait_applied(&rt, &client, &members, groups + duplicates);
     let load_time = loaded.elapsed();
 
     // One read of everything, both ways.
@@ -225,9 +238,128 @@ fn run(groups: usize) {
     drop(pgs);
 }
 
+/// The longest "window after a read" of the round log lines in `log`.
+fn longest_window(log: &str) -> f64 {
+    log.lines()
+        .filter_map(|l| l.split("longest window after a read ").nth(1))
+        .filter_map(|r| r.split('s').next().and_then(|v| v.parse::<f64>().ok()))
+        .fold(0.0, f64::max)
+}
+
+/// Pushes `body` to `path` on `member`; any status below 300 is fine.
+fn put(member: &Member, path: &str, body: &str) {
+    let r = try_http_request("PUT", &format!("http://{member}{path}"), &[], body.as_bytes()).unwrap();
+    assert!(r.status < 300, "{}", r.status);
+}
+
+/// The delete and drain-move windows at `groups` groups (see the module's doc).
+fn windows(groups: usize) {
+    let dir = TestDir::new(&format!("reconcile-windows-{groups}"));
+    let pgs: Vec<(Proc, u16)> = (0..=PUSHGATEWAYS).map(|_| start_pushgateway(&dir)).collect();
+    let all: Vec<Member> = pgs
+        .iter()
+        .map(|(_, p)| Member::parse(&format!("127.0.0.1:{p}")).unwrap())
+        .collect();
+    let (members, drained) = (&all[..PUSHGATEWAYS], &all[PUSHGATEWAYS]);
+    let ring = Ring::new(members, 500);
+    let (duplicates, to_move) = (groups / 10, groups / 10);
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            let ring = &ring;
+            s.spawn(move || {
+                for i in (t..groups).step_by(8) {
+                    let path = format!("/metrics/job/bench_{}/instance/host-{i}", i % 97);
+                    let owner = ring.owner(GroupingKey::from_path(&path).unwrap().hash()).unwrap();
+                    let body = format!("bench_value {i}\n");
+                    if i % 10 == 0 {
+                        let idx = members.iter().position(|m| m == owner).unwrap();
+                        put(&members[(idx + 1) % members.len()], &path, &body);
+                    }
+                    put(owner, &path, &body);
+                }
+                for i in (t..to_move).step_by(8) {
+                    let path = format!("/metrics/job/drained_{}/instance/host-{i}", i % 97);
+                    put(drained, &path, &format!("bench_value {i}\n"));
+                }
+            });
+        }
+    });
+    let client = PushgatewayClient::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    wait_applied(&rt, &client, &all, groups + duplicates + to_move);
+    let consul = Consul::start(&dir);
+    let sync_port = free_port();
+    let servers: String = all.iter().map(|m| format!("\n    - '{m}'")).collect();
+    let config = |timeout: &str| {
+        format!(
+            "consul_server:\n  addr: {}\npushgateway:\n  servers:{servers}\n  drain: ['{drained}']\n\
+             http_listen_addr: 127.0.0.1:{sync_port}\ncheck:\n  interval: 1s\n  timeout: 1s\n\
+             reconcile_interval: 5s\ndrain_timeout: {timeout}\n",
+            consul.addr()
+        )
+    };
+    let file = dir.write("consul-sync.yml", config("1h"));
+    let exe = testkit::repo_root().join("target/release/consul-sync");
+    assert!(exe.is_file(), "{} is missing: run ./build.sh", exe.display());
+    let mut cmd = Command::new(exe);
+    cmd.arg(format!("--config.file={}", file.display()))
+        .env("NO_COLOR", "1");
+    let sync = Proc::spawn("consul-sync", cmd, &dir);
+    let m = |series: &str| metric(sync_port, series);
+    wait_until("the older copies are deleted", Duration::from_secs(300), || {
+        (m("consul_sync_reconcile_deleted_copies_total") as usize == duplicates).then_some(())
+    });
+    // The round's log line comes after its last delete.
+    wait_until("the round ends", Duration::from_secs(60), || {
+        (m("consul_sync_reconcile_duration_seconds_count") >= 1.0).then_some(())
+    });
+    let delete_mean = m("consul_sync_reconcile_delete_window_seconds_sum")
+        / m("consul_sync_reconcile_delete_window_seconds_count");
+    let log_before = sync.log().len();
+    let delete_longest = longest_window(&sync.log());
+    dir.write("consul-sync.yml", config("1s"));
+    let r = try_http_request(
+        "POST",
+        &format!("http://127.0.0.1:{sync_port}/-/reload"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let drain = format!("consul_sync_drain_state{{pushgateway=\"{drained}\"}}");
+    let moving = Instant::now();
+    wait_until("the drained groups are moved", Duration::from_secs(600), || {
+        (m(&drain) == 2.0).then_some(())
+    });
+    let drain_time = moving.elapsed();
+    let moved = m("consul_sync_drain_moved_groups_total");
+    assert_eq!(moved as usize, to_move, "every drained group moves");
+    let move_mean =
+        m("consul_sync_drain_move_window_seconds_sum") / m("consul_sync_drain_move_window_seconds_count");
+    let move_longest = longest_window(&sync.log()[log_before..]);
+    println!(
+        "| {groups} | {duplicates} | {:.3} / {:.3} | {to_move} | {:.3} / {:.3} | {:.1} |",
+        delete_mean,
+        delete_longest,
+        move_mean,
+        move_longest,
+        drain_time.as_secs_f64()
+    );
+    drop(sync);
+    drop(consul);
+    drop(pgs);
+}
+
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `windows N...`: only the windows.
+    let only_windows = args.first().is_some_and(|a| a == "windows");
+    let sizes: Vec<usize> = args
+        .iter()
+        .skip(usize::from(only_windows))
         .map(|a| {
             a.parse()
                 .unwrap_or_else(|_| panic!("{a:?}: expected a number of groups"))
@@ -238,6 +370,23 @@ fn main() {
     } else {
         sizes
     };
+    if !only_windows {
+        rounds(&sizes);
+    }
+    println!();
+    println!("windows after a read (times in s)");
+    println!();
+    println!(
+        "| groups | older copies deleted | delete window: mean / longest | groups moved at a drain deadline | move window: mean / longest | reload to drained |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in sizes {
+        windows(n);
+    }
+}
+
+/// The table of round costs.
+fn rounds(sizes: &[usize]) {
     println!(
         "reconciler over {PUSHGATEWAYS} pushgateways (times in s, CPU in CPU-s, memory in MiB, sizes in MB)"
     );
@@ -247,6 +396,6 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        run(n);
+        run(*n);
     }
 }

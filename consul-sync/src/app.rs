@@ -10,12 +10,14 @@
 use crate::config::Config;
 use crate::consul::ConsulClient;
 use crate::endpoint::{self, EndpointState, ReloadRequest};
+use crate::leader::Leadership;
 use crate::membership::envoy::Pusher;
 use crate::membership::registrar::Registrar;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
 use crate::metrics::Metrics;
 use crate::reconcile::pushgateway::PushgatewayClient;
+use crate::reconcile::tombstones::Tombstones;
 use crate::reconcile::Reconciler;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::status::{Drains, Readiness};
@@ -52,6 +54,8 @@ struct Wiring {
     ready: Arc<Readiness>,
     drains: Drains,
     versions: Arc<Versions>,
+    /// Whether this consul-sync may act on the pushgateways (the lease).
+    leadership: Arc<Leadership>,
     shutdown: Shutdown,
 }
 
@@ -74,11 +78,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         published: published_rx,
         drains: Drains::default(),
         versions: Arc::new(Versions::default()),
+        leadership: Arc::new(Leadership::new()),
         shutdown: stop,
     };
     let mut tasks = Tasks::new();
     w.spawn_membership(&mut tasks, published_tx)?;
     w.spawn_reconciler(&mut tasks)?;
+    w.spawn_sole_leadership(&mut tasks);
     tasks.spawn(reloader(config_tx, reload_rx, w.metrics.clone(), w.shutdown.clone()).map_ok());
     w.spawn_readiness_without_envoys(&mut tasks);
     w.spawn_pushers(&mut tasks)?;
@@ -121,15 +127,40 @@ impl Wiring {
     }
 
     fn spawn_reconciler(&self, tasks: &mut Tasks) -> Result<(), Error> {
-        let reconciler = Reconciler {
-            config: self.config_rx.clone(),
-            published: self.published.clone(),
-            client: PushgatewayClient::new()?,
-            metrics: self.metrics.clone(),
-            drains: self.drains.clone(),
-        };
+        let tombstones = Tombstones::new(
+            &self.config,
+            ConsulClient::new(self.config.consul.clone())?,
+            self.metrics.clone(),
+            self.leadership.clone(),
+        )?;
+        let reconciler = Reconciler::new(
+            self.config_rx.clone(),
+            self.published.clone(),
+            PushgatewayClient::new()?,
+            self.metrics.clone(),
+            self.drains.clone(),
+            self.leadership.clone(),
+            tombstones,
+        );
         tasks.spawn(reconciler.run(self.shutdown.clone()).map_ok());
         Ok(())
+    }
+
+    /// No lease is taken in Consul yet: this consul-sync acts alone, so it renews its own
+    /// leadership (a second consul-sync on the same pushgateways would act too). The task that
+    /// holds the lease in Consul replaces this one.
+    fn spawn_sole_leadership(&self, tasks: &mut Tasks) {
+        const TTL: Duration = Duration::from_secs(10);
+        let leadership = self.leadership.clone();
+        let mut stop = self.shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                leadership.renewed(std::time::Instant::now(), TTL);
+                if shutdown::sleep_or_shutdown(Duration::from_secs(1), &mut stop).await {
+                    return Ok(());
+                }
+            }
+        });
     }
 
     /// Readiness without Envoys: the first published list.

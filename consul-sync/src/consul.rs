@@ -1,11 +1,11 @@
 //! A small typed client for the Consul HTTP calls consul-sync makes: register and deregister a
-//! service, list the agent's services, and read the passing instances of a service with a
-//! blocking query.
+//! service, list the agent's services, read the passing instances of a service with a blocking
+//! query, and read, write (check-and-set) and delete keys of the KV store.
 //!
 //! Owns the wire format (registration body, health response) and the mapping of Consul's answers
 //! to members. Basic auth and the ACL token are sent on every request when configured.
 
-use crate::config::{CheckConfig, ConsulConfig};
+use crate::config::{BasicAuth, CheckConfig, ConsulConfig};
 use crate::net::{self, NetError};
 use dynamic_sharding::members::Member;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,48 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEALTH_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes read of the agent's services, which hold a few KiB each, as health entries do.
 pub const MAX_SERVICES_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most bytes read of a KV listing (the tombstones kept under one prefix).
+pub const MAX_KV_BYTES: usize = 64 * 1024 * 1024;
+
+/// One key of a KV listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// What a check-and-set of this key must name.
+    pub modify_index: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireKv {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+    modify_index: u64,
+}
+
+/// The entries of a `GET /v1/kv/<prefix>?recurse` answer (values in base64).
+pub fn kv_entries(body: &[u8]) -> Result<Vec<KvEntry>, String> {
+    use base64::Engine;
+    let wire: Vec<WireKv> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    wire.into_iter()
+        .map(|w| {
+            let value = match w.value {
+                Some(v) => base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .map_err(|e| format!("key {}: value is not base64: {e}", w.key))?,
+                None => Vec::new(),
+            };
+            Ok(KvEntry {
+                key: w.key,
+                value,
+                modify_index: w.modify_index,
+            })
+        })
+        .collect()
+}
 
 /// The passing instances of a service and the index to block on next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +105,9 @@ pub struct RegistrationCheck {
     pub name: String,
     #[serde(rename = "HTTP")]
     pub http: String,
+    /// `Authorization` for pushgateways behind basic auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<CheckHeader>,
     pub interval: String,
     pub timeout: String,
     pub deregister_critical_service_after: String,
@@ -91,12 +136,36 @@ impl Registration {
             check: RegistrationCheck {
                 name: format!("pushgateway {member} /-/healthy"),
                 http: format!("http://{member}/-/healthy"),
+                header: check.auth.as_ref().map(|a| {
+                    CheckHeader(BTreeMap::from([(
+                        "Authorization".to_owned(),
+                        vec![basic_auth_header(a)],
+                    )]))
+                }),
                 interval: go(check.interval),
                 timeout: go(check.timeout),
                 deregister_critical_service_after: go(check.deregister_after),
             },
         }
     }
+}
+
+/// The headers of Consul's HTTP check (`Header`): they hold credentials, kept out of logs.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CheckHeader(BTreeMap<String, Vec<String>>);
+
+impl std::fmt::Debug for CheckHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<set>")
+    }
+}
+
+/// The `Authorization` value for `auth`.
+fn basic_auth_header(auth: &BasicAuth) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", auth.username, auth.password.as_deref().unwrap_or(""));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
 /// One service of `/v1/agent/services`; only what is used.
@@ -271,6 +340,63 @@ impl ConsulClient {
     }
 }
 
+impl ConsulClient {
+    /// Every key under `prefix` with its value (`GET /v1/kv/<prefix>?recurse`); none when the
+    /// prefix holds nothing (Consul answers 404).
+    pub async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, NetError> {
+        const WHAT: &str = "reading KV keys";
+        let url = format!("{}/v1/kv/{prefix}?recurse", self.config.base_url);
+        let req = self.authorize(self.http.get(&url).timeout(REQUEST_TIMEOUT));
+        let resp = net::send(WHAT, &peer(&url), req, &[200, 404]).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(Vec::new());
+        }
+        let body = net::read_limited(resp, MAX_KV_BYTES)
+            .await
+            .map_err(|e| e.into_net(WHAT, &peer(&url)))?;
+        kv_entries(&body).map_err(|why| NetError::bad_response(WHAT, &peer(&url), why))
+    }
+
+    /// Writes `key` if its modify index is still `cas` (0: only if it does not exist); false
+    /// when another writer came first.
+    pub async fn kv_put(&self, key: &str, value: Vec<u8>, cas: u64) -> Result<bool, NetError> {
+        const WHAT: &str = "writing a KV key";
+        let url = format!("{}/v1/kv/{key}?cas={cas}", self.config.base_url);
+        let req = self.http.put(&url).body(value).timeout(REQUEST_TIMEOUT);
+        self.kv_cas(WHAT, &url, req).await
+    }
+
+    /// Deletes `key` if its modify index is still `cas`; false when another writer came first.
+    pub async fn kv_delete(&self, key: &str, cas: u64) -> Result<bool, NetError> {
+        const WHAT: &str = "deleting a KV key";
+        let url = format!("{}/v1/kv/{key}?cas={cas}", self.config.base_url);
+        let req = self.http.delete(&url).timeout(REQUEST_TIMEOUT);
+        self.kv_cas(WHAT, &url, req).await
+    }
+
+    /// A check-and-set call: Consul answers `true` or `false`.
+    async fn kv_cas(
+        &self,
+        what: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<bool, NetError> {
+        let resp = self.send(what, url, req).await?;
+        let body = net::read_limited(resp, 64)
+            .await
+            .map_err(|e| e.into_net(what, &peer(url)))?;
+        match body.trim_ascii() {
+            b"true" => Ok(true),
+            b"false" => Ok(false),
+            other => Err(NetError::bad_response(
+                what,
+                &peer(url),
+                format!("expected true or false, got {:?}", String::from_utf8_lossy(other)),
+            )),
+        }
+    }
+}
+
 /// Who an error names: Consul, and the URL asked.
 fn peer(url: &str) -> String {
     format!("Consul at {url}")
@@ -283,10 +409,11 @@ mod tests {
     #[test]
     fn registration_matches_the_original_and_adds_what_prometheus_relabels_on() {
         let m = Member::parse("10.0.0.1:9091").unwrap();
-        let check = CheckConfig {
+        let mut check = CheckConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_millis(2500),
             deregister_after: Duration::from_secs(600),
+            auth: None,
         };
         let json = serde_json::to_value(Registration::for_member(&m, "pushgateway", &check)).unwrap();
         assert_eq!(
@@ -306,6 +433,16 @@ mod tests {
         assert_eq!(
             (v6.id.as_str(), v6.address.as_str(), v6.check.http.as_str()),
             ("::1_1", "::1", "http://[::1]:1/-/healthy")
+        );
+        // Behind basic auth, Consul's check sends the credentials.
+        check.auth = Some(BasicAuth {
+            username: "sync".into(),
+            password: Some("pushgateway-test-password".into()),
+        });
+        let json = serde_json::to_value(Registration::for_member(&m, "pushgateway", &check)).unwrap();
+        assert_eq!(
+            json["Check"]["Header"],
+            serde_json::json!({"Authorization": ["Basic c3luYzpwdXNoZ2F0ZXdheS10ZXN0LXBhc3N3b3Jk"]})
         );
     }
 
@@ -386,6 +523,40 @@ mod tests {
             errors.push(err);
         }
         errors
+    }
+
+    #[test]
+    fn kv_entries_decode_values_and_keep_the_index() {
+        let body = br#"[
+            {"Key": "a/1", "Value": "eyJ4IjoxfQ==", "ModifyIndex": 7, "Flags": 0},
+            {"Key": "a/2", "Value": null, "ModifyIndex": 9}
+        ]"#;
+        let entries = kv_entries(body).unwrap();
+        assert_eq!(
+            entries,
+            [
+                KvEntry {
+                    key: "a/1".into(),
+                    value: br#"{"x":1}"#.to_vec(),
+                    modify_index: 7
+                },
+                KvEntry {
+                    key: "a/2".into(),
+                    value: vec![],
+                    modify_index: 9
+                }
+            ]
+        );
+        let err = kv_entries(br#"[{"Key": "a/1", "Value": "!!", "ModifyIndex": 1}]"#).unwrap_err();
+        assert!(err.contains("key a/1: value is not base64"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_kv_listing_is_refused_without_reading_it_all() {
+        let list = |c: ConsulClient| async move { c.kv_list("dynamic-sharding/p/tombstones/").await };
+        for err in huge_answers_refused(MAX_KV_BYTES, list).await {
+            assert!(err.contains("reading KV keys"), "{err}");
+        }
     }
 
     #[tokio::test]

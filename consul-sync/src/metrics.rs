@@ -21,9 +21,19 @@
 //! | `consul_sync_reconcile_errors_total{kind}` | failed reads, deletes, moves (`read`, `delete`, `move`) |
 //! | `consul_sync_reconcile_duration_seconds` | time of a reconcile round (histogram) |
 //! | `consul_sync_reconcile_interval_seconds` | the configured `reconcile_interval` |
+//! | `consul_sync_reconcile_clock_refusals_total` | deletes and moves not made: the pushgateways' clocks could reverse the order they rest on |
+//! | `consul_sync_reconcile_delete_window_seconds` | from the read a delete was checked against to the delete (histogram) |
+//! | `consul_sync_pushgateway_clock_skew_seconds{pushgateway}` | its clock minus consul-sync's, from its `Date` headers |
 //! | `consul_sync_drain_moved_groups_total` | groups copied to their owner at a drain deadline |
+//! | `consul_sync_drain_moved_failed_pushes_total` | of those, groups whose last push had failed (recorded on the owner too) |
+//! | `consul_sync_drain_skipped_moves_total{reason}` | moves not made at a drain deadline: `newer`, `deleted`, `unreadable` |
+//! | `consul_sync_drain_move_window_seconds` | from the reads a move was checked against to its copy (histogram) |
 //! | `consul_sync_drain_state{pushgateway}` | 1 draining, 2 drained |
 //! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
+//! | `consul_sync_tombstones` | tombstones kept in Consul (`DELETE`s that did not reach a pushgateway) |
+//! | `consul_sync_tombstones_collected_total` | tombstones taken from the Envoys (after they were kept in Consul) |
+//! | `consul_sync_tombstones_closed_total{result}` | a tombstone done with on one pushgateway: `deleted`, `absent`, `newer`, `unclear`, `expired` |
+//! | `consul_sync_tombstone_errors_total{kind}` | failures: `collect`, `store`, `ack`, `apply`, `full` |
 //! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
 //! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
 //! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
@@ -83,6 +93,46 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// How a tombstone ended on one pushgateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TombstoneResult {
+    /// Its copy there, pushed before the `DELETE`, was deleted.
+    Deleted,
+    /// It held no copy.
+    Absent,
+    /// Its copy was pushed after the `DELETE`: kept.
+    Newer,
+    /// Its copy was pushed too close to the `DELETE` to tell by the clocks: kept.
+    Unclear,
+    /// The pushgateway was not readable within `tombstone_ttl`.
+    Expired,
+}
+
+impl TombstoneResult {
+    pub const ALL: [TombstoneResult; 5] = [
+        TombstoneResult::Deleted,
+        TombstoneResult::Absent,
+        TombstoneResult::Newer,
+        TombstoneResult::Unclear,
+        TombstoneResult::Expired,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TombstoneResult::Deleted => "deleted",
+            TombstoneResult::Absent => "absent",
+            TombstoneResult::Newer => "newer",
+            TombstoneResult::Unclear => "unclear",
+            TombstoneResult::Expired => "expired",
+        }
+    }
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -106,9 +156,19 @@ pub struct Metrics {
     reconcile_errors: Family<KindLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub reconcile_interval: FloatGauge,
+    pub reconcile_clock_refusals: Counter,
+    pub reconcile_delete_window: Histogram,
+    clock_skew: Family<PushgatewayLabels, FloatGauge>,
     pub drain_moved: Counter,
+    pub drain_moved_failed_pushes: Counter,
+    drain_skipped_moves: Family<ReasonLabels, Counter>,
+    pub drain_move_window: Histogram,
     drain_state: Family<PushgatewayLabels, Gauge>,
     drain_deadline: Family<PushgatewayLabels, FloatGauge>,
+    tombstones: Gauge,
+    pub tombstones_collected: Counter,
+    tombstones_closed: Family<ResultLabels, Counter>,
+    tombstone_errors: Family<KindLabels, Counter>,
     registrations: Family<ReasonLabels, Counter>,
     pub deregistrations: Counter,
     reload_ok: Gauge,
@@ -149,9 +209,19 @@ impl Metrics {
                 0.001, 2.0, 17,
             )),
             reconcile_interval: FloatGauge::default(),
+            reconcile_clock_refusals: Counter::default(),
+            reconcile_delete_window: Histogram::new(window_buckets()),
+            clock_skew: Family::default(),
             drain_moved: Counter::default(),
+            drain_moved_failed_pushes: Counter::default(),
+            drain_skipped_moves: Family::default(),
+            drain_move_window: Histogram::new(window_buckets()),
             drain_state: Family::default(),
             drain_deadline: Family::default(),
+            tombstones: Gauge::default(),
+            tombstones_collected: Counter::default(),
+            tombstones_closed: Family::default(),
+            tombstone_errors: Family::default(),
             registrations: Family::default(),
             deregistrations: Counter::default(),
             reload_ok: Gauge::default(),
@@ -210,12 +280,32 @@ impl Metrics {
                 "Time of one reconcile round";
             reconcile_interval: "reconcile_interval_seconds",
                 "The configured reconcile_interval";
+            reconcile_clock_refusals: "reconcile_clock_refusals",
+                "Deletes and moves not made because the pushgateways' clocks could reverse the order they rest on";
+            reconcile_delete_window: "reconcile_delete_window_seconds",
+                "Time from the start of the read a delete was checked against to the end of the delete: a push to that copy meanwhile is lost";
+            clock_skew: "pushgateway_clock_skew_seconds",
+                "A pushgateway's clock minus consul-sync's, from the Date headers of its answers (about a second of resolution, narrowed over reads)";
             drain_moved: "drain_moved_groups",
                 "Groups copied to their owner at a drain deadline (their push time became the copy's)";
+            drain_moved_failed_pushes: "drain_moved_failed_pushes",
+                "Groups moved at a drain deadline whose last push had failed: the failure is recorded on the owner too";
+            drain_skipped_moves: "drain_skipped_moves",
+                "Moves at a drain deadline not made this round, by reason (newer: pushed elsewhere meanwhile; deleted: deleted meanwhile; unreadable: a pushgateway involved could not be read)";
+            drain_move_window: "drain_move_window_seconds",
+                "Time from the start of the reads a move was checked against to the end of its copy: a push to the owner meanwhile is overwritten";
             drain_state: "drain_state",
                 "Drain state per pushgateway: 1 draining, 2 drained";
             drain_deadline: "drain_deadline_timestamp_seconds",
                 "Unix time after which a drain moves the groups left";
+            tombstones: "tombstones",
+                "Tombstones kept in Consul: DELETEs that did not reach a pushgateway, waiting for it to be readable";
+            tombstones_collected: "tombstones_collected",
+                "Tombstones taken from the Envoys, each acknowledged after it was kept in Consul";
+            tombstones_closed: "tombstones_closed",
+                "Tombstones done with on one pushgateway, by result (deleted, absent, newer, unclear, expired)";
+            tombstone_errors: "tombstone_errors",
+                "Failures while collecting, keeping, acknowledging and applying tombstones, by kind (collect, store, ack, apply, full)";
             registrations: "registrations",
                 "Registrations in Consul after the start, by reason (missing, reload)";
             deregistrations: "deregistrations",
@@ -229,9 +319,24 @@ impl Metrics {
 
     /// Series present at 0 from the start, so a rate or an alert has them before the first event.
     fn preset(&self, envoys: &[String]) {
+        for reason in ["newer", "deleted", "unreadable"] {
+            let _ = self.drain_skipped_moves.get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
         for kind in ["read", "delete", "move"] {
             let _ = self.reconcile_errors.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            });
+        }
+        for kind in ["collect", "store", "ack", "apply", "full"] {
+            let _ = self.tombstone_errors.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
+        }
+        for r in TombstoneResult::ALL {
+            let _ = self.tombstones_closed.get_or_create(&ResultLabels {
+                result: r.label().to_owned(),
             });
         }
         for kind in ["register", "health"] {
@@ -317,6 +422,27 @@ impl Metrics {
         self.reconcile_misplaced.set(misplaced as i64);
     }
 
+    /// The clock skew of each pushgateway read (its clock minus ours, seconds); the ones no
+    /// longer read disappear.
+    pub fn clock_skews<'a>(&self, skews: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.clock_skew.clear();
+        for (pushgateway, skew) in skews {
+            self.clock_skew
+                .get_or_create(&PushgatewayLabels {
+                    pushgateway: pushgateway.to_owned(),
+                })
+                .set(skew);
+        }
+    }
+
+    pub fn drain_skipped_moves(&self, reason: &str, n: u64) {
+        self.drain_skipped_moves
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
     pub fn reconcile_error(&self, kind: &str) {
         self.reconcile_errors
             .get_or_create(&KindLabels {
@@ -339,6 +465,27 @@ impl Metrics {
                 .set(if drained { 2 } else { 1 });
             self.drain_deadline.get_or_create(&l).set(deadline);
         }
+    }
+
+    /// Tombstones kept in Consul now.
+    pub fn tombstones_kept(&self, kept: usize) {
+        self.tombstones.set(kept as i64);
+    }
+
+    pub fn tombstone_closed(&self, result: TombstoneResult) {
+        self.tombstones_closed
+            .get_or_create(&ResultLabels {
+                result: result.label().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn tombstone_error(&self, kind: &str) {
+        self.tombstone_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn registered(&self, reason: &str) {
@@ -364,6 +511,11 @@ impl Metrics {
     }
 }
 
+/// 1 ms to about 33 s: a window is milliseconds with few groups, seconds at 100k.
+fn window_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16)
+}
+
 fn push_labels(envoy: &str, r: PushResult) -> PushLabels {
     let result = match r {
         PushResult::Ok => PushResultLabel::ok,
@@ -387,12 +539,16 @@ mod tests {
         m.consul_request("health");
         m.consul_error("health");
         m.push("http://e:1", PushResult::Conflict);
+        m.clock_skews([("a:1", 30.5)]);
+        m.drain_skipped_moves("newer", 2);
         m.set_members(&MemberList {
             version: 7,
             members: vec![],
-            draining: vec![],
             ..MemberList::default()
         });
+        m.tombstones_kept(3);
+        m.tombstone_closed(TombstoneResult::Newer);
+        m.tombstone_error("ack");
         let text = m.encode().unwrap();
         for line in [
             "consul_sync_consul_requests_total{kind=\"health\"} 1",
@@ -404,6 +560,17 @@ mod tests {
             "consul_sync_members 0",
             "consul_sync_member_list_version 7",
             "consul_sync_member_changes_total 0",
+            "consul_sync_tombstones 3",
+            "consul_sync_tombstones_collected_total 0",
+            "consul_sync_tombstones_closed_total{result=\"newer\"} 1",
+            "consul_sync_tombstones_closed_total{result=\"expired\"} 0",
+            "consul_sync_tombstone_errors_total{kind=\"ack\"} 1",
+            "consul_sync_tombstone_errors_total{kind=\"store\"} 0",
+            "consul_sync_pushgateway_clock_skew_seconds{pushgateway=\"a:1\"} 30.5",
+            "consul_sync_drain_skipped_moves_total{reason=\"newer\"} 2",
+            "consul_sync_drain_skipped_moves_total{reason=\"unreadable\"} 0",
+            "consul_sync_reconcile_clock_refusals_total 0",
+            "consul_sync_drain_moved_failed_pushes_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -2,7 +2,9 @@
 //! - a parsed key, re-encoded to its canonical path, parses back to the same key;
 //! - its labels, as pushgateway would list them, give the same key again;
 //! - labels are sorted, unique, valid names, with a non-empty job and never an empty instance;
-//! - a refused push path says why.
+//! - a refused push path says why;
+//! - hashing the path without building the key (the filter's request path) gives the key's hash,
+//!   or the same error, and so does hashing it as a request target with a query after it.
 #![no_main]
 
 use dynamic_sharding::grouping_key::{GroupingKey, PathError};
@@ -13,7 +15,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
     };
-    match GroupingKey::from_path(path) {
+    let parsed = GroupingKey::from_path(path);
+    let hash = parsed.as_ref().map(GroupingKey::hash).map_err(Clone::clone);
+    assert_eq!(GroupingKey::hash_path(path), hash, "{path:?}: hash_path");
+    if !path.contains('?') {
+        assert_eq!(
+            GroupingKey::hash_target(&format!("{path}?x=/%zz/..")),
+            hash,
+            "{path:?}: hash_target"
+        );
+    }
+    match parsed {
         Ok(key) => check_key(path, &key),
         Err(PathError::Invalid(why)) => assert!(!why.is_empty(), "{path:?}: empty reason"),
         Err(PathError::NotPushPath) => {}

@@ -5,7 +5,7 @@
 //! thin wrappers declare the same ABI imports with a plain `u32` status (an unknown status is then
 //! not undefined behaviour) and map everything to `Result`.
 
-use crate::request::header_map::{self, RequestHeaders};
+use crate::request::header_map::RequestHeaders;
 use crate::request::{Host, HostError, Stat};
 use crate::routing::Reply;
 use crate::store::{SharedStore, StoreError};
@@ -232,7 +232,7 @@ impl Host for Envoy {
     /// Envoy's HTTP/1 codec keeps the connection open when the request was read to its end
     /// before this call.
     fn send_reply(&self, reply: &Reply) -> Result<(), HostError> {
-        let serialized = header_map::encode(reply.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        let serialized = reply.headers.encoded();
         let body = reply.body.as_bytes();
         // SAFETY: pointers and lengths of live buffers; details omitted (null, 0).
         let s = unsafe {

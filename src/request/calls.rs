@@ -16,6 +16,17 @@ pub enum Purpose {
     Replicate(Replica),
 }
 
+impl Purpose {
+    /// The pushgateway the call goes to: for a `DELETE`'s calls, one it may not have reached
+    /// while the call is in flight.
+    pub fn target(&self) -> &Member {
+        match self {
+            Purpose::DeleteCopy(member) => member,
+            Purpose::Replicate(replica) => &replica.standby,
+        }
+    }
+}
+
 /// What a request does once nothing it waits for is in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Then {
@@ -40,6 +51,11 @@ impl InFlight {
 
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
+    }
+
+    /// What each call still in flight was for.
+    pub fn pending(&self) -> impl Iterator<Item = &Purpose> {
+        self.calls.iter().map(|(_, p)| p)
     }
 
     /// `then`, back when nothing is in flight (carry it out now); otherwise kept until the last

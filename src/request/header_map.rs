@@ -4,6 +4,8 @@
 //! The encoding: a `u32` count, then a (name length, value length) `u32` pair per header, then
 //! each name and value followed by a NUL byte; every integer little-endian.
 
+use std::fmt;
+
 /// Every request header, as one copy of the host's encoded map. Each single-header read costs a
 /// host call plus a call back into the VM to allocate the copy; a push needs three of them, so
 /// one copy of the whole (small) map is cheaper.
@@ -37,6 +39,23 @@ impl RequestHeaders {
             || found
     }
 
+    /// [`RequestHeaders::get`] of each of `names`, in one pass over the map.
+    pub fn get_each<const N: usize>(&self, names: [&str; N]) -> [Option<&str>; N] {
+        let mut found = [None; N];
+        let mut missing = N;
+        // A map that turns out malformed after some were found keeps those: `get` finds them too.
+        let _ = self.walk(|n, v| {
+            for (name, slot) in names.iter().zip(found.iter_mut()) {
+                if slot.is_none() && n == name.as_bytes() {
+                    *slot = Some(v);
+                    missing -= 1;
+                }
+            }
+            missing == 0
+        });
+        found.map(|v| v.and_then(|v| std::str::from_utf8(v).ok()))
+    }
+
     fn raw(&self, name: &str) -> Option<&[u8]> {
         let mut found = None;
         self.walk(|n, v| {
@@ -48,32 +67,95 @@ impl RequestHeaders {
         found
     }
 
-    /// Calls `visit` on each (name, value) until it returns true; `None` when the encoding is
-    /// not what proxy-wasm documents.
-    fn walk<'s>(&'s self, mut visit: impl FnMut(&'s [u8], &'s [u8]) -> bool) -> Option<()> {
-        let d = self.data.as_slice();
-        // Every offset is checked: a map the host encoded otherwise reads as `None`, on 32 bits too.
-        let u32_at = |at: usize| -> Option<usize> {
-            let b: [u8; 4] = d.get(at..at.checked_add(4)?)?.try_into().ok()?;
-            Some(u32::from_le_bytes(b) as usize)
-        };
-        let count = u32_at(0)?;
-        let mut text = 4usize.checked_add(count.checked_mul(8)?)?;
-        for i in 0..count {
-            // i < count and 8 * count fits, so these cannot overflow.
-            let name_len = u32_at(4 + i * 8)?;
-            let value_len = u32_at(8 + i * 8)?;
-            let name_end = text.checked_add(name_len)?;
-            let n = d.get(text..name_end)?;
-            let value_at = name_end.checked_add(1)?;
-            let value_end = value_at.checked_add(value_len)?;
-            let v = d.get(value_at..value_end)?;
-            if visit(n, v) {
-                return Some(());
-            }
-            text = value_end.checked_add(1)?;
+    fn walk<'s>(&'s self, visit: impl FnMut(&'s [u8], &'s [u8]) -> bool) -> Option<()> {
+        walk(&self.data, visit)
+    }
+}
+
+/// Calls `visit` on each (name, value) of an encoded map until it returns true; `None` when the
+/// encoding is not what proxy-wasm documents.
+fn walk<'s>(d: &'s [u8], mut visit: impl FnMut(&'s [u8], &'s [u8]) -> bool) -> Option<()> {
+    // Every offset is checked: a map the host encoded otherwise reads as `None`, on 32 bits too.
+    let u32_at = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = d.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b) as usize)
+    };
+    let count = u32_at(0)?;
+    let mut text = 4usize.checked_add(count.checked_mul(8)?)?;
+    for i in 0..count {
+        // i < count and 8 * count fits, so these cannot overflow.
+        let name_len = u32_at(4 + i * 8)?;
+        let value_len = u32_at(8 + i * 8)?;
+        let name_end = text.checked_add(name_len)?;
+        let n = d.get(text..name_end)?;
+        let value_at = name_end.checked_add(1)?;
+        let value_end = value_at.checked_add(value_len)?;
+        let v = d.get(value_at..value_end)?;
+        if visit(n, v) {
+            return Some(());
         }
-        Some(())
+        text = value_end.checked_add(1)?;
+    }
+    Some(())
+}
+
+/// A reply's headers, kept encoded as the host takes them: sending the reply copies nothing,
+/// and a redirect's `location` is written once, into the map, from its parts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplyHeaders {
+    data: Vec<u8>,
+}
+
+impl ReplyHeaders {
+    /// One header whose value is `value_parts` one after the other.
+    pub fn joined(name: &str, value_parts: &[&str]) -> ReplyHeaders {
+        let value_len: usize = value_parts.iter().map(|p| p.len()).sum();
+        let mut data = Vec::with_capacity(4 + 8 + name.len() + value_len + 2);
+        data.extend_from_slice(&1u32.to_le_bytes());
+        data.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        data.extend_from_slice(&(value_len as u32).to_le_bytes());
+        data.extend_from_slice(name.as_bytes());
+        data.push(0);
+        for part in value_parts {
+            data.extend_from_slice(part.as_bytes());
+        }
+        data.push(0);
+        ReplyHeaders { data }
+    }
+
+    /// Adds a header after the others.
+    pub fn push(&mut self, name: &str, value: &str) {
+        let headers: Vec<(&str, &str)> = self.iter().chain([(name, value)]).collect();
+        self.data = encode(headers.into_iter());
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut pairs = Vec::new();
+        // Built here from text, so always well formed and UTF-8.
+        let _ = walk(&self.data, |n, v| {
+            if let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) {
+                pairs.push((n, v));
+            }
+            false
+        });
+        pairs.into_iter()
+    }
+
+    /// The map in the proxy-wasm encoding.
+    pub fn encoded(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl fmt::Debug for ReplyHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -117,6 +199,10 @@ mod tests {
         assert_eq!(h.get(":path"), Some("/metrics/job/j"));
         assert_eq!(h.get("x"), Some(""), "the first value wins");
         assert_eq!(h.get("y"), None);
+        assert_eq!(
+            h.get_each([":path", "y", "x", ":method"]),
+            [Some("/metrics/job/j"), None, Some(""), Some("PUT")]
+        );
         assert!(h.contains("x") && !h.contains("y"));
         let none = map(&[]);
         assert_eq!((none.get("x"), none.contains("x")), (None, false));
@@ -128,6 +214,7 @@ mod tests {
         for cut in 1..good.len() - 1 {
             let h = RequestHeaders::from_encoded(good[..cut].to_vec());
             assert_eq!(h.get("x-sharding-destination"), None, "cut at {cut}");
+            assert_eq!(h.get_each(["x-sharding-destination"]), [None], "cut at {cut}");
             assert!(h.contains("x-sharding-destination"), "cut at {cut}");
         }
         // Nothing at all (the host had no map), or a count no map of this size can hold.
@@ -135,6 +222,34 @@ mod tests {
         assert_eq!((h.get("a"), h.contains("a")), (None, true));
         let h = RequestHeaders::from_encoded(vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
         assert_eq!((h.get("a"), h.contains("a")), (None, true));
+    }
+
+    #[test]
+    fn reply_headers_are_encoded_as_the_host_takes_them() {
+        let mut h = ReplyHeaders::joined("location", &["http://", "a:1", "/metrics/job/j?x=1"]);
+        assert_eq!(h.get("location"), Some("http://a:1/metrics/job/j?x=1"));
+        assert_eq!(
+            h.encoded(),
+            encode([("location", "http://a:1/metrics/job/j?x=1")].into_iter())
+        );
+        h.push("retry-after", "5");
+        h.push("location", "second");
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [
+                ("location", "http://a:1/metrics/job/j?x=1"),
+                ("retry-after", "5"),
+                ("location", "second")
+            ]
+        );
+        let read = RequestHeaders::from_encoded(h.encoded().to_vec());
+        assert_eq!(read.get("retry-after"), Some("5"));
+        assert_eq!(
+            h.get("location"),
+            Some("http://a:1/metrics/job/j?x=1"),
+            "the first wins"
+        );
+        assert_eq!(format!("{:?}", ReplyHeaders::joined("a", &[])), r#"[("a", "")]"#);
     }
 
     #[test]

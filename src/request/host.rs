@@ -51,11 +51,21 @@ pub enum Stat {
     Members,
     /// Gauge: the version of that member list.
     MembersVersion,
+    /// `DELETE`s refused because their worker had `max_delete_fanouts` in flight.
+    DeleteFanoutLimited,
+    /// `DELETE`s refused because `max_tombstones` were held.
+    TombstonesFull,
+    /// `DELETE`s that left a tombstone (a new one, or merged into their group's).
+    TombstonesRecorded,
+    /// Tombstones forgotten after consul-sync acknowledged them.
+    TombstonesAcknowledged,
+    /// Gauge: tombstones held, as the last worker to change them counted.
+    Tombstones,
 }
 
 impl Stat {
     /// Every stat, each at the index of its discriminant.
-    pub const ALL: [Stat; 14] = [
+    pub const ALL: [Stat; 19] = [
         Stat::Redirects,
         Stat::Proxied,
         Stat::Lookups,
@@ -70,6 +80,11 @@ impl Stat {
         Stat::ReplicationFailures,
         Stat::Members,
         Stat::MembersVersion,
+        Stat::DeleteFanoutLimited,
+        Stat::TombstonesFull,
+        Stat::TombstonesRecorded,
+        Stat::TombstonesAcknowledged,
+        Stat::Tombstones,
     ];
 
     /// The stat's full name, as Envoy's `/stats` shows it.
@@ -89,12 +104,17 @@ impl Stat {
             Stat::ReplicationFailures => "dynamic_sharding.replication_failures_total",
             Stat::Members => "dynamic_sharding.members",
             Stat::MembersVersion => "dynamic_sharding.members_version",
+            Stat::DeleteFanoutLimited => "dynamic_sharding.delete_fanout_limited_total",
+            Stat::TombstonesFull => "dynamic_sharding.tombstones_full_total",
+            Stat::TombstonesRecorded => "dynamic_sharding.tombstones_recorded_total",
+            Stat::TombstonesAcknowledged => "dynamic_sharding.tombstones_acknowledged_total",
+            Stat::Tombstones => "dynamic_sharding.tombstones",
         }
     }
 
     /// A gauge is set; every other stat is a counter.
     pub fn is_gauge(self) -> bool {
-        matches!(self, Stat::Members | Stat::MembersVersion)
+        matches!(self, Stat::Members | Stat::MembersVersion | Stat::Tombstones)
     }
 }
 

@@ -13,17 +13,22 @@
 //! A `DELETE` first goes, as a `DELETE` of the same path, to every other pushgateway that may hold
 //! a copy of the group ([`routing::plan`]); the 307 is sent, or the request resumed to the owner,
 //! only when every one of those calls answered or timed out ([`calls`]), so that when the client
-//! sees its answer no other copy is left (unless a call failed: counted and logged, never fatal).
+//! sees its answer no other copy is left. A call that failed, or a pushgateway registered but not
+//! passing (no call can reach it), leaves a tombstone that consul-sync applies later
+//! ([`delete`]); a `DELETE` that could not keep that promise is answered `503` instead.
 //!
 //! A write to a slot with a standby is copied as its body goes by ([`replication`], up to the
 //! configured limit) and sent to the standby when the body ended. The 307 waits for the standby's
 //! answer; in proxy mode the last bytes of the body do (the body streams to the active until
 //! then): the chunk that completes the declared length, or the end of a body of unknown length,
 //! as the active cannot answer without either. So in both modes the standby takes the write
-//! before the active, and the client's answer comes after both. A standby that fails costs the client nothing but the wait (bounded by
-//! `replication_timeout`): the failure is counted and logged.
+//! before the active, and the client's answer comes after both. A standby that fails costs the
+//! client nothing but the wait (bounded by `replication_timeout`): the failure is counted and
+//! logged, and a `DELETE` it missed leaves a tombstone for the standby, as a failed fan-out call
+//! does.
 
 pub mod calls;
+pub mod delete;
 pub mod header_map;
 pub mod host;
 pub mod listener;
@@ -35,9 +40,12 @@ mod tests;
 
 use crate::config::Mode;
 use crate::control::{self, ControlOutcome};
+use crate::grouping_key::GroupingKey;
 use crate::members::{Member, MAX_UPDATE_BYTES};
 use crate::routing::{self, Decision, Outcome, Reply};
+use crate::tombstones::{self, TombstoneOutcome};
 use calls::{InFlight, Purpose, Then};
+use delete::{FanoutSlot, PendingDelete};
 pub use header_map::RequestHeaders;
 pub use host::{Host, HostError, Stat};
 pub use listener::Listener;
@@ -65,11 +73,24 @@ pub enum Action {
 /// A control request waiting for its body.
 struct ControlRequest {
     method: String,
+    path: String,
     authorization: Option<String>,
 }
 
+impl ControlRequest {
+    /// The largest body the endpoint takes: a member list of [`crate::members::MAX_MEMBERS`]
+    /// slots with standbys, or a tombstone acknowledgement.
+    fn body_limit(&self) -> usize {
+        if tombstones::is_tombstones_path(&self.path) {
+            tombstones::MAX_ACK_BYTES
+        } else {
+            MAX_UPDATE_BYTES
+        }
+    }
+}
+
 /// One request, from its headers to its end.
-pub struct Request<H> {
+pub struct Request<H: Host> {
     listener: Rc<Listener<H>>,
     /// Redirect mode: the reply to send once the request body has been read.
     after_body: Option<Reply>,
@@ -79,6 +100,8 @@ pub struct Request<H> {
     replication: Option<Replication>,
     /// Proxy mode: the last of the body is held until the standby answered.
     holding: bool,
+    /// A `DELETE` that may leave a copy behind, until it is answered.
+    delete: Option<PendingDelete>,
 }
 
 impl<H: Host> Request<H> {
@@ -90,6 +113,7 @@ impl<H: Host> Request<H> {
             calls: InFlight::default(),
             replication: None,
             holding: false,
+            delete: None,
         }
     }
 
@@ -149,7 +173,8 @@ impl<H: Host> Request<H> {
             // The reply ends the request here; Envoy discards what it holds of the body.
             return self.after_calls(Then::Reply(reply));
         }
-        if replicating {
+        // A DELETE whose copy could not be sent settles its tombstone here too.
+        if replicating || self.delete.is_some() {
             let action = self.after_calls(Then::Resume);
             self.holding = action == Action::Pause;
             return action;
@@ -167,7 +192,7 @@ impl<H: Host> Request<H> {
         }
         if let Some(request) = self.control.take() {
             // The body (paused, so held by Envoy) ended before the trailers.
-            return match self.host().request_body(0, MAX_UPDATE_BYTES + 1) {
+            return match self.host().request_body(0, request.body_limit() + 1) {
                 Ok(body) => self.serve_control(&request, &body),
                 Err(e) => self.internal_error(e),
             };
@@ -196,6 +221,7 @@ impl<H: Host> Request<H> {
                     // is down fails every write to its slot.
                     let why = || self.answer_failure(num_headers, status);
                     self.listener.replication_failed(&replica, why);
+                    self.not_reached(replica.standby);
                 }
             }
             Purpose::DeleteCopy(member) => {
@@ -205,14 +231,16 @@ impl<H: Host> Request<H> {
                     self.host().log(
                         Level::Warn,
                         format_args!(
-                            "DELETE fan-out to {member} failed ({what}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
+                            "DELETE fan-out to {member} failed ({what}): a tombstone keeps the DELETE for that pushgateway"
                         ),
                     );
+                    self.not_reached(member);
                 }
             }
         }
         if let Some(then) = self.calls.released() {
             self.holding = false;
+            let then = self.settle_delete(then);
             self.release(then);
         }
     }
@@ -239,14 +267,29 @@ impl<H: Host> Request<H> {
             // copy first: a removal is a host call, and clients do not send the header.)
             host.remove_request_header(destination)?;
         }
-        let (Some(method), Some(path)) = (headers.get(":method"), headers.get(":path")) else {
+        // One pass over the copy for what every push needs.
+        let [method, path, expect] = headers.get_each([":method", ":path", "expect"]);
+        let (Some(method), Some(path)) = (method, path) else {
             return Ok(Action::Continue);
         };
         listener.catch_up();
-        let plan = match listener.view() {
-            Some(view) => routing::plan(mode, method, path, view.ring(), view.list()),
+        let (plan, absent) = match listener.view() {
+            Some(view) => {
+                let plan = routing::plan(mode, method, path, view.ring(), view.list());
+                let absent = if method == "DELETE" {
+                    view.list().absent.clone()
+                } else {
+                    Vec::new()
+                };
+                (plan, absent)
+            }
             None => return Ok(Action::Continue),
         };
+        if method == "DELETE" {
+            if let Err(refusal) = self.begin_delete(path, &plan, absent) {
+                return Ok(self.reply(&refusal));
+            }
+        }
         if !plan.fanout.is_empty() {
             self.delete_copies(path, &plan.fanout, headers.get("authorization"));
         }
@@ -282,9 +325,7 @@ impl<H: Host> Request<H> {
                 // A client that sent `Expect: 100-continue` has not uploaded the body yet: answering
                 // now saves it an upload that would only be thrown away (Envoy then closes the
                 // connection, a fair price for a large push).
-                let expects_continue = headers
-                    .get("expect")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                let expects_continue = expect.is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
                 self.replication = replication;
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
                     if let (false, Some(r)) = (end_of_stream, self.replication.as_mut()) {
@@ -324,19 +365,14 @@ impl<H: Host> Request<H> {
                 Ok(token) => self.calls.sent(token, Purpose::DeleteCopy(member.clone())),
                 Err(e) => {
                     host.count(Stat::FanoutFailures);
-                    // Measured: a call the cluster finds no host for (no destination header)
-                    // fails here, as InternalFailure.
-                    let why = match e.status {
-                        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
-                        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
-                        _ => e.to_string(),
-                    };
+                    let why = refused_call(e);
                     host.log(
                         Level::Warn,
                         format_args!(
-                            "DELETE fan-out to {member} failed ({why}): a copy of the group may remain there until a later DELETE of it reaches that pushgateway"
+                            "DELETE fan-out to {member} failed ({why}): a tombstone keeps the DELETE for that pushgateway"
                         ),
                     );
+                    self.not_reached(member.clone());
                 }
             }
         }
@@ -379,14 +415,119 @@ impl<H: Host> Request<H> {
             }
             Err(why) => {
                 listener.replication_failed(&replication.replica, || why);
+                self.not_reached(replication.replica.standby);
                 false
+            }
+        }
+    }
+
+    /// Before a `DELETE` that goes to its owner sends anything: refuses it (the reply) when its
+    /// fan-out would exceed this worker's bound, or when it could need a tombstone and the list
+    /// is full; otherwise notes what it may owe. `absent`: pushgateways no call can reach now.
+    ///
+    /// The copy for the owner's standby can need a tombstone, but takes no place under the bound
+    /// by itself: it is one call per client request, as every replicated push is, where the
+    /// bound is there for the fan-out's one call per other pushgateway.
+    fn begin_delete(&mut self, path: &str, plan: &routing::Plan, absent: Vec<Member>) -> Result<(), Reply> {
+        let goes_to_owner = matches!(
+            plan.decision,
+            Decision::Route { .. }
+                | Decision::Reply {
+                    outcome: Outcome::Redirect,
+                    ..
+                }
+        );
+        if !goes_to_owner || (plan.fanout.is_empty() && absent.is_empty() && plan.replica.is_none()) {
+            return Ok(());
+        }
+        let (config, host) = (&self.listener.config, &self.listener.host);
+        let slot = if plan.fanout.is_empty() {
+            None
+        } else {
+            match FanoutSlot::take(config.max_delete_fanouts, host.now_nanos()) {
+                Some(slot) => Some(slot),
+                None => {
+                    host.count(Stat::DeleteFanoutLimited);
+                    return Err(delete::too_many(config.max_delete_fanouts));
+                }
+            }
+        };
+        // The gauge every worker records after changing the list: one cheap host call. Two
+        // workers that both find room may each add one, so the list can exceed the bound by
+        // the DELETEs in flight at once, themselves bounded.
+        let held = host.stat(Stat::Tombstones).unwrap_or(0);
+        if held >= u64::from(config.max_tombstones) {
+            host.count(Stat::TombstonesFull);
+            return Err(delete::tombstones_full(held, config.max_tombstones));
+        }
+        let path = path.split('?').next().unwrap_or(path);
+        let group = GroupingKey::from_path(path)
+            .map(|k| k.to_path())
+            .unwrap_or_default();
+        self.delete = Some(PendingDelete {
+            group,
+            at_ms: host.now_nanos() / 1_000_000,
+            unreached: absent,
+            slot,
+        });
+        Ok(())
+    }
+
+    /// A call of the `DELETE` did not reach `member`.
+    fn not_reached(&mut self, member: Member) {
+        if let Some(d) = self.delete.as_mut() {
+            d.unreached.push(member);
+        }
+    }
+
+    /// Once every call of a `DELETE` answered: its tombstone, if it did not reach every
+    /// pushgateway; `then` goes ahead unless the tombstone could not be kept (then `503`). Not
+    /// before the copy for the standby was sent (it waits for the end of a body) and answered.
+    fn settle_delete(&mut self, then: Then) -> Then {
+        if self.replication.is_some() {
+            return then;
+        }
+        let Some(d) = self.delete.take() else {
+            return then;
+        };
+        if d.unreached.is_empty() {
+            return then;
+        }
+        match self.record_tombstone(&d) {
+            Ok(()) => then,
+            Err(why) => Then::Reply(delete::not_recorded(&d.unreached, &why)),
+        }
+    }
+
+    fn record_tombstone(&self, d: &PendingDelete) -> Result<(), String> {
+        let host = self.host();
+        let result =
+            host.with_shared_data(|store| tombstones::record(store, &d.group, d.at_ms, &d.unreached));
+        match result {
+            Ok(held) => {
+                host.count(Stat::TombstonesRecorded);
+                host.record(Stat::Tombstones, held as u64);
+                Ok(())
+            }
+            Err(why) => {
+                host.count(Stat::HostErrors);
+                let names: Vec<&str> = d.unreached.iter().map(Member::as_str).collect();
+                host.log(
+                    Level::Error,
+                    format_args!(
+                        "the tombstone of a DELETE of {} that did not reach {} could not be kept: {why}",
+                        d.group,
+                        names.join(",")
+                    ),
+                );
+                Err(why)
             }
         }
     }
 
     /// Carries out `then` now if no call is in flight, else once the last one answered.
     fn after_calls(&mut self, then: Then) -> Action {
-        match self.calls.after(then) {
+        match self.calls.after(then).map(|then| self.settle_delete(then)) {
             Some(Then::Reply(reply)) => self.reply(&reply),
             // Nothing was paused: the request simply goes on.
             Some(Then::Resume) => Action::Continue,
@@ -441,11 +582,12 @@ impl<H: Host> Request<H> {
         let Some(path) = headers.get(":path") else {
             return Ok(Action::Continue);
         };
-        if !control::is_control_path(path) {
+        if !control::is_control_path(path) && !tombstones::is_tombstones_path(path) {
             return Ok(Action::Continue);
         }
         let request = ControlRequest {
             method: headers.get(":method").unwrap_or_default().to_owned(),
+            path: path.to_owned(),
             authorization: headers.get("authorization").map(str::to_owned),
         };
         if end_of_stream {
@@ -456,10 +598,21 @@ impl<H: Host> Request<H> {
     }
 
     fn control_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if body_size > MAX_UPDATE_BYTES {
-            let why = format!("body is over {MAX_UPDATE_BYTES} bytes");
+        let Some(request) = self.control.as_ref() else {
+            return Action::Continue;
+        };
+        let limit = request.body_limit();
+        if body_size > limit {
+            let why = format!("body is over {limit} bytes");
             let reply = Reply::json(413, serde_json::json!({ "error": why }).to_string());
-            self.host().count(Stat::UpdatesRejected);
+            if tombstones::is_tombstones_path(&request.path) {
+                self.host().log(
+                    Level::Warn,
+                    format_args!("tombstone request refused (413): {why}"),
+                );
+            } else {
+                self.host().count(Stat::UpdatesRejected);
+            }
             self.control = None;
             return self.reply(&reply);
         }
@@ -476,7 +629,10 @@ impl<H: Host> Request<H> {
         }
     }
 
-    fn serve_control(&mut self, request: &ControlRequest, body: &[u8]) -> Action {
+    fn serve_control(&self, request: &ControlRequest, body: &[u8]) -> Action {
+        if tombstones::is_tombstones_path(&request.path) {
+            return self.serve_tombstones(request, body);
+        }
         let (config, host) = (&self.listener.config, self.host());
         let (reply, outcome) = host.with_shared_data(|store| {
             control::handle(
@@ -507,10 +663,65 @@ impl<H: Host> Request<H> {
         }
         self.reply(&reply)
     }
+
+    fn serve_tombstones(&self, request: &ControlRequest, body: &[u8]) -> Action {
+        let (config, host) = (&self.listener.config, self.host());
+        let now_ms = host.now_nanos() / 1_000_000;
+        let (reply, outcome) = host.with_shared_data(|store| {
+            tombstones::handle(
+                &request.method,
+                &request.path,
+                request.authorization.as_deref(),
+                body,
+                &config.control_tokens,
+                store,
+                now_ms,
+            )
+        });
+        match outcome {
+            TombstoneOutcome::Read { held } => host.record(Stat::Tombstones, held as u64),
+            TombstoneOutcome::Acknowledged { forgotten, held } => {
+                for _ in 0..forgotten {
+                    host.count(Stat::TombstonesAcknowledged);
+                }
+                host.record(Stat::Tombstones, held as u64);
+            }
+            TombstoneOutcome::Rejected(why) => host.log(
+                Level::Warn,
+                format_args!("tombstone request refused ({}): {why}", reply.status),
+            ),
+        }
+        self.reply(&reply)
+    }
+}
+
+impl<H: Host> Drop for Request<H> {
+    /// A `DELETE` that ends with calls still in flight (its client went away) may not have
+    /// reached those pushgateways: they get a tombstone (applying one that was not needed
+    /// deletes nothing that was pushed after the `DELETE`), and its place under the bound stays
+    /// taken until those calls' timeout has passed.
+    fn drop(&mut self) {
+        let Some(mut d) = self.delete.take() else {
+            return;
+        };
+        if !self.calls.is_empty() {
+            if let Some(slot) = d.slot.take() {
+                let timeout = FANOUT_TIMEOUT.as_nanos() as u64;
+                slot.keep_until(self.host().now_nanos().saturating_add(timeout));
+            }
+        }
+        d.unreached
+            .extend(self.calls.pending().map(Purpose::target).cloned());
+        if !d.unreached.is_empty() {
+            let _ = self.record_tombstone(&d);
+        }
+    }
 }
 
 /// Why the host would not send a call to `pushgateway_owner`, as the operator can act on it.
 fn refused_call(e: HostError) -> String {
+    // Measured: a call the cluster finds no host for (no destination header) fails here, as
+    // InternalFailure.
     match e.status {
         host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
         host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),

@@ -89,8 +89,8 @@ pub struct FakeHost {
     failing: RefCell<HashMap<&'static str, u32>>,
     next_token: Cell<u32>,
     logs: RefCell<Vec<(Level, String)>>,
-    /// What [`Host::now_nanos`] answers.
-    pub clock: Cell<u64>,
+    /// The wall clock the host reports, in nanoseconds.
+    pub now: Cell<u64>,
 }
 
 impl FakeHost {
@@ -285,7 +285,7 @@ impl Host for FakeHost {
     }
 
     fn now_nanos(&self) -> u64 {
-        self.clock.get()
+        self.now.get()
     }
 
     fn log(&self, level: Level, message: fmt::Arguments<'_>) {

@@ -3,7 +3,7 @@
 use super::testing::{Done, FakeHost, Sent};
 use super::*;
 use crate::config::Config;
-use crate::members::MemberList;
+use crate::members::{Member, MemberList};
 use crate::store::{bump_generation, SharedStore, MEMBERS_KEY};
 use std::time::Duration;
 
@@ -44,11 +44,7 @@ fn owner(l: &TestListener, path: &str) -> String {
 }
 
 fn location(reply: &Reply) -> Option<&str> {
-    reply
-        .headers
-        .iter()
-        .find(|(n, _)| *n == "location")
-        .map(|(_, v)| v.as_str())
+    reply.headers.get("location")
 }
 
 /// Stores `list` as the control listener of another worker would, and counts it.
@@ -553,7 +549,7 @@ fn a_call_that_fails_is_counted_and_logged_and_holds_nothing_up() {
     let failed = |member: &str, what: &str| {
         logs.iter().any(|m| {
             m.contains(&format!("DELETE fan-out to {member} failed ({what})"))
-                && m.contains("a copy of the group may remain there")
+                && m.contains("a tombstone keeps the DELETE")
         })
     };
     let member = |call: &Sent| call.header(DEST).unwrap().to_owned();
@@ -1148,13 +1144,195 @@ fn a_delete_reaches_the_standby_and_every_address_of_the_other_slots() {
     }
 }
 
+// ---- DELETE: what it owes to the pushgateways it did not reach ----
+
+/// The tombstones held, as `GET /-/sharding/tombstones` shows them.
+fn held(l: &TestListener) -> Vec<crate::tombstones::Tombstone> {
+    let mut stored = l.host().shared.borrow_mut();
+    let (reply, _) = crate::tombstones::handle(
+        "GET",
+        crate::tombstones::TOMBSTONES_PATH,
+        Some("Bearer s3cret"),
+        b"",
+        &[TOKEN.to_owned()],
+        &mut *stored,
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    serde_json::from_value(v["tombstones"].clone()).unwrap()
+}
+
+fn members(list: &[&str]) -> Vec<Member> {
+    list.iter().map(|m| Member::parse(m).unwrap()).collect()
+}
+
+#[test]
+fn a_call_that_fails_leaves_a_tombstone_and_the_client_its_answer() {
+    let l = with_draining("redirect");
+    l.host().now.set(1_700_000_000_123_456_789);
+    let mut r = request(&l, &push("DELETE", "/metrics/job/j/instance@base64/aQ?x"));
+    r.on_headers(true);
+    let sent = l.host().sent();
+    answer(&l, &mut r, &sent[0], "503");
+    r.on_call_response(sent[1].token, 0);
+    answer(&l, &mut r, &sent[2], "202");
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 307);
+    let t = held(&l);
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        t[0].group, "/metrics/job/j/instance/i",
+        "canonical, without the query"
+    );
+    assert_eq!(t[0].at_ms, 1_700_000_000_123);
+    let mut failed = members(&[sent[0].header(DEST).unwrap(), sent[1].header(DEST).unwrap()]);
+    failed.sort();
+    assert_eq!(t[0].pushgateways, failed);
+    assert_eq!(l.host().stat_value(Stat::TombstonesRecorded), 1);
+    assert_eq!(l.host().stat_value(Stat::Tombstones), 1);
+}
+
+#[test]
+fn a_delete_that_reaches_every_copy_leaves_no_tombstone() {
+    let l = with_draining("proxy");
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    for call in l.host().sent() {
+        answer(&l, &mut r, &call, "202");
+    }
+    assert_eq!(l.host().take(), [Done::Resume]);
+    assert_eq!(held(&l), []);
+    drop(r);
+    assert_eq!(held(&l), [], "nor when it ends");
+}
+
+/// A listener whose list has the three members and `absent` registered but not passing.
+fn with_absent(mode: &str, settings: &str, absent: &[&str]) -> TestListener {
+    let json =
+        format!(r#"{{"mode": "{mode}", "members": {MEMBERS:?}, "control_token": "{TOKEN}"{settings}}}"#);
+    let config = Config::parse(json.as_bytes(), |_| None).unwrap();
+    let l = Rc::new(Listener::start(config, FakeHost::default()));
+    let list = MemberList::new(1, &MEMBERS)
+        .and_then(|m| m.with_absent(absent))
+        .unwrap();
+    publish(l.host(), &list);
+    l
+}
+
+#[test]
+fn an_absent_pushgateway_gets_a_tombstone_without_a_call() {
+    // One member: no call at all, the answer at once.
+    let l = with_absent("proxy", "", &["10.0.0.8:9091"]);
+    let one = MemberList::new(2, &["10.0.0.1:9091"])
+        .and_then(|m| m.with_absent(&["10.0.0.8:9091"]))
+        .unwrap();
+    publish(l.host(), &one);
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(true), Action::Continue);
+    assert_eq!(
+        l.host().take(),
+        [Done::SetHeader(DEST.into(), "10.0.0.1:9091".into())]
+    );
+    let t = held(&l);
+    assert_eq!((t.len(), &t[0].pushgateways), (1, &members(&["10.0.0.8:9091"])));
+    // With calls: the absent one is not called, and is in the tombstone with any that failed.
+    let l = with_absent("redirect", "", &["10.0.0.8:9091"]);
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    let sent = l.host().sent();
+    assert_eq!(sent.len(), 2, "the other two members");
+    answer(&l, &mut r, &sent[0], "500");
+    answer(&l, &mut r, &sent[1], "202");
+    let mut expected = members(&["10.0.0.8:9091", sent[0].header(DEST).unwrap()]);
+    expected.sort();
+    assert_eq!(held(&l)[0].pushgateways, expected);
+    // Pushes and lookups owe nothing.
+    for method in ["PUT", "GET"] {
+        request(&l, &push(method, "/metrics/job/other")).on_headers(true);
+    }
+    assert_eq!(held(&l).len(), 1);
+}
+
+#[test]
+fn a_full_tombstone_list_refuses_the_delete_before_any_call() {
+    let l = with_absent("proxy", r#", "max_tombstones": 2"#, &["10.0.0.8:9091"]);
+    for (i, status) in [(0, 202), (1, 202)] {
+        let mut r = request(&l, &push("DELETE", &format!("/metrics/job/g{i}")));
+        r.on_headers(true);
+        for call in l.host().sent() {
+            answer(&l, &mut r, &call, &status.to_string());
+        }
+    }
+    assert_eq!(l.host().stat_value(Stat::Tombstones), 2);
+    l.host().take();
+    for mode in ["proxy", "redirect"] {
+        let l2 = Rc::new(Listener::start(
+            Config::parse(
+                format!(r#"{{"mode": "{mode}", "members": {MEMBERS:?}, "max_tombstones": 2}}"#).as_bytes(),
+                |_| None,
+            )
+            .unwrap(),
+            FakeHost::default(),
+        ));
+        l2.host().add_to_stat(Stat::Tombstones, 2);
+        let mut r = request(&l2, &push("DELETE", PATH));
+        assert_eq!(r.on_headers(false), Action::Pause);
+        let done = l2.host().take();
+        let [Done::Reply(reply)] = done.as_slice() else {
+            panic!("{mode}: expected only a reply, got {done:?}");
+        };
+        assert_eq!(reply.status, 503);
+        assert!(reply.body.contains("max_tombstones 2"), "{}", reply.body);
+        assert_eq!(reply.headers.get("retry-after"), Some("30"));
+        assert_eq!(l2.host().stat_value(Stat::TombstonesFull), 1);
+        assert_eq!(l2.host().stat_value(Stat::FanoutCalls), 0);
+    }
+    // A DELETE that cannot leave anything behind (one member, nobody absent) still goes.
+    let l3 = listener("proxy", &["10.0.0.1:9091"]);
+    l3.host().add_to_stat(Stat::Tombstones, 1_000_000);
+    assert_eq!(
+        request(&l3, &push("DELETE", PATH)).on_headers(true),
+        Action::Continue
+    );
+}
+
+#[test]
+fn a_tombstone_that_cannot_be_kept_turns_the_answer_into_a_503_naming_the_pushgateway() {
+    for mode in ["redirect", "proxy"] {
+        let l = with_draining(mode);
+        let mut r = request(&l, &push("DELETE", PATH));
+        r.on_headers(true);
+        let sent = l.host().sent();
+        l.host().shared.borrow_mut().broken = true;
+        answer(&l, &mut r, &sent[0], "500");
+        answer(&l, &mut r, &sent[1], "202");
+        answer(&l, &mut r, &sent[2], "202");
+        let done = l.host().take();
+        let [Done::Reply(reply)] = done.as_slice() else {
+            panic!("{mode}: expected only a reply (no 307, no resume), got {done:?}");
+        };
+        assert_eq!(reply.status, 503, "{mode}");
+        let missed = sent[0].header(DEST).unwrap();
+        assert!(
+            reply
+                .body
+                .contains(&format!("did not reach pushgateway {missed}"))
+                && reply.body.contains("retry the DELETE"),
+            "{}",
+            reply.body
+        );
+        assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+    }
+}
+
 #[test]
 fn failed_replications_are_warned_about_at_most_once_a_second() {
     let l = slotted("redirect", serde_json::json!({}));
     l.host().fail("dispatch_http_call", host::INTERNAL_FAILURE);
     let path = owned_by(&l, SLOT);
     let push_once = |at_ms: u64| {
-        l.host().clock.set(at_ms * 1_000_000);
+        l.host().now.set(at_ms * 1_000_000);
         request(&l, &push("PUT", &path)).on_headers(true);
     };
     let lines = || {
@@ -1177,6 +1355,192 @@ fn failed_replications_are_warned_about_at_most_once_a_second() {
     assert!(!logged[0].contains("more replication failures"));
     // Every one is counted.
     assert_eq!(replication_stats(&l), (4, 4));
+}
+
+#[test]
+fn fanouts_beyond_the_bound_of_a_worker_are_refused_and_places_come_back() {
+    let l = with_absent("redirect", r#", "max_delete_fanouts": 2"#, &[]);
+    let proxy = with_absent("proxy", r#", "max_delete_fanouts": 2"#, &[]);
+    let mut first = request(&l, &push("DELETE", PATH));
+    first.on_headers(true);
+    let first_calls = l.host().sent();
+    let mut second = request(&proxy, &push("DELETE", PATH));
+    second.on_headers(true);
+    proxy.host().take();
+    // A third on this worker, through either listener, is refused before any call.
+    for listener in [&l, &proxy] {
+        let mut third = request(listener, &push("DELETE", PATH));
+        assert_eq!(third.on_headers(true), Action::Pause);
+        let done = listener.host().take();
+        let [Done::Reply(reply)] = done.as_slice() else {
+            panic!("expected only a reply, got {done:?}");
+        };
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.headers.get("retry-after"), Some("3"));
+        assert!(
+            reply.body.contains("2 DELETEs are waiting") && reply.body.contains("max_delete_fanouts"),
+            "{}",
+            reply.body
+        );
+        assert_eq!(listener.host().stat_value(Stat::DeleteFanoutLimited), 1);
+    }
+    // The first is answered: its place is free.
+    for call in &first_calls {
+        answer(&l, &mut first, call, "202");
+    }
+    assert_eq!(l.host().replies().len(), 1);
+    let mut again = request(&l, &push("DELETE", PATH));
+    again.on_headers(true);
+    assert_eq!(l.host().sent().len(), 2, "it fans out");
+    // A request that ends with its calls in flight (its client went away) frees its place
+    // once those calls' timeout has passed: Envoy lets them run.
+    l.host().now.set(1_000);
+    drop(second);
+    drop(again);
+    assert_eq!(delete::FanoutSlot::taken(), 2);
+    l.host().now.set(1_000 + FANOUT_TIMEOUT.as_nanos() as u64);
+    // Pushes are never held up by the bound.
+    let mut a = request(&l, &push("DELETE", PATH));
+    a.on_headers(true);
+    let mut b = request(&l, &push("DELETE", PATH));
+    b.on_headers(true);
+    let mut put = request(&l, &push("PUT", PATH));
+    put.on_headers(true);
+    assert_eq!(
+        l.host().replies().iter().map(|r| r.status).collect::<Vec<_>>(),
+        [307]
+    );
+}
+
+#[test]
+fn a_delete_whose_client_went_away_leaves_a_tombstone_for_the_calls_in_flight() {
+    let l = with_draining("redirect");
+    let mut r = request(&l, &push("DELETE", PATH));
+    r.on_headers(true);
+    let sent = l.host().sent();
+    answer(&l, &mut r, &sent[0], "202");
+    drop(r);
+    let t = held(&l);
+    assert_eq!(t.len(), 1);
+    let mut in_flight = members(&[sent[1].header(DEST).unwrap(), sent[2].header(DEST).unwrap()]);
+    in_flight.sort();
+    assert_eq!(t[0].pushgateways, in_flight);
+    assert_eq!(delete::FanoutSlot::taken(), 1, "until the calls' timeout");
+}
+
+// ---- DELETE to a slot with a standby: the standby is one more pushgateway to reach ----
+
+/// A listener whose list has one slot, [`SLOT`], with the standby [`STANDBY`]: a `DELETE` has
+/// nothing to fan out to, only its copy for the standby.
+fn one_slot_with_a_standby(mode: &str, settings: &str) -> TestListener {
+    let json = format!(r#"{{"mode": "{mode}", "members": [], "control_token": "{TOKEN}"{settings}}}"#);
+    let config = Config::parse(json.as_bytes(), |_| None).unwrap();
+    let l = Rc::new(Listener::start(config, FakeHost::default()));
+    let list = MemberList::new(1, &[SLOT])
+        .and_then(|m| m.with_slots([(SLOT, SLOT, Some(STANDBY))]))
+        .unwrap();
+    publish(l.host(), &list);
+    l
+}
+
+#[test]
+fn a_delete_the_standby_did_not_take_leaves_a_tombstone_for_it() {
+    for mode in ["redirect", "proxy"] {
+        for failure in ["503", "no answer"] {
+            let l = slotted(mode, serde_json::json!({}));
+            let path = owned_by(&l, SLOT);
+            let mut r = request(&l, &push("DELETE", &path));
+            r.on_headers(true);
+            for call in calls_of(&l.host().take()) {
+                match (call.header(DEST), failure) {
+                    (Some(STANDBY), "no answer") => r.on_call_response(call.token, 0),
+                    (Some(STANDBY), status) => answer(&l, &mut r, &call, status),
+                    _ => answer(&l, &mut r, &call, "202"),
+                }
+            }
+            let done = l.host().take();
+            match mode {
+                "redirect" => assert!(
+                    matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307),
+                    "{done:?}"
+                ),
+                _ => assert_eq!(done, [Done::Resume]),
+            }
+            let t = held(&l);
+            assert_eq!(t.len(), 1, "{mode} {failure}");
+            assert_eq!(t[0].pushgateways, members(&[STANDBY]), "{mode} {failure}");
+            assert_eq!(replication_stats(&l), (1, 1));
+            assert_eq!(l.host().stat_value(Stat::FanoutFailures), 0);
+        }
+    }
+}
+
+#[test]
+fn a_delete_whose_copy_cannot_be_sent_leaves_a_tombstone_for_the_standby() {
+    // Nothing else to reach: the refusal is the only debt, settled at once.
+    let l = one_slot_with_a_standby("proxy", "");
+    l.host().fail("dispatch_http_call", host::INTERNAL_FAILURE);
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(true), Action::Continue);
+    assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]));
+    // Proxy mode with a body: the copy is sent (or not) only at its end, after the fan-out
+    // answered; the tombstone waits for it.
+    let l = slotted("proxy", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut headers = push("DELETE", &path);
+    headers.push(("content-length", "2000000"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Pause);
+    for call in calls_of(&l.host().take()) {
+        answer(&l, &mut r, &call, "202");
+    }
+    assert!(l.host().take().contains(&Done::Resume));
+    assert_eq!(held(&l), [], "the copy is still to be sent");
+    assert_eq!(r.on_body(2_000_000, true), Action::Continue);
+    assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]));
+    assert_eq!(replication_stats(&l), (1, 1));
+}
+
+#[test]
+fn the_copy_for_the_standby_takes_no_place_under_the_fanout_bound() {
+    // The only place of this worker is taken by a DELETE in fan-out.
+    let busy = with_absent("redirect", r#", "max_delete_fanouts": 1"#, &[]);
+    let mut first = request(&busy, &push("DELETE", PATH));
+    first.on_headers(true);
+    assert_eq!(delete::FanoutSlot::taken(), 1);
+    for mode in ["redirect", "proxy"] {
+        let l = one_slot_with_a_standby(mode, r#", "max_delete_fanouts": 1"#);
+        let mut r = request(&l, &push("DELETE", PATH));
+        assert_eq!(r.on_headers(true), Action::Pause, "{mode}: waits for the standby");
+        let calls = calls_of(&l.host().take());
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].header(DEST), Some(STANDBY));
+        assert_eq!(l.host().stat_value(Stat::DeleteFanoutLimited), 0);
+        // Its client goes away: the standby may not have the DELETE.
+        drop(r);
+        assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]), "{mode}");
+        assert_eq!(delete::FanoutSlot::taken(), 1, "{mode}: no place of its own");
+    }
+}
+
+#[test]
+fn a_full_tombstone_list_refuses_a_delete_to_a_slot_with_a_standby() {
+    for mode in ["redirect", "proxy"] {
+        let l = one_slot_with_a_standby(mode, r#", "max_tombstones": 2"#);
+        l.host().add_to_stat(Stat::Tombstones, 2);
+        let mut r = request(&l, &push("DELETE", PATH));
+        assert_eq!(r.on_headers(true), Action::Pause);
+        let done = l.host().take();
+        let [Done::Reply(reply)] = done.as_slice() else {
+            panic!("{mode}: expected only a reply, got {done:?}");
+        };
+        assert_eq!(reply.status, 503, "{mode}");
+        assert!(reply.body.contains("max_tombstones 2"), "{}", reply.body);
+        assert_eq!(replication_stats(&l), (0, 0), "{mode}: nothing sent");
+        // Pushes to it owe no tombstone: they go on.
+        request(&l, &push("PUT", PATH)).on_headers(true);
+        assert_eq!(replication_stats(&l), (1, 0), "{mode}");
+    }
 }
 
 // ---- the control listener ----
@@ -1280,6 +1644,41 @@ fn a_control_body_over_the_limit_is_refused_413() {
 }
 
 #[test]
+fn a_tombstone_acknowledgement_has_its_own_smaller_limit() {
+    let l = listener("control", &MEMBERS);
+    let auth = format!("Bearer {TOKEN}");
+    let mut ack = push("POST", "/-/sharding/tombstones/ack");
+    ack.push(("authorization", auth.as_str()));
+    let mut r = request(&l, &ack);
+    r.on_headers(false);
+    assert_eq!(
+        r.on_body(crate::tombstones::MAX_ACK_BYTES + 1, false),
+        Action::Pause
+    );
+    let replies = l.host().replies();
+    assert_eq!(replies[0].status, 413);
+    assert!(
+        replies[0].body.contains("body is over 65536 bytes"),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(
+        l.host().stat_value(Stat::UpdatesRejected),
+        0,
+        "not a member update"
+    );
+    assert_warned(l.host(), "tombstone request refused (413)");
+    // A member update of that size is read.
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    assert_eq!(
+        r.on_body(crate::tombstones::MAX_ACK_BYTES + 1, false),
+        Action::Pause
+    );
+    assert_eq!(l.host().replies(), []);
+}
+
+#[test]
 fn a_control_body_ended_by_trailers_is_read_whole() {
     let l = listener("control", &MEMBERS);
     let size = body_of(&l, &MemberList::new(5, &["10.9.9.9:9091"]).unwrap());
@@ -1338,6 +1737,57 @@ fn a_control_body_that_cannot_be_read_is_answered_500() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].status, 500);
     assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
+}
+
+#[test]
+fn the_control_listener_hands_tombstones_over_and_forgets_the_acknowledged() {
+    let data = with_draining("redirect");
+    let mut r = request(&data, &push("DELETE", PATH));
+    r.on_headers(true);
+    for call in data.host().sent() {
+        answer(&data, &mut r, &call, "500");
+    }
+    // The control listener of the same worker, on the same shared data.
+    let config = Config::parse(
+        format!(r#"{{"mode": "control", "control_token": "{TOKEN}"}}"#).as_bytes(),
+        |_| None,
+    )
+    .unwrap();
+    let host = FakeHost::default();
+    std::mem::swap(
+        &mut *host.shared.borrow_mut(),
+        &mut *data.host().shared.borrow_mut(),
+    );
+    host.now.set(5_000_000_000);
+    let control = Rc::new(Listener::start(config, host));
+    let auth = format!("Bearer {TOKEN}");
+    let mut get = push("GET", "/-/sharding/tombstones");
+    get.push(("authorization", auth.as_str()));
+    let mut r = request(&control, &get);
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let reply = control.host().replies().remove(0);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(v["now_ms"], 5_000);
+    assert_eq!(v["tombstones"][0]["group"], "/metrics/job/j/instance/i");
+    assert_eq!(control.host().stat_value(Stat::Tombstones), 1);
+    // Without the token: refused, logged.
+    let mut r = request(&control, &push("GET", "/-/sharding/tombstones"));
+    r.on_headers(true);
+    assert_eq!(control.host().replies()[0].status, 401);
+    assert_warned(control.host(), "tombstone request refused (401)");
+    // Acknowledged: forgotten.
+    let body = format!(r#"{{"ids": [{}]}}"#, v["tombstones"][0]["id"]);
+    *control.host().body.borrow_mut() = body.clone().into_bytes();
+    let mut ack = push("POST", "/-/sharding/tombstones/ack");
+    ack.push(("authorization", auth.as_str()));
+    let mut r = request(&control, &ack);
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(r.on_body(body.len(), true), Action::Pause);
+    let replies = control.host().replies();
+    assert_eq!(replies[0].body, r#"{"forgotten":1,"held":0}"#);
+    assert_eq!(control.host().stat_value(Stat::Tombstones), 0);
+    assert_eq!(control.host().stat_value(Stat::TombstonesAcknowledged), 1);
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct EnvoyOptions {
     pub token: Option<String>,
     pub concurrency: u32,
     pub vnodes: u32,
+    /// More plugin settings for every filter instance, e.g. `"max_tombstones": 20`.
+    pub plugin_settings: String,
 }
 
 impl Default for EnvoyOptions {
@@ -33,6 +35,7 @@ impl Default for EnvoyOptions {
             token: Some(TEST_TOKEN.to_owned()),
             concurrency: 2,
             vnodes: 500,
+            plugin_settings: String::new(),
         }
     }
 }
@@ -96,7 +99,17 @@ pub fn render_config(options: &EnvoyOptions, ports: EnvoyPorts) -> String {
         .output()
         .unwrap_or_else(|e| panic!("run {} (python3 must be installed): {e}", script.display()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("rendered config: {e}"))
+    let config = String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("rendered config: {e}"));
+    if options.plugin_settings.is_empty() {
+        return config;
+    }
+    let vnodes = format!("\"vnodes\": {},", options.vnodes);
+    assert_eq!(
+        config.matches(&vnodes).count(),
+        3,
+        "the three filter configurations"
+    );
+    config.replace(&vnodes, &format!("{vnodes} {},", options.plugin_settings))
 }
 
 impl Envoy {

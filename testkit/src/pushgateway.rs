@@ -8,6 +8,15 @@ use std::time::Duration;
 /// How long a pushgateway may take to answer `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The user of [`Pushgateway::start_basic_auth`].
+pub const BASIC_AUTH_USER: &str = "sync";
+/// Its password.
+pub const BASIC_AUTH_PASSWORD: &str = "pushgateway-test-password";
+/// The `Authorization` header value for them.
+pub const BASIC_AUTH_HEADER: &str = "Basic c3luYzpwdXNoZ2F0ZXdheS10ZXN0LXBhc3N3b3Jk";
+/// bcrypt (cost 4, so checks stay fast) of [`BASIC_AUTH_PASSWORD`], as `--web.config.file` takes it.
+const BASIC_AUTH_BCRYPT: &str = "$2b$04$AGOd.Q8n0zurfFTFWbD.XuJoPstzehZGs6Wn2nmpWz0IwSBfcViRO";
+
 pub struct Pushgateway {
     pub proc: Proc,
     pub port: u16,
@@ -36,6 +45,18 @@ impl Pushgateway {
         Pushgateway::start_with(dir, free_port(), None, &["--push.disable-consistency-check"])
     }
 
+    /// Starts one on a free port that requires HTTP basic auth ([`BASIC_AUTH_USER`],
+    /// [`BASIC_AUTH_PASSWORD`]) on every path, `/-/healthy` included.
+    pub fn start_basic_auth(dir: &TestDir) -> Pushgateway {
+        let port = free_port();
+        let web = dir.write(
+            &format!("pushgateway-{port}-web.yml"),
+            format!("basic_auth_users:\n  {BASIC_AUTH_USER}: {BASIC_AUTH_BCRYPT}\n"),
+        );
+        let flag = format!("--web.config.file={}", web.display());
+        Pushgateway::start_with(dir, port, None, &[&flag])
+    }
+
     fn start_with(
         dir: &TestDir,
         port: u16,
@@ -62,7 +83,8 @@ impl Pushgateway {
                 if !pg.proc.is_running() {
                     panic!("pushgateway on port {port} exited:\n{}", pg.proc.log_tail(20));
                 }
-                matches!(try_http_get(&url), Ok((200, _))).then_some(())
+                // 401: it serves, behind basic auth.
+                matches!(try_http_get(&url), Ok((200 | 401, _))).then_some(())
             },
         );
         pg

@@ -172,11 +172,37 @@ fn base64_value(rng: &mut Rng) -> String {
         _ => URL_SAFE.encode(&raw),
     };
     // The standard alphabet's `/` would split the path; keep it only sometimes.
-    if encoded.contains('/') && rng.percent(70) {
+    let encoded = if encoded.contains('/') && rng.percent(70) {
         encoded.replace('/', "%2F")
     } else {
         encoded
+    };
+    if rng.percent(20) {
+        line_breaks(rng, &encoded)
+    } else {
+        encoded
     }
+}
+
+/// `encoded` with escaped line breaks put in: Go's base64 decoder skips `\r` and `\n` wherever
+/// they stand (also among or after trailing `=`, which pushgateway trims first).
+fn line_breaks(rng: &mut Rng, encoded: &str) -> String {
+    let mut out = encoded.to_owned();
+    for _ in 0..1 + rng.below(3) {
+        // Escapes are ASCII, so every byte offset outside one is a char boundary.
+        let boundaries: Vec<usize> = (0..=out.len())
+            .filter(|i| out.is_char_boundary(*i) && !inside_escape(&out, *i))
+            .collect();
+        let at = boundaries[rng.below(boundaries.len())];
+        out.insert_str(at, rng.pick(&["%0A", "%0D", "%0D%0A", "%0a", "%0d%0a"]));
+    }
+    out
+}
+
+/// True when byte `i` of `s` falls inside a `%XX` escape (after its `%`).
+fn inside_escape(s: &str, i: usize) -> bool {
+    let b = s.as_bytes();
+    (i >= 1 && b[i - 1] == b'%') || (i >= 2 && b[i - 2] == b'%')
 }
 
 fn label_name(rng: &mut Rng, used: &[String]) -> String {

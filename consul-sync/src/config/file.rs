@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) vnodes: Option<Vnodes>,
     pub(super) reconcile_interval: Option<Dur>,
     pub(super) drain_timeout: Option<Dur>,
+    pub(super) tombstone_ttl: Option<Dur>,
 }
 
 #[derive(Default, Deserialize)]
@@ -39,6 +40,8 @@ pub(super) struct RawPushgateway {
     pub(super) port: Option<Port>,
     pub(super) servers: Option<Vec<String>>,
     pub(super) drain: Option<Vec<String>>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

@@ -30,6 +30,9 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a draining pushgateway keeps the groups nobody pushed elsewhere before they are
 /// moved to their owners: long enough for jobs that push hourly to move them themselves.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a tombstone waits for its pushgateways to be readable again: long enough for one
+/// that was down over a weekend to come back and lose the groups deleted meanwhile.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 /// Environment variable for the Consul ACL token when `consul_server.token` is not set.
 pub const CONSUL_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 /// Environment variable for the Envoy control token when `envoy.token_file` is not set.
@@ -73,8 +76,18 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// How long a drain waits for groups to be pushed elsewhere before it moves the rest.
     pub drain_timeout: Duration,
+    /// How long a tombstone (a `DELETE` that did not reach a pushgateway) is kept waiting for
+    /// that pushgateway to be readable.
+    pub tombstone_ttl: Duration,
     /// The file it was read from: a reload reads it again.
     pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// The credentials every request to a pushgateway carries, if they need any.
+    pub fn pushgateway_auth(&self) -> Option<&BasicAuth> {
+        self.check.auth.as_ref()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -100,11 +113,31 @@ impl fmt::Debug for ConsulConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub deregister_after: Duration,
+    /// The pushgateways' basic-auth credentials (`pushgateway.username`, `pushgateway.password`):
+    /// Consul's check sends them, and so does the reconciler ([`Config::pushgateway_auth`]).
+    pub auth: Option<BasicAuth>,
+}
+
+/// HTTP basic-auth credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+// The password stays out of logs and panics.
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -168,8 +201,8 @@ impl Config {
 
     /// Refuses a reloaded configuration that changes what only a restart can change: the Consul
     /// connection, the service name, the endpoint's address, the Envoys and the resync interval.
-    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, vnodes) is
-    /// taken live.
+    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, tombstone_ttl,
+    /// vnodes) is taken live.
     pub fn check_reload(&self, new: &Config) -> Result<(), String> {
         let mut changed = Vec::new();
         if self.consul != new.consul {
@@ -191,7 +224,8 @@ impl Config {
             Ok(())
         } else {
             Err(format!(
-                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout and vnodes, \
+                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout, tombstone_ttl \
+                 and vnodes, \
                  the rest needs a restart of consul-sync; nothing was changed",
                 changed.join(", ")
             ))
@@ -210,10 +244,12 @@ impl Config {
             file: file.to_owned(),
             message,
         };
-        let raw = read_raw(text).map_err(invalid)?;
+        let mut raw = read_raw(text).map_err(invalid)?;
         let mut warnings = Vec::new();
+        let auth = pushgateway_auth(raw.pushgateway.username.take(), raw.pushgateway.password.take())
+            .map_err(invalid)?;
         let (servers, drain) = pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
-        let check = check(raw.check, &mut warnings);
+        let check = check(raw.check, auth, &mut warnings);
         let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
         let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
         let consul = consul(raw.consul_server, &env).map_err(invalid)?;
@@ -231,6 +267,7 @@ impl Config {
             drain,
             reconcile_interval: raw.reconcile_interval.map_or(DEFAULT_RECONCILE_INTERVAL, |d| d.0),
             drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+            tombstone_ttl: raw.tombstone_ttl.map_or(DEFAULT_TOMBSTONE_TTL, |d| d.0),
             source: None,
         };
         Ok((config, warnings))
@@ -261,12 +298,29 @@ fn pushgateways(
     Ok((servers, drain))
 }
 
+/// `pushgateway.username` and `password`: both, or a username alone, or neither.
+fn pushgateway_auth(username: Option<String>, password: Option<String>) -> Result<Option<BasicAuth>, String> {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    match (nonempty(username), nonempty(password)) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(
+            "pushgateway.password is set without pushgateway.username; set both for basic auth to the pushgateways"
+                .into(),
+        ),
+        (Some(u), _) if u.contains(':') => Err(format!(
+            "pushgateway.username {u:?} holds ':', which HTTP basic auth cannot carry; expected a name without ':'"
+        )),
+        (Some(username), password) => Ok(Some(BasicAuth { username, password })),
+    }
+}
+
 /// `check`: what Consul will do with it is warned about.
-fn check(raw: RawCheck, warnings: &mut Vec<Warning>) -> CheckConfig {
+fn check(raw: RawCheck, auth: Option<BasicAuth>, warnings: &mut Vec<Warning>) -> CheckConfig {
     let check = CheckConfig {
         interval: raw.interval.map_or(DEFAULT_CHECK_INTERVAL, |d| d.0),
         timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
         deregister_after: raw.deregister_after.map_or(DEFAULT_DEREGISTER_AFTER, |d| d.0),
+        auth,
     };
     if check.interval < CONSUL_MIN_INTERVAL {
         warnings.push(format!(
@@ -437,7 +491,8 @@ http_listen_addr: :9292
             CheckConfig {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
-                deregister_after: Duration::from_secs(600)
+                deregister_after: Duration::from_secs(600),
+                auth: None
             }
         );
         assert_eq!(c.resync_interval, Duration::from_secs(10));
@@ -506,9 +561,43 @@ vnodes: 100
     }
 
     #[test]
+    fn pushgateway_credentials() {
+        let (c, _) = parse("pushgateway:\n  username: sync\n  password: s3cret\n").unwrap();
+        let auth = c.pushgateway_auth().unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_deref()),
+            ("sync", Some("s3cret"))
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("<set>"), "{debug}");
+        assert_eq!(
+            parse("pushgateway: {username: ''}\n")
+                .unwrap()
+                .0
+                .pushgateway_auth(),
+            None
+        );
+        let e = refused("pushgateway:\n  password: p\n");
+        assert!(
+            e.contains("pushgateway.password") && e.contains("without pushgateway.username"),
+            "{e}"
+        );
+        let e = refused("pushgateway: {username: 'a:b', password: p}\n");
+        assert!(
+            e.contains("pushgateway.username") && e.contains("without ':'"),
+            "{e}"
+        );
+        // A reload takes new credentials.
+        let (new, _) = parse("pushgateway: {username: other}\n").unwrap();
+        assert_eq!(c.check_reload(&new), Ok(()));
+    }
+
+    #[test]
     fn drain_and_reconcile_keys() {
-        let text = "pushgateway:\n  servers: [a:1, b:1, c:1]\n  drain: [c:1, 'D']\nreconcile_interval: 5s\ndrain_timeout: 2m\n";
+        let text = "pushgateway:\n  servers: [a:1, b:1, c:1]\n  drain: [c:1, 'D']\nreconcile_interval: 5s\ndrain_timeout: 2m\n\
+                    tombstone_ttl: 1d\n";
         let (c, warnings) = parse(text).unwrap();
+        assert_eq!(c.tombstone_ttl, Duration::from_secs(24 * 3600));
         let drain: Vec<&str> = c.drain.iter().map(Member::as_str).collect();
         assert_eq!(drain, ["c:1", "d:9091"]);
         assert_eq!(c.reconcile_interval, Duration::from_secs(5));
@@ -521,8 +610,18 @@ vnodes: 100
         );
         let (c, _) = parse("").unwrap();
         assert_eq!(
-            (c.reconcile_interval, c.drain_timeout, c.drain.len()),
-            (DEFAULT_RECONCILE_INTERVAL, DEFAULT_DRAIN_TIMEOUT, 0)
+            (
+                c.reconcile_interval,
+                c.drain_timeout,
+                c.tombstone_ttl,
+                c.drain.len()
+            ),
+            (
+                DEFAULT_RECONCILE_INTERVAL,
+                DEFAULT_DRAIN_TIMEOUT,
+                DEFAULT_TOMBSTONE_TTL,
+                0
+            )
         );
         let e = refused("pushgateway:\n  drain:\n    - a:1\n    - A:1\n");
         assert!(

@@ -9,9 +9,11 @@
 //!   registered pushgateway is held back, so a (re)start pushes neither an empty nor a partial
 //!   list that would move groups twice.
 //! - Pushgateways in `pushgateway.drain` leave the ring and travel beside it while they pass.
+//! - Registered pushgateways that do not pass travel beside it as `absent`: a `DELETE` cannot
+//!   reach them now, so it leaves a tombstone for each.
 
 use crate::membership::versions::VersionClock;
-use dynamic_sharding::members::{Member, MemberDiff, MemberList};
+use dynamic_sharding::members::{Member, MemberDiff, MemberList, MAX_MEMBERS};
 use dynamic_sharding::ring::Ring;
 use tokio::time::Instant;
 
@@ -87,10 +89,11 @@ impl PublishedList {
     pub fn observe(&mut self, passing: Vec<Member>, now: Instant, now_ms: u64) -> ListUpdate {
         let (draining, members): (Vec<Member>, Vec<Member>) =
             passing.iter().cloned().partition(|m| self.drain.contains(m));
+        let absent = self.absent(&passing);
         if self
             .published
             .as_ref()
-            .is_some_and(|p| p.members == members && p.draining == draining)
+            .is_some_and(|p| p.members == members && p.draining == draining && p.absent == absent)
         {
             return ListUpdate::Unchanged;
         }
@@ -105,10 +108,28 @@ impl PublishedList {
             version: self.clock.next(now_ms),
             members,
             draining,
+            absent,
             ..MemberList::default()
         };
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
+    }
+}
+
+impl PublishedList {
+    /// The registered pushgateways not in `passing` (sorted), at most as many as a list takes.
+    fn absent(&self, passing: &[Member]) -> Vec<Member> {
+        let room = MAX_MEMBERS.saturating_sub(passing.len());
+        let mut absent: Vec<Member> = self
+            .registered
+            .iter()
+            .filter(|m| passing.binary_search(m).is_err())
+            .take(room)
+            .cloned()
+            .collect();
+        absent.sort();
+        absent.dedup();
+        absent
     }
 }
 
@@ -150,8 +171,13 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
             join(&old.draining)
         )
     };
+    let absent = if old.absent == new.absent {
+        String::new()
+    } else {
+        format!(", absent [{}] (was [{}])", join(&new.absent), join(&old.absent))
+    };
     format!(
-        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}; old [{}] new [{}]",
+        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}{absent}; old [{}] new [{}]",
         new.version,
         old.len(),
         new.len(),
@@ -292,6 +318,36 @@ mod tests {
     }
 
     #[test]
+    fn registered_pushgateways_that_do_not_pass_are_listed_absent() {
+        let now = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]));
+        v.set_drain(m(&["c:1"]));
+        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1", "x:1"]), now, 1) else {
+            unreachable!()
+        };
+        assert!(new.absent.is_empty(), "{new:?}");
+        // b dies: out of the ring, absent.
+        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "c:1", "x:1"]), now, 2) else {
+            unreachable!()
+        };
+        assert_eq!(
+            (new.members, new.draining, new.absent),
+            (m(&["a:1", "x:1"]), m(&["c:1"]), m(&["b:1"]))
+        );
+        // The draining one dies too: absent as well, still holding what it held.
+        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "x:1"]), now, 3) else {
+            unreachable!()
+        };
+        assert_eq!((new.draining, new.absent), (vec![], m(&["b:1", "c:1"])));
+        // An unregistered one that stops passing is simply gone.
+        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1"]), now, 4) else {
+            unreachable!()
+        };
+        assert_eq!((new.members, new.absent), (m(&["a:1"]), m(&["b:1", "c:1"])));
+        assert_eq!(v.observe(m(&["a:1"]), now, 5), ListUpdate::Unchanged);
+    }
+
+    #[test]
     fn no_registered_servers_means_no_settling() {
         let mut v = PublishedList::new(vec![]);
         v.settle_until(Instant::now() + Duration::from_secs(60));
@@ -306,13 +362,12 @@ mod tests {
         let old = MemberList {
             version: 1,
             members: m(&["a:1", "b:1", "c:1"]),
-            draining: vec![],
             ..MemberList::default()
         };
         let new = MemberList {
             version: 2,
             members: m(&["a:1", "b:1"]),
-            draining: vec![],
+            absent: m(&["c:1"]),
             ..MemberList::default()
         };
         let line = describe_change(Some(&old), &new, 500);
@@ -322,7 +377,10 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.ends_with("old [a:1,b:1,c:1] new [a:1,b:1]"), "{line}");
+        assert!(
+            line.ends_with("absent [c:1] (was []); old [a:1,b:1,c:1] new [a:1,b:1]"),
+            "{line}"
+        );
         let first = describe_change(None, &old, 500);
         assert!(
             first.contains("0 -> 3 members") && !first.contains("groups move"),

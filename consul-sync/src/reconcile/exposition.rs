@@ -1,11 +1,12 @@
-//! What a pushgateway holds, read from its own answers: the groups and their push times.
+//! What a pushgateway holds, read from its own answers: the groups and when each last changed.
 //!
 //! Owns the decoding of two answers of pushgateway 1.5.1:
-//! - `GET /metrics`, the exposition Prometheus scrapes: only its `push_time_seconds` lines are
-//!   read ([`PushTimeReader`], fed chunk by chunk, so a pushgateway with 100k groups is read in
-//!   constant memory). Their labels are exactly the group's grouping labels, plus `instance=""`
-//!   that pushgateway adds to every group without an `instance`: that one is dropped (the filter
-//!   refuses an explicitly empty `instance`, which would collide with it).
+//! - `GET /metrics`, the exposition Prometheus scrapes: only its `push_time_seconds` and
+//!   `push_failure_time_seconds` lines are read ([`PushTimeReader`], fed chunk by chunk, so a
+//!   pushgateway with 100k groups is read in constant memory per group). Their labels are exactly
+//!   the group's grouping labels, plus `instance=""` that pushgateway adds to every group without
+//!   an `instance`: that one is dropped (the filter refuses an explicitly empty `instance`, which
+//!   would collide with it).
 //! - `GET /api/v1/metrics`, every group with its metric families: read only to copy a group to
 //!   another pushgateway ([`ApiGroup::to_text`] renders the text format pushgateway takes back).
 //!
@@ -14,27 +15,59 @@
 
 use dynamic_sharding::grouping_key::GroupingKey;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 const PUSH_TIME: &str = "push_time_seconds";
 const PUSH_FAILURE_TIME: &str = "push_failure_time_seconds";
 
-/// The groups one pushgateway holds and when each was last pushed (Unix seconds).
+/// When a group last changed on one pushgateway, by that pushgateway's clock (Unix seconds): its
+/// last successful push and its last failed one (a push pushgateway refused but recorded), each
+/// 0 when there was none.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stamps {
+    pub push: f64,
+    pub failure: f64,
+}
+
+impl Stamps {
+    /// The group's latest activity: a failed push is news too (alerts read it), so a copy whose
+    /// last push failed is not older than a copy pushed successfully before that failure.
+    pub fn latest(&self) -> f64 {
+        self.push.max(self.failure)
+    }
+
+    /// True when the last push failed (what pushgateway shows as `last_push_successful: false`).
+    pub fn last_push_failed(&self) -> bool {
+        self.failure > self.push
+    }
+}
+
+/// The groups one pushgateway holds and when each last changed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PushTimes {
-    pub groups: Vec<(GroupingKey, f64)>,
+    /// In the order the exposition first names them.
+    pub groups: Vec<(GroupingKey, Stamps)>,
     /// Lines that could not be read as a group, with the reason (for a warning).
     pub skipped: Vec<String>,
 }
 
-/// Reads the `push_time_seconds` lines of a text exposition fed in chunks of any size.
+/// Which of the two stamps a line holds.
+#[derive(Clone, Copy)]
+enum Stamp {
+    Push,
+    Failure,
+}
+
+/// Reads the push-time lines of a text exposition fed in chunks of any size.
 #[derive(Debug, Default)]
 pub struct PushTimeReader {
     /// The start of a line that may be a push time, waiting for the rest.
     partial: Vec<u8>,
     /// The rest of the current line is somebody else's: skip to the next newline.
     skipping: bool,
+    /// Where each group is in `out.groups`: the two stamps come in two families.
+    index: HashMap<GroupingKey, usize>,
     out: PushTimes,
 }
 
@@ -60,7 +93,8 @@ impl PushTimeReader {
             chunk = &chunk[nl + 1..];
         }
         // Only lines that may be ours are worth keeping across chunks.
-        if self.partial.is_empty() && !chunk.is_empty() && !may_be_push_time(chunk) {
+        let start_of_line = self.partial.is_empty();
+        if start_of_line && !chunk.is_empty() && !may_be_ours(chunk) {
             self.skipping = true;
             return;
         }
@@ -76,37 +110,53 @@ impl PushTimeReader {
     }
 
     fn line(&mut self, line: &[u8]) {
-        let Some(rest) = line.strip_prefix(PUSH_TIME.as_bytes()) else {
+        let (stamp, name) = if line.starts_with(PUSH_TIME.as_bytes()) {
+            (Stamp::Push, PUSH_TIME)
+        } else if line.starts_with(PUSH_FAILURE_TIME.as_bytes()) {
+            (Stamp::Failure, PUSH_FAILURE_TIME)
+        } else {
             return;
         };
         // `push_time_seconds_total{` or similar is somebody else's metric.
-        if !rest.starts_with(b"{") {
+        if !line[name.len()..].starts_with(b"{") {
             return;
         }
         let text = String::from_utf8_lossy(line);
-        match parse_push_time_line(&text) {
-            Ok(g) => self.out.groups.push(g),
+        match parse_stamp_line(&text, name) {
+            Ok((key, time)) => {
+                let at = *self.index.entry(key.clone()).or_insert_with(|| {
+                    self.out.groups.push((key, Stamps::default()));
+                    self.out.groups.len() - 1
+                });
+                let stamps = &mut self.out.groups[at].1;
+                match stamp {
+                    Stamp::Push => stamps.push = time,
+                    Stamp::Failure => stamps.failure = time,
+                }
+            }
             Err(why) => self.out.skipped.push(format!("{why}: {text}")),
         }
     }
 }
 
 /// True when a line starting with `start` may still turn out to be a push-time sample.
-fn may_be_push_time(start: &[u8]) -> bool {
-    let p = PUSH_TIME.as_bytes();
-    if start.len() <= p.len() {
-        p.starts_with(start)
-    } else {
-        start.starts_with(p)
-    }
+fn may_be_ours(start: &[u8]) -> bool {
+    [PUSH_TIME, PUSH_FAILURE_TIME].iter().any(|name| {
+        let p = name.as_bytes();
+        if start.len() <= p.len() {
+            p.starts_with(start)
+        } else {
+            start.starts_with(p)
+        }
+    })
 }
 
-/// `push_time_seconds{a="1",job="j"} 1.7e+09` → the group and its push time.
-fn parse_push_time_line(line: &str) -> Result<(GroupingKey, f64), String> {
+/// `push_time_seconds{a="1",job="j"} 1.7e+09` → the group and its time.
+fn parse_stamp_line(line: &str, name: &str) -> Result<(GroupingKey, f64), String> {
     let rest = line
-        .strip_prefix(PUSH_TIME)
+        .strip_prefix(name)
         .and_then(|r| r.strip_prefix('{'))
-        .ok_or("not a push_time_seconds sample")?;
+        .ok_or_else(|| format!("not a {name} sample"))?;
     let (labels, rest) = parse_labels(rest)?;
     let value = rest.split_whitespace().next().ok_or("no value")?;
     let time: f64 = value
@@ -161,7 +211,9 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiGroup {
     pub key: GroupingKey,
+    /// When it was last pushed, and when a push last failed (0 or absent: never).
     pub push_time: Option<f64>,
+    pub failure_time: Option<f64>,
     /// Metric families by name, as pushgateway reports them (its own push-time families left out).
     pub families: BTreeMap<String, Family>,
 }
@@ -220,8 +272,9 @@ pub fn parse_api_groups(body: &[u8]) -> Result<(Vec<ApiGroup>, Vec<String>), Str
         };
         let mut families = BTreeMap::new();
         let mut push_time = None;
+        let mut failure_time = None;
         for (name, value) in raw {
-            if name == "last_push_successful" || name == PUSH_FAILURE_TIME {
+            if name == "last_push_successful" {
                 continue;
             }
             let family: Family = match serde_json::from_value(value) {
@@ -231,12 +284,23 @@ pub fn parse_api_groups(body: &[u8]) -> Result<(Vec<ApiGroup>, Vec<String>), Str
                     continue;
                 }
             };
-            if name == PUSH_TIME {
-                push_time = family
+            let time = || {
+                family
                     .metrics
                     .first()
                     .and_then(|s| s.value.as_deref())
-                    .and_then(|v| v.parse().ok());
+                    .and_then(|v| v.parse().ok())
+            };
+            if name == PUSH_TIME {
+                push_time = time();
+                continue;
+            }
+            if name == PUSH_FAILURE_TIME {
+                failure_time = time();
+                continue;
+            }
+            if let Err(why) = renderable(&name, &family) {
+                skipped.push(format!("group {key}: metric {name:?}: {why}"));
                 continue;
             }
             families.insert(name, family);
@@ -244,13 +308,66 @@ pub fn parse_api_groups(body: &[u8]) -> Result<(Vec<ApiGroup>, Vec<String>), Str
         groups.push(ApiGroup {
             key,
             push_time,
+            failure_time,
             families,
         });
     }
     Ok((groups, skipped))
 }
 
+/// `to_text` writes names, the type and numbers unquoted: a family is copied only when each is
+/// what the text format allows there, so a copy is never a broken or altered push body, whatever
+/// the answer held.
+fn renderable(name: &str, family: &Family) -> Result<(), String> {
+    let mut chars = name.chars();
+    let metric_name = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if !metric_name {
+        return Err("not a metric name; expected [a-zA-Z_:][a-zA-Z0-9_:]*".to_owned());
+    }
+    let kind = family.kind.to_ascii_lowercase();
+    if !matches!(
+        kind.as_str(),
+        "counter" | "gauge" | "histogram" | "summary" | "untyped"
+    ) {
+        return Err(format!(
+            "type {:?}; expected COUNTER, GAUGE, HISTOGRAM, SUMMARY or UNTYPED",
+            family.kind
+        ));
+    }
+    for sample in &family.metrics {
+        if let Some(label) = sample.labels.keys().find(|n| !is_label_name(n)) {
+            return Err(format!("label name {label:?}; expected [a-zA-Z_][a-zA-Z0-9_]*"));
+        }
+        let mut numbers = [&sample.value, &sample.count, &sample.sum]
+            .into_iter()
+            .flatten()
+            .chain(sample.buckets.iter().flatten().flat_map(|(le, c)| [le, c]))
+            .chain(sample.quantiles.iter().flatten().flat_map(|(q, v)| [q, v]));
+        if let Some(v) = numbers.find(|v| v.parse::<f64>().is_err()) {
+            return Err(format!("{v:?} is not a number"));
+        }
+    }
+    Ok(())
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl ApiGroup {
+    /// Its stamps, as [`PushTimeReader`] reads them from `/metrics`.
+    pub fn stamps(&self) -> Stamps {
+        Stamps {
+            push: self.push_time.unwrap_or(0.0),
+            failure: self.failure_time.unwrap_or(0.0),
+        }
+    }
+
     /// The group's metrics in the text format, for a `PUT` to its grouping-key path: the
     /// grouping labels (which the path carries) and empty labels are left out of each sample.
     pub fn to_text(&self) -> String {
@@ -352,9 +469,15 @@ mod tests {
         GroupingKey::from_path(path).unwrap()
     }
 
-    const EXPOSITION: &str = r#"# HELP push_time_seconds Last Unix time when changing this group in the Pushgateway succeeded.
+    const EXPOSITION: &str = r#"# HELP push_failure_time_seconds Last Unix time when changing this group in the Pushgateway failed.
+# TYPE push_failure_time_seconds gauge
+push_failure_time_seconds{a="",instance="",job="j"} 0
+push_failure_time_seconds{instance="",job="f"} 1.8e+09
+push_failure_time_seconds_total{job="j"} 3
+# HELP push_time_seconds Last Unix time when changing this group in the Pushgateway succeeded.
 # TYPE push_time_seconds gauge
 m1{a="",instance="",job="j"} 1
+push_time_seconds{instance="",job="f"} 0
 push_time_seconds{a="",instance="",job="j"} 1.795702646764703e+09
 push_time_seconds{instance="",job="j"} 1.7957026467857964e+09
 push_time_seconds{instance="h:1",job="k",x="/~?",y="é \"q\" \\ \n"} 1.5e+09
@@ -369,11 +492,19 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
         let mut r = PushTimeReader::default();
         r.feed(EXPOSITION.as_bytes());
         let got = r.finish();
+        let pushed = |push| Stamps { push, failure: 0.0 };
         assert_eq!(
             got.groups,
             vec![
-                (key("/metrics/job/j/a@base64/="), 1.795702646764703e9),
-                (key("/metrics/job/j"), 1.7957026467857964e9),
+                (key("/metrics/job/j/a@base64/="), pushed(1.795702646764703e9)),
+                (
+                    key("/metrics/job/f"),
+                    Stamps {
+                        push: 0.0,
+                        failure: 1.8e9
+                    }
+                ),
+                (key("/metrics/job/j"), pushed(1.7957026467857964e9)),
                 (
                     GroupingKey::from_labels([
                         ("instance", "h:1"),
@@ -382,10 +513,11 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
                         ("y", "é \"q\" \\ \n")
                     ])
                     .unwrap(),
-                    1.5e9
+                    pushed(1.5e9)
                 ),
             ]
         );
+        assert!(got.groups[1].1.last_push_failed() && got.groups[1].1.latest() == 1.8e9);
         assert_eq!(got.skipped.len(), 1, "{:?}", got.skipped);
         assert!(got.skipped[0].contains("job"), "{:?}", got.skipped);
     }
@@ -405,13 +537,17 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
         // No newline at the end.
         let mut r = PushTimeReader::default();
         r.feed(b"push_time_seconds{job=\"j\"} 5");
-        assert_eq!(r.finish().groups, vec![(key("/metrics/job/j"), 5.0)]);
+        let five = Stamps {
+            push: 5.0,
+            failure: 0.0,
+        };
+        assert_eq!(r.finish().groups, vec![(key("/metrics/job/j"), five)]);
     }
 
     const API: &str = r#"{"status":"success","data":[
       {"labels":{"a":"","job":"j"},"last_push_successful":true,
        "m1":{"time_stamp":"2026-11-26T14:17:26Z","type":"COUNTER","help":"A \\ help\nline","metrics":[{"labels":{"a":"","instance":"","job":"j","x":"q\""},"value":"1"}]},
-       "push_failure_time_seconds":{"time_stamp":"t","type":"GAUGE","help":"h","metrics":[{"labels":{"a":"","instance":"","job":"j"},"value":"0"}]},
+       "push_failure_time_seconds":{"time_stamp":"t","type":"GAUGE","help":"h","metrics":[{"labels":{"a":"","instance":"","job":"j"},"value":"1.6e+09"}]},
        "push_time_seconds":{"time_stamp":"t","type":"GAUGE","help":"h","metrics":[{"labels":{"a":"","instance":"","job":"j"},"value":"1.5e+09"}]}},
       {"labels":{"job":"k","x":"/~?"},
        "h":{"time_stamp":"t","type":"HISTOGRAM","metrics":[{"buckets":{"+Inf":"2","1":"1","0.5":"0"},"count":"2","labels":{"instance":"","job":"k","x":"/~?"},"sum":"3"}]},
@@ -426,7 +562,13 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
         assert_eq!(skipped.len(), 1, "{skipped:?}");
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].key, key("/metrics/job/j/a@base64/="));
-        assert_eq!(groups[0].push_time, Some(1.5e9));
+        assert_eq!(
+            groups[0].stamps(),
+            Stamps {
+                push: 1.5e9,
+                failure: 1.6e9
+            }
+        );
         assert_eq!(
             groups[0].to_text(),
             "# HELP m1 A \\\\ help\\nline\n# TYPE m1 counter\nm1{x=\"q\\\"\"} 1\n"
@@ -439,5 +581,37 @@ other{v="push_time_seconds{job=\"z\"} 1"} 2
              # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 2\ns_count 3\n# TYPE u untyped\nu NaN\n"
         );
         assert!(parse_api_groups(b"[]").unwrap_err().contains("/api/v1/metrics"));
+    }
+
+    #[test]
+    fn families_a_copy_could_not_render_as_sent_are_skipped() {
+        let family = |name: &str, kind: &str, sample: &str| {
+            format!(r#""{name}":{{"type":"{kind}","metrics":[{{"labels":{{"job":"j"{sample}}}]}}"#)
+        };
+        let good = family("ok_total", "COUNTER", r#"},"value":"1""#);
+        for (bad, why) in [
+            (family("9bad", "GAUGE", r#"},"value":"1""#), "not a metric name"),
+            (family("a b", "GAUGE", r#"},"value":"1""#), "not a metric name"),
+            (family("t", "GAUGE\\nx 1", r#"},"value":"1""#), "type"),
+            (
+                family("l", "GAUGE", r#","a-b":"1"},"value":"1""#),
+                "label name \"a-b\"",
+            ),
+            (family("v", "GAUGE", r#"},"value":"1\nx 2""#), "is not a number"),
+            (
+                family("h", "HISTOGRAM", r#"},"buckets":{"1 x":"1"},"count":"1""#),
+                "is not a number",
+            ),
+        ] {
+            let body = format!(r#"{{"data":[{{"labels":{{"job":"j"}},{good},{bad}}}]}}"#);
+            let (groups, skipped) = parse_api_groups(body.as_bytes()).unwrap();
+            assert_eq!(
+                groups[0].to_text(),
+                "# TYPE ok_total counter\nok_total 1\n",
+                "{bad}"
+            );
+            assert_eq!(skipped.len(), 1, "{bad}: {skipped:?}");
+            assert!(skipped[0].contains(why), "{bad}: {skipped:?}");
+        }
     }
 }

@@ -1,50 +1,72 @@
 //! The reconciler: after every member change and every `reconcile_interval`, it leaves each group
 //! on exactly one pushgateway, the newest copy, without re-pushing what it can avoid.
 //!
-//! Owns the loop and carrying out a round; the rules are pure, in [`plan`](mod@plan) and
-//! [`drain`]:
-//! - Every passing pushgateway (ring members and draining ones) is read: its groups and their push
-//!   times (`push_time_seconds`, stamped by pushgateway when it received the push).
-//! - A group with more than one copy keeps the newest; every other copy is deleted.
-//! - A draining pushgateway past its deadline: its groups are copied to their owners (a `PUT` of
-//!   the same metrics: their push time becomes the time of the copy, which is logged and counted)
-//!   and deleted from it. With no group left it is drained and can be stopped.
-//! - Before deleting, the pushgateways involved are read again: a copy whose push time moved (a
-//!   push arrived meanwhile), or whose keeper is gone or older than read, is not deleted this time.
-//!   What remains is the time between that second read and the `DELETE`: milliseconds for a few
-//!   groups, seconds at 100k (the read, then the deletes 16 at a time). Likewise, a move at a drain
-//!   deadline reads the owner again after the (slow) read of the draining pushgateway, and is not
-//!   made where the owner got a copy as new or newer meanwhile.
+//! Owns the loop and carrying out a round; the rules are pure, in [`plan`](mod@plan), [`clock`]
+//! and [`drain`]. A round is a list of steps over what it read:
+//! 1. Every passing pushgateway (ring members and draining ones) is read: its groups, when each
+//!    last changed (push or failed push), and a bound on its clock from the `Date` header.
+//! 2. The plan: a group with more than one copy keeps the newest; every other copy is deleted,
+//!    unless a clock skew seen between the two could reverse their order. A draining
+//!    pushgateway past its deadline has its groups moved to their owners, in a round that read
+//!    every holder.
+//! 3. Deletes: the keepers are read first; then each holder is read again and its still-valid
+//!    copies are deleted right away, holders concurrently, for at most [`WRITE_BUDGET`] after
+//!    that read (and at least one batch) before it is read again. A copy that changed since the
+//!    plan stays.
+//! 4. Moves, from each draining pushgateway: its groups' contents are read once; then, in
+//!    batches of at most [`WRITE_BUDGET`], the source and the owners are read again, and a group
+//!    is copied only if its owner has no copy as new or newer and the source still holds it
+//!    unchanged (a client's `DELETE` is never undone). A group whose last push failed is copied
+//!    with its failure recorded on the owner as well. The source's copy is deleted after.
+//! 5. Drain states, from what each draining pushgateway holds now.
+//!
+//! Nothing is written unless this consul-sync holds the lease ([`Leadership::may_act`]), asked
+//! before each batch. What remains is each write's window after the read it was checked
+//! against, measured in `consul_sync_reconcile_delete_window_seconds` and
+//! `consul_sync_drain_move_window_seconds`.
+//!
+//! Right after the reads, [`tombstones`]: the `DELETE`s through Envoy that did not reach a
+//! pushgateway are collected, kept in Consul and applied where the round could read.
 //!
 //! The pushgateways are reached through [`pushgateway`], whose answers [`exposition`] decodes.
 
+pub mod clock;
 pub mod drain;
 pub mod exposition;
 pub mod plan;
 pub mod pushgateway;
+pub mod tombstones;
 
 use crate::config::Config;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
 use crate::status::{DrainState, Drains};
+use clock::Clocks;
 use drain::DrainTracker;
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::Ring;
+use exposition::{ApiGroup, Stamps};
 use plan::{plan, still_valid, Delete, Holdings, Move, RoundPlan};
 use pushgateway::PushgatewayClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tombstones::Tombstones;
 use tracing::{debug, info, warn};
 
-/// Deletes and copies in flight at once, over all pushgateways.
+/// Deletes, or copies, in flight at once to one pushgateway.
 const MAX_IN_FLIGHT: usize = 16;
 /// Shortest time between two rounds, so a burst of member changes costs one or two rounds.
 const MIN_ROUND_SPACING: Duration = Duration::from_millis(500);
+/// How long writes go on after the read they were checked against ended, before the
+/// pushgateways involved are read again: with the read itself, it bounds the time in which a push
+/// can be lost to a delete or overwritten by a move.
+const WRITE_BUDGET: Duration = Duration::from_millis(250);
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -55,15 +77,19 @@ fn unix_now() -> f64 {
 
 /// The reconcile task.
 pub struct Reconciler {
-    pub config: watch::Receiver<Arc<Config>>,
-    pub published: watch::Receiver<Option<MemberList>>,
-    pub client: PushgatewayClient,
-    pub metrics: Arc<Metrics>,
+    config: watch::Receiver<Arc<Config>>,
+    published: watch::Receiver<Option<MemberList>>,
+    client: PushgatewayClient,
+    metrics: Arc<Metrics>,
     /// What `/-/drain` shows.
-    pub drains: Drains,
+    drains: Drains,
+    leadership: Arc<Leadership>,
+    clocks: Arc<Mutex<Clocks>>,
+    /// The `DELETE`s through Envoy that did not reach every pushgateway.
+    tombstones: Tombstones,
 }
 
-/// What a round did, for the log.
+/// What one round did, for the log.
 #[derive(Debug, Default)]
 struct RoundReport {
     read: usize,
@@ -72,18 +98,71 @@ struct RoundReport {
     skipped: usize,
     moved: usize,
     failed: usize,
+    /// Writes left undone because this consul-sync does not hold the lease.
+    not_acting: usize,
     /// Pushgateways a copy was deleted from this round.
     touched: BTreeSet<Member>,
     /// Groups each pushgateway read holds that no push path can name (left alone, but held).
     unnamed: BTreeMap<Member, usize>,
+    /// The longest time between a read and a write checked against it.
+    longest_window: Duration,
+}
+
+impl RoundReport {
+    fn add(&mut self, other: RoundReport) {
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.moved += other.moved;
+        self.failed += other.failed;
+        self.not_acting += other.not_acting;
+        self.touched.extend(other.touched);
+        self.longest_window = self.longest_window.max(other.longest_window);
+    }
+}
+
+/// What the reconciler keeps from one round to the next.
+#[derive(Default)]
+struct Memory {
+    tracker: DrainTracker,
+    /// Groups with copies at the last round: one still there a round later outlived a delete.
+    last_duplicated: HashSet<GroupingKey>,
+}
+
+/// What a round's concurrent steps share: the client with the round's credentials, the clocks
+/// every read updates, the metrics, and whether this consul-sync may act.
+#[derive(Clone)]
+struct Hands {
+    client: PushgatewayClient,
+    clocks: Arc<Mutex<Clocks>>,
+    metrics: Arc<Metrics>,
+    leadership: Arc<Leadership>,
 }
 
 impl Reconciler {
+    pub fn new(
+        config: watch::Receiver<Arc<Config>>,
+        published: watch::Receiver<Option<MemberList>>,
+        client: PushgatewayClient,
+        metrics: Arc<Metrics>,
+        drains: Drains,
+        leadership: Arc<Leadership>,
+        tombstones: Tombstones,
+    ) -> Reconciler {
+        Reconciler {
+            config,
+            published,
+            client,
+            metrics,
+            drains,
+            leadership,
+            clocks: Arc::default(),
+            tombstones,
+        }
+    }
+
     /// Runs rounds after every change of the published list and every interval, until shutdown.
     pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut tracker = DrainTracker::default();
-        // Groups with copies at the last round: one still there a round later outlived a delete.
-        let mut last_duplicated: HashSet<GroupingKey> = HashSet::new();
+        let mut memory = Memory::default();
         let mut last_round = Instant::now() - MIN_ROUND_SPACING;
         loop {
             let interval = self.config.borrow().reconcile_interval;
@@ -95,7 +174,7 @@ impl Reconciler {
             let list = self.published.borrow_and_update().clone();
             last_round = Instant::now();
             if let Some(list) = list {
-                self.round(&list, &mut tracker, &mut last_duplicated).await;
+                self.round(&list, &mut memory).await;
             }
             let next = last_round + interval;
             tokio::select! {
@@ -107,32 +186,64 @@ impl Reconciler {
         }
     }
 
-    async fn round(
-        &self,
-        list: &MemberList,
-        tracker: &mut DrainTracker,
-        last_duplicated: &mut HashSet<GroupingKey>,
-    ) {
+    async fn round(&self, list: &MemberList, memory: &mut Memory) {
         let started = Instant::now();
         let config = self.config.borrow().clone();
+        let hands = Hands {
+            client: self.client.with_auth(config.pushgateway_auth()),
+            clocks: self.clocks.clone(),
+            metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
+        };
         let now = unix_now();
-        for gone in tracker.follow(&list.draining, now, config.drain_timeout) {
+        // The configuration says what drains, not the passing list: a draining pushgateway that
+        // fails one check keeps its deadline.
+        for gone in memory.tracker.follow(&config.drain, now, config.drain_timeout) {
             info!("pushgateway {gone} is no longer draining");
         }
         let ring = Ring::new(&list.members, config.vnodes);
         let holders: Vec<Member> = list.holders().cloned().collect();
+        if let Ok(mut c) = self.clocks.lock() {
+            c.retain(|m| holders.contains(m) || config.servers.contains(m) || config.drain.contains(m));
+        }
         let mut report = RoundReport::default();
-        let holdings = self.read_all(&holders, &mut report).await;
-        let mut plan = plan(&holdings, &ring, &tracker.expired(now));
-        self.follow_duplicates(&holdings, &mut plan, last_duplicated);
-        if !plan.deletes.is_empty() {
-            self.delete_checked(std::mem::take(&mut plan.deletes), &mut report)
-                .await;
+
+        // 1. Read every holder.
+        let holdings = hands.read_all(&holders, &mut report).await;
+        hands.publish_clocks(&holders);
+        // The DELETEs through Envoy that missed a pushgateway, applied where this read allows.
+        self.tombstones
+            .round(&hands.client, &holdings, config.tombstone_ttl)
+            .await;
+        // 2. Plan.
+        let clocks = hands.clocks();
+        let mut plan = plan(
+            &holdings,
+            &ring,
+            &memory.tracker.expired(now),
+            report.unreadable == 0,
+            &clocks,
+        );
+        self.follow_duplicates(&holdings, &mut plan, &mut memory.last_duplicated);
+        self.refused_for_clocks(&plan, &clocks);
+        if plan.held_moves > 0 {
+            warn!(
+                "{} groups due to move at a drain deadline wait for the next round: a pushgateway could not be \
+                 read, and it may hold a newer copy",
+                plan.held_moves
+            );
+            self.metrics
+                .drain_skipped_moves("unreadable", plan.held_moves as u64);
         }
-        if !plan.moves.is_empty() {
-            self.move_all(std::mem::take(&mut plan.moves), &mut report).await;
-        }
-        self.follow_drains(list, tracker, &holdings, &report).await;
+        // 3. Delete the older copies.
+        hands
+            .delete_checked(std::mem::take(&mut plan.deletes), &mut report)
+            .await;
+        // 4. Move what drains left at their deadline.
+        hands.move_all(std::mem::take(&mut plan.moves), &mut report).await;
+        // 5. Drain states.
+        self.follow_drains(&hands, &config, &mut memory.tracker, &holdings, &report)
+            .await;
         self.log_round(&plan, &report, started);
     }
 
@@ -148,7 +259,8 @@ impl Reconciler {
         if lasting > 0 {
             warn!(
                 "{lasting} groups had more than one copy at two rounds in a row: their older copies keep \
-                 coming back (a job pushing to a pushgateway directly, not through Envoy?) or cannot be deleted"
+                 coming back (a job pushing to a pushgateway directly, not through Envoy?), cannot be deleted, \
+                 or wait for clocks to agree"
             );
         }
         *last_duplicated = duplicated;
@@ -160,46 +272,50 @@ impl Reconciler {
         );
     }
 
-    /// Reads the pushgateways involved again and deletes the copies that are still as planned.
-    async fn delete_checked(&self, deletes: Vec<Delete>, report: &mut RoundReport) {
-        let involved: Vec<Member> = deletes
-            .iter()
-            .flat_map(|d| [d.holder.clone(), d.keeper.clone()])
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let fresh = self.read_all(&involved, &mut RoundReport::default()).await;
-        let (valid, stale): (Vec<Delete>, Vec<Delete>) =
-            deletes.into_iter().partition(|d| still_valid(d, &fresh));
-        report.skipped = stale.len();
-        for d in &stale {
-            debug!(
-                "not deleting {} on {}: it changed since it was read (kept for the next round)",
-                d.key, d.holder
-            );
-        }
-        self.metrics.reconcile_skipped_deletes.inc_by(stale.len() as u64);
-        self.delete_all(valid, report).await;
+    /// Counts and logs the deletes and moves the clocks could reverse.
+    fn refused_for_clocks(&self, plan: &RoundPlan, clocks: &Clocks) {
+        let Some(first) = plan.clock_refusals.first() else {
+            return;
+        };
+        let n = plan.clock_refusals.len();
+        self.metrics.reconcile_clock_refusals.inc_by(n as u64);
+        let skew = |m: &Member| {
+            clocks
+                .get(m)
+                .map_or("unknown".to_owned(), |o| format!("{:+.3}", o.estimate()))
+        };
+        warn!(
+            "{n} copies kept although older by push time: the clocks of the pushgateways involved differ (e.g. {} \
+             on {}, clock {} s from ours, looks older than on {}, clock {} s), so the order could be reversed; both \
+             copies stay until the group is pushed again (see consul_sync_pushgateway_clock_skew_seconds)",
+            first.key,
+            first.holder,
+            skew(&first.holder),
+            first.keeper,
+            skew(&first.keeper)
+        );
     }
 
     /// Drain states from what each draining pushgateway holds now: read again where this round
-    /// deleted from it, so "drained" is said as soon as it is true.
+    /// deleted from it, so "drained" is said as soon as it is true. One not read this round keeps
+    /// what it was last seen to hold.
     async fn follow_drains(
         &self,
-        list: &MemberList,
+        hands: &Hands,
+        config: &Config,
         tracker: &mut DrainTracker,
         holdings: &BTreeMap<Member, Holdings>,
         report: &RoundReport,
     ) {
-        let touched: Vec<Member> = list
-            .draining
+        let touched: Vec<Member> = config
+            .drain
             .iter()
             .filter(|m| report.touched.contains(*m))
             .cloned()
             .collect();
         let mut after_report = RoundReport::default();
-        let after = self.read_all(&touched, &mut after_report).await;
-        for member in &list.draining {
+        let after = hands.read_all(&touched, &mut after_report).await;
+        for member in &config.drain {
             // Groups no push path can name count too: they are still on it, and stopping it would
             // lose them.
             let (held, unnamed) = match after.get(member) {
@@ -237,7 +353,8 @@ impl Reconciler {
         self.metrics.reconcile_duration.observe(took.as_secs_f64());
         let summary = format!(
             "reconciled {} groups on {} pushgateways ({} unreadable): {} copies deleted, {} kept for \
-             the next round (pushed meanwhile), {} moved at a drain deadline, {} failed; took {:.3}s",
+             the next round (changed meanwhile), {} moved at a drain deadline, {} failed, {} kept for clocks, \
+             {} left to the lease holder; longest window after a read {:.3}s; took {:.3}s",
             plan.groups,
             report.read,
             report.unreadable,
@@ -245,6 +362,9 @@ impl Reconciler {
             report.skipped,
             report.moved,
             report.failed,
+            plan.clock_refusals.len(),
+            report.not_acting,
+            report.longest_window.as_secs_f64(),
             took.as_secs_f64()
         );
         if report.deleted + report.moved + report.failed + report.unreadable > 0 {
@@ -253,15 +373,71 @@ impl Reconciler {
             debug!("{summary}");
         }
     }
+}
+
+/// How one move ends up checked against the fresh reads.
+enum MoveCheck {
+    /// Copy it: the text of its metrics and its stamps.
+    Go(String, Stamps),
+    /// Not this round, for a reason counted under that name.
+    Skip(&'static str),
+}
+
+impl Hands {
+    fn clocks(&self) -> Clocks {
+        self.clocks.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The clock skew of each holder, for the metric.
+    fn publish_clocks(&self, holders: &[Member]) {
+        let clocks = self.clocks();
+        self.metrics.clock_skews(
+            holders
+                .iter()
+                .filter_map(|m| clocks.get(m).map(|o| (m.as_str(), o.estimate()))),
+        );
+    }
+
+    /// True when this consul-sync may write to the pushgateways now; else `what` is left to the
+    /// lease holder (logged at debug).
+    fn may_act(&self, what: &str) -> bool {
+        let may = self.leadership.may_act();
+        if !may {
+            debug!("not holding the lease: {what} left to the consul-sync that holds it");
+        }
+        may
+    }
+
+    /// Reads one member, recording its clock; `None` (logged, counted) when it cannot be read.
+    async fn read_one(&self, member: &Member) -> Option<(Holdings, usize)> {
+        match self.client.read(member).await {
+            Ok(read) => {
+                if let Some(r) = &read.clock {
+                    if let Ok(mut c) = self.clocks.lock() {
+                        c.record(member, r);
+                    }
+                }
+                for s in read.times.skipped.iter().take(3) {
+                    warn!("pushgateway {member}: a group that no push path can name is left alone: {s}");
+                }
+                let unnamed = read.times.skipped.len();
+                Some((read.times.groups.into_iter().collect(), unnamed))
+            }
+            Err(e) => {
+                self.metrics.reconcile_error("read");
+                warn!("{e}; its groups are left as they are this round");
+                None
+            }
+        }
+    }
 
     /// Reads every member concurrently; unreadable ones are logged, counted and left out.
     async fn read_all(&self, members: &[Member], report: &mut RoundReport) -> BTreeMap<Member, Holdings> {
         let mut tasks = JoinSet::new();
         for m in members {
-            let client = self.client.clone();
-            let m = m.clone();
+            let (hands, m) = (self.clone(), m.clone());
             tasks.spawn(async move {
-                let r = client.push_times(&m).await;
+                let r = hands.read_one(&m).await;
                 (m, r)
             });
         }
@@ -269,59 +445,126 @@ impl Reconciler {
         while let Some(done) = tasks.join_next().await {
             let Ok((member, result)) = done else { continue };
             match result {
-                Ok(times) => {
-                    for s in times.skipped.iter().take(3) {
-                        warn!("pushgateway {member}: a group that no push path can name is left alone: {s}");
-                    }
-                    report.unnamed.insert(member.clone(), times.skipped.len());
-                    out.insert(member, times.groups.into_iter().collect::<Holdings>());
+                Some((held, unnamed)) => {
+                    report.unnamed.insert(member.clone(), unnamed);
+                    out.insert(member, held);
                     report.read += 1;
                 }
-                Err(e) => {
-                    self.metrics.reconcile_error("read");
-                    warn!("{e}; its groups are left as they are this round");
-                    report.unreadable += 1;
-                }
+                None => report.unreadable += 1,
             }
         }
         out
     }
 
-    async fn delete_all(&self, deletes: Vec<Delete>, report: &mut RoundReport) {
-        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut tasks = JoinSet::new();
+    /// Reads the keepers, then deletes from each holder what is still as planned.
+    async fn delete_checked(&self, deletes: Vec<Delete>, report: &mut RoundReport) {
+        if deletes.is_empty() {
+            return;
+        }
+        if !self.may_act("deleting older copies") {
+            report.not_acting += deletes.len();
+            return;
+        }
+        // A keeper's copy only grows newer (or goes with a client's DELETE of the group): read
+        // before the holders, it leaves nothing but each holder's own read before its deletes.
+        let keepers: Vec<Member> = deletes
+            .iter()
+            .map(|d| d.keeper.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let kept = Arc::new(self.read_all(&keepers, &mut RoundReport::default()).await);
+        let mut by_holder: BTreeMap<Member, Vec<Delete>> = BTreeMap::new();
         for d in deletes {
-            let client = self.client.clone();
-            let limit = limit.clone();
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let r = client.delete(&d.holder, &d.key).await;
-                (d, r)
-            });
+            by_holder.entry(d.holder.clone()).or_default().push(d);
+        }
+        let mut tasks = JoinSet::new();
+        for (holder, deletes) in by_holder {
+            let (hands, kept) = (self.clone(), kept.clone());
+            tasks.spawn(async move { hands.delete_from(&holder, deletes, &kept).await });
         }
         while let Some(done) = tasks.join_next().await {
-            let Ok((d, result)) = done else { continue };
-            match result {
-                Ok(()) => {
-                    debug!(
-                        "deleted {} on {} (pushed {:.3}); the newest copy is on {} (pushed {:.3})",
-                        d.key, d.holder, d.push_time, d.keeper, d.keeper_time
-                    );
-                    self.metrics.reconcile_deleted.inc();
-                    report.deleted += 1;
-                    report.touched.insert(d.holder);
-                }
-                Err(e) => {
-                    self.metrics.reconcile_error("delete");
-                    warn!("deleting the older copy of {}: {e}", d.key);
-                    report.failed += 1;
-                }
+            if let Ok(r) = done {
+                report.add(r);
             }
         }
     }
 
-    /// Copies each group to its owner, then deletes it from the draining pushgateway.
+    /// The deletes from one holder: read it, delete what is still valid for at most
+    /// [`WRITE_BUDGET`] after the read, read it again for the rest.
+    async fn delete_from(
+        &self,
+        holder: &Member,
+        mut pending: Vec<Delete>,
+        kept: &BTreeMap<Member, Holdings>,
+    ) -> RoundReport {
+        let mut report = RoundReport::default();
+        while !pending.is_empty() {
+            let read_at = Instant::now();
+            let Some((fresh, _)) = self.read_one(holder).await else {
+                report.failed += pending.len();
+                break;
+            };
+            let (valid, stale): (Vec<Delete>, Vec<Delete>) =
+                pending.into_iter().partition(|d| still_valid(d, &fresh, kept));
+            for d in &stale {
+                debug!(
+                    "not deleting {} on {}: it changed since it was read, or its keeper {} did (kept for the \
+                     next round)",
+                    d.key, d.holder, d.keeper
+                );
+            }
+            report.skipped += stale.len();
+            self.metrics.reconcile_skipped_deletes.inc_by(stale.len() as u64);
+            if !self.may_act("deleting older copies") {
+                report.not_acting += valid.len();
+                break;
+            }
+            let (mut tasks, rest) = self
+                .within_budget(valid, read_at, |hands, d: Delete| async move {
+                    let r = hands.client.delete(&d.holder, &d.key).await;
+                    (d, r)
+                })
+                .await;
+            pending = rest;
+            while let Some(done) = tasks.join_next().await {
+                let Ok(((d, result), window)) = done else { continue };
+                report.longest_window = report.longest_window.max(window);
+                self.metrics.reconcile_delete_window.observe(window.as_secs_f64());
+                match result {
+                    Ok(()) => {
+                        debug!(
+                            "deleted {} on {} (last changed {:.3}); the newest copy is on {} (last changed {:.3})",
+                            d.key,
+                            d.holder,
+                            d.copy.latest(),
+                            d.keeper,
+                            d.kept.latest()
+                        );
+                        self.metrics.reconcile_deleted.inc();
+                        report.deleted += 1;
+                        report.touched.insert(d.holder);
+                    }
+                    Err(e) => {
+                        self.metrics.reconcile_error("delete");
+                        warn!("deleting the older copy of {}: {e}", d.key);
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Copies each group to its owner, one draining pushgateway after another.
     async fn move_all(&self, moves: Vec<Move>, report: &mut RoundReport) {
+        if moves.is_empty() {
+            return;
+        }
+        if !self.may_act("moving groups at a drain deadline") {
+            report.not_acting += moves.len();
+            return;
+        }
         let mut by_source: BTreeMap<Member, Vec<Move>> = BTreeMap::new();
         for m in moves {
             by_source.entry(m.from.clone()).or_default().push(m);
@@ -331,10 +574,12 @@ impl Reconciler {
         }
     }
 
-    /// The moves out of one draining pushgateway, `from`.
+    /// The moves out of one draining pushgateway, `from`: its groups' contents are read once (a
+    /// slow read at scale), then each batch is checked against fresh reads of `from` and the
+    /// owners right before it is written.
     async fn move_from(&self, from: &Member, moves: Vec<Move>, report: &mut RoundReport) {
-        let groups = match self.client.api_groups(from).await {
-            Ok(g) => g,
+        let contents: HashMap<GroupingKey, ApiGroup> = match self.client.api_groups(from).await {
+            Ok(groups) => groups.into_iter().map(|g| (g.key.clone(), g)).collect(),
             Err(e) => {
                 self.metrics.reconcile_error("move");
                 warn!("{e}; the groups to move stay on {from} this round");
@@ -342,92 +587,259 @@ impl Reconciler {
                 return;
             }
         };
-        let mut contents: HashMap<GroupingKey, String> =
-            groups.into_iter().map(|g| (g.key.clone(), g.to_text())).collect();
-        // Reading the draining pushgateway's groups takes seconds at scale; a job may have
-        // pushed to the owner meanwhile. Its push times are read now, and a move that would
-        // overwrite a copy as new or newer is not made (the next round deletes the drained
-        // copy as the older one).
-        let owners: Vec<Member> = moves
-            .iter()
-            .map(|m| m.to.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let on_owners = self.read_all(&owners, &mut RoundReport::default()).await;
-        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut tasks = JoinSet::new();
-        for m in moves {
-            let Some(text) = still_to_move(&m, &on_owners, &mut contents, report) else {
-                continue;
-            };
-            let client = self.client.clone();
-            let limit = limit.clone();
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let copied = client.put(&m.to, &m.key, text).await;
-                let result = match copied {
-                    Ok(()) => client.delete(&m.from, &m.key).await,
-                    Err(e) => Err(e),
-                };
-                (m, result)
-            });
-        }
-        self.record_moves(tasks, report).await;
-    }
-
-    /// Logs and counts each move as it ends.
-    async fn record_moves(&self, mut tasks: JoinSet<(Move, Result<(), NetError>)>, report: &mut RoundReport) {
-        while let Some(done) = tasks.join_next().await {
-            let Ok((m, result)) = done else { continue };
-            match result {
-                Ok(()) => {
-                    info!(
-                        "moved {} from draining {} to its owner {} at the drain deadline; its push time \
-                         is now the time of this copy (last pushed {:.3})",
-                        m.key, m.from, m.to, m.push_time
-                    );
-                    self.metrics.drain_moved.inc();
-                    report.moved += 1;
-                    report.touched.insert(m.from);
+        let mut pending = moves;
+        while !pending.is_empty() {
+            let read_at = Instant::now();
+            let involved: Vec<Member> = std::iter::once(from)
+                .chain(pending.iter().map(|m| &m.to))
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let fresh = self.read_all(&involved, &mut RoundReport::default()).await;
+            let clocks = self.clocks();
+            let mut go = Vec::new();
+            for m in pending {
+                match check_move(&m, &fresh, &contents, &clocks) {
+                    MoveCheck::Go(text, stamps) => go.push((m, text, stamps)),
+                    MoveCheck::Skip(reason) => {
+                        debug!(
+                            "not moving {} from draining {} to {} this round: {}",
+                            m.key,
+                            m.from,
+                            m.to,
+                            match reason {
+                                "deleted" => "it was deleted meanwhile (a client's DELETE is not undone)",
+                                "newer" => "it was pushed meanwhile (the older copy goes at the next round)",
+                                "clock" => "the clocks of the two could reverse which copy is newer",
+                                _ => "a pushgateway involved could not be read",
+                            }
+                        );
+                        if reason == "clock" {
+                            self.metrics.reconcile_clock_refusals.inc();
+                        } else {
+                            self.metrics.drain_skipped_moves(reason, 1);
+                        }
+                        report.skipped += 1;
+                    }
                 }
-                Err(e) => {
-                    self.metrics.reconcile_error("move");
-                    warn!("moving {} from draining {} to {}: {e}", m.key, m.from, m.to);
-                    report.failed += 1;
+            }
+            if !self.may_act("moving groups at a drain deadline") {
+                report.not_acting += go.len();
+                return;
+            }
+            let (mut tasks, rest) = self
+                .within_budget(
+                    go,
+                    read_at,
+                    |hands, (m, text, stamps): (Move, String, Stamps)| async move {
+                        let r = hands.copy(&m, text, stamps).await;
+                        (m, stamps, r)
+                    },
+                )
+                .await;
+            pending = rest.into_iter().map(|(m, _, _)| m).collect();
+            while let Some(done) = tasks.join_next().await {
+                let Ok(((m, stamps, result), window)) = done else {
+                    continue;
+                };
+                report.longest_window = report.longest_window.max(window);
+                self.metrics.drain_move_window.observe(window.as_secs_f64());
+                match result {
+                    Ok(()) => {
+                        info!(
+                            "moved {} from draining {} to its owner {} at the drain deadline; its push time \
+                             is now the time of this copy (last pushed {:.3}{})",
+                            m.key,
+                            m.from,
+                            m.to,
+                            stamps.push,
+                            if stamps.last_push_failed() {
+                                "; its last push failed, and the owner records a failed push too"
+                            } else {
+                                ""
+                            }
+                        );
+                        self.metrics.drain_moved.inc();
+                        if stamps.last_push_failed() {
+                            self.metrics.drain_moved_failed_pushes.inc();
+                        }
+                        report.moved += 1;
+                        report.touched.insert(m.from);
+                    }
+                    Err(e) => {
+                        self.metrics.reconcile_error("move");
+                        warn!("moving {} from draining {} to {}: {e}", m.key, m.from, m.to);
+                        report.failed += 1;
+                    }
                 }
             }
         }
     }
+
+    /// Copies one group to its owner with what pushgateway can reproduce of its stamps: the
+    /// metrics (a `PUT`), and a failed push where the group had one, in the same order as the
+    /// group's own last push and last failure (the times become those of the copy). Then the
+    /// draining pushgateway's copy goes.
+    async fn copy(&self, m: &Move, text: String, s: Stamps) -> Result<(), NetError> {
+        let client = &self.client;
+        if s.push == 0.0 {
+            // Never pushed successfully: only its failures are there to show.
+            client.fail_push(&m.to, &m.key).await?;
+        } else if s.last_push_failed() {
+            client.put(&m.to, &m.key, text).await?;
+            client.fail_push(&m.to, &m.key).await?;
+        } else if s.failure > 0.0 {
+            client.fail_push(&m.to, &m.key).await?;
+            client.put(&m.to, &m.key, text).await?;
+        } else {
+            client.put(&m.to, &m.key, text).await?;
+        }
+        client.delete(&m.from, &m.key).await
+    }
+
+    /// Starts `write` for the items in order, at most [`MAX_IN_FLIGHT`] at once, until
+    /// [`WRITE_BUDGET`] after the read that started at `read_at` ended (now); the first
+    /// [`MAX_IN_FLIGHT`] always start, so a slow read still lets the writes progress. Returns once
+    /// the last one started: the started writes (each ends with the time from `read_at` to its
+    /// end) and the items left for after another read.
+    async fn within_budget<T, R, F, Fut>(
+        &self,
+        items: Vec<T>,
+        read_at: Instant,
+        write: F,
+    ) -> (JoinSet<(R, Duration)>, Vec<T>)
+    where
+        R: Send + 'static,
+        F: Fn(Hands, T) -> Fut,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+    {
+        let until = Instant::now() + WRITE_BUDGET;
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        let mut items = items.into_iter();
+        let mut started = 0;
+        while let Some(item) = items.next() {
+            let permit = limit.clone().acquire_owned().await.ok();
+            if permit.is_none() || (started >= MAX_IN_FLIGHT && Instant::now() > until) {
+                let mut rest = vec![item];
+                rest.extend(items);
+                return (tasks, rest);
+            }
+            started += 1;
+            let write = write(self.clone(), item);
+            tasks.spawn(async move {
+                let _permit = permit;
+                let r = write.await;
+                (r, read_at.elapsed())
+            });
+        }
+        (tasks, Vec::new())
+    }
 }
 
-/// The text of a group to move, when the move is still to be made: its owner was read and holds
-/// no copy as new or newer, and the draining pushgateway still holds it.
-fn still_to_move(
+/// Whether a planned move is still to be made, checked against fresh reads of its source and
+/// owner and the contents read from the source: the source still holds the group unchanged since
+/// its contents were read, and the owner holds no copy as new or newer.
+fn check_move(
     m: &Move,
-    on_owners: &BTreeMap<Member, Holdings>,
-    contents: &mut HashMap<GroupingKey, String>,
-    report: &mut RoundReport,
-) -> Option<String> {
-    let Some(on_owner) = on_owners.get(&m.to) else {
-        // Unreadable (logged by read_all): tried again next round.
-        report.failed += 1;
-        return None;
+    fresh: &BTreeMap<Member, Holdings>,
+    contents: &HashMap<GroupingKey, ApiGroup>,
+    clocks: &Clocks,
+) -> MoveCheck {
+    let (Some(source), Some(owner)) = (fresh.get(&m.from), fresh.get(&m.to)) else {
+        return MoveCheck::Skip("unreadable");
     };
-    if on_owner.get(&m.key).is_some_and(|t| *t >= m.push_time) {
-        debug!(
-            "not moving {} from draining {}: its owner {} got a copy as new or newer meanwhile",
-            m.key, m.from, m.to
-        );
-        report.skipped += 1;
-        return None;
+    let (Some(now), Some(group)) = (source.get(&m.key), contents.get(&m.key)) else {
+        return MoveCheck::Skip("deleted");
+    };
+    if group.stamps() != *now {
+        return MoveCheck::Skip("newer");
     }
-    let text = contents.remove(&m.key);
-    if text.is_none() {
-        debug!(
-            "not moving {} from draining {}: it is gone from there",
-            m.key, m.from
-        );
+    if let Some(o) = owner.get(&m.key) {
+        if o.latest() >= now.latest() {
+            return MoveCheck::Skip("newer");
+        }
+        if !clock::order_holds(clocks, &m.from, now.latest(), &m.to, o.latest()) {
+            return MoveCheck::Skip("clock");
+        }
     }
-    text
+    MoveCheck::Go(group.to_text(), *now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &str) -> Member {
+        Member::parse(s).unwrap()
+    }
+
+    fn group(path: &str, push: f64, failure: f64) -> ApiGroup {
+        ApiGroup {
+            key: GroupingKey::from_path(path).unwrap(),
+            push_time: Some(push),
+            failure_time: Some(failure),
+            families: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_move_is_made_only_while_its_reads_still_hold() {
+        let (from, to) = (m("d:1"), m("a:1"));
+        let key = GroupingKey::from_path("/metrics/job/j").unwrap();
+        let stamps = |push| Stamps { push, failure: 0.0 };
+        let mv = Move {
+            from: from.clone(),
+            to: to.clone(),
+            key: key.clone(),
+            copy: stamps(10.0),
+        };
+        let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
+        let fresh = |source: Option<f64>, owner: Option<f64>| {
+            BTreeMap::from([
+                (
+                    from.clone(),
+                    source
+                        .map(|t| (key.clone(), stamps(t)))
+                        .into_iter()
+                        .collect::<Holdings>(),
+                ),
+                (
+                    to.clone(),
+                    owner
+                        .map(|t| (key.clone(), stamps(t)))
+                        .into_iter()
+                        .collect::<Holdings>(),
+                ),
+            ])
+        };
+        let clocks = Clocks::default();
+        let reason = |f: &BTreeMap<Member, Holdings>| match check_move(&mv, f, &contents, &clocks) {
+            MoveCheck::Go(..) => "go",
+            MoveCheck::Skip(r) => r,
+        };
+        assert_eq!(reason(&fresh(Some(10.0), None)), "go");
+        assert_eq!(
+            reason(&fresh(Some(10.0), Some(5.0))),
+            "go",
+            "the owner's older copy is replaced"
+        );
+        assert_eq!(
+            reason(&fresh(Some(10.0), Some(12.0))),
+            "newer",
+            "pushed to its owner meanwhile"
+        );
+        assert_eq!(
+            reason(&fresh(None, None)),
+            "deleted",
+            "a client deleted it meanwhile"
+        );
+        assert_eq!(
+            reason(&fresh(Some(11.0), None)),
+            "newer",
+            "pushed to the draining one meanwhile"
+        );
+        assert_eq!(reason(&BTreeMap::new()), "unreadable");
+    }
 }

@@ -1,31 +1,38 @@
 //! The plan of one reconcile round (pure, tested directly): which copies to delete, which groups
 //! to move at a drain deadline, from what every readable pushgateway holds.
 //!
-//! - A group with more than one copy keeps the newest; every other copy is deleted. Equal push
+//! - A group with more than one copy keeps the newest by its latest activity (its last push, or
+//!   its last failed push: a failure is news that alerts read); every other copy is deleted. Equal
 //!   times keep the owner's copy, else the copy on the member that sorts first, so two
 //!   consul-syncs agree.
+//! - A delete whose order the pushgateways' clocks could reverse (a skew seen in their `Date`
+//!   headers, [`clock`](super::clock)) is not planned: both copies stay until the group is pushed
+//!   again.
 //! - A group whose only copy sits on a non-owner stays there (one copy, its true push time) until
 //!   its job pushes again; that push goes to the owner and makes the old copy the older one.
-//! - A draining pushgateway past its deadline: its newest copies move to their owners.
+//! - A draining pushgateway past its deadline: its newest copies move to their owners, but only
+//!   in a round that read every holder: a copy on an unreadable one may be newer.
 //! - A planned delete is made only if a second read still shows what was planned ([`still_valid`]).
 
+use super::clock::{order_holds, Clocks};
+use super::exposition::Stamps;
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::Ring;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// The groups one pushgateway holds and their push times (Unix seconds).
-pub type Holdings = HashMap<GroupingKey, f64>;
+/// The groups one pushgateway holds and when each last changed there.
+pub type Holdings = HashMap<GroupingKey, Stamps>;
 
 /// A copy to delete, with what was read when it was planned.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delete {
     pub holder: Member,
     pub key: GroupingKey,
-    pub push_time: f64,
-    /// Where the newest copy is kept, and its push time.
+    pub copy: Stamps,
+    /// Where the newest copy is kept, and its stamps.
     pub keeper: Member,
-    pub keeper_time: f64,
+    pub kept: Stamps,
 }
 
 /// A group to copy from a draining pushgateway past its deadline to its owner.
@@ -34,7 +41,7 @@ pub struct Move {
     pub from: Member,
     pub to: Member,
     pub key: GroupingKey,
-    pub push_time: f64,
+    pub copy: Stamps,
 }
 
 /// What one round will do, and what it saw.
@@ -50,15 +57,26 @@ pub struct RoundPlan {
     pub duplicated: Vec<GroupingKey>,
     /// Groups whose newest copy is not on their owner.
     pub misplaced: usize,
+    /// Moves not planned because a holder could not be read this round.
+    pub held_moves: usize,
+    /// Deletes and moves not planned because the clocks could reverse the order they rest on.
+    pub clock_refusals: Vec<Delete>,
 }
 
 /// Plans a round over what each readable pushgateway holds. `expired` are the draining
-/// pushgateways past their deadline.
-pub fn plan(holdings: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeSet<Member>) -> RoundPlan {
-    let mut copies: HashMap<&GroupingKey, Vec<(&Member, f64)>> = HashMap::new();
+/// pushgateways past their deadline; `all_read` says whether every holder was read; `clocks`
+/// bound how far each pushgateway's clock is from ours.
+pub fn plan(
+    holdings: &BTreeMap<Member, Holdings>,
+    ring: &Ring,
+    expired: &BTreeSet<Member>,
+    all_read: bool,
+    clocks: &Clocks,
+) -> RoundPlan {
+    let mut copies: HashMap<&GroupingKey, Vec<(&Member, Stamps)>> = HashMap::new();
     for (holder, groups) in holdings {
-        for (key, time) in groups {
-            copies.entry(key).or_default().push((holder, *time));
+        for (key, stamps) in groups {
+            copies.entry(key).or_default().push((holder, *stamps));
         }
     }
     let mut out = RoundPlan {
@@ -69,11 +87,12 @@ pub fn plan(holdings: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeS
         let owner = ring.owner(key.hash());
         // Newest first; among equal times the owner, then the member that sorts first.
         list.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
+            b.1.latest()
+                .total_cmp(&a.1.latest())
                 .then_with(|| (Some(b.0) == owner).cmp(&(Some(a.0) == owner)))
                 .then_with(|| a.0.cmp(b.0))
         });
-        let (keeper, keeper_time) = list[0];
+        let (keeper, kept) = list[0];
         if list.len() > 1 {
             out.duplicates += 1;
             out.duplicated.push(key.clone());
@@ -81,47 +100,72 @@ pub fn plan(holdings: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeS
         if owner.is_some_and(|o| o != keeper) {
             out.misplaced += 1;
         }
-        let moving_to = match owner {
+        let mut moving_to = match owner {
             Some(o) if o != keeper && expired.contains(keeper) => Some(o),
             _ => None,
         };
-        if let Some(to) = moving_to {
-            out.moves.push(Move {
-                from: keeper.clone(),
-                to: to.clone(),
-                key: key.clone(),
-                push_time: keeper_time,
-            });
+        if moving_to.is_some() && !all_read {
+            out.held_moves += 1;
+            moving_to = None;
         }
-        for (holder, time) in &list[1..] {
+        if let Some(to) = moving_to {
+            // The move replaces the owner's older copy: that order must hold too.
+            let replaced = list.iter().find(|(m, _)| *m == to);
+            match replaced {
+                Some((_, o)) if !order_holds(clocks, keeper, kept.latest(), to, o.latest()) => {
+                    out.clock_refusals.push(Delete {
+                        holder: to.clone(),
+                        key: key.clone(),
+                        copy: *o,
+                        keeper: keeper.clone(),
+                        kept,
+                    });
+                    moving_to = None;
+                }
+                _ => out.moves.push(Move {
+                    from: keeper.clone(),
+                    to: to.clone(),
+                    key: key.clone(),
+                    copy: kept,
+                }),
+            }
+        }
+        for (holder, copy) in &list[1..] {
             // The copy moved to the owner replaces the owner's older one: deleting that one
             // could delete the moved copy.
             if moving_to == Some(*holder) {
                 continue;
             }
-            out.deletes.push(Delete {
+            let delete = Delete {
                 holder: (*holder).clone(),
                 key: key.clone(),
-                push_time: *time,
+                copy: *copy,
                 keeper: keeper.clone(),
-                keeper_time,
-            });
+                kept,
+            };
+            if order_holds(clocks, keeper, kept.latest(), holder, copy.latest()) {
+                out.deletes.push(delete);
+            } else {
+                out.clock_refusals.push(delete);
+            }
         }
     }
-    out.deletes
-        .sort_by(|a, b| (&a.holder, &a.key.labels()).cmp(&(&b.holder, &b.key.labels())));
+    let by_holder = |a: &Delete, b: &Delete| (&a.holder, a.key.labels()).cmp(&(&b.holder, b.key.labels()));
+    out.deletes.sort_by(by_holder);
+    out.clock_refusals.sort_by(by_holder);
     out.moves
         .sort_by(|a, b| (&a.from, &a.key.labels()).cmp(&(&b.from, &b.key.labels())));
     out.duplicated.sort_by(|a, b| a.labels().cmp(b.labels()));
     out
 }
 
-/// True when a planned delete still holds after a second read: the copy is unchanged (no push
-/// arrived meanwhile) and the keeper still has a copy at least as new as planned.
-pub fn still_valid(d: &Delete, fresh: &BTreeMap<Member, Holdings>) -> bool {
-    let copy = fresh.get(&d.holder).and_then(|h| h.get(&d.key));
-    let kept = fresh.get(&d.keeper).and_then(|h| h.get(&d.key));
-    copy.is_some_and(|t| *t == d.push_time) && kept.is_some_and(|t| *t >= d.keeper_time)
+/// True when a planned delete still holds after the holder was read again (`holder`) and the
+/// keeper was read (`kept`): the copy is unchanged (no push, no failed push arrived meanwhile) and
+/// the keeper still has a copy at least as new as planned.
+pub fn still_valid(d: &Delete, holder: &Holdings, kept: &BTreeMap<Member, Holdings>) -> bool {
+    let copy = holder.get(&d.key);
+    let keeper = kept.get(&d.keeper).and_then(|h| h.get(&d.key));
+    copy == Some(&d.copy) && keeper.is_some_and(|k| k.latest() >= d.kept.latest())
 }
 
 #[cfg(test)]
@@ -136,11 +180,25 @@ mod tests {
         GroupingKey::from_path(path).unwrap()
     }
 
+    fn pushed(push: f64) -> Stamps {
+        Stamps { push, failure: 0.0 }
+    }
+
     fn holdings(entries: &[(&str, &[(&str, f64)])]) -> BTreeMap<Member, Holdings> {
         entries
             .iter()
-            .map(|(member, groups)| (m(member), groups.iter().map(|(p, t)| (k(p), *t)).collect()))
+            .map(|(member, groups)| {
+                (
+                    m(member),
+                    groups.iter().map(|(p, t)| (k(p), pushed(*t))).collect(),
+                )
+            })
             .collect()
+    }
+
+    /// Plans with every holder read and no clock skew seen.
+    fn plan_read(h: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeSet<Member>) -> RoundPlan {
+        plan(h, ring, expired, true, &Clocks::default())
     }
 
     /// A path whose group `owner` owns on `ring`.
@@ -157,21 +215,21 @@ mod tests {
         let g = owned_by(&ring, "a:1", "g");
         // The owner's copy is the older one: it goes, the newer copy on b stays.
         let h = holdings(&[("a:1", &[(&g, 10.0)]), ("b:1", &[(&g, 20.0)])]);
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         assert_eq!(
             p.deletes,
             vec![Delete {
                 holder: m("a:1"),
                 key: k(&g),
-                push_time: 10.0,
+                copy: pushed(10.0),
                 keeper: m("b:1"),
-                keeper_time: 20.0
+                kept: pushed(20.0)
             }]
         );
         assert_eq!((p.groups, p.duplicates, p.misplaced), (1, 1, 1));
         // Then the job pushes again (to its owner): b's copy is now the older one.
         let h = holdings(&[("a:1", &[(&g, 30.0)]), ("b:1", &[(&g, 20.0)])]);
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         assert_eq!(p.deletes.len(), 1);
         assert_eq!((p.deletes[0].holder.as_str(), p.misplaced), ("b:1", 0));
     }
@@ -181,7 +239,7 @@ mod tests {
         let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
         let g = owned_by(&ring, "a:1", "g");
         let h = holdings(&[("a:1", &[]), ("b:1", &[(&g, 20.0)])]);
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         assert!(p.deletes.is_empty() && p.moves.is_empty());
         assert_eq!((p.groups, p.duplicates, p.misplaced), (1, 0, 1));
     }
@@ -195,12 +253,12 @@ mod tests {
             ("b:1", &[(&g, 5.0)]),
             ("c:1", &[(&g, 5.0)]),
         ]);
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         let deleted: Vec<&str> = p.deletes.iter().map(|d| d.holder.as_str()).collect();
         assert_eq!(deleted, ["a:1", "c:1"]);
         // Without the owner among the copies, the first member wins.
         let h = holdings(&[("a:1", &[(&g, 5.0)]), ("c:1", &[(&g, 5.0)])]);
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         assert_eq!(p.deletes[0].holder.as_str(), "c:1");
     }
 
@@ -215,10 +273,10 @@ mod tests {
             ("b:1", &[]),
             ("d:1", &[(&g, 2.0), (&only, 3.0)]),
         ]);
-        let none = plan(&h, &ring, &BTreeSet::new());
+        let none = plan_read(&h, &ring, &BTreeSet::new());
         assert!(none.moves.is_empty(), "before the deadline nothing moves");
         assert_eq!(none.deletes.len(), 1, "the older copy on a goes");
-        let p = plan(&h, &ring, &BTreeSet::from([m("d:1")]));
+        let p = plan_read(&h, &ring, &BTreeSet::from([m("d:1")]));
         let moves: BTreeSet<(&str, &str, String)> = p
             .moves
             .iter()
@@ -243,15 +301,27 @@ mod tests {
         let d = Delete {
             holder: m("a:1"),
             key: k("/metrics/job/j"),
-            push_time: 10.0,
+            copy: pushed(10.0),
             keeper: m("b:1"),
-            keeper_time: 20.0,
+            kept: pushed(20.0),
+        };
+        let valid = |fresh: &BTreeMap<Member, Holdings>| {
+            still_valid(&d, fresh.get(&m("a:1")).unwrap_or(&Holdings::new()), fresh)
         };
         let ok = holdings(&[
             ("a:1", &[("/metrics/job/j", 10.0)]),
             ("b:1", &[("/metrics/job/j", 25.0)]),
         ]);
-        assert!(still_valid(&d, &ok));
+        assert!(valid(&ok));
+        let mut failed_meanwhile = ok.clone();
+        failed_meanwhile.get_mut(&m("a:1")).unwrap().insert(
+            k("/metrics/job/j"),
+            Stamps {
+                push: 10.0,
+                failure: 30.0,
+            },
+        );
+        assert!(!valid(&failed_meanwhile), "a failed push arrived meanwhile");
         for (what, fresh) in [
             (
                 "pushed meanwhile",
@@ -273,7 +343,7 @@ mod tests {
                 holdings(&[("a:1", &[("/metrics/job/j", 10.0)])]),
             ),
         ] {
-            assert!(!still_valid(&d, &fresh), "{what}");
+            assert!(!valid(&fresh), "{what}");
         }
     }
 
@@ -286,18 +356,20 @@ mod tests {
         for i in 0..2000 {
             let key = k(&format!("/metrics/job/j/i/{i}"));
             let owner = ring.owner(key.hash()).unwrap().clone();
-            h.get_mut(&owner).unwrap().insert(key.clone(), i as f64);
+            h.get_mut(&owner).unwrap().insert(key.clone(), pushed(i as f64));
             if i % 4 == 0 {
                 // A newer copy on p4 for a quarter of them.
-                h.get_mut(&members[3]).unwrap().insert(key, i as f64 + 0.5);
+                h.get_mut(&members[3])
+                    .unwrap()
+                    .insert(key, pushed(i as f64 + 0.5));
             }
         }
-        let p = plan(&h, &ring, &BTreeSet::new());
+        let p = plan_read(&h, &ring, &BTreeSet::new());
         assert_eq!((p.groups, p.duplicates, p.misplaced), (2000, 500, 500));
         assert!(p
             .deletes
             .iter()
             .all(|d| d.keeper == members[3] && d.holder != members[3]));
-        assert_eq!(p, plan(&h, &ring, &BTreeSet::new()));
+        assert_eq!(p, plan_read(&h, &ring, &BTreeSet::new()));
     }
 }

@@ -85,6 +85,9 @@ pub struct SyncOptions {
     pub reconcile: &'static str,
     pub drain_timeout: &'static str,
     pub drain: Vec<String>,
+    pub tombstone_ttl: &'static str,
+    /// `pushgateway.username` and `pushgateway.password`, for pushgateways behind basic auth.
+    pub auth: Option<(String, String)>,
 }
 
 impl SyncOptions {
@@ -102,17 +105,23 @@ impl SyncOptions {
             reconcile: "30s",
             drain_timeout: "1h",
             drain: Vec::new(),
+            tombstone_ttl: "72h",
+            auth: None,
         }
     }
 
     fn yaml(&self, http_port: u16, token_file: &str) -> String {
         let list = |v: &[String]| v.iter().map(|s| format!("\n    - '{s}'")).collect::<String>();
         let or_empty = |v: &[String]| if v.is_empty() { " []".to_owned() } else { list(v) };
+        let auth = match &self.auth {
+            Some((user, password)) => format!("  username: '{user}'\n  password: '{password}'\n"),
+            None => String::new(),
+        };
         format!(
-            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n\
+            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n{auth}\
              http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
              envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n\
-             reconcile_interval: {}\ndrain_timeout: {}\n",
+             reconcile_interval: {}\ndrain_timeout: {}\ntombstone_ttl: {}\n",
             self.consul_addr,
             self.service,
             or_empty(&self.servers),
@@ -124,6 +133,7 @@ impl SyncOptions {
             self.resync,
             self.reconcile,
             self.drain_timeout,
+            self.tombstone_ttl,
         )
     }
 }
