@@ -48,7 +48,7 @@ build_filter() {
     cargo build --release --locked --target wasm32-wasip1 -p dynamic-sharding
     # Envoy calls every exported proxy-wasm callback on every stream, and the SDK exports them
     # all; dropping the ones the filter leaves at their defaults saves about 4 % of Envoy's CPU
-    # per redirect (bench/README.md, "Profile"). Idempotent, so a rebuild-free run is harmless.
+    # per redirect (bench/README.md, "Where the cost is"). Idempotent, so a rebuild-free run is harmless.
     python3 scripts/strip-exports.py "$WASM"
 }
 
