@@ -82,6 +82,8 @@ checks() {
     PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly clippy --locked --manifest-path fuzz/Cargo.toml --bins -- -D warnings
     say "promtool check rules deploy/prometheus/rules.yml"
     promtool_bin check rules deploy/prometheus/rules.yml
+    say "promtool test rules deploy/prometheus/rules.test.yml"
+    promtool_bin test rules deploy/prometheus/rules.test.yml
     say "envoy --mode validate on every shipped config"
     local envoy cfg
     envoy=$(envoy_bin)
