@@ -222,7 +222,10 @@ run_tests() {
     say "native tests (unit, golden vectors, real Envoy/Consul/pushgateway/Prometheus)"
     # The differential test's generator is seeded: a fixed seed here, so a run is repeatable;
     # run it alone without DIFFERENTIAL_SEED for a new seed each time (it prints the seed).
-    DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} cargo test --locked --workspace
+    # The test binaries run side by side (TEST_LANES, default 3; 1 runs them one at a time):
+    # most of an integration binary's time is spent waiting on the processes it started.
+    DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} \
+        python3 scripts/test-lanes.py "${TEST_LANES:-3}" --locked --workspace
     wasm_golden
 }
 
