@@ -275,8 +275,12 @@ def host_cpu():
 
 
 def envoy_stats(admin):
-    # Connection and request totals of every HTTP listener and cluster: the record picks its own.
-    pattern = r"^(http\.[a-z_]+\.downstream_(cx|rq)_total|cluster\.[a-z_]+\.upstream_(cx|rq)_total)$"
+    # Connection and request totals of every HTTP listener and cluster (the record picks its own),
+    # and the filter's replication counters.
+    pattern = (
+        r"^(http\.[a-z_]+\.downstream_(cx|rq)_total|cluster\.[a-z_]+\.upstream_(cx|rq)_total"
+        r"|wasmcustom\.dynamic_sharding\.replication(s|_failures)_total)$"
+    )
     q = urllib.parse.quote(pattern)
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter={q}", timeout=5) as r:
         text = r.read().decode()
@@ -299,6 +303,29 @@ def cmd_snapshot(a):
     }
     with open(a.out, "w") as f:
         json.dump(snap, f)
+
+
+def cmd_put_slots(a):
+    """Gives member i the standby i through the control API (the replicated scenarios)."""
+    members = a.members.split(",")
+    standbys = a.standbys.split(",")
+    if len(members) != len(standbys):
+        die(f"put-slots: {len(members)} members but {len(standbys)} standbys")
+    body = json.dumps({
+        "version": int(time.time() * 1000),
+        "members": members,
+        "slots": {m: {"active": m, "standby": s} for m, s in zip(members, standbys)},
+    })
+    url = urllib.parse.urlparse(a.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("PUT", url.path, body=body, headers={"authorization": f"Bearer {a.token}"})
+        r = conn.getresponse()
+        text = r.read()
+    finally:
+        conn.close()
+    if r.status != 200:
+        die(f"PUT {a.url}: {r.status} {text[:300]!r}")
 
 
 def cmd_groups(a):
@@ -463,6 +490,10 @@ def cmd_record(a):
         )
     if a.groups:
         r["groups_per_pushgateway"] = json.loads(a.groups)
+        r["copies"] = a.copies
+    if "wasmcustom.dynamic_sharding.replications_total" in after["stats"]:
+        r["replications"] = delta("wasmcustom.dynamic_sharding.replications_total")
+        r["replication_failures"] = delta("wasmcustom.dynamic_sharding.replication_failures_total")
     with open(a.out, "a") as f:
         f.write(json.dumps(r) + "\n")
     # run.sh fails the run on this, after the record is written (so the JSON shows what came).
@@ -518,6 +549,9 @@ def cmd_report(a):
         ("redirect", "baseline-redirect"),
         ("redirect", "baseline-redirect-close"),
         ("proxy", "baseline-proxy"),
+        # What replication to a standby costs, per push (the goal is at most 1.6 in CPU).
+        ("redirect-replicated", "redirect"),
+        ("proxy-replicated", "proxy"),
     )
     for scen, base in pairs:
         if scen in summary and base in summary:
@@ -595,10 +629,16 @@ def cmd_report(a):
             )
         if "groups_per_pushgateway" in r:
             g = r["groups_per_pushgateway"]
-            # The bench groups plus the readiness probe's; each group must be on one pushgateway.
-            want = m["groups"] + 1
+            # The bench groups plus the readiness probe's; each group must be on one pushgateway
+            # (on one active and its standby when replicated: two copies).
+            want = (m["groups"] + 1) * r.get("copies", 1)
             verdict = {True: "every group once", False: f"expected {want}"}[sum(g) == want]
             notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)}: {verdict})")
+        if r.get("replication_failures"):
+            notes.append(
+                f"{s}: {r['replication_failures']} of {r['replications']} replications failed: "
+                "the standbys did not take every push (see Envoy's log)"
+            )
         if r["socket_errors"].get("timeout"):
             notes.append(f"{s}: {r['socket_errors']['timeout']} wrk timeouts")
         if "rps_min" in r:
@@ -719,7 +759,8 @@ def cmd_instruction_ratios(a):
     with open(a.lines) as f:
         ipr = {r["scenario"]: r["instructions_per_request"] for r in map(json.loads, f) if r}
     pairs = (("redirect", "floor-redirect"), ("floor-redirect", "baseline-redirect"),
-             ("redirect", "baseline-redirect"), ("proxy", "baseline-proxy"))
+             ("redirect", "baseline-redirect"), ("proxy", "baseline-proxy"),
+             ("redirect-replicated", "redirect"), ("proxy-replicated", "proxy"))
     for scen, base in pairs:
         if scen in ipr and base in ipr:
             print(f"{scen}/{base}: instructions per request x{ipr[scen] / ipr[base]:.3f} "
@@ -1025,6 +1066,13 @@ def main():
     s.add_argument("--members", required=True)
     s.set_defaults(f=cmd_groups)
 
+    s = sub.add_parser("put-slots")
+    s.add_argument("--url", required=True, help="the control API's members URL")
+    s.add_argument("--token", required=True)
+    s.add_argument("--members", required=True, help="host:port,...")
+    s.add_argument("--standbys", required=True, help="host:port,..., one per member")
+    s.set_defaults(f=cmd_put_slots)
+
     s = sub.add_parser("record")
     for name in ("scenario", "url", "prefix", "wrk", "warmup", "before", "after", "out"):
         s.add_argument(f"--{name}", required=True)
@@ -1033,6 +1081,7 @@ def main():
     s.add_argument("--connections", type=int, required=True)
     s.add_argument("--cluster")
     s.add_argument("--groups")
+    s.add_argument("--copies", type=int, default=1, help="copies of each group among the pushgateways")
     s.set_defaults(f=cmd_record)
 
     s = sub.add_parser("meta")

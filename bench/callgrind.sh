@@ -44,21 +44,28 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Three pushgateways for the proxy scenarios (redirect never connects to its members).
-MEMBERS=""
-for port in $("${HELPER[@]}" ports 3); do
-    "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" --persistence.file= \
-        --push.disable-consistency-check >"$WORK/pg-$port.log" 2>&1 </dev/null &
-    PIDS+=($!)
-    MEMBERS+="${MEMBERS:+,}127.0.0.1:$port"
-done
-for port in ${MEMBERS//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200; done
+# Three pushgateways for the proxy scenarios (redirect never connects to its members), and three
+# more as their standbys for the replicated ones.
+pushgateways() {
+    local port list=""
+    for port in $("${HELPER[@]}" ports 3); do
+        "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" --persistence.file= \
+            --push.disable-consistency-check >"$WORK/pg-$port.log" 2>&1 </dev/null &
+        PIDS+=($!)
+        list+="${list:+,}127.0.0.1:$port"
+    done
+    for port in ${list//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 >&2; done
+    echo "$list"
+}
+MEMBERS=$(pushgateways)
+STANDBYS=""
+if [[ " ${SCENARIOS[*]} " == *"-replicated "* ]]; then STANDBYS=$(pushgateways); fi
 
 for scen in "${SCENARIOS[@]}"; do
     read -r redirect proxy control admin < <("${HELPER[@]}" ports 4)
     status=307 port=$redirect
     case "$scen" in
-        redirect | proxy)
+        redirect | proxy | redirect-replicated | proxy-replicated)
             members=$MEMBERS
             if [ "$scen" = redirect ] && [ "${BENCH_MEMBERS:-3}" != 3 ]; then
                 # As in bench/run.sh: addresses only, redirect never connects to them.
@@ -66,7 +73,7 @@ for scen in "${SCENARIOS[@]}"; do
             fi
             python3 "$ROOT/scripts/render-envoy-config.py" --out "$WORK/$scen.yaml" --address 127.0.0.1 \
                 --ports "$redirect,$proxy,$control,$admin" --members "$members" --wasm "$WASM"
-            [ "$scen" = proxy ] && status=202 port=$proxy
+            [ "${scen%-replicated}" = proxy ] && status=202 port=$proxy
             ;;
         baseline-redirect) "${HELPER[@]}" render-baseline-redirect --out "$WORK/$scen.yaml" --port "$port" \
             --admin "$admin" --location "${MEMBERS%%,*}" ;;
@@ -88,6 +95,10 @@ for scen in "${SCENARIOS[@]}"; do
     PIDS+=("$vg")
     "${HELPER[@]}" wait-http GET "http://127.0.0.1:$admin/ready" 200 --timeout 180 --pid "$vg" ||
         { tail -n 20 "$WORK/$scen.log" >&2; exit 1; }
+    if [[ "$scen" == *-replicated ]]; then
+        "${HELPER[@]}" put-slots --url "http://127.0.0.1:$control/-/sharding/members" --token bench-unused \
+            --members "$MEMBERS" --standbys "$STANDBYS"
+    fi
     "${HELPER[@]}" load --port "$port" --requests 3000 --status "$status"
     callgrind_control -i on "$vg" >/dev/null 2>&1
     "${HELPER[@]}" load --port "$port" --requests "$REQUESTS" --status "$status" --offset 5000

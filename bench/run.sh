@@ -15,6 +15,9 @@
 #   proxy                    shipped envoy/envoy.yaml, proxy listener, three real pushgateways; every answer
 #                            202 (pushgateway's answer without its consistency check; 200 with it)
 #   baseline-proxy           Envoy alone: RING_HASH on :path to three such pushgateways; same answers
+#   redirect-replicated      redirect, each of the three members with a real pushgateway as its
+#                            standby: every push is also sent to the standby before its 307
+#   proxy-replicated         proxy, each of the three pushgateways with another as its standby
 #
 # Settings (environment): BENCH_DURATION (s, default 10; 3 with --quick), BENCH_WARMUP (s, 2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (1), BENCH_ROUNDS (1: each round runs every scenario once,
@@ -33,7 +36,8 @@ ROOT=$PWD
 BENCH=$ROOT/bench
 HELPER=(python3 "$BENCH/bench.py")
 
-SCENARIO_NAMES=(redirect floor-redirect baseline-redirect baseline-redirect-close proxy baseline-proxy)
+SCENARIO_NAMES=(redirect floor-redirect baseline-redirect baseline-redirect-close proxy baseline-proxy
+    redirect-replicated proxy-replicated)
 DEFAULT_SCENARIOS=("${SCENARIO_NAMES[@]}")
 
 say() { printf '==> %s\n' "$*"; }
@@ -202,7 +206,7 @@ measure() {
         groups=(--cluster "$cluster" --groups "$("${HELPER[@]}" groups --members "$MEMBERS")")
     fi
     "${HELPER[@]}" record --scenario "$scen" --round "$ROUND" --url "$url" --status "$status" \
-        --connections "$CONNECTIONS" --prefix "$prefix" \
+        --connections "$CONNECTIONS" --prefix "$prefix" --copies "${COPIES:-1}" \
         --wrk "$WORK/$tag.txt" --warmup "$WORK/$tag-warmup.txt" \
         --before "$WORK/$tag-before.json" --after "$WORK/$tag-after.json" \
         --out "$WORK/records.jsonl" "${groups[@]}" ||
@@ -288,6 +292,40 @@ baseline_proxy() {
     stop "$ENVOY_PID" "${PG_PIDS[@]}"
 }
 
+# scenario_replicated MODE: MODE's scenario with a standby per member, given through the control
+# API as consul-sync gives it. Redirect mode's members are addresses only (as in its scenario);
+# the standbys are real pushgateways, which take every push.
+scenario_replicated() {
+    local mode=$1 redirect proxy control actives active_pids=() url status prefix
+    if [ "$mode" = proxy ]; then
+        start_pushgateways "$mode-replicated"
+        actives=$MEMBERS
+        active_pids=("${PG_PIDS[@]}")
+    else
+        actives=$(ports 3 | sed 's/\([0-9]*\)/127.0.0.1:\1/g; s/ /,/g')
+    fi
+    start_pushgateways "$mode-replicated-standby"
+    local standbys=$MEMBERS
+    PG_PIDS=("${active_pids[@]}" "${PG_PIDS[@]}")
+    read -r redirect proxy control ADMIN < <(ports 4)
+    render_shipped "$WORK/$mode-replicated.yaml" "$redirect" "$proxy" "$control" "$ADMIN" "$actives"
+    start_envoy "envoy-$mode-replicated" "$WORK/$mode-replicated.yaml" "$ADMIN"
+    "${HELPER[@]}" put-slots --url "http://127.0.0.1:$control/-/sharding/members" --token bench-unused \
+        --members "$actives" --standbys "$standbys"
+    if [ "$mode" = proxy ]; then
+        url="http://127.0.0.1:$proxy" status=$PUSH_STATUS prefix=sharding_proxy
+        MEMBERS="$actives,$standbys" COPIES=2
+        probe "$url" "$status"
+    else
+        url="http://127.0.0.1:$redirect" status=307 prefix=sharding_redirect
+        MEMBERS=$standbys COPIES=1
+        probe "$url" 307 --header "location:http://127.0.0.1:"
+    fi
+    measure "$mode-replicated" "$url" "$status" "$prefix" pushgateway_owner
+    COPIES=1
+    stop "$ENVOY_PID" "${PG_PIDS[@]}"
+}
+
 # ---- main -------------------------------------------------------------------------------------
 
 START=$(date +%s)
@@ -305,6 +343,8 @@ for ROUND in $(seq "$ROUNDS"); do
             baseline-redirect | baseline-redirect-close | floor-redirect) baseline_redirect "$scen" ;;
             proxy) scenario_proxy ;;
             baseline-proxy) baseline_proxy ;;
+            redirect-replicated) scenario_replicated redirect ;;
+            proxy-replicated) scenario_replicated proxy ;;
         esac
     done
 done

@@ -5,7 +5,7 @@ The proxy-wasm SDK exports every callback of the ABI. Envoy calls an exported ca
 stream event (response headers, body and trailers, done, access log), and each call is a round
 trip into the V8 VM that the SDK's default answers with "continue"; an absent export is skipped
 by Envoy. Measured with callgrind on a redirect: 4,900 of Envoy's instructions per request
-(bench/README.md, "Profile"). Only the export entries go; the code stays (it is never reached).
+(bench/README.md, "Where the cost is"). Only the export entries go; the code stays (it is never reached).
 
     scripts/strip-exports.py FILE.wasm
 

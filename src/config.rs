@@ -7,11 +7,23 @@ use crate::members::MemberList;
 use crate::ring::{validate_vnodes, DEFAULT_VNODES};
 use crate::tombstones::{DEFAULT_MAX_TOMBSTONES, MAX_MAX_TOMBSTONES};
 use serde::Deserialize;
+use std::time::Duration;
 
 /// Environment variable read for the control token unless `control_token_env` names another.
 pub const DEFAULT_TOKEN_ENV: &str = "SHARDING_CONTROL_TOKEN";
 /// Request header that carries the owner to Envoy's ORIGINAL_DST cluster in proxy mode.
 pub const DEFAULT_DESTINATION_HEADER: &str = "x-sharding-destination";
+
+/// Largest body copied for a slot's standby unless configured: every push of the usual size,
+/// and at most this much wasm memory per push in flight.
+pub const DEFAULT_REPLICATION_BODY_LIMIT: usize = 1024 * 1024;
+/// Accepted range of `replication_body_limit`, in bytes.
+pub const REPLICATION_BODY_LIMITS: (usize, usize) = (1024, 16 * 1024 * 1024);
+/// Longest a write waits for its standby's answer unless configured: a pushgateway answers a
+/// push in milliseconds, a dead one is refused at once; this bounds a frozen one.
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Accepted range of `replication_timeout`.
+pub const REPLICATION_TIMEOUTS: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(30));
 
 /// What a listener's filter instance does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -41,6 +53,10 @@ struct RawConfig {
     control_token_env: String,
     #[serde(default = "default_destination_header")]
     destination_header: String,
+    #[serde(default)]
+    replication_body_limit: Option<usize>,
+    #[serde(default)]
+    replication_timeout: Option<String>,
     #[serde(default = "default_max_delete_fanouts")]
     max_delete_fanouts: u32,
     #[serde(default = "default_max_tombstones")]
@@ -83,6 +99,10 @@ pub struct Config {
     /// Where the token came from, for the log line (never the token itself).
     pub control_token_source: String,
     pub destination_header: String,
+    /// Bytes of a write's body copied for its slot's standby; a longer body is not replicated.
+    pub replication_body_limit: usize,
+    /// Longest a write's answer waits for its standby.
+    pub replication_timeout: Duration,
     /// `DELETE`s whose fan-out may be in flight at once on one worker; more are answered `503`.
     pub max_delete_fanouts: u32,
     /// Tombstones kept for consul-sync; a `DELETE` that could need one more is answered `503`.
@@ -99,7 +119,8 @@ impl Config {
             serde_json::from_slice(bytes).map_err(|e| {
                 format!(
                     "plugin configuration: {e}; accepted fields: mode (redirect|proxy|control), vnodes, members, \
-                     control_token, control_token_env, destination_header, max_delete_fanouts, max_tombstones"
+                     control_token, control_token_env, destination_header, replication_body_limit, \
+                     replication_timeout, max_delete_fanouts, max_tombstones"
                 )
             })?
         };
@@ -155,6 +176,21 @@ impl Config {
                 (tokens, source)
             }
         };
+        let replication_body_limit = match raw.replication_body_limit {
+            None => DEFAULT_REPLICATION_BODY_LIMIT,
+            Some(n) if (REPLICATION_BODY_LIMITS.0..=REPLICATION_BODY_LIMITS.1).contains(&n) => n,
+            Some(n) => {
+                return Err(format!(
+                    "plugin configuration: field `replication_body_limit`: {n} is out of range; expected bytes from {} to {} (1 KiB to 16 MiB)",
+                    REPLICATION_BODY_LIMITS.0, REPLICATION_BODY_LIMITS.1
+                ))
+            }
+        };
+        let replication_timeout = match raw.replication_timeout {
+            None => DEFAULT_REPLICATION_TIMEOUT,
+            Some(t) => parse_timeout(&t)
+                .map_err(|e| format!("plugin configuration: field `replication_timeout`: {e}"))?,
+        };
         Ok(Config {
             mode: raw.mode,
             vnodes,
@@ -162,10 +198,28 @@ impl Config {
             control_tokens,
             control_token_source,
             destination_header,
+            replication_body_limit,
+            replication_timeout,
             max_delete_fanouts,
             max_tombstones,
         })
     }
+}
+
+/// A `replication_timeout` such as `"2s"` or `"500ms"`, within [`REPLICATION_TIMEOUTS`].
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let (min, max) = REPLICATION_TIMEOUTS;
+    let accepted = format!(
+        "expected a duration from {} to {}, such as \"2s\" or \"500ms\"",
+        humantime::format_duration(min),
+        humantime::format_duration(max)
+    );
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{value:?} is not a duration ({e}); {accepted}"))?;
+    if d < min || d > max {
+        return Err(format!("{value:?} is out of range; {accepted}"));
+    }
+    Ok(d)
 }
 
 /// Most tokens accepted at once: the new one and the old one, during a rotation.
@@ -221,7 +275,55 @@ mod tests {
         assert!(c.bootstrap.is_empty());
         assert!(c.control_tokens.is_empty());
         assert_eq!(c.destination_header, "x-sharding-destination");
+        assert_eq!(c.replication_body_limit, 1024 * 1024);
+        assert_eq!(c.replication_timeout, Duration::from_secs(2));
         assert_eq!((c.max_delete_fanouts, c.max_tombstones), (64, 10_000));
+    }
+
+    #[test]
+    fn replication_settings() {
+        let c = Config::parse(
+            br#"{"mode":"proxy","replication_body_limit":4096,"replication_timeout":" 750ms "}"#,
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.replication_body_limit, 4096);
+        assert_eq!(c.replication_timeout, Duration::from_millis(750));
+        for (json, needle) in [
+            (
+                &br#"{"replication_body_limit":1023}"#[..],
+                "field `replication_body_limit`: 1023 is out of range; expected bytes from 1024 to 16777216",
+            ),
+            (
+                br#"{"replication_body_limit":16777217}"#,
+                "field `replication_body_limit`: 16777217 is out of range",
+            ),
+            (br#"{"replication_body_limit":-1}"#, "replication_body_limit"),
+            (br#"{"replication_body_limit":"1MiB"}"#, "invalid type: string"),
+            (
+                br#"{"replication_timeout":"2"}"#,
+                "field `replication_timeout`: \"2\" is not a duration",
+            ),
+            (
+                br#"{"replication_timeout":"5ms"}"#,
+                "field `replication_timeout`: \"5ms\" is out of range; expected a duration from 10ms to 30s",
+            ),
+            (br#"{"replication_timeout":"31s"}"#, "\"31s\" is out of range"),
+            (br#"{"replication_timeout":2}"#, "invalid type: integer"),
+        ] {
+            let err = Config::parse(json, no_env).unwrap_err();
+            assert!(err.contains(needle), "{}: {err}", String::from_utf8_lossy(json));
+        }
+        assert!(Config::parse(
+            br#"{"replication_body_limit":16777216,"replication_timeout":"30s"}"#,
+            no_env
+        )
+        .is_ok());
+        assert!(Config::parse(
+            br#"{"replication_body_limit":1024,"replication_timeout":"10ms"}"#,
+            no_env
+        )
+        .is_ok());
     }
 
     #[test]

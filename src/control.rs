@@ -1,6 +1,6 @@
 //! The member-list API served on the control listener: `PUT` and `GET /-/sharding/members`.
 //!
-//! Version rules (consul-sync relies on them; see the README's control API section):
+//! Version rules (consul-sync relies on them; see "Version rules" in docs/reference.md):
 //! - Nothing stored yet: the bootstrap list counts as version 0, so any update with a version of
 //!   1 or more is taken. A restarted Envoy is therefore healed by the next push of any pusher.
 //! - The same members as stored: `200`, nothing changes but a higher version is recorded. Two
@@ -196,13 +196,33 @@ pub fn describe(old: &MemberList, new: &MemberList) -> String {
     let draining = beside("draining", &new.draining);
     let absent = beside("absent", &new.absent);
     format!(
-        "member list version {} -> {}, {} -> {} members, {}{draining}{absent}",
+        "member list version {} -> {}, {} -> {} members, {}{draining}{absent}{}",
         old.version,
         new.version,
         old.len(),
         new.len(),
-        MemberDiff::between(&old.members, &new.members)
+        MemberDiff::between(&old.members, &new.members),
+        describe_slots(old, new)
     )
+}
+
+/// The slots of `new` whose addresses differ from `old`'s (a promotion, a standby added or
+/// removed), each with its addresses now; empty when none did.
+fn describe_slots(old: &MemberList, new: &MemberList) -> String {
+    let changed: Vec<String> = new
+        .holders()
+        .map(|slot| new.placement(slot))
+        .filter(|p| {
+            let before = old.placement(p.slot);
+            (before.active, before.standby) != (p.active, p.standby)
+        })
+        .map(|p| p.to_string())
+        .collect();
+    if changed.is_empty() {
+        String::new()
+    } else {
+        format!(", slots now [{}]", changed.join(", "))
+    }
 }
 
 #[cfg(test)]
@@ -415,5 +435,46 @@ mod tests {
             describe(&a, &b),
             "member list version 1 -> 2, 1 -> 2 members, added [b:1] removed []"
         );
+    }
+
+    #[test]
+    fn a_change_of_slots_is_a_change_of_the_list() {
+        let mut s = MemoryStore::default();
+        put(&mut s, r#"{"version": 10, "members": ["a:1", "b:1"]}"#);
+        let promoted = r#""slots": {"a:1": {"active": "s:1", "standby": "a:1"}}"#;
+        // Same members, other addresses: a list from before the promotion cannot undo it, and
+        // the promotion itself needs a newer version.
+        let (r, o) = put(
+            &mut s,
+            &format!(r#"{{"version": 10, "members": ["a:1", "b:1"], {promoted}}}"#),
+        );
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(matches!(o, ControlOutcome::Rejected(_)));
+        let (r, o) = put(
+            &mut s,
+            &format!(r#"{{"version": 11, "members": ["a:1", "b:1"], {promoted}}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains(r#""changed":true"#), "{}", r.body);
+        match o {
+            ControlOutcome::Accepted { old, new } => assert_eq!(
+                describe(&old, &new),
+                "member list version 10 -> 11, 2 -> 2 members, added [] removed [], slots now [a:1 (active s:1, standby a:1)]"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let (r, _) = put(&mut s, r#"{"version": 11, "members": ["a:1", "b:1"]}"#);
+        assert_eq!(r.status, 409, "the list without the slot is another list");
+        let (r, _) = handle("GET", None, b"", &tokens(), &boot(), &mut s);
+        assert_eq!(
+            r.body,
+            r#"{"version":11,"members":["a:1","b:1"],"slots":{"a:1":{"active":"s:1","standby":"a:1"}}}"#
+        );
+        // The same slots again, at any version: in sync.
+        let (r, o) = put(
+            &mut s,
+            &format!(r#"{{"version": 3, "members": ["b:1", "a:1"], {promoted}}}"#),
+        );
+        assert_eq!((r.status, o), (200, ControlOutcome::Unchanged));
     }
 }

@@ -2,10 +2,18 @@
 //! API stores and consul-sync sends.
 //!
 //! Owns the syntax of a member, its canonical spelling (so one pushgateway is one ring member
-//! however it is written), and the validation of a whole list. Host-free: the filter and
-//! consul-sync use the same code, so they agree on what a valid list is.
+//! however it is written), the validation of a whole list, and what a slot resolves to. Host-free:
+//! the filter and consul-sync use the same code, so they agree on what a valid list is.
+//!
+//! A ring member is a *slot*: its name is the configured pushgateway address, and the ring hashes
+//! names only. A slot is served at its name unless the list's `slots` says otherwise: the address
+//! that serves it now (its *active*) and its *standby*, which receives every write too. So a list
+//! without `slots` means what it meant before slots existed, and a promotion (the standby becomes
+//! the active) moves no group.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -13,8 +21,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// ring to 10,240,000 points at the largest `vnodes`.
 pub const MAX_MEMBERS: usize = 1024;
 
-/// Largest control-API body accepted, in bytes.
-pub const MAX_UPDATE_BYTES: usize = 64 * 1024;
+/// Largest member-list update accepted, in bytes: room for [`MAX_MEMBERS`] slots, each with an
+/// active and a standby address of some 40 characters. (Tombstone acknowledgements have their
+/// own, smaller limit: [`crate::tombstones::MAX_ACK_BYTES`].)
+pub const MAX_UPDATE_BYTES: usize = 256 * 1024;
 
 const ACCEPTED: &str =
     "expected host:port with a DNS name, an IPv4 address or [IPv6], and a port from 1 to 65535";
@@ -131,22 +141,59 @@ fn canonical_host(host: &str) -> Result<String, String> {
     Ok(host.to_ascii_lowercase())
 }
 
-/// A validated member list: canonical members, sorted, no duplicates, at most [`MAX_MEMBERS`]
-/// in `members` and `draining` together.
+/// A validated member list: canonical members, sorted, at most [`MAX_MEMBERS`] in `members`,
+/// `draining` and `absent` together, and no address twice across those and the addresses of
+/// `slots`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemberList {
     pub version: u64,
-    /// The ring: every group is owned by one of these.
+    /// The ring: every group is owned by one of these slots (by name).
     pub members: Vec<Member>,
-    /// Pushgateways being drained: out of the ring (they own nothing) but still holding groups,
-    /// so a `DELETE` must reach them too. Sorted, disjoint from `members`.
+    /// Slots being drained: out of the ring (they own nothing) but still holding groups, so a
+    /// `DELETE` must reach them too. Sorted, disjoint from `members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<Member>,
     /// Pushgateways registered but not passing their health check: they may hold groups (in
     /// memory or in their persistence file) and come back with them, but no call reaches them
-    /// now, so a `DELETE` leaves a tombstone for them. Sorted, disjoint from the two above.
+    /// now, so a `DELETE` leaves a tombstone for them. Sorted, disjoint from the two above and
+    /// from every address serving a slot (a standby that is down stays its slot's standby).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<Member>,
+    /// The slots (of `members` or `draining`) not served at their name alone: each one's active
+    /// and standby. A slot without an entry here is served at its name and has no standby; an entry that
+    /// says just that is never kept, so equal lists are equal values. Build it with
+    /// [`MemberList::with_slots`], which checks that no address serves two slots.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<Member, Slot>,
+}
+
+/// Where a slot is served: the address that takes its writes and is scraped, and the one that
+/// receives every write too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub active: Member,
+    pub standby: Option<Member>,
+}
+
+/// A slot resolved to its addresses ([`MemberList::placement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement<'l> {
+    /// The slot's name: what the ring hashes.
+    pub slot: &'l Member,
+    /// Where its writes go and where lookups point.
+    pub active: &'l Member,
+    /// Where every write to it goes too.
+    pub standby: Option<&'l Member>,
+}
+
+impl fmt::Display for Placement<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (active {}", self.slot, self.active)?;
+        match self.standby {
+            Some(s) => write!(f, ", standby {s})"),
+            None => f.write_str(", no standby)"),
+        }
+    }
 }
 
 /// The control API's wire form, before validation.
@@ -159,6 +206,49 @@ struct WireList {
     draining: Vec<serde_json::Value>,
     #[serde(default)]
     absent: Vec<serde_json::Value>,
+    #[serde(default)]
+    slots: WireSlots,
+}
+
+/// The `slots` object's entries in the order written, repeated keys kept (so they are refused
+/// instead of one silently replacing the other).
+#[derive(Default)]
+struct WireSlots(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for WireSlots {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = WireSlots;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    r#"an object {"<slot>": {"active": "host:port", "standby": "host:port" or null}, ...}"#,
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireSlots, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    if entries.len() == MAX_MEMBERS {
+                        return Err(serde::de::Error::custom(format!(
+                            "slots: more than {MAX_MEMBERS} entries; at most one per slot of members and draining"
+                        )));
+                    }
+                    entries.push(entry);
+                }
+                Ok(WireSlots(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// One entry of `slots` on the wire.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSlot {
+    active: String,
+    #[serde(default)]
+    standby: Option<String>,
 }
 
 impl MemberList {
@@ -234,15 +324,138 @@ impl MemberList {
                     ));
                 }
             }
+            if let Some((slot, role)) = self.serving(&member) {
+                return Err(format!(
+                    "{field}[{i}]: {member} is also slot {slot}'s {role} in slots; a pushgateway is in one list only"
+                ));
+            }
             parsed.push(member);
         }
         parsed.sort();
         Ok(parsed)
     }
 
-    /// Every pushgateway that may hold groups: the members, then the draining ones.
+    /// Every slot that may hold groups, by name: the members, then the draining ones. Its
+    /// addresses are its [`MemberList::placement`].
     pub fn holders(&self) -> impl Iterator<Item = &Member> {
         self.members.iter().chain(self.draining.iter())
+    }
+
+    /// The addresses serving `slot` (a name from `members` or `draining`; any other name is
+    /// served at itself).
+    pub fn placement<'l>(&'l self, slot: &'l Member) -> Placement<'l> {
+        match self.slots.get(slot) {
+            Some(s) => Placement {
+                slot,
+                active: &s.active,
+                standby: s.standby.as_ref(),
+            },
+            None => Placement {
+                slot,
+                active: slot,
+                standby: None,
+            },
+        }
+    }
+
+    /// The slot `address` serves at an address other than the slot's name, and in which role.
+    fn serving(&self, address: &Member) -> Option<(&Member, &'static str)> {
+        self.slots.iter().find_map(|(name, s)| match () {
+            _ if name == address => None,
+            _ if s.active == *address => Some((name, "active")),
+            _ if s.standby.as_ref() == Some(address) => Some((name, "standby")),
+            _ => None,
+        })
+    }
+
+    /// Every pushgateway address in the list: each holder's active, then its standby if any.
+    pub fn addresses(&self) -> impl Iterator<Item = &Member> {
+        self.holders().flat_map(|slot| {
+            let p = self.placement(slot);
+            std::iter::once(p.active).chain(p.standby)
+        })
+    }
+
+    /// The same list with `slots` set from `(name, active, standby)` entries, refusing bad
+    /// addresses, a name that is not in `members` or `draining`, one slot named twice, and an
+    /// address that serves two slots (or one slot twice) or is another slot's name. Entries that
+    /// say a slot is served at its name with no standby are dropped: that is what no entry means.
+    pub fn with_slots<'a>(
+        mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+    ) -> Result<MemberList, String> {
+        let mut slots: BTreeMap<Member, (Slot, &'a str)> = BTreeMap::new();
+        for (written, active, standby) in entries {
+            let at = format!("slots[{written:?}]");
+            let name = Member::parse(written).map_err(|e| format!("{at}: {e}"))?;
+            if !self.members.contains(&name) && !self.draining.contains(&name) {
+                return Err(format!(
+                    "{at}: {name} is not a slot: every key of slots must be listed in members or draining"
+                ));
+            }
+            let active = Member::parse(active).map_err(|e| format!("{at}.active: {e}"))?;
+            let standby = standby
+                .map(Member::parse)
+                .transpose()
+                .map_err(|e| format!("{at}.standby: {e}"))?;
+            if let Some((_, first)) = slots.get(&name) {
+                return Err(format!(
+                    "{at}: names the same slot as slots[{first:?}] ({name}); each slot may have one entry"
+                ));
+            }
+            slots.insert(name, (Slot { active, standby }, written));
+        }
+        self.slots = slots
+            .into_iter()
+            .filter(|(name, (slot, _))| slot.active != *name || slot.standby.is_some())
+            .map(|(name, (slot, _))| (name, slot))
+            .collect();
+        self.check_addresses()?;
+        Ok(self)
+    }
+
+    /// Every address serves one slot in one role, no slot is served at another's name, and no
+    /// address serving a slot is also absent.
+    fn check_addresses(&self) -> Result<(), String> {
+        let names: BTreeSet<&Member> = self.holders().collect();
+        let mut serving: BTreeMap<&Member, (&Member, &str)> = BTreeMap::new();
+        for slot in self.holders() {
+            let p = self.placement(slot);
+            for (address, role) in
+                std::iter::once((p.active, "active")).chain(p.standby.map(|s| (s, "standby")))
+            {
+                let at = format!("slots[{:?}].{role}", slot.as_str());
+                if address != slot && names.contains(address) {
+                    return Err(format!(
+                        "{at}: {address} is the name of another slot (in members or draining); a slot is served at its own name or at addresses no other slot is named by"
+                    ));
+                }
+                if self.absent.binary_search(address).is_ok() {
+                    return Err(format!(
+                        "{at}: {address} is also in absent; a pushgateway is in one list only (a standby that is down stays its slot's standby)"
+                    ));
+                }
+                if let Some((other, other_role)) = serving.insert(address, (slot, role)) {
+                    return Err(if other == slot {
+                        format!("{at}: {address} is also the slot's {other_role}; a standby is another pushgateway")
+                    } else {
+                        format!(
+                            "{at}: {address} already serves slot {other} as its {other_role}; each pushgateway serves one slot"
+                        )
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when both lists name the same pushgateways in the same roles (versions aside): they
+    /// place every group and every copy alike, and owe the same tombstones.
+    pub fn same_members(&self, other: &MemberList) -> bool {
+        self.members == other.members
+            && self.draining == other.draining
+            && self.absent == other.absent
+            && self.slots == other.slots
     }
 
     /// Decodes and validates a control-API body `{"version": <u64>, "members": ["host:port", ...]}`.
@@ -254,7 +467,9 @@ impl MemberList {
             ));
         }
         let wire: WireList = serde_json::from_slice(body).map_err(|e| {
-            format!(r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}}: {e}"#)
+            format!(
+                r#"body is not {{"version": <unsigned integer>, "members": ["host:port", ...]}} with optional "draining": ["host:port", ...], "absent": ["host:port", ...] and "slots": {{"<slot>": {{"active": "host:port", "standby": "host:port" or null}}}}: {e}"#
+            )
         })?;
         let strings = |field: &str, values: &[serde_json::Value]| -> Result<Vec<String>, String> {
             values
@@ -266,14 +481,23 @@ impl MemberList {
                 })
                 .collect()
         };
+        let mut slots = Vec::with_capacity(wire.slots.0.len());
+        for (name, value) in wire.slots.0 {
+            let slot: WireSlot = serde_json::from_value(value).map_err(|e| {
+                format!(
+                    r#"slots[{name:?}]: {e}; expected {{"active": "host:port", "standby": "host:port" or null}}"#
+                )
+            })?;
+            slots.push((name, slot));
+        }
         MemberList::new(wire.version, &strings("members", &wire.members)?)?
             .with_draining(&strings("draining", &wire.draining)?)?
-            .with_absent(&strings("absent", &wire.absent)?)
-    }
-
-    /// True when both lists name the same pushgateways in the same roles (versions aside).
-    pub fn same_members(&self, other: &MemberList) -> bool {
-        self.members == other.members && self.draining == other.draining && self.absent == other.absent
+            .with_absent(&strings("absent", &wire.absent)?)?
+            .with_slots(
+                slots
+                    .iter()
+                    .map(|(name, s)| (name.as_str(), s.active.as_str(), s.standby.as_deref())),
+            )
     }
 
     /// The JSON that [`MemberList::from_json`] reads back.
@@ -438,6 +662,249 @@ mod tests {
         }
     }
 
+    fn placed(list: &MemberList, slot: &str) -> (String, Option<String>) {
+        let slot = Member::parse(slot).unwrap_or_else(|e| unreachable!("{e}"));
+        let p = list.placement(&slot);
+        (p.active.to_string(), p.standby.map(Member::to_string))
+    }
+
+    #[test]
+    fn a_list_without_slots_serves_every_slot_at_its_name() {
+        let list =
+            MemberList::from_json(br#"{"version": 1, "members": ["a:1", "b:1"], "draining": ["c:1"]}"#)
+                .unwrap_or_default();
+        assert!(list.slots.is_empty());
+        for slot in ["a:1", "b:1", "c:1"] {
+            assert_eq!(placed(&list, slot), (slot.to_owned(), None));
+        }
+        assert_eq!(list.addresses().count(), 3);
+        // The wire form of such a list does not change: older readers take it as before.
+        assert_eq!(
+            list.to_json(),
+            r#"{"version":1,"members":["a:1","b:1"],"draining":["c:1"]}"#
+        );
+    }
+
+    #[test]
+    fn slots_give_a_slot_its_active_and_standby() {
+        let body = br#"{"version": 4, "members": ["A:1", "b:1", "c:1"], "draining": ["d:1"],
+            "slots": {"a:1": {"active": "A2:1", "standby": "a:1"},
+                      "b:1": {"active": "b:1", "standby": "[::1]:2"},
+                      "c:1": {"active": "c:1", "standby": null},
+                      "d:1": {"active": "d:1", "standby": "d2:1"}}}"#;
+        let list = MemberList::from_json(body).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(placed(&list, "a:1"), ("a2:1".to_owned(), Some("a:1".to_owned())));
+        assert_eq!(
+            placed(&list, "b:1"),
+            ("b:1".to_owned(), Some("[::1]:2".to_owned()))
+        );
+        assert_eq!(placed(&list, "d:1"), ("d:1".to_owned(), Some("d2:1".to_owned())));
+        // An entry that says what no entry means is not kept.
+        assert_eq!(placed(&list, "c:1"), ("c:1".to_owned(), None));
+        assert!(!list.slots.contains_key(&Member("c:1".into())));
+        // The ring is still the names.
+        assert_eq!(
+            list.members.iter().map(Member::as_str).collect::<Vec<_>>(),
+            ["a:1", "b:1", "c:1"]
+        );
+        let addresses: Vec<&str> = list.addresses().map(Member::as_str).collect();
+        assert_eq!(addresses, ["a2:1", "a:1", "b:1", "[::1]:2", "c:1", "d:1", "d2:1"]);
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list.clone()));
+        assert!(list
+            .to_json()
+            .contains(r#""a:1":{"active":"a2:1","standby":"a:1"}"#));
+        // A missing standby is no standby.
+        let l = MemberList::from_json(
+            br#"{"version": 1, "members": ["a:1"], "slots": {"a:1": {"active": "z:1"}}}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(placed(&l, "a:1"), ("z:1".to_owned(), None));
+        assert!(l.to_json().contains(r#""a:1":{"active":"z:1","standby":null}"#));
+    }
+
+    #[test]
+    fn bad_slots_are_refused_naming_the_entry() {
+        let with = |slots: &str| {
+            format!(r#"{{"version": 1, "members": ["a:1", "b:1"], "draining": ["c:1"], "slots": {slots}}}"#)
+        };
+        for (slots, reason) in [
+            (
+                r#"{"x:1": {"active": "x:1"}}"#,
+                r#"slots["x:1"]: x:1 is not a slot: every key of slots must be listed in members or draining"#,
+            ),
+            (
+                r#"{"nope": {"active": "a:1"}}"#,
+                r#"slots["nope"]: "nope" is not a valid member"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a"}}"#,
+                r#"slots["a:1"].active: "a" is not a valid member: missing :port"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a:1", "standby": "http://s:1"}}"#,
+                r#"slots["a:1"].standby: "http://s:1" is not a valid member"#,
+            ),
+            (
+                r#"{"a:1": {"active": 5}}"#,
+                r#"slots["a:1"]: invalid type: integer `5`, expected a string"#,
+            ),
+            (
+                r#"{"a:1": {"standby": "s:1"}}"#,
+                r#"slots["a:1"]: missing field `active`"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a:1", "spare": "s:1"}}"#,
+                r#"slots["a:1"]: unknown field `spare`"#,
+            ),
+            (r#"{"a:1": "s:1"}"#, r#"slots["a:1"]: invalid type: string"#),
+            (r#"[]"#, r#"expected an object {"<slot>""#),
+            (
+                r#"{"a:1": {"active": "s:1"}, "A:1": {"active": "t:1"}}"#,
+                r#"slots["A:1"]: names the same slot as slots["a:1"] (a:1)"#,
+            ),
+            (
+                r#"{"a:1": {"active": "s:1"}, "a:1": {"active": "s:1"}}"#,
+                r#"slots["a:1"]: names the same slot as slots["a:1"]"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a:1", "standby": "A:1"}}"#,
+                r#"slots["a:1"].standby: a:1 is also the slot's active; a standby is another pushgateway"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a:1", "standby": "s:1"}, "b:1": {"active": "b:1", "standby": "s:1"}}"#,
+                r#"slots["b:1"].standby: s:1 already serves slot a:1 as its standby; each pushgateway serves one slot"#,
+            ),
+            (
+                r#"{"a:1": {"active": "s:1"}, "c:1": {"active": "c:1", "standby": "s:1"}}"#,
+                r#"slots["c:1"].standby: s:1 already serves slot a:1 as its active"#,
+            ),
+            (
+                r#"{"a:1": {"active": "a:1", "standby": "b:1"}}"#,
+                r#"slots["a:1"].standby: b:1 is the name of another slot"#,
+            ),
+            (
+                r#"{"b:1": {"active": "c:1"}}"#,
+                r#"slots["b:1"].active: c:1 is the name of another slot"#,
+            ),
+        ] {
+            let body = with(slots);
+            let err = MemberList::from_json(body.as_bytes()).err().unwrap_or_default();
+            assert!(err.contains(reason), "{slots}: {err}");
+        }
+        let too_many: String = (0..=MAX_MEMBERS)
+            .map(|i| format!(r#""h{i}:1": {{"active": "h{i}:1"}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let err = MemberList::from_json(with(&format!("{{{too_many}}}")).as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("slots: more than 1024 entries"), "{err}");
+    }
+
+    #[test]
+    fn same_members_ignores_only_the_version() {
+        let a = MemberList::new(1, &["a:1"]).unwrap_or_default();
+        let b = MemberList::new(2, &["a:1"]).unwrap_or_default();
+        assert!(a.same_members(&b));
+        let c = b
+            .clone()
+            .with_slots([("a:1", "a:1", Some("s:1"))])
+            .unwrap_or_default();
+        assert!(!c.same_members(&b));
+        let d = b.clone().with_draining(&["d:1"]).unwrap_or_default();
+        assert!(!d.same_members(&b));
+        // Spelled without the default entry or with it: the same list.
+        let e = b.clone().with_slots([("a:1", "A:1", None)]).unwrap_or_default();
+        assert_eq!(e, b);
+    }
+
+    #[test]
+    fn placement_reads_as_a_log_line() {
+        let list = MemberList::new(1, &["a:1", "b:1"])
+            .and_then(|l| l.with_slots([("a:1", "s:1", Some("a:1"))]))
+            .unwrap_or_default();
+        let name = |s: &str| Member(s.to_owned());
+        let (a, b) = (name("a:1"), name("b:1"));
+        assert_eq!(list.placement(&a).to_string(), "a:1 (active s:1, standby a:1)");
+        assert_eq!(list.placement(&b).to_string(), "b:1 (active b:1, no standby)");
+    }
+
+    #[test]
+    fn a_full_list_of_slots_with_standbys_fits_in_one_update() {
+        let names: Vec<String> = (0..MAX_MEMBERS)
+            .map(|i| format!("pushgateway-{i:04}.metrics.example.com:9091"))
+            .collect();
+        let standbys: Vec<String> = (0..MAX_MEMBERS)
+            .map(|i| format!("pushgateway-{i:04}-standby.metrics.example.com:9091"))
+            .collect();
+        let list = MemberList::new(1, &names)
+            .and_then(|l| {
+                l.with_slots(
+                    names
+                        .iter()
+                        .zip(&standbys)
+                        .map(|(n, s)| (n.as_str(), n.as_str(), Some(s.as_str()))),
+                )
+            })
+            .unwrap_or_default();
+        let json = list.to_json();
+        assert!(json.len() <= MAX_UPDATE_BYTES, "{} bytes", json.len());
+        assert_eq!(MemberList::from_json(json.as_bytes()), Ok(list));
+    }
+
+    #[test]
+    fn absent_and_slot_addresses_are_checked_together() {
+        // One body: absent checked against the slots whichever is read first.
+        let with = |absent: &str, slots: &str| {
+            format!(
+                r#"{{"version": 1, "members": ["a:1", "b:1"], "draining": ["c:1"], "absent": {absent}, "slots": {slots}}}"#
+            )
+        };
+        for (absent, slots, reason) in [
+            (
+                r#"["s:1"]"#,
+                r#"{"a:1": {"active": "a:1", "standby": "s:1"}}"#,
+                r#"slots["a:1"].standby: s:1 is also in absent; a pushgateway is in one list only"#,
+            ),
+            (
+                r#"["S:1"]"#,
+                r#"{"c:1": {"active": "s:1"}}"#,
+                r#"slots["c:1"].active: s:1 is also in absent"#,
+            ),
+            (
+                r#"["a:1"]"#,
+                r#"{"a:1": {"active": "z:1", "standby": "a:1"}}"#,
+                "absent[0]: a:1 is also in members",
+            ),
+        ] {
+            let body = with(absent, slots);
+            let err = MemberList::from_json(body.as_bytes()).err().unwrap_or_default();
+            assert!(err.contains(reason), "{absent} {slots}: {err}");
+        }
+        // Built in the other order: the absent list is checked against the slots.
+        let err = MemberList::new(1, &["a:1"])
+            .and_then(|l| l.with_slots([("a:1", "z:1", Some("a:1"))]))
+            .and_then(|l| l.with_absent(&["z:1"]))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("absent[0]: z:1 is also slot a:1's active in slots"),
+            "{err}"
+        );
+        // Apart, they go together.
+        let list = MemberList::from_json(
+            with(r#"["d:1"]"#, r#"{"a:1": {"active": "a:1", "standby": "s:1"}}"#).as_bytes(),
+        )
+        .unwrap_or_default();
+        assert_eq!(list.absent, [Member("d:1".into())]);
+        assert_eq!(placed(&list, "a:1"), ("a:1".to_owned(), Some("s:1".to_owned())));
+        assert_eq!(MemberList::from_json(list.to_json().as_bytes()), Ok(list.clone()));
+        assert!(!list.same_members(&MemberList {
+            absent: vec![],
+            ..list.clone()
+        }));
+    }
+
     #[test]
     fn absent_pushgateways_travel_beside_the_ring_too() {
         let list = MemberList::from_json(
@@ -493,7 +960,7 @@ mod tests {
         assert!(MemberList::from_json(&big)
             .err()
             .unwrap_or_default()
-            .contains("at most 65536"));
+            .contains(&format!("at most {MAX_UPDATE_BYTES}")));
     }
 
     #[test]

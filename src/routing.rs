@@ -1,14 +1,16 @@
 //! What a request on a data listener gets: the decision, free of host calls.
 //!
-//! Redirect mode answers pushes with `307` to the owner; proxy mode names the owner for Envoy to
-//! route to. Both answer lookups (`GET`), refuse paths pushgateway would refuse, and say `503`
-//! when no member is known. A `DELETE` that reaches its owner also names every other pushgateway
-//! that may hold a copy of the group (left there by a change of the member list), so the filter
-//! deletes those copies before the client gets its answer.
+//! The ring names the slot that owns a group; the slot's active address is where its writes go.
+//! Redirect mode answers pushes with `307` to it; proxy mode names it for Envoy to route to. Both
+//! answer lookups (`GET`), refuse paths pushgateway would refuse, and say `503` when no member is
+//! known. A write (`PUT`, `POST`, `DELETE`) to a slot with a standby names the standby too, so the
+//! filter sends it the same write before the client gets its answer. A `DELETE` that reaches its
+//! owner also names every address of every other slot that may hold a copy of the group (left
+//! there by a change of the member list), so the filter deletes those copies too.
 
 use crate::config::Mode;
 use crate::grouping_key::{GroupingKey, PathError};
-use crate::members::{Member, MemberList};
+use crate::members::{Member, MemberList, Placement};
 use crate::request::header_map::ReplyHeaders;
 use crate::ring::Ring;
 
@@ -55,7 +57,7 @@ pub enum Decision {
     PassThrough,
     /// Answer with this reply. `outcome` is what to count.
     Reply { reply: Reply, outcome: Outcome },
-    /// Proxy mode: route to this member.
+    /// Proxy mode: route to this address (the owner slot's active).
     Route { owner: Member },
 }
 
@@ -69,46 +71,83 @@ pub enum Outcome {
     MethodNotAllowed,
 }
 
-/// A decision, plus the pushgateways a `DELETE` must also reach.
+/// A decision, plus the pushgateways a write must also reach.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub decision: Decision,
     /// Where to send the same `DELETE` before the decision is carried out: empty unless the
     /// request is a `DELETE` of a valid group that has an owner.
     pub fanout: Vec<Member>,
+    /// The owner slot's standby, which gets the same write: `None` unless the request is a write
+    /// (`PUT`, `POST`, `DELETE`) of a valid group to a slot that has a standby.
+    pub replica: Option<Replica>,
+}
+
+/// Where a write is replicated: the standby's address, and the slot it stands by for (for logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub slot: Member,
+    pub standby: Member,
 }
 
 /// Decides for `method` and the request target `path_and_query` (as received) on a data listener.
-pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring) -> Decision {
-    decide_with_owner(mode, method, path_and_query, ring).0
+/// `ring` must be built from `list.members`.
+pub fn decide(mode: Mode, method: &str, path_and_query: &str, ring: &Ring, list: &MemberList) -> Decision {
+    decide_with_owner(mode, method, path_and_query, ring, list).0
 }
 
-/// Like [`decide`], and for a `DELETE` that goes to its owner (307 or routed), the other
-/// pushgateways of `list` that may hold the group: see [`delete_fanout_targets`]. `ring` must be
-/// built from `list.members`.
+/// Like [`decide`], and for a write that goes to its owner (307 or routed): the owner slot's
+/// standby, and for a `DELETE` the other addresses of `list` that may hold the group (see
+/// [`delete_fanout_targets`]).
 pub fn plan(mode: Mode, method: &str, path_and_query: &str, ring: &Ring, list: &MemberList) -> Plan {
-    let (decision, owner) = decide_with_owner(mode, method, path_and_query, ring);
-    let fanout = match owner {
-        Some(owner) if method == "DELETE" => delete_fanout_targets(list, owner),
-        _ => Vec::new(),
+    let (decision, owner) = decide_with_owner(mode, method, path_and_query, ring, list);
+    let Some(owner) = owner else {
+        return Plan {
+            decision,
+            fanout: Vec::new(),
+            replica: None,
+        };
     };
-    Plan { decision, fanout }
+    let fanout = if method == "DELETE" {
+        delete_fanout_targets(list, owner.slot)
+    } else {
+        Vec::new()
+    };
+    let replica = owner.standby.map(|standby| Replica {
+        slot: owner.slot.clone(),
+        standby: standby.clone(),
+    });
+    Plan {
+        decision,
+        fanout,
+        replica,
+    }
 }
 
-/// Every pushgateway other than `owner` that may hold a copy of a group: the other ring members
-/// (one may have owned the group before the list changed) and the draining ones (out of the ring,
-/// still holding what was pushed to them).
+/// Every address other than the owner slot's that may hold a copy of a group: the active and
+/// standby of each other ring slot (one may have owned the group before the list changed) and of
+/// each draining one (out of the ring, still holding what was pushed to it). The owner's standby
+/// is not among them: it gets the `DELETE` as the owner's replica.
 pub fn delete_fanout_targets(list: &MemberList, owner: &Member) -> Vec<Member> {
-    list.holders().filter(|m| *m != owner).cloned().collect()
+    list.holders()
+        .filter(|slot| *slot != owner)
+        .flat_map(|slot| {
+            let p = list.placement(slot);
+            std::iter::once(p.active).chain(p.standby)
+        })
+        .cloned()
+        .collect()
 }
 
-/// The decision, and the owner when the request is a push (`PUT`, `POST`, `DELETE`) sent to it.
+/// The decision, and where the owner slot is served when the request is a write (`PUT`, `POST`,
+/// `DELETE`) sent to it.
 fn decide_with_owner<'r>(
     mode: Mode,
     method: &str,
     path_and_query: &str,
     ring: &'r Ring,
-) -> (Decision, Option<&'r Member>) {
+    list: &'r MemberList,
+) -> (Decision, Option<Placement<'r>>) {
     let reply = |reply, outcome| (Decision::Reply { reply, outcome }, None);
     // Only the rare answers name the path alone.
     let path = || path_and_query.split('?').next().unwrap_or(path_and_query);
@@ -134,7 +173,7 @@ fn decide_with_owner<'r>(
             Outcome::MethodNotAllowed,
         );
     }
-    let Some(owner) = ring.owner(hash) else {
+    let Some(slot) = ring.owner(hash) else {
         // Rare: the key is built only to name it.
         let path = path();
         let group = GroupingKey::from_path(path).map_or_else(|_| format!("{path:?}"), |key| key.to_string());
@@ -147,6 +186,9 @@ fn decide_with_owner<'r>(
             Outcome::NoMember,
         );
     };
+    // The one place the filter turns the owner slot into addresses.
+    let placement = list.placement(slot);
+    let owner = placement.active;
     if is_lookup {
         // The Go original's lookup answer, kept byte for byte so scripts that parse it still work.
         let body = if method == "HEAD" {
@@ -154,10 +196,14 @@ fn decide_with_owner<'r>(
         } else {
             format!("nextUrl:http://{}{path_and_query}", owner.as_str())
         };
-        return reply(
-            Reply::text(200, body).with_header("x-sharding-owner", owner.as_str()),
-            Outcome::Lookup,
-        );
+        let mut found = Reply::text(200, body).with_header("x-sharding-owner", owner.as_str());
+        if slot != owner {
+            found = found.with_header("x-sharding-slot", slot.as_str());
+        }
+        if let Some(standby) = placement.standby {
+            found = found.with_header("x-sharding-standby", standby.as_str());
+        }
+        return reply(found, Outcome::Lookup);
     }
     let decision = match mode {
         Mode::Proxy => Decision::Route { owner: owner.clone() },
@@ -171,7 +217,7 @@ fn decide_with_owner<'r>(
             outcome: Outcome::Redirect,
         },
     };
-    (decision, Some(owner))
+    (decision, Some(placement))
 }
 
 #[cfg(test)]
@@ -179,8 +225,25 @@ mod tests {
     use super::*;
     use crate::members::MemberList;
 
-    fn ring(members: &[&str]) -> Ring {
-        Ring::new(&MemberList::new(1, members).unwrap().members, 500)
+    /// A list of `members` with the ring built from it.
+    struct Routed {
+        ring: Ring,
+        list: MemberList,
+    }
+
+    fn ring(members: &[&str]) -> Routed {
+        routed(MemberList::new(1, members).unwrap())
+    }
+
+    fn routed(list: MemberList) -> Routed {
+        Routed {
+            ring: Ring::new(&list.members, 500),
+            list,
+        }
+    }
+
+    fn decide(mode: Mode, method: &str, path: &str, r: &Routed) -> Decision {
+        super::decide(mode, method, path, &r.ring, &r.list)
     }
 
     fn reply(d: Decision) -> Reply {
@@ -198,7 +261,7 @@ mod tests {
     fn pushes_are_redirected_to_the_owner_with_path_and_query() {
         let r = ring(&["a:1", "b:2", "c:3"]);
         let key = GroupingKey::from_path("/metrics/job/j/x/1").unwrap();
-        let owner = r.owner(key.hash()).unwrap();
+        let owner = r.ring.owner(key.hash()).unwrap();
         for method in ["PUT", "POST", "DELETE"] {
             let rep = reply(decide(Mode::Redirect, method, "/metrics/job/j/x/1?a=b", &r));
             assert_eq!(rep.status, 307);
@@ -236,6 +299,7 @@ mod tests {
     fn proxy_mode_routes_to_the_owner() {
         let r = ring(&["a:1", "b:2", "c:3"]);
         let owner = r
+            .ring
             .owner(GroupingKey::from_path("/metrics/job/j").unwrap().hash())
             .unwrap()
             .clone();
@@ -253,7 +317,7 @@ mod tests {
         assert!(rep.body.contains("odd number of components"), "{}", rep.body);
         let rep = reply(decide(Mode::Redirect, "PATCH", "/metrics/job/j", &r));
         assert_eq!((rep.status, header(&rep, "allow")), (405, Some(ALLOWED_METHODS)));
-        let rep = reply(decide(Mode::Proxy, "PUT", "/metrics/job/j", &Ring::default()));
+        let rep = reply(decide(Mode::Proxy, "PUT", "/metrics/job/j", &ring(&[])));
         assert_eq!((rep.status, header(&rep, "retry-after")), (503, Some("5")));
         assert!(rep.body.contains("no healthy pushgateway is known"));
         assert_eq!(
@@ -301,7 +365,11 @@ mod tests {
         for mode in [Mode::Redirect, Mode::Proxy] {
             let p = plan(mode, "DELETE", path, &r, &l);
             assert_eq!(names(&p.fanout), others, "{mode:?}");
-            assert_eq!(p.decision, decide(mode, "DELETE", path, &r), "{mode:?}");
+            assert_eq!(
+                p.decision,
+                super::decide(mode, "DELETE", path, &r, &l),
+                "{mode:?}"
+            );
             for method in ["PUT", "POST", "GET", "HEAD", "PATCH"] {
                 assert!(
                     plan(mode, method, path, &r, &l).fanout.is_empty(),
@@ -315,5 +383,146 @@ mod tests {
             let p = plan(mode, "DELETE", path, &Ring::default(), &nobody);
             assert_eq!((reply(p.decision).status, p.fanout.len()), (503, 0));
         }
+    }
+
+    // ---- slots: a slot served elsewhere than at its name, a standby ----
+
+    /// Three slots: `a:1` promoted (served at `a2:1`, `a:1` its standby), `b:2` with a standby
+    /// `b2:2`, `c:3` as before; `d:4` draining with a standby `d2:4`.
+    fn with_slots() -> Routed {
+        routed(
+            MemberList::new(1, &["a:1", "b:2", "c:3"])
+                .and_then(|l| l.with_draining(&["d:4"]))
+                .and_then(|l| {
+                    l.with_slots([
+                        ("a:1", "a2:1", Some("a:1")),
+                        ("b:2", "b:2", Some("b2:2")),
+                        ("d:4", "d:4", Some("d2:4")),
+                    ])
+                })
+                .unwrap(),
+        )
+    }
+
+    /// A path of a group that slot `slot` owns.
+    fn path_of(r: &Routed, slot: &str) -> String {
+        (0..10_000)
+            .map(|i| format!("/metrics/job/j{i}"))
+            .find(|p| {
+                r.ring
+                    .owner(GroupingKey::from_path(p).unwrap().hash())
+                    .unwrap()
+                    .as_str()
+                    == slot
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn writes_go_to_the_owner_slots_active() {
+        let r = with_slots();
+        for (slot, active) in [("a:1", "a2:1"), ("b:2", "b:2"), ("c:3", "c:3")] {
+            let path = path_of(&r, slot);
+            for method in ["PUT", "POST", "DELETE"] {
+                let rep = reply(decide(Mode::Redirect, method, &format!("{path}?x=1"), &r));
+                assert_eq!(
+                    header(&rep, "location"),
+                    Some(format!("http://{active}{path}?x=1").as_str()),
+                    "{slot} {method}"
+                );
+                assert_eq!(
+                    decide(Mode::Proxy, method, &path, &r),
+                    Decision::Route {
+                        owner: Member::parse(active).unwrap()
+                    },
+                    "{slot} {method}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn slots_do_not_move_groups() {
+        // The same names with and without slots: every group is owned by the same slot.
+        let plain = ring(&["a:1", "b:2", "c:3"]);
+        let slotted = with_slots();
+        for i in 0..2_000 {
+            let hash = GroupingKey::from_path(&format!("/metrics/job/j{i}"))
+                .unwrap()
+                .hash();
+            assert_eq!(plain.ring.owner(hash), slotted.ring.owner(hash));
+        }
+    }
+
+    #[test]
+    fn a_lookup_names_the_active_and_the_slot_where_they_differ() {
+        let r = with_slots();
+        let path = path_of(&r, "a:1");
+        let rep = reply(decide(Mode::Redirect, "GET", &path, &r));
+        assert_eq!(rep.body, format!("nextUrl:http://a2:1{path}"));
+        assert_eq!(header(&rep, "x-sharding-owner"), Some("a2:1"));
+        assert_eq!(header(&rep, "x-sharding-slot"), Some("a:1"));
+        assert_eq!(header(&rep, "x-sharding-standby"), Some("a:1"));
+        let path = path_of(&r, "b:2");
+        let rep = reply(decide(Mode::Proxy, "HEAD", &path, &r));
+        assert_eq!(header(&rep, "x-sharding-owner"), Some("b:2"));
+        assert_eq!(header(&rep, "x-sharding-slot"), None);
+        assert_eq!(header(&rep, "x-sharding-standby"), Some("b2:2"));
+        let path = path_of(&r, "c:3");
+        let rep = reply(decide(Mode::Proxy, "GET", &path, &r));
+        assert_eq!(
+            rep.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["content-type", "x-sharding-owner"]
+        );
+    }
+
+    #[test]
+    fn a_write_to_a_slot_with_a_standby_names_it() {
+        let r = with_slots();
+        for (slot, standby) in [("a:1", Some("a:1")), ("b:2", Some("b2:2")), ("c:3", None)] {
+            let path = path_of(&r, slot);
+            for mode in [Mode::Redirect, Mode::Proxy] {
+                for method in ["PUT", "POST", "DELETE"] {
+                    let p = plan(mode, method, &path, &r.ring, &r.list);
+                    let expected = standby.map(|s| Replica {
+                        slot: Member::parse(slot).unwrap(),
+                        standby: Member::parse(s).unwrap(),
+                    });
+                    assert_eq!(p.replica, expected, "{slot} {mode:?} {method}");
+                }
+                // Lookups, refusals and foreign paths are not writes.
+                for (method, path) in [
+                    ("GET", path.as_str()),
+                    ("HEAD", path.as_str()),
+                    ("PATCH", path.as_str()),
+                    ("PUT", "/metrics/job/j/odd"),
+                    ("PUT", "/api/v1/metrics"),
+                ] {
+                    assert_eq!(
+                        plan(mode, method, path, &r.ring, &r.list).replica,
+                        None,
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_delete_reaches_every_address_of_every_other_slot() {
+        let r = with_slots();
+        let targets = |slot: &str| {
+            let path = path_of(&r, slot);
+            let p = plan(Mode::Proxy, "DELETE", &path, &r.ring, &r.list);
+            assert_eq!(
+                p.fanout,
+                delete_fanout_targets(&r.list, &Member::parse(slot).unwrap())
+            );
+            p.fanout.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+        };
+        // The owner's standby is not among them: it gets the DELETE as the replica.
+        assert_eq!(targets("a:1"), ["b:2", "b2:2", "c:3", "d:4", "d2:4"]);
+        assert_eq!(targets("b:2"), ["a2:1", "a:1", "c:3", "d:4", "d2:4"]);
+        assert_eq!(targets("c:3"), ["a2:1", "a:1", "b:2", "b2:2", "d:4", "d2:4"]);
     }
 }

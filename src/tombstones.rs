@@ -13,10 +13,10 @@
 //! Bounds: at most the configured number of tombstones (the `DELETE` that could need one more
 //! is refused before anything is deleted, see `request`), at most [`MAX_STORED_BYTES`] stored,
 //! answers of at most [`MAX_PAGE_BYTES`] (and at least one tombstone), acknowledgements in a body
-//! of at most [`MAX_UPDATE_BYTES`].
+//! of at most [`MAX_ACK_BYTES`].
 
 use crate::control::{self, authorize};
-use crate::members::{Member, MAX_UPDATE_BYTES};
+use crate::members::Member;
 use crate::routing::Reply;
 use crate::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,8 @@ pub const MAX_MAX_TOMBSTONES: u32 = 100_000;
 pub const MAX_STORED_BYTES: usize = 16 * 1024 * 1024;
 /// A `GET` answer holds tombstones up to this size (at least one), and says whether more wait.
 pub const MAX_PAGE_BYTES: usize = 64 * 1024;
+/// Largest acknowledgement body accepted: the ids of a page, with room to spare.
+pub const MAX_ACK_BYTES: usize = 64 * 1024;
 
 /// One group's `DELETE`s that did not reach every pushgateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,9 +220,9 @@ struct Ack {
 }
 
 fn acknowledge(body: &[u8], store: &mut dyn SharedStore) -> (Reply, TombstoneOutcome) {
-    if body.len() > MAX_UPDATE_BYTES {
+    if body.len() > MAX_ACK_BYTES {
         let why = format!(
-            "body is {} bytes; at most {MAX_UPDATE_BYTES} are accepted",
+            "body is {} bytes; at most {MAX_ACK_BYTES} are accepted",
             body.len()
         );
         return (control::error(413, why.clone()), TombstoneOutcome::Rejected(why));
@@ -364,7 +366,7 @@ mod tests {
     fn refusals_name_the_problem_and_change_nothing() {
         let mut s = MemoryStore::default();
         record(&mut s, "/metrics/job/a", 1, &m(&["b:1"])).unwrap();
-        let big = format!(r#"{{"ids": [{}1]}}"#, "1, ".repeat(MAX_UPDATE_BYTES / 3));
+        let big = format!(r#"{{"ids": [{}1]}}"#, "1, ".repeat(MAX_ACK_BYTES / 3));
         for (method, path, auth, body, status, needle) in [
             ("GET", TOMBSTONES_PATH, None, "", 401, "missing or wrong token"),
             (

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{expected_owner, rss_kib, send_on, stack, Stack};
+use common::{expected_owner, rss_kib, send_on, stack, wait_stopped, Stack};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -35,21 +35,6 @@ fn copies(s: &Stack, job: &str, on: &[&str]) {
     held.sort();
     want.sort();
     assert_eq!(held, want);
-}
-
-/// Waits until every thread of `pid` is stopped: SIGSTOP returns before that, and on a busy
-/// machine a Go process was seen answering requests 300 ms after it.
-fn wait_stopped(pid: u32) {
-    wait_until(&format!("pid {pid} is stopped"), Duration::from_secs(5), || {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-        let all_stopped = tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-                .unwrap_or(false)
-        });
-        all_stopped.then_some(())
-    });
 }
 
 /// Freezes the pushgateway `addr` (it accepts connections, the kernel does, but never answers);
@@ -161,7 +146,7 @@ fn one_delete_removes_the_copy_on_a_former_owner_in_both_modes() {
     );
     assert_eq!(s.envoy.stat(CALLS), calls);
 
-    // Under the names the README lists.
+    // Under the names docs/reference.md lists.
     let r = http_request(
         "GET",
         &format!("{}/stats/prometheus", s.envoy.admin_url()),

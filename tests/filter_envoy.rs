@@ -6,6 +6,7 @@
 mod common;
 
 use common::{base64_url, expected_owner, send_on, stack};
+use dynamic_sharding::members::MAX_UPDATE_BYTES;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::BufReader;
@@ -287,9 +288,13 @@ fn bad_updates_are_refused_and_change_nothing() {
         ),
         (
             Some(TEST_TOKEN),
-            format!(r#"{{"version":6,"members":[],"pad":"{}"}}"#, "x".repeat(70_000)).into_bytes(),
+            format!(
+                r#"{{"version":6,"members":[],"pad":"{}"}}"#,
+                "x".repeat(MAX_UPDATE_BYTES)
+            )
+            .into_bytes(),
             413,
-            "65536",
+            "262144",
         ),
     ];
     for (token, body, status, needle) in &cases {

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::MemberList;
+use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::{xxh64, Ring};
 use serde_json::{json, Value};
 
@@ -94,4 +94,47 @@ fn owners_match_the_golden_vectors() {
         );
     }
     assert_eq!(pinned["xxh64"], computed["xxh64"]);
+}
+
+/// A list whose slots all have a standby, and whose first slot was promoted (served at its
+/// standby), places every group on the same slot as the pinned vectors: the ring hashes slot
+/// names only, so standbys and promotions move no group.
+#[test]
+fn slots_with_standbys_and_promotions_keep_the_golden_owners() {
+    let pinned: Value = serde_json::from_str(VECTORS).unwrap();
+    for case in pinned["cases"].as_array().unwrap() {
+        let members: Vec<&str> = case["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        let standbys: Vec<String> = (0..members.len())
+            .map(|i| format!("standby-{i}.example:9091"))
+            .collect();
+        let list = MemberList::new(1, &members)
+            .and_then(|l| {
+                l.with_slots(members.iter().zip(&standbys).enumerate().map(|(i, (m, s))| {
+                    if i == 0 {
+                        (*m, s.as_str(), Some(*m))
+                    } else {
+                        (*m, *m, Some(s.as_str()))
+                    }
+                }))
+            })
+            .unwrap();
+        let ring = Ring::new(&list.members, case["vnodes"].as_u64().unwrap() as u32);
+        for owner in case["owners"].as_array().unwrap() {
+            let key = GroupingKey::from_path(owner["path"].as_str().unwrap()).unwrap();
+            let slot = ring.owner(key.hash()).unwrap();
+            assert_eq!(slot.as_str(), owner["owner"], "{}", owner["path"]);
+            let placed = list.placement(slot);
+            let expected_active = if *slot == Member::parse(members[0]).unwrap() {
+                "standby-0.example:9091".to_owned()
+            } else {
+                slot.to_string()
+            };
+            assert_eq!(placed.active.as_str(), expected_active);
+        }
+    }
 }

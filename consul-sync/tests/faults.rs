@@ -10,7 +10,7 @@
 //! - empty member lists in Envoy while a pushgateway was alive (must be 0).
 //!
 //! `./build.sh test` runs the short versions; `./build.sh faults` runs them with the durations of
-//! the README's table (`FAULTS_FULL=1`) and prints each row.
+//! the table in bench/README.md (`FAULTS_FULL=1`) and prints each row.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -194,7 +194,7 @@ impl Stack {
     }
 }
 
-/// What one fault cost, as the README's table shows it.
+/// What one fault cost, as the table in bench/README.md shows it.
 struct Report {
     fault: &'static str,
     errors: BTreeMap<String, usize>,

@@ -1,8 +1,12 @@
 //! The whole control-API handler over an in-memory store, on a sequence of requests. Properties:
 //! - a refused update (any status but 200) leaves the stored list and the generation untouched;
-//! - an accepted update puts exactly the members sent in force, at a version never lower than before;
+//! - an accepted update puts exactly the list sent in force (members, draining, absent, slots),
+//!   at a version never lower than before;
 //! - a wrong or missing token is always 401, whatever the body;
-//! - the owner on the ring of the stored list is always one of its members.
+//! - the owner on the ring of the stored list is always one of its members, served at an address
+//!   of the list, with a standby (if any) that is another address;
+//! - no address of the stored list is there twice (serving two slots, one slot twice, or also
+//!   absent).
 #![no_main]
 
 use dynamic_sharding::control::handle;
@@ -63,9 +67,9 @@ fuzz_target!(|data: &[u8]| {
                 .flatten()
                 .map(|(l, _)| l)
                 .unwrap_or_else(|| bootstrap.clone());
-            assert_eq!((&now.members, &now.draining), (&sent.members, &sent.draining));
+            assert!(now.same_members(&sent), "in force {now:?} for sent {sent:?}");
             assert!(now.version >= before_list.version);
-            if before_list.members != sent.members || before_list.draining != sent.draining {
+            if !before_list.same_members(&sent) {
                 assert!(
                     sent.version > before_list.version,
                     "a different list at a version not above"
@@ -81,8 +85,21 @@ fuzz_target!(|data: &[u8]| {
         let ring = Ring::new(&list.members, 16);
         let hash = dynamic_sharding::ring::xxh64(body);
         match ring.owner(hash) {
-            Some(owner) => assert!(list.members.contains(owner), "owner {owner} is not a member"),
+            Some(owner) => {
+                assert!(list.members.contains(owner), "owner {owner} is not a member");
+                let placed = list.placement(owner);
+                assert!(
+                    list.addresses().any(|a| a == placed.active),
+                    "{placed} outside the list"
+                );
+                assert_ne!(placed.standby, Some(placed.active), "{placed}");
+            }
             None => assert!(list.members.is_empty(), "no owner on a ring of members"),
         }
+        let mut addresses: Vec<_> = list.addresses().chain(&list.absent).collect();
+        let all = addresses.len();
+        addresses.sort();
+        addresses.dedup();
+        assert_eq!(addresses.len(), all, "an address twice in {list:?}");
     }
 });

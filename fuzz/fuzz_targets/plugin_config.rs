@@ -1,10 +1,10 @@
 //! The plugin configuration, as Envoy hands it to `on_configure`. Properties:
-//! - an accepted configuration is within every documented bound;
+//! - an accepted configuration is within every documented bound (replication settings included);
 //! - a refused one says so with the text "plugin configuration" and never contains the token
 //!   from the environment.
 #![no_main]
 
-use dynamic_sharding::config::{Config, MAX_TOKENS};
+use dynamic_sharding::config::{Config, MAX_TOKENS, REPLICATION_BODY_LIMITS, REPLICATION_TIMEOUTS};
 use dynamic_sharding::ring::Ring;
 use libfuzzer_sys::fuzz_target;
 
@@ -33,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
                 .iter()
                 .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())));
             assert!(!c.destination_header.is_empty());
+            let (min, max) = REPLICATION_BODY_LIMITS;
+            assert!((min..=max).contains(&c.replication_body_limit));
+            let (min, max) = REPLICATION_TIMEOUTS;
+            assert!((min..=max).contains(&c.replication_timeout));
             assert!(!c.control_token_source.contains(ENV_SECRET));
             let ring = Ring::new(&c.bootstrap.members, c.vnodes.min(64));
             if let Some(owner) = ring.owner(dynamic_sharding::ring::xxh64(config)) {

@@ -126,6 +126,22 @@ fn header_map_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostErr
     }
 }
 
+/// The bytes `[start, start + max)` of one of the host's buffers (none when it has none).
+fn buffer_bytes(buffer: BufferType, start: usize, max: usize) -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
+    let status = unsafe { proxy_get_buffer_bytes(buffer, start, max, &mut data, &mut size) };
+    match status {
+        OK => Ok(unsafe { owned(data, size) }),
+        NOT_FOUND => Ok(Vec::new()),
+        s => Err(HostError {
+            call: "get_buffer_bytes",
+            status: s,
+        }),
+    }
+}
+
 /// Envoy, as one listener's filter sees it: the host calls, and the ids of the filter's stats.
 pub struct Envoy {
     /// Indexed by [`Stat`]; defined once per VM (Envoy shares a stat of one name across workers).
@@ -197,19 +213,7 @@ impl Host for Envoy {
     }
 
     fn request_body(&self, start: usize, max: usize) -> Result<Vec<u8>, HostError> {
-        let mut data = null_mut();
-        let mut size = 0;
-        // SAFETY: pointers to locals; on OK the host hands us an allocation we now own.
-        let status =
-            unsafe { proxy_get_buffer_bytes(BufferType::HttpRequestBody, start, max, &mut data, &mut size) };
-        match status {
-            OK => Ok(unsafe { owned(data, size) }),
-            NOT_FOUND => Ok(Vec::new()),
-            s => Err(HostError {
-                call: "get_buffer_bytes",
-                status: s,
-            }),
-        }
+        buffer_bytes(BufferType::HttpRequestBody, start, max)
     }
 
     fn drop_request_body(&self, size: usize) -> Result<(), HostError> {
@@ -253,13 +257,15 @@ impl Host for Envoy {
     /// panics on any other status; Envoy's `http_call` returns no other status except
     /// `InvalidMemoryAccess`, which only bad pointers cause, and the SDK builds these from live
     /// slices.
-    fn dispatch_http_call(
+    fn dispatch_http_call_with_body(
         &self,
         cluster: &str,
         headers: Vec<(&str, &str)>,
+        body: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
-        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, None, Vec::new(), timeout).map_err(|s| {
+        let body = (!body.is_empty()).then_some(body);
+        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, body, Vec::new(), timeout).map_err(|s| {
             HostError {
                 call: "http_call",
                 status: s as u32,
@@ -269,6 +275,10 @@ impl Host for Envoy {
 
     fn http_call_response_header(&self, name: &str) -> Result<Option<String>, HostError> {
         Ok(header_map_value(MapType::HttpCallResponseHeaders, name)?.and_then(|b| String::from_utf8(b).ok()))
+    }
+
+    fn http_call_response_body(&self, max: usize) -> Result<Vec<u8>, HostError> {
+        buffer_bytes(BufferType::HttpCallResponseBody, 0, max)
     }
 
     fn stat(&self, stat: Stat) -> Result<u64, HostError> {

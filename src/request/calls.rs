@@ -5,20 +5,24 @@
 //! waited for them when the last one answered, failed or timed out.
 
 use crate::members::Member;
-use crate::routing::Reply;
+use crate::routing::{Replica, Reply};
 
 /// What a call was sent for, which says what its answer means.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purpose {
     /// The same `DELETE` as the client's, to a pushgateway that may hold a copy of the group.
     DeleteCopy(Member),
+    /// The client's write, to the standby of the slot it goes to.
+    Replicate(Replica),
 }
 
 impl Purpose {
-    /// The pushgateway the call is a `DELETE` of the group to, if it is one.
-    pub fn deletes_on(&self) -> Option<&Member> {
+    /// The pushgateway the call goes to: for a `DELETE`'s calls, one it may not have reached
+    /// while the call is in flight.
+    pub fn target(&self) -> &Member {
         match self {
-            Purpose::DeleteCopy(member) => Some(member),
+            Purpose::DeleteCopy(member) => member,
+            Purpose::Replicate(replica) => &replica.standby,
         }
     }
 }

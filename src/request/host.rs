@@ -43,6 +43,10 @@ pub enum Stat {
     HostErrors,
     FanoutCalls,
     FanoutFailures,
+    /// Writes sent (or meant to be sent) to their slot's standby.
+    Replications,
+    /// Those the standby did not take: not sent, refused, no answer in time.
+    ReplicationFailures,
     /// Gauge: members in the ring this worker routes with.
     Members,
     /// Gauge: the version of that member list.
@@ -61,7 +65,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every stat, each at the index of its discriminant.
-    pub const ALL: [Stat; 17] = [
+    pub const ALL: [Stat; 19] = [
         Stat::Redirects,
         Stat::Proxied,
         Stat::Lookups,
@@ -72,6 +76,8 @@ impl Stat {
         Stat::HostErrors,
         Stat::FanoutCalls,
         Stat::FanoutFailures,
+        Stat::Replications,
+        Stat::ReplicationFailures,
         Stat::Members,
         Stat::MembersVersion,
         Stat::DeleteFanoutLimited,
@@ -94,6 +100,8 @@ impl Stat {
             Stat::HostErrors => "dynamic_sharding.host_errors_total",
             Stat::FanoutCalls => "dynamic_sharding.delete_fanout_calls_total",
             Stat::FanoutFailures => "dynamic_sharding.delete_fanout_failures_total",
+            Stat::Replications => "dynamic_sharding.replications_total",
+            Stat::ReplicationFailures => "dynamic_sharding.replication_failures_total",
             Stat::Members => "dynamic_sharding.members",
             Stat::MembersVersion => "dynamic_sharding.members_version",
             Stat::DeleteFanoutLimited => "dynamic_sharding.delete_fanout_limited_total",
@@ -126,16 +134,28 @@ pub trait Host {
     fn resume_request(&self) -> Result<(), HostError>;
     /// Answers the request with `reply`; nothing of it goes upstream.
     fn send_reply(&self, reply: &Reply) -> Result<(), HostError>;
-    /// Sends a body-less request to `cluster`; its answer (or failure) is reported with the
-    /// returned token.
+    /// Sends a request with `body` (none if empty) to `cluster`; its answer (or failure) is
+    /// reported with the returned token.
+    fn dispatch_http_call_with_body(
+        &self,
+        cluster: &str,
+        headers: Vec<(&str, &str)>,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// [`Host::dispatch_http_call_with_body`] without a body.
     fn dispatch_http_call(
         &self,
         cluster: &str,
         headers: Vec<(&str, &str)>,
         timeout: Duration,
-    ) -> Result<u32, HostError>;
+    ) -> Result<u32, HostError> {
+        self.dispatch_http_call_with_body(cluster, headers, &[], timeout)
+    }
     /// A header of the answer being reported (only while one is); `None` when absent or not UTF-8.
     fn http_call_response_header(&self, name: &str) -> Result<Option<String>, HostError>;
+    /// At most `max` bytes of the body of the answer being reported (only while one is).
+    fn http_call_response_body(&self, max: usize) -> Result<Vec<u8>, HostError>;
     /// The current value of a stat (every worker's counts).
     fn stat(&self, stat: Stat) -> Result<u64, HostError>;
     /// Adds one to a counter. A stat that cannot be counted is not worth failing a request for,

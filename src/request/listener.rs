@@ -2,10 +2,17 @@
 //! host it counts its stats on, and the worker's view of the member list, kept up to date.
 
 use super::host::{Host, Stat};
+use super::replication::Failure;
 use crate::config::{Config, Mode};
+use crate::routing::Replica;
 use crate::store::MemberView;
 use log::Level;
 use std::cell::{Cell, RefCell};
+
+/// Least time between two warnings about failed replications on one worker's listener: a
+/// standby that is down fails every write to its slot, and one line per write would flood the
+/// log. Each line says how many failures it stands for; the counter has them all.
+const REPLICATION_WARNING_PERIOD_NANOS: u64 = 1_000_000_000;
 
 /// What every request of one root context shares.
 pub struct Listener<H> {
@@ -14,6 +21,9 @@ pub struct Listener<H> {
     view: RefCell<MemberView>,
     /// `member_updates_accepted_total` when the view last caught up with the shared data.
     seen_updates: Cell<Option<u64>>,
+    /// When the last warning about a failed replication was logged, and the failures since.
+    replication_warned_at: Cell<Option<u64>>,
+    replication_failures_unlogged: Cell<u64>,
 }
 
 impl<H: Host> Listener<H> {
@@ -54,6 +64,8 @@ impl<H: Host> Listener<H> {
             host,
             view: RefCell::new(view),
             seen_updates: Cell::new(None),
+            replication_warned_at: Cell::new(None),
+            replication_failures_unlogged: Cell::new(0),
         };
         listener.refresh();
         if let Ok(view) = listener.view.try_borrow() {
@@ -73,6 +85,37 @@ impl<H: Host> Listener<H> {
         if self.config.mode != Mode::Control {
             self.refresh();
         }
+    }
+
+    /// A write that did not reach its standby: counted, and logged at warn unless a warning was
+    /// logged less than a second ago (the next one then says how many it stands for).
+    pub(super) fn replication_failed(&self, replica: &Replica, why: impl FnOnce() -> Failure) {
+        self.host.count(Stat::ReplicationFailures);
+        let now = self.host.now_nanos();
+        let quiet = self
+            .replication_warned_at
+            .get()
+            .is_some_and(|at| now.saturating_sub(at) < REPLICATION_WARNING_PERIOD_NANOS);
+        if quiet {
+            self.replication_failures_unlogged
+                .set(self.replication_failures_unlogged.get() + 1);
+            return;
+        }
+        let unlogged = self.replication_failures_unlogged.replace(0);
+        let more = if unlogged == 0 {
+            String::new()
+        } else {
+            format!(" ({unlogged} more replication failures since the last such line)")
+        };
+        self.replication_warned_at.set(Some(now));
+        let why = why();
+        self.host.log(
+            Level::Warn,
+            format_args!(
+                "replication to standby {} of slot {} failed ({why}): the standby lacks this write until consul-sync repairs it{more}",
+                replica.standby, replica.slot
+            ),
+        );
     }
 
     /// The view, or `None` while it is being refreshed (which a single-threaded worker never

@@ -16,12 +16,23 @@
 //! sees its answer no other copy is left. A call that failed, or a pushgateway registered but not
 //! passing (no call can reach it), leaves a tombstone that consul-sync applies later
 //! ([`delete`]); a `DELETE` that could not keep that promise is answered `503` instead.
+//!
+//! A write to a slot with a standby is copied as its body goes by ([`replication`], up to the
+//! configured limit) and sent to the standby when the body ended. The 307 waits for the standby's
+//! answer; in proxy mode the last bytes of the body do (the body streams to the active until
+//! then): the chunk that completes the declared length, or the end of a body of unknown length,
+//! as the active cannot answer without either. So in both modes the standby takes the write
+//! before the active, and the client's answer comes after both. A standby that fails costs the
+//! client nothing but the wait (bounded by `replication_timeout`): the failure is counted and
+//! logged, and a `DELETE` it missed leaves a tombstone for the standby, as a failed fan-out call
+//! does.
 
 pub mod calls;
 pub mod delete;
 pub mod header_map;
 pub mod host;
 pub mod listener;
+pub mod replication;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -39,6 +50,7 @@ pub use header_map::RequestHeaders;
 pub use host::{Host, HostError, Stat};
 pub use listener::Listener;
 use log::Level;
+use replication::{Failure, Replication};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,6 +77,18 @@ struct ControlRequest {
     authorization: Option<String>,
 }
 
+impl ControlRequest {
+    /// The largest body the endpoint takes: a member list of [`crate::members::MAX_MEMBERS`]
+    /// slots with standbys, or a tombstone acknowledgement.
+    fn body_limit(&self) -> usize {
+        if tombstones::is_tombstones_path(&self.path) {
+            tombstones::MAX_ACK_BYTES
+        } else {
+            MAX_UPDATE_BYTES
+        }
+    }
+}
+
 /// One request, from its headers to its end.
 pub struct Request<H: Host> {
     listener: Rc<Listener<H>>,
@@ -72,6 +96,10 @@ pub struct Request<H: Host> {
     after_body: Option<Reply>,
     control: Option<ControlRequest>,
     calls: InFlight,
+    /// A write being copied for its slot's standby, until its body ended.
+    replication: Option<Replication>,
+    /// Proxy mode: the last of the body is held until the standby answered.
+    holding: bool,
     /// A `DELETE` that may leave a copy behind, until it is answered.
     delete: Option<PendingDelete>,
 }
@@ -83,6 +111,8 @@ impl<H: Host> Request<H> {
             after_body: None,
             control: None,
             calls: InFlight::default(),
+            replication: None,
+            holding: false,
             delete: None,
         }
     }
@@ -105,33 +135,64 @@ impl<H: Host> Request<H> {
         if self.control.is_some() {
             return self.control_body(body_size, end_of_stream);
         }
-        if self.after_body.is_none() {
-            return Action::Continue;
+        if self.holding {
+            // Envoy keeps what comes meanwhile (the end of the stream) behind the held bytes.
+            return Action::Pause;
         }
-        if end_of_stream {
-            // The reply ends the request here; Envoy discards what it holds of the body.
-            if let Some(reply) = self.after_body.take() {
-                return self.after_calls(Then::Reply(reply));
-            }
+        self.copy_for_standby(body_size);
+        // Proxy mode: the active needs no end of stream after the declared length, so the
+        // chunk that completes it is the one to hold. (Redirect mode answers at the end of the
+        // stream, which always comes: nothing of the body goes on.)
+        let complete =
+            self.after_body.is_none() && self.replication.as_ref().is_some_and(Replication::complete);
+        if end_of_stream || complete {
+            return self.body_ended(body_size);
         }
         // Nothing goes upstream: drop the bytes so the buffer filter behind us holds nothing.
-        if body_size > 0 {
+        if self.after_body.is_some() && body_size > 0 {
             if let Err(e) = self.host().drop_request_body(body_size) {
-                self.after_body = None;
                 return self.internal_error(e);
             }
         }
         Action::Continue
     }
 
+    /// The body ended; the host still holds its last `last_chunk` bytes for this filter. Sends
+    /// the write to its standby, then the reply that waited for the body, or (proxy mode) lets
+    /// the end of the body go on to the active once the standby answered.
+    fn body_ended(&mut self, last_chunk: usize) -> Action {
+        let replicating = self.replicate();
+        if let Some(reply) = self.after_body.take() {
+            // Waiting for calls, hold nothing: the chunk would count against the buffer filter's
+            // limit, and a reply ends the request anyway.
+            if !self.calls.is_empty() && last_chunk > 0 {
+                if let Err(e) = self.host().drop_request_body(last_chunk) {
+                    return self.internal_error(e);
+                }
+            }
+            // The reply ends the request here; Envoy discards what it holds of the body.
+            return self.after_calls(Then::Reply(reply));
+        }
+        // A DELETE whose copy could not be sent settles its tombstone here too.
+        if replicating || self.delete.is_some() {
+            let action = self.after_calls(Then::Resume);
+            self.holding = action == Action::Pause;
+            return action;
+        }
+        Action::Continue
+    }
+
     /// The request trailers arrived: the body (if any) ended before them.
     pub fn on_trailers(&mut self) -> Action {
-        if let Some(reply) = self.after_body.take() {
-            return self.after_calls(Then::Reply(reply));
+        if self.holding {
+            return Action::Pause;
+        }
+        if self.after_body.is_some() || self.replication.is_some() {
+            return self.body_ended(0);
         }
         if let Some(request) = self.control.take() {
             // The body (paused, so held by Envoy) ended before the trailers.
-            return match self.host().request_body(0, MAX_UPDATE_BYTES + 1) {
+            return match self.host().request_body(0, request.body_limit() + 1) {
                 Ok(body) => self.serve_control(&request, &body),
                 Err(e) => self.internal_error(e),
             };
@@ -154,6 +215,15 @@ impl<H: Host> Request<H> {
                 .and_then(|s| s.parse::<u32>().ok())
         };
         match purpose {
+            Purpose::Replicate(replica) => {
+                if !status.is_some_and(|s| (200..300).contains(&s)) {
+                    // The answer's body is read only for a line that is logged: a standby that
+                    // is down fails every write to its slot.
+                    let why = || self.answer_failure(num_headers, status);
+                    self.listener.replication_failed(&replica, why);
+                    self.not_reached(replica.standby);
+                }
+            }
             Purpose::DeleteCopy(member) => {
                 if !status.is_some_and(|s| (200..300).contains(&s)) {
                     self.host().count(Stat::FanoutFailures);
@@ -169,9 +239,22 @@ impl<H: Host> Request<H> {
             }
         }
         if let Some(then) = self.calls.released() {
+            self.holding = false;
             let then = self.settle_delete(then);
             self.release(then);
         }
+    }
+
+    /// Why the call answer being reported is not a success.
+    fn answer_failure(&self, num_headers: usize, status: Option<u32>) -> Failure {
+        if num_headers == 0 {
+            return Failure::NoAnswer;
+        }
+        let body = self
+            .host()
+            .http_call_response_body(replication::REASON_BYTES)
+            .unwrap_or_default();
+        Failure::Status(status.unwrap_or(0), replication::reason(&body))
     }
 
     fn data_headers(&mut self, end_of_stream: bool) -> Result<Action, HostError> {
@@ -210,13 +293,26 @@ impl<H: Host> Request<H> {
         if !plan.fanout.is_empty() {
             self.delete_copies(path, &plan.fanout, headers.get("authorization"));
         }
+        let replication = plan.replica.map(|replica| {
+            Replication::new(
+                replica,
+                method,
+                path,
+                &headers,
+                listener.config.replication_body_limit,
+            )
+        });
         match plan.decision {
             Decision::PassThrough => Ok(Action::Continue),
             Decision::Route { owner } => {
                 host.set_request_header(destination, owner.as_str())?;
                 host.count(Stat::Proxied);
-                // Held (body included, up to the listener's buffer limit) until the fan-out
-                // answered; then on to the owner.
+                self.replication = replication;
+                if end_of_stream {
+                    self.replicate();
+                }
+                // Held (body included, up to the listener's buffer limit) until the fan-out and,
+                // without a body, the standby answered; then on to the owner.
                 Ok(self.after_calls(Then::Resume))
             }
             Decision::Reply { reply, outcome } => {
@@ -230,7 +326,12 @@ impl<H: Host> Request<H> {
                 // now saves it an upload that would only be thrown away (Envoy then closes the
                 // connection, a fair price for a large push).
                 let expects_continue = expect.is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                self.replication = replication;
                 if end_of_stream || mode == Mode::Proxy || expects_continue {
+                    if let (false, Some(r)) = (end_of_stream, self.replication.as_mut()) {
+                        r.body_not_read();
+                    }
+                    self.replicate();
                     Ok(self.after_calls(Then::Reply(reply)))
                 } else {
                     // Answer once the body is read, so the connection stays open.
@@ -264,13 +365,7 @@ impl<H: Host> Request<H> {
                 Ok(token) => self.calls.sent(token, Purpose::DeleteCopy(member.clone())),
                 Err(e) => {
                     host.count(Stat::FanoutFailures);
-                    // Measured: a call the cluster finds no host for (no destination header)
-                    // fails here, as InternalFailure.
-                    let why = match e.status {
-                        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
-                        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
-                        _ => e.to_string(),
-                    };
+                    let why = refused_call(e);
                     host.log(
                         Level::Warn,
                         format_args!(
@@ -283,9 +378,56 @@ impl<H: Host> Request<H> {
         }
     }
 
+    /// Copies a body chunk of `size` bytes for the standby, if a write is being copied.
+    fn copy_for_standby(&mut self, size: usize) {
+        let host = &self.listener.host;
+        if let Some(replication) = self.replication.as_mut() {
+            if replication.wants(size) {
+                replication.copy(host.request_body(0, size));
+            }
+        }
+    }
+
+    /// Sends the write being copied to its standby; true when the call is in flight. A write that
+    /// cannot be sent is counted and logged as failed, as one the standby refuses.
+    fn replicate(&mut self) -> bool {
+        let Some(replication) = self.replication.take() else {
+            return false;
+        };
+        let listener = Rc::clone(&self.listener);
+        let (host, config) = (&listener.host, &listener.config);
+        host.count(Stat::Replications);
+        let sent = match replication.call(&config.destination_header) {
+            Ok(call) => host
+                .dispatch_http_call_with_body(
+                    FANOUT_CLUSTER,
+                    call.headers,
+                    call.body,
+                    config.replication_timeout,
+                )
+                .map_err(|e| Failure::NotSent(refused_call(e))),
+            Err(why) => Err(why.clone()),
+        };
+        match sent {
+            Ok(token) => {
+                self.calls.sent(token, Purpose::Replicate(replication.replica));
+                true
+            }
+            Err(why) => {
+                listener.replication_failed(&replication.replica, || why);
+                self.not_reached(replication.replica.standby);
+                false
+            }
+        }
+    }
+
     /// Before a `DELETE` that goes to its owner sends anything: refuses it (the reply) when its
     /// fan-out would exceed this worker's bound, or when it could need a tombstone and the list
     /// is full; otherwise notes what it may owe. `absent`: pushgateways no call can reach now.
+    ///
+    /// The copy for the owner's standby can need a tombstone, but takes no place under the bound
+    /// by itself: it is one call per client request, as every replicated push is, where the
+    /// bound is there for the fan-out's one call per other pushgateway.
     fn begin_delete(&mut self, path: &str, plan: &routing::Plan, absent: Vec<Member>) -> Result<(), Reply> {
         let goes_to_owner = matches!(
             plan.decision,
@@ -295,7 +437,7 @@ impl<H: Host> Request<H> {
                     ..
                 }
         );
-        if !goes_to_owner || (plan.fanout.is_empty() && absent.is_empty()) {
+        if !goes_to_owner || (plan.fanout.is_empty() && absent.is_empty() && plan.replica.is_none()) {
             return Ok(());
         }
         let (config, host) = (&self.listener.config, &self.listener.host);
@@ -339,8 +481,12 @@ impl<H: Host> Request<H> {
     }
 
     /// Once every call of a `DELETE` answered: its tombstone, if it did not reach every
-    /// pushgateway; `then` goes ahead unless the tombstone could not be kept (then `503`).
+    /// pushgateway; `then` goes ahead unless the tombstone could not be kept (then `503`). Not
+    /// before the copy for the standby was sent (it waits for the end of a body) and answered.
     fn settle_delete(&mut self, then: Then) -> Then {
+        if self.replication.is_some() {
+            return then;
+        }
         let Some(d) = self.delete.take() else {
             return then;
         };
@@ -400,7 +546,7 @@ impl<H: Host> Request<H> {
                     self.host().count(Stat::HostErrors);
                     self.host().log(
                         Level::Error,
-                        format_args!("could not resume the DELETE after its fan-out: {e}"),
+                        format_args!("could not resume the request after its calls: {e}"),
                     );
                 }
             }
@@ -418,7 +564,10 @@ impl<H: Host> Request<H> {
         Action::Pause
     }
 
-    fn internal_error(&self, e: HostError) -> Action {
+    fn internal_error(&mut self, e: HostError) -> Action {
+        // Answered here: nothing that waited for the body or the calls is carried out.
+        self.after_body = None;
+        self.replication = None;
         self.host().count(Stat::HostErrors);
         self.host()
             .log(Level::Error, format_args!("request refused: {e}"));
@@ -449,10 +598,21 @@ impl<H: Host> Request<H> {
     }
 
     fn control_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if body_size > MAX_UPDATE_BYTES {
-            let why = format!("body is over {MAX_UPDATE_BYTES} bytes");
+        let Some(request) = self.control.as_ref() else {
+            return Action::Continue;
+        };
+        let limit = request.body_limit();
+        if body_size > limit {
+            let why = format!("body is over {limit} bytes");
             let reply = Reply::json(413, serde_json::json!({ "error": why }).to_string());
-            self.host().count(Stat::UpdatesRejected);
+            if tombstones::is_tombstones_path(&request.path) {
+                self.host().log(
+                    Level::Warn,
+                    format_args!("tombstone request refused (413): {why}"),
+                );
+            } else {
+                self.host().count(Stat::UpdatesRejected);
+            }
             self.control = None;
             return self.reply(&reply);
         }
@@ -551,9 +711,20 @@ impl<H: Host> Drop for Request<H> {
             }
         }
         d.unreached
-            .extend(self.calls.pending().filter_map(Purpose::deletes_on).cloned());
+            .extend(self.calls.pending().map(Purpose::target).cloned());
         if !d.unreached.is_empty() {
             let _ = self.record_tombstone(&d);
         }
+    }
+}
+
+/// Why the host would not send a call to `pushgateway_owner`, as the operator can act on it.
+fn refused_call(e: HostError) -> String {
+    // Measured: a call the cluster finds no host for (no destination header) fails here, as
+    // InternalFailure.
+    match e.status {
+        host::BAD_ARGUMENT => format!("cluster {FANOUT_CLUSTER} is not configured"),
+        host::INTERNAL_FAILURE => format!("cluster {FANOUT_CLUSTER} found no host for it"),
+        _ => e.to_string(),
     }
 }

@@ -30,6 +30,7 @@ pub struct Sent {
     pub token: u32,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     pub timeout: Duration,
 }
 
@@ -79,6 +80,8 @@ pub struct FakeHost {
     pub body: RefCell<Vec<u8>>,
     /// The headers of the call answer being reported.
     response: RefCell<Vec<(String, String)>>,
+    /// The body of the call answer being reported.
+    pub response_body: RefCell<Vec<u8>>,
     pub shared: RefCell<SharedData>,
     done: RefCell<Vec<Done>>,
     stats: RefCell<[u64; Stat::ALL.len()]>,
@@ -225,10 +228,11 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn dispatch_http_call(
+    fn dispatch_http_call_with_body(
         &self,
         cluster: &str,
         headers: Vec<(&str, &str)>,
+        body: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
         self.check("dispatch_http_call")?;
@@ -241,6 +245,7 @@ impl Host for FakeHost {
                 .into_iter()
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
                 .collect(),
+            body: body.to_vec(),
             timeout,
         }));
         Ok(token)
@@ -254,6 +259,12 @@ impl Host for FakeHost {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone()))
+    }
+
+    fn http_call_response_body(&self, max: usize) -> Result<Vec<u8>, HostError> {
+        self.check("http_call_response_body")?;
+        let body = self.response_body.borrow();
+        Ok(body[..max.min(body.len())].to_vec())
     }
 
     fn stat(&self, stat: Stat) -> Result<u64, HostError> {

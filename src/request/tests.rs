@@ -5,6 +5,7 @@ use super::*;
 use crate::config::Config;
 use crate::members::{Member, MemberList};
 use crate::store::{bump_generation, SharedStore, MEMBERS_KEY};
+use std::time::Duration;
 
 const DEST: &str = "x-sharding-destination";
 const TOKEN: &str = "s3cret";
@@ -36,7 +37,7 @@ fn push<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
 /// The member `path`'s group belongs to, by the listener's own ring.
 fn owner(l: &TestListener, path: &str) -> String {
     let view = l.view().unwrap();
-    match routing::decide(Mode::Proxy, "PUT", path, view.ring()) {
+    match routing::decide(Mode::Proxy, "PUT", path, view.ring(), view.list()) {
         Decision::Route { owner } => owner.to_string(),
         other => panic!("no owner for {path}: {other:?}"),
     }
@@ -620,7 +621,8 @@ fn calls_in_flight_at_the_end_of_the_body_hold_the_answer() {
     r.on_headers(false);
     let sent = l.host().sent();
     assert_eq!(r.on_body(4, true), Action::Pause);
-    assert_eq!(l.host().take(), []);
+    // Nothing is held while the answer waits: the last chunk too is dropped.
+    assert_eq!(l.host().take(), [Done::DropBody(4)]);
     for call in &sent {
         answer(&l, &mut r, call, "202");
     }
@@ -660,7 +662,7 @@ fn a_delete_that_cannot_go_on_after_its_calls_is_counted_and_logged() {
         answer(&l, &mut r, &call, "202");
     }
     assert_eq!(l.host().stat_value(Stat::HostErrors), 1);
-    assert_warned(l.host(), "could not resume the DELETE");
+    assert_warned(l.host(), "could not resume the request after its calls");
 }
 
 #[test]
@@ -678,6 +680,468 @@ fn answers_after_the_request_was_refused_do_nothing() {
         }
     }
     assert_eq!(l.host().take(), [], "no second answer, no resume");
+}
+
+// ---- replication: every write to a slot with a standby reaches the standby too ----
+
+/// The three slots of [`MEMBERS`]: the first promoted (served at `10.0.1.1`, its old address now
+/// its standby), the second with a standby at `10.0.1.2`, the third without one; and a draining
+/// slot with a standby.
+fn slotted_list() -> MemberList {
+    MemberList::new(2, &MEMBERS)
+        .and_then(|l| l.with_draining(&["10.0.0.9:9091"]))
+        .and_then(|l| {
+            l.with_slots([
+                ("10.0.0.1:9091", "10.0.1.1:9091", Some("10.0.0.1:9091")),
+                ("10.0.0.2:9091", "10.0.0.2:9091", Some("10.0.1.2:9091")),
+                ("10.0.0.9:9091", "10.0.0.9:9091", Some("10.0.1.9:9091")),
+            ])
+        })
+        .unwrap()
+}
+
+/// A data listener routing with [`slotted_list`], replication settings in `extra` (JSON fields).
+fn slotted(mode: &str, extra: serde_json::Value) -> TestListener {
+    let mut json = serde_json::json!({ "mode": mode, "members": MEMBERS, "control_token": TOKEN });
+    if let (Some(config), Some(extra)) = (json.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    let config = Config::parse(json.to_string().as_bytes(), |_| None).unwrap();
+    let l = Rc::new(Listener::start(config, FakeHost::default()));
+    publish(l.host(), &slotted_list());
+    l
+}
+
+/// A push path of a group that slot `slot` owns.
+fn owned_by(l: &TestListener, slot: &str) -> String {
+    let view = l.view().unwrap();
+    (0..10_000)
+        .map(|i| format!("/metrics/job/r{i}/instance/i"))
+        .find(|p| {
+            let hash = crate::grouping_key::GroupingKey::from_path(p).unwrap().hash();
+            view.ring().owner(hash).unwrap().as_str() == slot
+        })
+        .unwrap()
+}
+
+/// Slot `10.0.0.2:9091`: served at its name, standby `10.0.1.2:9091`.
+const SLOT: &str = "10.0.0.2:9091";
+const STANDBY: &str = "10.0.1.2:9091";
+
+fn calls_of(done: &[Done]) -> Vec<Sent> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::Call(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that a push whose body ended with `end` went on as an unreplicated one: nothing of
+/// its body read, no call, and its 307 sent (redirect) or its body on to the active (proxy).
+fn went_on_uncopied(host: &FakeHost, mode: &str, end: Action) {
+    let done = host.take();
+    assert!(
+        !done
+            .iter()
+            .any(|d| matches!(d, Done::Call(_) | Done::ReadBody { .. })),
+        "{mode}: {done:?}"
+    );
+    match mode {
+        "redirect" => {
+            assert_eq!(end, Action::Pause);
+            assert!(done
+                .iter()
+                .any(|d| matches!(d, Done::Reply(r) if r.status == 307)));
+        }
+        _ => assert_eq!(end, Action::Continue),
+    }
+}
+
+fn replication_stats(l: &TestListener) -> (u64, u64) {
+    (
+        l.host().stat_value(Stat::Replications),
+        l.host().stat_value(Stat::ReplicationFailures),
+    )
+}
+
+#[test]
+fn a_redirected_push_is_copied_to_the_standby_before_its_307() {
+    let l = slotted("redirect", serde_json::json!({}));
+    let path = format!("{}?x=1", owned_by(&l, SLOT));
+    let mut headers = push("PUT", &path);
+    headers.extend([
+        ("content-type", "text/plain; version=0.0.4"),
+        ("authorization", "Basic dTpw"),
+        ("cookie", "c=1"),
+    ]);
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    // Each chunk is read, then dropped as before.
+    *l.host().body.borrow_mut() = b"m 1\n".to_vec();
+    assert_eq!(r.on_body(4, false), Action::Continue);
+    assert_eq!(
+        l.host().take(),
+        [Done::ReadBody { start: 0, max: 4 }, Done::DropBody(4)]
+    );
+    *l.host().body.borrow_mut() = b"n 2\n".to_vec();
+    assert_eq!(r.on_body(4, true), Action::Pause);
+    let done = l.host().take();
+    let calls = calls_of(&done);
+    assert_eq!(calls.len(), 1, "{done:?}");
+    assert!(!done.iter().any(|d| matches!(d, Done::Reply(_))), "the 307 waits");
+    assert_eq!(done.last(), Some(&Done::DropBody(4)), "nothing held meanwhile");
+    let call = &calls[0];
+    assert_eq!(call.cluster, FANOUT_CLUSTER);
+    assert_eq!(call.timeout, Duration::from_secs(2));
+    assert_eq!(call.body, b"m 1\nn 2\n");
+    let expected: Vec<(String, String)> = [
+        (":method", "PUT"),
+        (":path", path.as_str()),
+        (":authority", STANDBY),
+        (":scheme", "http"),
+        (DEST, STANDBY),
+        ("content-type", "text/plain; version=0.0.4"),
+        ("authorization", "Basic dTpw"),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(call.headers, expected);
+    answer(&l, &mut r, call, "200");
+    let replies = l.host().replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        location(&replies[0]),
+        Some(format!("http://{SLOT}{path}").as_str())
+    );
+    assert_eq!(replication_stats(&l), (1, 0));
+}
+
+#[test]
+fn a_push_goes_to_the_active_of_a_promoted_slot_and_its_copy_to_the_old_active() {
+    let l = slotted("redirect", serde_json::json!({}));
+    let path = owned_by(&l, "10.0.0.1:9091");
+    let mut r = request(&l, &push("POST", &path));
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let calls = l.host().sent();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].header(DEST), Some("10.0.0.1:9091"));
+    assert_eq!(calls[0].header(":method"), Some("POST"));
+    assert!(calls[0].body.is_empty());
+    answer(&l, &mut r, &calls[0], "202");
+    let replies = l.host().replies();
+    assert_eq!(
+        location(&replies[0]),
+        Some(format!("http://10.0.1.1:9091{path}").as_str())
+    );
+    // Proxy mode routes it there too.
+    let l = slotted("proxy", serde_json::json!({}));
+    request(&l, &push("PUT", &path)).on_headers(false);
+    assert_eq!(
+        l.host().take(),
+        [Done::SetHeader(DEST.into(), "10.0.1.1:9091".into())]
+    );
+}
+
+#[test]
+fn a_slot_without_a_standby_costs_a_push_nothing_more() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({}));
+        let path = owned_by(&l, "10.0.0.3:9091");
+        let mut r = request(&l, &push("PUT", &path));
+        r.on_headers(false);
+        r.on_body(4, false);
+        let end = r.on_body(4, true);
+        went_on_uncopied(l.host(), mode, end);
+        assert_eq!(replication_stats(&l), (0, 0), "{mode}");
+    }
+}
+
+#[test]
+fn a_proxied_push_ends_at_the_active_only_after_the_standby_answered() {
+    let l = slotted("proxy", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut r = request(&l, &push("PUT", &path));
+    assert_eq!(r.on_headers(false), Action::Continue, "streams to the active");
+    assert_eq!(l.host().take(), [Done::SetHeader(DEST.into(), SLOT.into())]);
+    *l.host().body.borrow_mut() = b"m 1\n".to_vec();
+    assert_eq!(r.on_body(4, false), Action::Continue, "on to the active");
+    assert_eq!(l.host().take(), [Done::ReadBody { start: 0, max: 4 }]);
+    *l.host().body.borrow_mut() = b"n 2\n".to_vec();
+    assert_eq!(r.on_body(4, true), Action::Pause, "the end of the body waits");
+    let calls = l.host().sent();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body, b"m 1\nn 2\n");
+    assert_eq!(calls[0].header(DEST), Some(STANDBY));
+    answer(&l, &mut r, &calls[0], "202");
+    assert_eq!(l.host().take(), [Done::Resume]);
+    assert_eq!(replication_stats(&l), (1, 0));
+}
+
+#[test]
+fn a_proxied_push_holds_the_chunk_that_completes_its_declared_length() {
+    let l = slotted("proxy", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut headers = push("PUT", &path);
+    headers.push(("content-length", "8"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Continue);
+    *l.host().body.borrow_mut() = b"m 1\n".to_vec();
+    assert_eq!(r.on_body(4, false), Action::Continue);
+    *l.host().body.borrow_mut() = b"n 2\n".to_vec();
+    // The active would answer on these bytes alone: they wait for the standby.
+    assert_eq!(r.on_body(4, false), Action::Pause);
+    let calls = calls_of(&l.host().take());
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body, b"m 1\nn 2\n");
+    // What comes while they are held is held too, and not copied again.
+    assert_eq!(r.on_body(8, true), Action::Pause);
+    assert_eq!(r.on_trailers(), Action::Pause);
+    assert_eq!(l.host().take(), []);
+    answer(&l, &mut r, &calls[0], "200");
+    assert_eq!(l.host().take(), [Done::Resume]);
+    // After the resume, anything later goes on untouched.
+    assert_eq!(r.on_body(0, true), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    assert_eq!(replication_stats(&l), (1, 0));
+}
+
+#[test]
+fn a_body_less_proxied_write_goes_on_once_the_standby_answered() {
+    let l = slotted("proxy", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut r = request(&l, &push("PUT", &path));
+    assert_eq!(r.on_headers(true), Action::Pause);
+    let done = l.host().take();
+    let calls = calls_of(&done);
+    assert_eq!(calls.len(), 1, "{done:?}");
+    r.on_call_response(calls[0].token, 0);
+    assert_eq!(l.host().take(), [Done::Resume]);
+    assert_eq!(replication_stats(&l), (1, 1));
+}
+
+#[test]
+fn a_standby_that_fails_does_not_fail_the_push() {
+    for (status, body, reason) in [
+        (Some("500"), "", "(status 500)"),
+        (
+            Some("400"),
+            "text format parsing error in line 1: invalid metric name\nmore",
+            "(status 400: text format parsing error in line 1: invalid metric name)",
+        ),
+        // What Envoy answers itself when replication_timeout passed.
+        (
+            Some("504"),
+            "upstream request timeout",
+            "(status 504: upstream request timeout)",
+        ),
+        (None, "", "(no answer)"),
+    ] {
+        for mode in ["redirect", "proxy"] {
+            let l = slotted(mode, serde_json::json!({}));
+            let path = owned_by(&l, SLOT);
+            let mut r = request(&l, &push("PUT", &path));
+            r.on_headers(false);
+            r.on_body(4, true);
+            let calls = l.host().sent();
+            *l.host().response_body.borrow_mut() = body.as_bytes().to_vec();
+            match status {
+                Some(s) => answer(&l, &mut r, &calls[0], s),
+                None => r.on_call_response(calls[0].token, 0),
+            }
+            let done = l.host().take();
+            let carried_on = match mode {
+                "redirect" => matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307),
+                _ => done == [Done::Resume],
+            };
+            assert!(carried_on, "{mode} {reason}: {done:?}");
+            assert_eq!(replication_stats(&l), (1, 1), "{mode} {reason}");
+            assert_warned(
+                l.host(),
+                &format!("replication to standby {STANDBY} of slot {SLOT} failed {reason}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_body_over_the_limit_is_not_copied_and_the_push_goes_on() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({"replication_body_limit": 1024}));
+        let path = owned_by(&l, SLOT);
+        let mut r = request(&l, &push("PUT", &path));
+        r.on_headers(false);
+        *l.host().body.borrow_mut() = vec![b'#'; 1000];
+        r.on_body(1000, false);
+        l.host().take();
+        // The chunk that takes it over the limit is not read, nor any after it.
+        r.on_body(25, false);
+        let end = r.on_body(4, true);
+        went_on_uncopied(l.host(), mode, end);
+        assert_eq!(replication_stats(&l), (1, 1), "{mode}");
+        assert_warned(l.host(), "the body is over replication_body_limit (1024 bytes)");
+    }
+}
+
+#[test]
+fn a_declared_length_over_the_limit_reads_nothing() {
+    let l = slotted("proxy", serde_json::json!({"replication_body_limit": 1024}));
+    let path = owned_by(&l, SLOT);
+    let mut headers = push("PUT", &path);
+    headers.push(("content-length", "1025"));
+    let mut r = request(&l, &headers);
+    r.on_headers(false);
+    assert_eq!(r.on_body(4, false), Action::Continue);
+    assert_eq!(r.on_body(4, true), Action::Continue);
+    assert_eq!(l.host().take(), [Done::SetHeader(DEST.into(), SLOT.into())]);
+    assert_eq!(replication_stats(&l), (1, 1));
+}
+
+#[test]
+fn a_client_answered_before_its_body_is_a_failed_replication() {
+    let l = slotted("redirect", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut headers = push("PUT", &path);
+    headers.push(("expect", "100-continue"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Pause);
+    let done = l.host().take();
+    assert!(
+        matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307),
+        "{done:?}"
+    );
+    assert_eq!(replication_stats(&l), (1, 1));
+    assert_warned(l.host(), "Expect: 100-continue");
+}
+
+#[test]
+fn a_call_the_host_refuses_is_a_failed_replication() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({}));
+        l.host().fail("dispatch_http_call", host::INTERNAL_FAILURE);
+        let path = owned_by(&l, SLOT);
+        let mut r = request(&l, &push("PUT", &path));
+        r.on_headers(false);
+        let end = r.on_body(4, true);
+        // Nothing in flight: the push goes on at once.
+        match mode {
+            "redirect" => assert_eq!(l.host().replies()[0].status, 307),
+            _ => assert_eq!(end, Action::Continue),
+        }
+        assert_eq!(replication_stats(&l), (1, 1), "{mode}");
+        assert_warned(l.host(), "(cluster pushgateway_owner found no host for it)");
+    }
+}
+
+#[test]
+fn a_body_that_cannot_be_read_is_a_failed_replication() {
+    let l = slotted("proxy", serde_json::json!({}));
+    l.host().fail("request_body", 2);
+    let path = owned_by(&l, SLOT);
+    let mut r = request(&l, &push("PUT", &path));
+    r.on_headers(false);
+    assert_eq!(r.on_body(4, true), Action::Continue);
+    assert_eq!(replication_stats(&l), (1, 1));
+    assert_eq!(
+        l.host().stat_value(Stat::HostErrors),
+        0,
+        "the push itself is fine"
+    );
+    assert_warned(l.host(), "the body could not be read");
+}
+
+#[test]
+fn trailers_end_a_body_that_is_being_copied() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({}));
+        let path = owned_by(&l, SLOT);
+        let mut r = request(&l, &push("PUT", &path));
+        r.on_headers(false);
+        r.on_body(4, false);
+        l.host().take();
+        assert_eq!(r.on_trailers(), Action::Pause, "{mode}");
+        let calls = l.host().sent();
+        assert_eq!(calls.len(), 1, "{mode}");
+        answer(&l, &mut r, &calls[0], "200");
+        let done = l.host().take();
+        match mode {
+            "redirect" => assert!(matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307)),
+            _ => assert_eq!(done, [Done::Resume]),
+        }
+        assert_eq!(r.on_trailers(), Action::Continue, "{mode}: once");
+    }
+}
+
+#[test]
+fn a_push_answered_500_sends_no_copy() {
+    let l = slotted("redirect", serde_json::json!({}));
+    l.host().fail("drop_request_body", 2);
+    let path = owned_by(&l, SLOT);
+    let mut r = request(&l, &push("PUT", &path));
+    r.on_headers(false);
+    assert_eq!(r.on_body(4, false), Action::Pause);
+    assert_eq!(l.host().replies()[0].status, 500);
+    assert_eq!(r.on_body(4, true), Action::Continue);
+    assert_eq!(l.host().take(), []);
+    assert_eq!(replication_stats(&l), (0, 0));
+}
+
+#[test]
+fn lookups_and_refused_writes_are_not_copied() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({}));
+        let path = owned_by(&l, SLOT);
+        for (method, p) in [
+            ("GET", path.as_str()),
+            ("HEAD", path.as_str()),
+            ("PUT", "/metrics/job/j/odd"),
+        ] {
+            let mut r = request(&l, &push(method, p));
+            r.on_headers(true);
+            assert_eq!(l.host().sent(), [], "{mode} {method} {p}");
+        }
+        assert_eq!(replication_stats(&l), (0, 0));
+    }
+}
+
+#[test]
+fn a_delete_reaches_the_standby_and_every_address_of_the_other_slots() {
+    for mode in ["redirect", "proxy"] {
+        let l = slotted(mode, serde_json::json!({}));
+        let path = owned_by(&l, SLOT);
+        let mut r = request(&l, &push("DELETE", &path));
+        assert_eq!(r.on_headers(true), Action::Pause);
+        let calls = calls_of(&l.host().take());
+        let mut reached: Vec<&str> = calls.iter().map(|c| c.header(DEST).unwrap()).collect();
+        reached.sort_unstable();
+        assert_eq!(
+            reached,
+            [
+                "10.0.0.1:9091",
+                "10.0.0.3:9091",
+                "10.0.0.9:9091",
+                "10.0.1.1:9091",
+                "10.0.1.2:9091",
+                "10.0.1.9:9091"
+            ],
+            "{mode}"
+        );
+        assert!(calls.iter().all(|c| c.header(":method") == Some("DELETE")));
+        assert_eq!(l.host().stat_value(Stat::FanoutCalls), 5, "{mode}");
+        assert_eq!(replication_stats(&l), (1, 0), "{mode}");
+        for call in &calls[..calls.len() - 1] {
+            answer(&l, &mut r, call, "202");
+        }
+        assert_eq!(l.host().take(), [], "{mode}: waits for every call");
+        answer(&l, &mut r, &calls[calls.len() - 1], "202");
+        let done = l.host().take();
+        match mode {
+            "redirect" => assert!(matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307)),
+            _ => assert_eq!(done, [Done::Resume]),
+        }
+    }
 }
 
 // ---- DELETE: what it owes to the pushgateways it did not reach ----
@@ -863,6 +1327,37 @@ fn a_tombstone_that_cannot_be_kept_turns_the_answer_into_a_503_naming_the_pushga
 }
 
 #[test]
+fn failed_replications_are_warned_about_at_most_once_a_second() {
+    let l = slotted("redirect", serde_json::json!({}));
+    l.host().fail("dispatch_http_call", host::INTERNAL_FAILURE);
+    let path = owned_by(&l, SLOT);
+    let push_once = |at_ms: u64| {
+        l.host().now.set(at_ms * 1_000_000);
+        request(&l, &push("PUT", &path)).on_headers(true);
+    };
+    let lines = || {
+        warnings(l.host())
+            .into_iter()
+            .filter(|m| m.starts_with("replication to standby"))
+            .collect::<Vec<_>>()
+    };
+    push_once(5_000);
+    push_once(5_400);
+    push_once(5_999);
+    assert_eq!(lines().len(), 1);
+    push_once(6_000);
+    let logged = lines();
+    assert_eq!(logged.len(), 2);
+    assert!(
+        logged[1].ends_with("(2 more replication failures since the last such line)"),
+        "{logged:?}"
+    );
+    assert!(!logged[0].contains("more replication failures"));
+    // Every one is counted.
+    assert_eq!(replication_stats(&l), (4, 4));
+}
+
+#[test]
 fn fanouts_beyond_the_bound_of_a_worker_are_refused_and_places_come_back() {
     let l = with_absent("redirect", r#", "max_delete_fanouts": 2"#, &[]);
     let proxy = with_absent("proxy", r#", "max_delete_fanouts": 2"#, &[]);
@@ -931,6 +1426,121 @@ fn a_delete_whose_client_went_away_leaves_a_tombstone_for_the_calls_in_flight() 
     in_flight.sort();
     assert_eq!(t[0].pushgateways, in_flight);
     assert_eq!(delete::FanoutSlot::taken(), 1, "until the calls' timeout");
+}
+
+// ---- DELETE to a slot with a standby: the standby is one more pushgateway to reach ----
+
+/// A listener whose list has one slot, [`SLOT`], with the standby [`STANDBY`]: a `DELETE` has
+/// nothing to fan out to, only its copy for the standby.
+fn one_slot_with_a_standby(mode: &str, settings: &str) -> TestListener {
+    let json = format!(r#"{{"mode": "{mode}", "members": [], "control_token": "{TOKEN}"{settings}}}"#);
+    let config = Config::parse(json.as_bytes(), |_| None).unwrap();
+    let l = Rc::new(Listener::start(config, FakeHost::default()));
+    let list = MemberList::new(1, &[SLOT])
+        .and_then(|m| m.with_slots([(SLOT, SLOT, Some(STANDBY))]))
+        .unwrap();
+    publish(l.host(), &list);
+    l
+}
+
+#[test]
+fn a_delete_the_standby_did_not_take_leaves_a_tombstone_for_it() {
+    for mode in ["redirect", "proxy"] {
+        for failure in ["503", "no answer"] {
+            let l = slotted(mode, serde_json::json!({}));
+            let path = owned_by(&l, SLOT);
+            let mut r = request(&l, &push("DELETE", &path));
+            r.on_headers(true);
+            for call in calls_of(&l.host().take()) {
+                match (call.header(DEST), failure) {
+                    (Some(STANDBY), "no answer") => r.on_call_response(call.token, 0),
+                    (Some(STANDBY), status) => answer(&l, &mut r, &call, status),
+                    _ => answer(&l, &mut r, &call, "202"),
+                }
+            }
+            let done = l.host().take();
+            match mode {
+                "redirect" => assert!(
+                    matches!(done.as_slice(), [Done::Reply(r)] if r.status == 307),
+                    "{done:?}"
+                ),
+                _ => assert_eq!(done, [Done::Resume]),
+            }
+            let t = held(&l);
+            assert_eq!(t.len(), 1, "{mode} {failure}");
+            assert_eq!(t[0].pushgateways, members(&[STANDBY]), "{mode} {failure}");
+            assert_eq!(replication_stats(&l), (1, 1));
+            assert_eq!(l.host().stat_value(Stat::FanoutFailures), 0);
+        }
+    }
+}
+
+#[test]
+fn a_delete_whose_copy_cannot_be_sent_leaves_a_tombstone_for_the_standby() {
+    // Nothing else to reach: the refusal is the only debt, settled at once.
+    let l = one_slot_with_a_standby("proxy", "");
+    l.host().fail("dispatch_http_call", host::INTERNAL_FAILURE);
+    let mut r = request(&l, &push("DELETE", PATH));
+    assert_eq!(r.on_headers(true), Action::Continue);
+    assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]));
+    // Proxy mode with a body: the copy is sent (or not) only at its end, after the fan-out
+    // answered; the tombstone waits for it.
+    let l = slotted("proxy", serde_json::json!({}));
+    let path = owned_by(&l, SLOT);
+    let mut headers = push("DELETE", &path);
+    headers.push(("content-length", "2000000"));
+    let mut r = request(&l, &headers);
+    assert_eq!(r.on_headers(false), Action::Pause);
+    for call in calls_of(&l.host().take()) {
+        answer(&l, &mut r, &call, "202");
+    }
+    assert!(l.host().take().contains(&Done::Resume));
+    assert_eq!(held(&l), [], "the copy is still to be sent");
+    assert_eq!(r.on_body(2_000_000, true), Action::Continue);
+    assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]));
+    assert_eq!(replication_stats(&l), (1, 1));
+}
+
+#[test]
+fn the_copy_for_the_standby_takes_no_place_under_the_fanout_bound() {
+    // The only place of this worker is taken by a DELETE in fan-out.
+    let busy = with_absent("redirect", r#", "max_delete_fanouts": 1"#, &[]);
+    let mut first = request(&busy, &push("DELETE", PATH));
+    first.on_headers(true);
+    assert_eq!(delete::FanoutSlot::taken(), 1);
+    for mode in ["redirect", "proxy"] {
+        let l = one_slot_with_a_standby(mode, r#", "max_delete_fanouts": 1"#);
+        let mut r = request(&l, &push("DELETE", PATH));
+        assert_eq!(r.on_headers(true), Action::Pause, "{mode}: waits for the standby");
+        let calls = calls_of(&l.host().take());
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].header(DEST), Some(STANDBY));
+        assert_eq!(l.host().stat_value(Stat::DeleteFanoutLimited), 0);
+        // Its client goes away: the standby may not have the DELETE.
+        drop(r);
+        assert_eq!(held(&l)[0].pushgateways, members(&[STANDBY]), "{mode}");
+        assert_eq!(delete::FanoutSlot::taken(), 1, "{mode}: no place of its own");
+    }
+}
+
+#[test]
+fn a_full_tombstone_list_refuses_a_delete_to_a_slot_with_a_standby() {
+    for mode in ["redirect", "proxy"] {
+        let l = one_slot_with_a_standby(mode, r#", "max_tombstones": 2"#);
+        l.host().add_to_stat(Stat::Tombstones, 2);
+        let mut r = request(&l, &push("DELETE", PATH));
+        assert_eq!(r.on_headers(true), Action::Pause);
+        let done = l.host().take();
+        let [Done::Reply(reply)] = done.as_slice() else {
+            panic!("{mode}: expected only a reply, got {done:?}");
+        };
+        assert_eq!(reply.status, 503, "{mode}");
+        assert!(reply.body.contains("max_tombstones 2"), "{}", reply.body);
+        assert_eq!(replication_stats(&l), (0, 0), "{mode}: nothing sent");
+        // Pushes to it owe no tombstone: they go on.
+        request(&l, &push("PUT", PATH)).on_headers(true);
+        assert_eq!(replication_stats(&l), (1, 0), "{mode}");
+    }
 }
 
 // ---- the control listener ----
@@ -1011,7 +1621,9 @@ fn a_control_body_over_the_limit_is_refused_413() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].status, 413);
     assert!(
-        replies[0].body.contains("body is over 65536 bytes"),
+        replies[0]
+            .body
+            .contains(&format!("body is over {MAX_UPDATE_BYTES} bytes")),
         "{}",
         replies[0].body
     );
@@ -1029,6 +1641,41 @@ fn a_control_body_over_the_limit_is_refused_413() {
     r.on_headers(false);
     r.on_body(MAX_UPDATE_BYTES, true);
     assert_eq!(l.host().replies()[0].status, 200);
+}
+
+#[test]
+fn a_tombstone_acknowledgement_has_its_own_smaller_limit() {
+    let l = listener("control", &MEMBERS);
+    let auth = format!("Bearer {TOKEN}");
+    let mut ack = push("POST", "/-/sharding/tombstones/ack");
+    ack.push(("authorization", auth.as_str()));
+    let mut r = request(&l, &ack);
+    r.on_headers(false);
+    assert_eq!(
+        r.on_body(crate::tombstones::MAX_ACK_BYTES + 1, false),
+        Action::Pause
+    );
+    let replies = l.host().replies();
+    assert_eq!(replies[0].status, 413);
+    assert!(
+        replies[0].body.contains("body is over 65536 bytes"),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(
+        l.host().stat_value(Stat::UpdatesRejected),
+        0,
+        "not a member update"
+    );
+    assert_warned(l.host(), "tombstone request refused (413)");
+    // A member update of that size is read.
+    let mut r = control_put(&l, TOKEN);
+    r.on_headers(false);
+    assert_eq!(
+        r.on_body(crate::tombstones::MAX_ACK_BYTES + 1, false),
+        Action::Pause
+    );
+    assert_eq!(l.host().replies(), []);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! A real Prometheus: 2.24.1 (built with Consul discovery) scraping the passing pushgateways of a
-//! test Consul every second, as the README tells users to configure it (`honor_labels`, passing
+//! test Consul every second, as docs/production.md tells users to configure it (`honor_labels`, passing
 //! instances only, and a `pushgateway` target label so that a second copy of a group shows as a
 //! second series); or either version with a configuration of the test's, also in agent mode.
 //! Also the readers of the Prometheus HTTP API that vmagent and VictoriaMetrics share.

@@ -8,8 +8,9 @@ use dynamic_sharding::ring::Ring;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 use testkit::envoy::{Envoy, EnvoyOptions};
-use testkit::{Pushgateway, TestDir};
+use testkit::{wait_until, Pushgateway, TestDir};
 
 /// The owner the shared library computes: the same code consul-sync uses.
 pub fn expected_owner(members: &[String], path: &str) -> String {
@@ -95,6 +96,21 @@ pub fn send_on(
     let mut rest = vec![0; len];
     conn.read_exact(&mut rest).unwrap();
     (status, headers)
+}
+
+/// Waits until every thread of `pid` is stopped: SIGSTOP returns before that, and on a busy
+/// machine a Go process was seen answering requests 300 ms after it.
+pub fn wait_stopped(pid: u32) {
+    wait_until(&format!("pid {pid} is stopped"), Duration::from_secs(5), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let all_stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        });
+        all_stopped.then_some(())
+    });
 }
 
 /// Resident memory of `pid`, in KiB.

@@ -74,11 +74,20 @@ impl Host for NullHost {
         self.replies.set(self.replies.get() + 1);
         Ok(())
     }
-    fn dispatch_http_call(&self, _: &str, _: Vec<(&str, &str)>, _: Duration) -> Result<u32, HostError> {
+    fn dispatch_http_call_with_body(
+        &self,
+        _: &str,
+        _: Vec<(&str, &str)>,
+        _: &[u8],
+        _: Duration,
+    ) -> Result<u32, HostError> {
         Ok(1)
     }
     fn http_call_response_header(&self, _: &str) -> Result<Option<String>, HostError> {
         Ok(None)
+    }
+    fn http_call_response_body(&self, _: usize) -> Result<Vec<u8>, HostError> {
+        Ok(Vec::new())
     }
     fn stat(&self, _: Stat) -> Result<u64, HostError> {
         Ok(0)

@@ -245,6 +245,7 @@ impl PublishedList {
             members,
             draining,
             absent,
+            ..MemberList::default()
         };
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
