@@ -182,6 +182,9 @@ fn keep_alive_on_both_sides() {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut conn = BufReader::new(stream);
     let up_before = s.envoy.envoy_stat("cluster.pushgateway_owner.upstream_cx_total");
+    let closed_before = s
+        .envoy
+        .envoy_stat("cluster.pushgateway_owner.upstream_cx_destroy_remote");
     for i in 0..10 {
         let (status, headers) = send_on(
             &mut conn,
@@ -194,7 +197,15 @@ fn keep_alive_on_both_sides() {
     }
     assert_eq!(s.envoy.envoy_stat("http.sharding_proxy.downstream_cx_total"), 1);
     let up = s.envoy.envoy_stat("cluster.pushgateway_owner.upstream_cx_total") - up_before;
-    assert_eq!(up, 1, "ten pushes to one owner reuse one upstream connection");
+    // A connection the pushgateway closed is not Envoy's to keep: each such close may cost one.
+    let closed = s
+        .envoy
+        .envoy_stat("cluster.pushgateway_owner.upstream_cx_destroy_remote")
+        - closed_before;
+    assert!(
+        up >= 1 && up <= 1 + closed,
+        "ten pushes to one owner reuse one upstream connection: {up} opened, {closed} closed by the pushgateway"
+    );
 }
 
 #[test]
