@@ -20,7 +20,7 @@ use crate::reconcile::pushgateway::PushgatewayClient;
 use crate::reconcile::tombstones::Tombstones;
 use crate::reconcile::Reconciler;
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::status::{Drains, Readiness};
+use crate::status::{Drains, Protection, Readiness};
 use dynamic_sharding::members::{Member, MemberList};
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +53,8 @@ struct Wiring {
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     drains: Drains,
+    /// Whether each slot's standby holds what its active holds (the reconciler writes it).
+    protection: Protection,
     versions: Arc<Versions>,
     /// Whether this consul-sync may act on the pushgateways (the lease).
     leadership: Arc<Leadership>,
@@ -77,6 +79,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         config_rx,
         published: published_rx,
         drains: Drains::default(),
+        protection: Protection::default(),
         versions: Arc::new(Versions::default()),
         leadership: Arc::new(Leadership::new()),
         shutdown: stop,
@@ -139,6 +142,7 @@ impl Wiring {
             PushgatewayClient::new()?,
             self.metrics.clone(),
             self.drains.clone(),
+            self.protection.clone(),
             self.leadership.clone(),
             tombstones,
         );

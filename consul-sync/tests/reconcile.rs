@@ -575,6 +575,7 @@ fn nothing_is_written_without_the_lease() {
         PushgatewayClient::new().unwrap(),
         metrics.clone(),
         Default::default(),
+        Default::default(),
         leadership.clone(),
         tombstones,
     );
