@@ -130,6 +130,8 @@ struct RoundReport {
     touched: BTreeSet<Member>,
     /// Pushgateways a group was copied to this round.
     written: BTreeSet<Member>,
+    /// The copies made to standbys.
+    copied: Vec<Copied>,
     /// Groups each pushgateway read holds that no push path can name (left alone, but held).
     unnamed: BTreeMap<Member, usize>,
     /// The longest time between a read and a write checked against it.
@@ -146,8 +148,19 @@ impl RoundReport {
         self.not_acting += other.not_acting;
         self.touched.extend(other.touched);
         self.written.extend(other.written);
+        self.copied.extend(other.copied);
         self.longest_window = self.longest_window.max(other.longest_window);
     }
+}
+
+/// A group copied to a standby: the stamps of the active's copy it was made from, and when the
+/// copy ended (Unix seconds).
+#[derive(Debug)]
+struct Copied {
+    standby: Member,
+    key: GroupingKey,
+    from: Stamps,
+    done: f64,
 }
 
 /// What the reconciler keeps from one round to the next.
@@ -158,6 +171,8 @@ struct Memory {
     last_duplicated: HashSet<GroupingKey>,
     /// Each slot with a standby: since when it differs from its active.
     protection: BTreeMap<Member, SlotRepair>,
+    /// The copies the last round made to each standby, by standby.
+    copied: HashMap<Member, HashMap<GroupingKey, (Stamps, f64)>>,
 }
 
 /// What a round's concurrent steps share: the client with the round's credentials, the clocks
@@ -342,7 +357,10 @@ impl Reconciler {
             let Some(standby) = p.standby else { continue };
             // The active may have changed in this round's deletes and moves: read it again then.
             let again = report.touched.contains(p.active) || report.written.contains(p.active);
-            let in_sync = hands.repair(p, standby, reads, again, &mut repairs).await;
+            let recent = memory.copied.get(standby).cloned().unwrap_or_default();
+            let in_sync = hands
+                .repair(p, standby, reads, &recent, again, &mut repairs)
+                .await;
             let since = memory.protection.get(slot).and_then(|r| r.differs_since);
             status.insert(
                 slot.clone(),
@@ -368,6 +386,14 @@ impl Reconciler {
             p.clone_from(&status);
         }
         memory.protection = status;
+        memory.copied.clear();
+        for c in std::mem::take(&mut repairs.copied) {
+            memory
+                .copied
+                .entry(c.standby)
+                .or_default()
+                .insert(c.key, (c.from, c.done));
+        }
         repairs
     }
 
@@ -574,6 +600,7 @@ impl Hands {
         p: Placement<'_>,
         standby: &Member,
         reads: &Reads,
+        recent: &HashMap<GroupingKey, (Stamps, f64)>,
         again: bool,
         report: &mut RoundReport,
     ) -> bool {
@@ -599,6 +626,7 @@ impl Hands {
             standby,
             on_active,
             on_standby,
+            recent,
             active_read_at,
             &self.clocks(),
         );
@@ -810,7 +838,7 @@ impl Hands {
                                 self.metrics.reconcile_clock_refusals.inc();
                             }
                             (_, MoveKind::Drain) => self.metrics.drain_skipped_moves(reason, 1),
-                            (_, MoveKind::Repair) => {}
+                            (_, MoveKind::Repair | MoveKind::Recopy) => {}
                         }
                         report.skipped += 1;
                     }
@@ -840,7 +868,7 @@ impl Hands {
                 report.longest_window = report.longest_window.max(window);
                 self.metrics.drain_move_window.observe(window.as_secs_f64());
                 match result {
-                    Ok(()) if m.kind == MoveKind::Repair => {
+                    Ok(()) if m.kind.is_repair() => {
                         debug!(
                             "copied {} from the active {} to the standby {}; its push time there is now the time \
                              of this copy (last pushed {:.3} on the active{})",
@@ -856,6 +884,12 @@ impl Hands {
                         );
                         self.metrics.repaired_groups.inc();
                         report.repaired += 1;
+                        report.copied.push(Copied {
+                            standby: m.to.clone(),
+                            key: m.key,
+                            from: stamps,
+                            done: unix_now(),
+                        });
                         report.written.insert(m.to);
                     }
                     Ok(()) => {
@@ -895,7 +929,7 @@ impl Hands {
         for m in moves {
             match m.kind {
                 MoveKind::Drain => self.metrics.reconcile_error("move"),
-                MoveKind::Repair => self.metrics.repair_error("copy"),
+                MoveKind::Repair | MoveKind::Recopy => self.metrics.repair_error("copy"),
             }
         }
     }
@@ -920,7 +954,7 @@ impl Hands {
         }
         match m.kind {
             MoveKind::Drain => client.delete(&m.from, &m.key).await,
-            MoveKind::Repair => Ok(()),
+            MoveKind::Repair | MoveKind::Recopy => Ok(()),
         }
     }
 
@@ -982,7 +1016,7 @@ fn check_move(
     };
     let lead = m.kind.lead();
     let there = owner.get(&m.key);
-    if m.kind == MoveKind::Repair && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
+    if m.kind.is_repair() && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
         return MoveCheck::Done;
     }
     if group.stamps() != *now {

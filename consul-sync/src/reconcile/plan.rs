@@ -92,15 +92,23 @@ pub enum MoveKind {
     Drain,
     /// From a slot's active to its standby; the active keeps its copy.
     Repair,
+    /// A repair again, of a group pushed while its last repair copy was being made: that push may
+    /// have reached the standby before the copy, which then overwrote it with the older content.
+    Recopy,
 }
 
 impl MoveKind {
     /// How much older than the source's copy the destination's must be to be replaced.
     pub fn lead(self) -> f64 {
         match self {
-            MoveKind::Drain => 0.0,
+            MoveKind::Drain | MoveKind::Recopy => 0.0,
             MoveKind::Repair => super::repair::LEAD,
         }
+    }
+
+    /// True for a copy to a standby (the source keeps its copy).
+    pub fn is_repair(self) -> bool {
+        self != MoveKind::Drain
     }
 }
 

@@ -10,10 +10,17 @@
 //! - A standby copy newer than the active's is left alone: it is a write the active has not seen
 //!   yet (or never will, when a client did not follow the redirect), not an older value.
 //! - Where the clocks of the two could reverse the order, nothing is copied (as in the plan).
+//! - A group the last round copied to the standby and that the active has received a push of
+//!   since, within [`LEAD`] after the copy ended, is copied again ([`MoveKind::Recopy`]): that
+//!   push reached the standby first, maybe before the copy, which then replaced it with the
+//!   older content and a newer stamp than the push's.
 
 use super::clock::{order_holds, Clocks};
+use super::exposition::Stamps;
 use super::plan::{Delete, Holdings, Move, MoveKind};
+use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::Member;
+use std::collections::HashMap;
 
 /// How much earlier than the active's copy the standby's copy of the same push may be stamped
 /// without being a difference. The filter writes the standby before the active (in redirect mode
@@ -40,19 +47,27 @@ pub struct SlotPlan {
 }
 
 /// Plans the repair of `standby` from `active`, read as `on_active` and `on_standby`, the active's
-/// read having started at `read_at` (Unix seconds, consul-sync's clock).
+/// read having started at `read_at` (Unix seconds, consul-sync's clock). `recent` are the copies
+/// the last round made to the standby: the active's stamps each was made from, and when it ended.
 pub fn plan_repair(
     active: &Member,
     standby: &Member,
     on_active: &Holdings,
     on_standby: &Holdings,
+    recent: &HashMap<GroupingKey, (Stamps, f64)>,
     read_at: f64,
     clocks: &Clocks,
 ) -> SlotPlan {
     let mut out = SlotPlan::default();
     for (key, a) in on_active {
+        let mut kind = MoveKind::Repair;
         if let Some(s) = on_standby.get(key) {
-            if a.latest() <= s.latest() + LEAD {
+            let raced = recent.get(key).is_some_and(|(from, done)| {
+                from != a && a.latest() <= done + LEAD && s.latest() <= a.latest()
+            });
+            if raced {
+                kind = MoveKind::Recopy;
+            } else if a.latest() <= s.latest() + LEAD {
                 continue;
             }
             out.differences += 1;
@@ -68,7 +83,7 @@ pub fn plan_repair(
             to: standby.clone(),
             key: key.clone(),
             copy: *a,
-            kind: MoveKind::Repair,
+            kind,
         });
     }
     // The standby's clock minus ours is at least `ahead`: its stamps, on our clock, are at most
@@ -96,8 +111,6 @@ pub fn plan_repair(
 mod tests {
     use super::*;
     use crate::reconcile::clock::Reading;
-    use crate::reconcile::exposition::Stamps;
-    use dynamic_sharding::grouping_key::GroupingKey;
 
     fn m(s: &str) -> Member {
         Member::parse(s).unwrap()
@@ -132,6 +145,10 @@ mod tests {
 
     const NOW: f64 = 1000.0;
 
+    fn none() -> HashMap<GroupingKey, (Stamps, f64)> {
+        HashMap::new()
+    }
+
     #[test]
     fn a_standby_gets_what_it_lacks_and_what_it_holds_older() {
         let (a, s) = (m("a:1"), m("s:1"));
@@ -142,7 +159,7 @@ mod tests {
             ("lead", 950.0),
         ]);
         let on_standby = held(&[("older", 940.0), ("same", 950.0), ("lead", 949.5)]);
-        let p = plan_repair(&a, &s, &on_active, &on_standby, NOW, &Clocks::default());
+        let p = plan_repair(&a, &s, &on_active, &on_standby, &none(), NOW, &Clocks::default());
         assert_eq!(
             jobs_copied(&p),
             ["/metrics/job/missing", "/metrics/job/older"],
@@ -171,6 +188,7 @@ mod tests {
             &s,
             &held(&[("g", 900.0)]),
             &held(&[("g", 990.0)]),
+            &none(),
             NOW,
             &Clocks::default(),
         );
@@ -193,6 +211,7 @@ mod tests {
             &s,
             &on_active,
             &held(&[("g", 900.0)]),
+            &none(),
             NOW,
             &Clocks::default(),
         );
@@ -209,6 +228,7 @@ mod tests {
             &s,
             &held(&[("both", 900.0)]),
             &on_standby,
+            &none(),
             NOW,
             &Clocks::default(),
         );
@@ -240,6 +260,7 @@ mod tests {
             &s,
             &Holdings::new(),
             &held(&[("g", NOW - 10.0)]),
+            &none(),
             NOW,
             &clocks,
         );
@@ -252,6 +273,7 @@ mod tests {
             &s,
             &Holdings::new(),
             &held(&[("g", NOW - 10.0)]),
+            &none(),
             NOW + 5.0,
             &clocks,
         );
@@ -278,10 +300,62 @@ mod tests {
             &s,
             &held(&[("g", 955.0)]),
             &held(&[("g", 950.0)]),
+            &none(),
             NOW,
             &clocks,
         );
         assert!(p.copies.is_empty());
         assert_eq!((p.differences, p.clock_refusals), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod raced {
+    use super::*;
+
+    #[test]
+    fn a_group_pushed_while_it_was_copied_is_copied_again() {
+        let (a, s) = (Member::parse("a:1").unwrap(), Member::parse("s:1").unwrap());
+        let g = GroupingKey::from_path("/metrics/job/g").unwrap();
+        let at = |push| Stamps { push, failure: 0.0 };
+        // Last round copied g as pushed at 900, the copy ending at 950.2 (the standby's stamp).
+        let recent = HashMap::from([(g.clone(), (at(900.0), 950.2))]);
+        let plan = |active: f64, standby: f64| {
+            let on_active: Holdings = HashMap::from([(g.clone(), at(active))]);
+            let on_standby: Holdings = HashMap::from([(g.clone(), at(standby))]);
+            plan_repair(
+                &a,
+                &s,
+                &on_active,
+                &on_standby,
+                &recent,
+                1000.0,
+                &Clocks::default(),
+            )
+        };
+        // A push reached the active 0.3 s after the copy ended: it may have reached the standby
+        // before the copy, which holds the copy's stamp.
+        let p = plan(950.5, 950.2);
+        assert_eq!(p.copies.len(), 1);
+        assert_eq!(p.copies[0].kind, MoveKind::Recopy);
+        assert_eq!(MoveKind::Recopy.lead(), 0.0);
+        // No push since the copy; one long after it (it reached the standby after the copy); one
+        // the standby holds newer.
+        assert!(plan(900.0, 950.2).copies.is_empty());
+        assert!(plan(990.0, 989.9).copies.is_empty());
+        assert!(plan(950.5, 950.6).copies.is_empty());
+        // Without the copy last round, the two are the same push.
+        let on_active: Holdings = HashMap::from([(g.clone(), at(950.5))]);
+        let on_standby: Holdings = HashMap::from([(g.clone(), at(950.2))]);
+        let p = plan_repair(
+            &a,
+            &s,
+            &on_active,
+            &on_standby,
+            &HashMap::new(),
+            1000.0,
+            &Clocks::default(),
+        );
+        assert!(p.copies.is_empty());
     }
 }
