@@ -1016,11 +1016,15 @@ fn check_move(
     };
     let lead = m.kind.lead();
     let there = owner.get(&m.key);
-    if m.kind.is_repair() && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
+    if m.kind == MoveKind::Repair && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
         return MoveCheck::Done;
     }
     if group.stamps() != *now {
         return MoveCheck::Skip("newer");
+    }
+    if m.kind == MoveKind::Recopy {
+        // The standby's stamp may be the last copy's: it cannot tell which content is newer.
+        return MoveCheck::Go(group.to_text(), *now);
     }
     if let Some(o) = there {
         if o.latest() + lead >= now.latest() {
