@@ -8,21 +8,15 @@
 //! member list (with slots) a watcher would publish, as `reconcile.rs` does for the lease.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use consul_sync::config::Config;
-use consul_sync::consul::ConsulClient;
-use consul_sync::leader::Leadership;
-use consul_sync::metrics::Metrics;
-use consul_sync::reconcile::pushgateway::PushgatewayClient;
-use consul_sync::reconcile::tombstones::Tombstones;
-use consul_sync::reconcile::Reconciler;
-use consul_sync::shutdown::Trigger;
-use consul_sync::status::{Drains, Protection, SlotRepair};
+#[path = "common/reconciling.rs"]
+mod reconciling;
+
 use dynamic_sharding::grouping_key::GroupingKey;
 use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::Ring;
+use reconciling::Reconciling;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::envoy::{Envoy, EnvoyOptions, TEST_TOKEN};
 use testkit::{free_port, http_request, wait_until, Consul, Pushgateway, TestDir};
@@ -101,102 +95,14 @@ fn job_owned_by(slots: &[String], slot: &str, prefix: &str) -> String {
         .unwrap()
 }
 
-/// The reconciler alone, running on its own thread on a list given by the test, holding the
-/// lease; stopped when dropped.
-struct Reconciling {
-    metrics: Arc<Metrics>,
-    protection: Protection,
-    drains: Drains,
-    interval: Duration,
-    trigger: Trigger,
-    task: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reconciling {
-    /// `yaml` is consul-sync's configuration (Consul's address is added).
-    fn start(consul: &Consul, yaml: &str, list: MemberList) -> Reconciling {
-        let text = format!("consul_server:\n  addr: {}\n{yaml}", consul.addr());
-        let (config, _) = Config::parse(&text, "t.yml", |_| None, |_| Err(String::new())).unwrap();
-        let interval = config.reconcile_interval;
-        let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
-        let metrics = Arc::new(Metrics::new(&[]));
-        let leadership = Arc::new(Leadership::new());
-        leadership.renewed(Instant::now(), Duration::from_secs(3600));
-        let tombstones = Tombstones::new(
-            &config_rx.borrow(),
-            ConsulClient::new(config_rx.borrow().consul.clone()).unwrap(),
-            metrics.clone(),
-            leadership.clone(),
-        )
-        .unwrap();
-        let (protection, drains) = (Protection::default(), Drains::default());
-        let (list_tx, list_rx) = tokio::sync::watch::channel(Some(list));
-        let reconciler = Reconciler::new(
-            config_rx,
-            list_rx,
-            PushgatewayClient::new().unwrap(),
-            metrics.clone(),
-            drains.clone(),
-            protection.clone(),
-            leadership,
-            tombstones,
-        );
-        let (trigger, stop) = consul_sync::shutdown::channel();
-        let task = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            // The senders live as long as the reconciler: a closed channel ends it.
-            let _keep = (_config_tx, list_tx);
-            rt.block_on(reconciler.run(stop));
-        });
-        Reconciling {
-            metrics,
-            protection,
-            drains,
-            interval,
-            trigger,
-            task: Some(task),
-        }
-    }
-
-    /// The value of the series `series` (name and labels as exposed).
-    fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics.encode().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn rounds(&self) -> f64 {
-        self.metric("consul_sync_reconcile_duration_seconds_count")
-    }
-
-    /// Waits until `n` more rounds have ended.
-    fn wait_rounds(&self, n: f64) {
-        let start = self.rounds();
-        wait_until(
-            &format!("{n} more reconcile rounds"),
-            self.interval * (n as u32 + 2) + Duration::from_secs(10),
-            || (self.rounds() >= start + n).then_some(()),
-        );
-    }
-
-    fn slot(&self, name: &str) -> Option<SlotRepair> {
-        let p = self.protection.lock().unwrap();
-        p.get(&Member::parse(name).unwrap()).cloned()
-    }
-}
-
-impl Drop for Reconciling {
-    fn drop(&mut self) {
-        self.trigger.fire();
-        if let Some(t) = self.task.take() {
-            let _ = t.join();
-        }
-    }
+/// The reconciler, holding the lease, with consul-sync's configuration `yaml` and Consul.
+fn reconcile(consul: &Consul, yaml: &str, list: MemberList) -> Reconciling {
+    let r = Reconciling::start(
+        &format!("consul_server:\n  addr: {}\n{yaml}", consul.addr()),
+        list,
+    );
+    r.take_lease();
+    r
 }
 
 /// A list of `members` (slot names) and `draining`, with `slots` as (name, active, standby).
@@ -231,7 +137,7 @@ fn a_standby_that_was_down_comes_back_and_is_repaired_within_one_interval() {
     delete(&active, "gone");
 
     let slot = active.addr();
-    let r = Reconciling::start(
+    let r = reconcile(
         &consul,
         "reconcile_interval: 2s\n",
         list(&[&slot], &[], &[(&slot, &slot, Some(&standby.addr()))]),
@@ -293,7 +199,7 @@ fn a_copy_on_another_slots_active_is_a_duplicate_the_standbys_is_not() {
     push(&a, &h, 2.0);
     let g_on_standby = held(&sa)[&group(&g)].clone();
 
-    let r = Reconciling::start(
+    let r = reconcile(
         &consul,
         "reconcile_interval: 1s\n",
         list(
@@ -335,7 +241,7 @@ fn a_draining_slot_drains_as_one() {
     }
     // The standby also holds a group its active lost (a DELETE that reached only the active).
     push(&sd, "leftover", 1.0);
-    let r = Reconciling::start(
+    let r = reconcile(
         &consul,
         &format!(
             "pushgateway:\n  servers: ['{}', '{}']\n  drain: ['{}']\nreconcile_interval: 1s\ndrain_timeout: 2s\n",
@@ -423,7 +329,7 @@ fn pushes_through_envoy_while_a_repair_runs_are_never_lost_or_overwritten() {
             }
             acked
         });
-        let r = Reconciling::start(
+        let r = reconcile(
             &consul,
             "reconcile_interval: 1s\n",
             list(&[&slot], &[], &[(&slot, &slot, Some(&standby.addr()))]),

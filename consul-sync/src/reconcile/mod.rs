@@ -1001,7 +1001,7 @@ impl Hands {
 /// Whether a planned move is still to be made, checked against fresh reads of its source and
 /// destination and the contents read from the source: the source still holds the group unchanged
 /// since its contents were read, and the destination holds no copy as new or newer (within the
-/// kind's [`lead`](MoveKind::lead)).
+/// kind's [`lead`](repair::lead)).
 fn check_move(
     m: &Move,
     fresh: &BTreeMap<Member, Holdings>,
@@ -1014,7 +1014,7 @@ fn check_move(
     let (Some(now), Some(group)) = (source.get(&m.key), contents.get(&m.key)) else {
         return MoveCheck::Skip("deleted");
     };
-    let lead = m.kind.lead();
+    let lead = repair::lead(m.kind);
     let there = owner.get(&m.key);
     if m.kind == MoveKind::Repair && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
         return MoveCheck::Done;

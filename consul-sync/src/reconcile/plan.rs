@@ -84,7 +84,7 @@ pub struct Move {
 }
 
 /// Why a group is copied, which decides what happens to the source's copy and how much older
-/// the destination's copy must be to be replaced.
+/// the destination's copy must be to be replaced ([`lead`](super::repair::lead)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoveKind {
     /// From a draining slot's active past its deadline to the group's owner; the source's copy
@@ -98,14 +98,6 @@ pub enum MoveKind {
 }
 
 impl MoveKind {
-    /// How much older than the source's copy the destination's must be to be replaced.
-    pub fn lead(self) -> f64 {
-        match self {
-            MoveKind::Drain | MoveKind::Recopy => 0.0,
-            MoveKind::Repair => super::repair::LEAD,
-        }
-    }
-
     /// True for a copy to a standby (the source keeps its copy).
     pub fn is_repair(self) -> bool {
         self != MoveKind::Drain

@@ -33,6 +33,15 @@ use std::collections::HashMap;
 /// more than a second after the one before it is a difference.
 pub const LEAD: f64 = 1.0;
 
+/// How much older than the source's copy the destination's must be for a copy of `kind` to
+/// replace it.
+pub fn lead(kind: MoveKind) -> f64 {
+    match kind {
+        MoveKind::Drain | MoveKind::Recopy => 0.0,
+        MoveKind::Repair => LEAD,
+    }
+}
+
 /// What to do to one slot's standby, and what was found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SlotPlan {
@@ -345,7 +354,7 @@ mod raced {
         let p = plan(950.5, 950.2);
         assert_eq!(p.copies.len(), 1);
         assert_eq!(p.copies[0].kind, MoveKind::Recopy);
-        assert_eq!(MoveKind::Recopy.lead(), 0.0);
+        assert_eq!(lead(MoveKind::Recopy), 0.0);
         // No push since the copy, or one long after it (it reached the standby after the copy).
         assert!(plan(900.0, 950.2).copies.is_empty());
         assert!(plan(990.0, 989.9).copies.is_empty());
