@@ -1114,4 +1114,57 @@ mod tests {
         );
         assert_eq!(reason(&BTreeMap::new()), "unreadable");
     }
+
+    #[test]
+    fn a_repair_copy_is_made_only_where_the_standby_is_behind() {
+        let (active, standby) = (m("a:1"), m("s:1"));
+        let key = GroupingKey::from_path("/metrics/job/j").unwrap();
+        let stamps = |push| Stamps { push, failure: 0.0 };
+        let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
+        let fresh = |on_active: f64, on_standby: Option<f64>| {
+            BTreeMap::from([
+                (active.clone(), Holdings::from([(key.clone(), stamps(on_active))])),
+                (
+                    standby.clone(),
+                    on_standby
+                        .map(|t| (key.clone(), stamps(t)))
+                        .into_iter()
+                        .collect::<Holdings>(),
+                ),
+            ])
+        };
+        let reason = |kind, f: &BTreeMap<Member, Holdings>| {
+            let mv = Move {
+                from: active.clone(),
+                to: standby.clone(),
+                key: key.clone(),
+                copy: stamps(10.0),
+                kind,
+            };
+            match check_move(&mv, f, &contents, &Clocks::default()) {
+                MoveCheck::Go(..) => "go",
+                MoveCheck::Skip(r) => r,
+                MoveCheck::Done => "done",
+            }
+        };
+        assert_eq!(reason(MoveKind::Repair, &fresh(10.0, None)), "go");
+        assert_eq!(reason(MoveKind::Repair, &fresh(10.0, Some(8.5))), "go");
+        assert_eq!(
+            reason(MoveKind::Repair, &fresh(10.0, Some(9.5))),
+            "done",
+            "the same push, stamped first on the standby"
+        );
+        assert_eq!(
+            reason(MoveKind::Repair, &fresh(12.0, Some(11.9))),
+            "done",
+            "pushed meanwhile, through the filter: the standby has it"
+        );
+        assert_eq!(reason(MoveKind::Repair, &fresh(12.0, Some(8.0))), "newer");
+        assert_eq!(
+            reason(MoveKind::Recopy, &fresh(10.0, Some(10.5))),
+            "go",
+            "the standby's newer stamp may be the raced copy's"
+        );
+        assert_eq!(reason(MoveKind::Recopy, &fresh(12.0, Some(11.9))), "newer");
+    }
 }
