@@ -366,3 +366,61 @@ fn pushes_through_envoy_while_a_repair_runs_are_never_lost_or_overwritten() {
     assert!(wrong.is_empty(), "{} groups differ: {wrong:#?}", wrong.len());
     assert!(on_active.keys().eq(on_standby.keys()));
 }
+
+#[test]
+fn a_former_active_returning_as_the_standby_ends_holding_the_actives_groups() {
+    let dir = TestDir::new("repair-former-active");
+    let consul = Consul::start(&dir);
+    let (port, persistence) = (free_port(), dir.join("former.db"));
+    let mut former = Pushgateway::start_persistent(&dir, port, Some(&persistence));
+    let (promoted, other) = (Pushgateway::start(&dir), Pushgateway::start(&dir));
+    // The slot is named by the former active's address; it was promoted away from: the slot is
+    // served by `promoted` now, with `former` as its standby.
+    let slot = former.addr();
+    let names = vec![slot.clone(), other.addr()];
+    let (kept, newer, gone) = (
+        job_owned_by(&names, &slot, "kept"),
+        job_owned_by(&names, &slot, "newer"),
+        job_owned_by(&names, &slot, "gone"),
+    );
+    // An older copy of the slot's group on the other slot's active.
+    push(&other, &kept, 0.5);
+    std::thread::sleep(Duration::from_millis(50));
+    for job in [&kept, &newer, &gone] {
+        push_both(&promoted, &former, job, 1.0);
+    }
+    former.proc.stop();
+    std::thread::sleep(Duration::from_millis(1200));
+    // After the promotion, with the former active down.
+    push(&promoted, &newer, 2.0);
+    delete(&promoted, &gone);
+    let on_promoted = held(&promoted);
+
+    let r = reconcile(
+        &consul,
+        "reconcile_interval: 1s\n",
+        list(
+            &[&slot, &other.addr()],
+            &[],
+            &[(&slot, &promoted.addr(), Some(&slot))],
+        ),
+    );
+    wait_until(
+        "the other slot's older copy goes",
+        Duration::from_secs(20),
+        || (!held(&other).contains_key(&group(&kept))).then_some(()),
+    );
+    let former = Pushgateway::start_persistent(&dir, port, Some(&persistence));
+    wait_until("the former active is repaired", r.interval * 4, || {
+        let f = held(&former);
+        (f.keys().eq(on_promoted.keys()) && f.iter().all(|(g, h)| on_promoted[g].value == h.value))
+            .then_some(())
+    });
+    assert_eq!(
+        held(&promoted),
+        on_promoted,
+        "the active (served at another address than the slot's name) is never written"
+    );
+    r.wait_rounds(1.0);
+    assert!(r.slot(&slot).unwrap().in_sync);
+}
