@@ -82,6 +82,8 @@ checks() {
     PATH="$ROOT/.deps/cargo/bin:$PATH" cargo +nightly clippy --locked --manifest-path fuzz/Cargo.toml --bins -- -D warnings
     say "promtool check rules deploy/prometheus/rules.yml"
     promtool_bin check rules deploy/prometheus/rules.yml
+    say "promtool test rules deploy/prometheus/rules.test.yml"
+    promtool_bin test rules deploy/prometheus/rules.test.yml
     say "envoy --mode validate on every shipped config"
     local envoy cfg
     envoy=$(envoy_bin)
@@ -220,7 +222,10 @@ run_tests() {
     say "native tests (unit, golden vectors, real Envoy/Consul/pushgateway/Prometheus)"
     # The differential test's generator is seeded: a fixed seed here, so a run is repeatable;
     # run it alone without DIFFERENTIAL_SEED for a new seed each time (it prints the seed).
-    DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} cargo test --locked --workspace
+    # The test binaries run side by side (TEST_LANES, default 3; 1 runs them one at a time):
+    # most of an integration binary's time is spent waiting on the processes it started.
+    DIFFERENTIAL_SEED=${DIFFERENTIAL_SEED:-20261126} \
+        python3 scripts/test-lanes.py "${TEST_LANES:-3}" --locked --workspace
     wasm_golden
 }
 

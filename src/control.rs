@@ -1,6 +1,6 @@
 //! The member-list API served on the control listener: `PUT` and `GET /-/sharding/members`.
 //!
-//! Version rules (consul-sync relies on them; see the README's control API section):
+//! Version rules (consul-sync relies on them; see "Version rules" in docs/reference.md):
 //! - Nothing stored yet: the bootstrap list counts as version 0, so any update with a version of
 //!   1 or more is taken. A restarted Envoy is therefore healed by the next push of any pusher.
 //! - The same members as stored: `200`, nothing changes but a higher version is recorded. Two
@@ -168,7 +168,7 @@ fn internal(e: StoreError) -> (Reply, ControlOutcome) {
 /// True when `presented` equals one of `tokens`. Every token is compared, each in time that
 /// depends only on the lengths, never on where the first differing byte is, so the answer's
 /// timing does not lead a guesser byte by byte to a token.
-fn token_matches(presented: &[u8], tokens: &[String]) -> bool {
+pub fn token_matches(presented: &[u8], tokens: &[String]) -> bool {
     tokens.iter().fold(false, |found, t| {
         found | constant_time_eq(presented, t.as_bytes())
     })

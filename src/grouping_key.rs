@@ -419,7 +419,8 @@ fn percent_decode(raw: &str) -> Result<Decoded<'_>, PathError> {
 
 /// [`GroupingKey::from_path`] for a decoded path that is not UTF-8: the same steps on bytes
 /// (pushgateway works on Go strings, which hold any bytes), then the job and the values the group
-/// keeps must be UTF-8 (pushgateway would store them and break: see the README).
+/// keeps must be UTF-8 (pushgateway would store them and break: see "Pushes that would break a
+/// pushgateway" in docs/reference.md).
 fn from_decoded_bytes(decoded: &[u8]) -> Result<GroupingKey, PathError> {
     let not_utf8 = |what: &str| invalid(format!("{what} is not valid UTF-8 after percent-decoding"));
     // Go's path cleaning, on bytes.

@@ -146,7 +146,7 @@ fn one_delete_removes_the_copy_on_a_former_owner_in_both_modes() {
     );
     assert_eq!(s.envoy.stat(CALLS), calls);
 
-    // Under the names the README lists.
+    // Under the names docs/reference.md lists.
     let r = http_request(
         "GET",
         &format!("{}/stats/prometheus", s.envoy.admin_url()),

@@ -3,15 +3,18 @@
 //! SIGHUP and on `POST /-/reload`.
 //!
 //! The tasks: the watcher (registration, then blocking queries on Consul; publishes the member
-//! list), the registrar, one Envoy pusher per control URL (each with its own retries), the
-//! reconciler (one copy of each group, drains), the reloader and the HTTP endpoint. `run` waits
-//! at most [`SHUTDOWN_GRACE`] for them after the shutdown.
+//! list), the registrar, the lease holder (whether this consul-sync may act on the pushgateways),
+//! one Envoy pusher per control URL (each with its own retries), the reconciler (one copy of each
+//! group, drains), the reloader and the HTTP endpoint. `run` waits at most [`SHUTDOWN_GRACE`] for
+//! them after the shutdown.
 
 use crate::config::Config;
 use crate::consul::ConsulClient;
 use crate::endpoint::{self, EndpointState, ReloadRequest};
 use crate::leader::Leadership;
 use crate::membership::envoy::Pusher;
+use crate::membership::lease::{self, LeaseHolder};
+use crate::membership::probe::Prober;
 use crate::membership::registrar::Registrar;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
@@ -26,7 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -56,7 +59,7 @@ struct Wiring {
     /// Whether each slot's standby holds what its active holds (the reconciler writes it).
     protection: Protection,
     versions: Arc<Versions>,
-    /// Whether this consul-sync may act on the pushgateways (the lease).
+    /// Whether this consul-sync holds the lease and may act on the pushgateways.
     leadership: Arc<Leadership>,
     shutdown: Shutdown,
 }
@@ -85,9 +88,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         shutdown: stop,
     };
     let mut tasks = Tasks::new();
-    w.spawn_membership(&mut tasks, published_tx)?;
+    w.spawn_membership(&mut tasks, published_tx, &addr)?;
     w.spawn_reconciler(&mut tasks)?;
-    w.spawn_sole_leadership(&mut tasks);
     tasks.spawn(reloader(config_tx, reload_rx, w.metrics.clone(), w.shutdown.clone()).map_ok());
     w.spawn_readiness_without_envoys(&mut tasks);
     w.spawn_pushers(&mut tasks)?;
@@ -104,28 +106,45 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
 }
 
 impl Wiring {
-    /// The watcher and the registrar.
+    /// The watcher, the registrar and the lease holder; `endpoint` names this consul-sync in
+    /// the lease.
     fn spawn_membership(
         &self,
         tasks: &mut Tasks,
         published: watch::Sender<Option<MemberList>>,
+        endpoint: &str,
     ) -> Result<(), Error> {
         let client = ConsulClient::new(self.config.consul.clone())?;
+        let register_now = Arc::new(Notify::new());
+        let prober = Prober::new()?;
         let watcher = Watcher {
             config: self.config.clone(),
             updates: self.config_rx.clone(),
             client: client.clone(),
+            prober: prober.clone(),
             metrics: self.metrics.clone(),
             published,
             versions: self.versions.clone(),
+            register_now: register_now.clone(),
         };
         tasks.spawn(watcher.run(self.shutdown.clone()).map_ok());
         let registrar = Registrar {
             config: self.config_rx.clone(),
-            client,
+            client: client.clone(),
             metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
+            prober,
+            register_now,
         };
         tasks.spawn(registrar.run(self.shutdown.clone()).map_ok());
+        let holder = LeaseHolder {
+            config: self.config.lease.clone(),
+            identity: lease::identity(endpoint),
+            client,
+            leadership: self.leadership.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tasks.spawn(holder.run(self.shutdown.clone()).map_ok());
         Ok(())
     }
 
@@ -148,23 +167,6 @@ impl Wiring {
         );
         tasks.spawn(reconciler.run(self.shutdown.clone()).map_ok());
         Ok(())
-    }
-
-    /// No lease is taken in Consul yet: this consul-sync acts alone, so it renews its own
-    /// leadership (a second consul-sync on the same pushgateways would act too). The task that
-    /// holds the lease in Consul replaces this one.
-    fn spawn_sole_leadership(&self, tasks: &mut Tasks) {
-        const TTL: Duration = Duration::from_secs(10);
-        let leadership = self.leadership.clone();
-        let mut stop = self.shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                leadership.renewed(std::time::Instant::now(), TTL);
-                if shutdown::sleep_or_shutdown(Duration::from_secs(1), &mut stop).await {
-                    return Ok(());
-                }
-            }
-        });
     }
 
     /// Readiness without Envoys: the first published list.
@@ -215,6 +217,8 @@ impl Wiring {
             service_name: self.config.service_name.clone(),
             reload,
             drains: self.drains.clone(),
+            config: self.config_rx.clone(),
+            leadership: self.leadership.clone(),
         });
         let stop = self.shutdown.clone();
         tasks.spawn(async move {
@@ -253,7 +257,8 @@ async fn stop_after(shutdown: impl Future, trigger: Trigger, mut tasks: Tasks) -
 }
 
 /// Reloads the configuration file on SIGHUP and on requests from `POST /-/reload`. A refused
-/// file changes nothing: the error is logged (and answered), the running configuration stays.
+/// file changes nothing: the error is logged (and answered), the running configuration stays. An
+/// unchanged file changes nothing either: no task is woken (no reconcile round, no registration).
 async fn reloader(
     config: watch::Sender<Arc<Config>>,
     mut requests: mpsc::Receiver<ReloadRequest>,
@@ -279,6 +284,12 @@ async fn reloader(
         };
         let current = config.borrow().clone();
         let result = reload(&current).map(|(new, summary)| {
+            if new == *current {
+                return format!(
+                    "configuration unchanged ({}): nothing to do",
+                    summary_source(&current)
+                );
+            }
             config.send_replace(Arc::new(new));
             summary
         });
@@ -313,6 +324,14 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
         new.drain_timeout
     );
     Ok((new, summary))
+}
+
+/// The file a configuration came from, for a log line.
+fn summary_source(config: &Config) -> String {
+    config
+        .source
+        .as_ref()
+        .map_or_else(|| "no file".to_owned(), |p| p.display().to_string())
 }
 
 /// `async {}` → `async { Ok(()) }` for the task set.

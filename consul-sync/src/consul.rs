@@ -1,12 +1,14 @@
 //! A small typed client for the Consul HTTP calls consul-sync makes: register and deregister a
-//! service, list the agent's services, read the passing instances of a service with a blocking
-//! query, and read, write (check-and-set) and delete keys of the KV store.
+//! service, list the agent's services, read every instance of a service and its health with a
+//! blocking query, hold a lease (a session and a KV key acquired with it), and read, write
+//! (check-and-set) and delete keys of the KV store.
 //!
-//! Owns the wire format (registration body, health response) and the mapping of Consul's answers
-//! to members. Basic auth and the ACL token are sent on every request when configured.
+//! Owns the wire format (registration body, health response, sessions) and the mapping of Consul's
+//! answers to members. Basic auth and the ACL token are sent on every request when configured.
 
 use crate::config::{BasicAuth, CheckConfig, ConsulConfig};
 use crate::net::{self, NetError};
+use base64::prelude::{Engine, BASE64_STANDARD};
 use dynamic_sharding::members::Member;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEALTH_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes read of the agent's services, which hold a few KiB each, as health entries do.
 pub const MAX_SERVICES_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes read of a session or KV answer (a few hundred bytes).
+const MAX_SMALL_BYTES: usize = 64 * 1024;
 
 /// Most bytes read of a KV listing (the tombstones kept under one prefix).
 pub const MAX_KV_BYTES: usize = 64 * 1024 * 1024;
@@ -40,6 +44,7 @@ pub struct KvEntry {
     pub modify_index: u64,
 }
 
+/// One entry of a `GET /v1/kv/...` answer; only what is used.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct WireKv {
@@ -47,16 +52,18 @@ struct WireKv {
     #[serde(default)]
     value: Option<String>,
     modify_index: u64,
+    /// The session holding the key (a lock), if any.
+    #[serde(default)]
+    session: Option<String>,
 }
 
 /// The entries of a `GET /v1/kv/<prefix>?recurse` answer (values in base64).
 pub fn kv_entries(body: &[u8]) -> Result<Vec<KvEntry>, String> {
-    use base64::Engine;
     let wire: Vec<WireKv> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     wire.into_iter()
         .map(|w| {
             let value = match w.value {
-                Some(v) => base64::engine::general_purpose::STANDARD
+                Some(v) => BASE64_STANDARD
                     .decode(v)
                     .map_err(|e| format!("key {}: value is not base64: {e}", w.key))?,
                 None => Vec::new(),
@@ -70,11 +77,20 @@ pub fn kv_entries(body: &[u8]) -> Result<Vec<KvEntry>, String> {
         .collect()
 }
 
-/// The passing instances of a service and the index to block on next.
+/// The instances of a service Consul shows, and the index to block on next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
-    pub members: Vec<Member>,
+    pub instances: Instances,
     pub index: u64,
+}
+
+/// The instances of a service, as members, sorted, each once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Instances {
+    /// Members with an instance whose checks all pass (what `?passing` would give).
+    pub passing: Vec<Member>,
+    /// Members with an instance in any state: registered, whether passing or not.
+    pub present: Vec<Member>,
     /// Instances whose address was not a valid member, for a warning.
     pub skipped: Vec<String>,
 }
@@ -163,9 +179,8 @@ impl std::fmt::Debug for CheckHeader {
 
 /// The `Authorization` value for `auth`.
 fn basic_auth_header(auth: &BasicAuth) -> String {
-    use base64::Engine as _;
     let pair = format!("{}:{}", auth.username, auth.password.as_deref().unwrap_or(""));
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    format!("Basic {}", BASE64_STANDARD.encode(pair))
 }
 
 /// One service of `/v1/agent/services`; only what is used.
@@ -195,6 +210,16 @@ struct HealthEntry {
     #[serde(default)]
     node: HealthNode,
     service: HealthService,
+    /// The node's checks and the service's: the instance passes when every one does.
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    #[serde(default)]
+    status: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -215,12 +240,18 @@ struct HealthService {
     port: u16,
 }
 
-/// Members from a health response body: the service address (the node's when empty, as Consul
-/// means it) and port; sorted, duplicates removed.
+/// The passing members from a health response body (see [`instances_from_health`]), and the
+/// instances skipped.
 pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), String> {
+    instances_from_health(body).map(|i| (i.passing, i.skipped))
+}
+
+/// Members from a health response body: the service address (the node's when empty, as Consul
+/// means it) and port; an instance passes when all its checks (node and service) pass, as
+/// `?passing` filters; a member passes when one of its instances does.
+pub fn instances_from_health(body: &[u8]) -> Result<Instances, String> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let mut members = Vec::with_capacity(entries.len());
-    let mut skipped = Vec::new();
+    let mut out = Instances::default();
     for e in entries {
         let host = if e.service.address.is_empty() {
             &e.node.address
@@ -233,13 +264,20 @@ pub fn members_from_health(body: &[u8]) -> Result<(Vec<Member>, Vec<String>), St
             format!("{host}:{}", e.service.port)
         };
         match Member::parse(&addr) {
-            Ok(m) => members.push(m),
-            Err(why) => skipped.push(format!("service {}: {why}", e.service.id)),
+            Ok(m) => {
+                if e.checks.iter().all(|c| c.status == "passing") {
+                    out.passing.push(m.clone());
+                }
+                out.present.push(m);
+            }
+            Err(why) => out.skipped.push(format!("service {}: {why}", e.service.id)),
         }
     }
-    members.sort();
-    members.dedup();
-    Ok((members, skipped))
+    for v in [&mut out.passing, &mut out.present] {
+        v.sort();
+        v.dedup();
+    }
+    Ok(out)
 }
 
 impl ConsulClient {
@@ -306,37 +344,172 @@ impl ConsulClient {
         net::send(what, &peer(url), self.authorize(req), &[200]).await
     }
 
-    /// The passing instances of `service`. With `index > 0` this is a blocking query: Consul
-    /// answers when the result may have changed or after `wait`.
-    pub async fn passing(&self, service: &str, index: u64, wait: Duration) -> Result<Health, NetError> {
-        const WHAT: &str = "reading passing services";
-        let mut url = format!("{}/v1/health/service/{service}?passing", self.config.base_url);
+    /// Every instance of `service` and its health. With `index > 0` this is a blocking query:
+    /// Consul answers when the result may have changed or after `wait`.
+    pub async fn health(&self, service: &str, index: u64, wait: Duration) -> Result<Health, NetError> {
+        const WHAT: &str = "reading the service's health";
+        let mut url = format!("{}/v1/health/service/{service}", self.config.base_url);
         let mut timeout = REQUEST_TIMEOUT;
         if index > 0 {
-            url.push_str(&format!("&index={index}&wait={}ms", wait.as_millis()));
+            url.push_str(&format!("?index={index}&wait={}ms", wait.as_millis()));
             // Consul adds up to wait/16 of jitter before it answers.
             timeout += wait + wait / 16;
         }
         let req = self.http.get(&url).timeout(timeout);
         let resp = self.send(WHAT, &url, req).await?;
         let bad = |why: String| NetError::bad_response(WHAT, &peer(&url), why);
-        let index = resp
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let Some(index) = index else {
+        let Some(index) = consul_index(&resp) else {
             return Err(bad("no X-Consul-Index header".to_owned()));
         };
         let body = net::read_limited(resp, MAX_HEALTH_BYTES)
             .await
             .map_err(|e| bad(e.to_string()))?;
-        let (members, skipped) = members_from_health(&body).map_err(bad)?;
-        Ok(Health {
-            members,
-            index,
-            skipped,
-        })
+        let instances = instances_from_health(&body).map_err(bad)?;
+        Ok(Health { instances, index })
+    }
+}
+
+/// The `X-Consul-Index` of an answer.
+fn consul_index(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// `PUT /v1/session/create` body: a session that releases its locks when it is invalidated.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SessionRequest<'a> {
+    name: &'a str,
+    #[serde(rename = "TTL")]
+    ttl: String,
+    lock_delay: String,
+    behavior: &'static str,
+}
+
+#[derive(Deserialize)]
+struct SessionCreated {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// A KV key as it stands: the session holding it, if any, and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvLock {
+    pub session: Option<String>,
+    pub value: String,
+}
+
+impl ConsulClient {
+    /// A new session on this agent's node with `ttl` and `lock_delay` (its locks are released
+    /// when it is invalidated); its ID.
+    pub async fn create_session(
+        &self,
+        name: &str,
+        ttl: Duration,
+        lock_delay: Duration,
+    ) -> Result<String, NetError> {
+        const WHAT: &str = "creating a session";
+        let url = format!("{}/v1/session/create", self.config.base_url);
+        let body = SessionRequest {
+            name,
+            ttl: format!("{}s", ttl.as_secs()),
+            lock_delay: format!("{}ms", lock_delay.as_millis()),
+            behavior: "release",
+        };
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| NetError::bad_response(WHAT, &peer(&url), e.to_string()))?;
+        let req = self.http.put(&url).body(body).timeout(REQUEST_TIMEOUT);
+        let resp = self.send(WHAT, &url, req).await?;
+        let body = self.small_body(WHAT, &url, resp).await?;
+        serde_json::from_slice::<SessionCreated>(&body)
+            .map(|s| s.id)
+            .map_err(|e| NetError::bad_response(WHAT, &peer(&url), e.to_string()))
+    }
+
+    /// Renews session `id`; false when Consul no longer knows it (invalidated).
+    pub async fn renew_session(&self, id: &str, timeout: Duration) -> Result<bool, NetError> {
+        const WHAT: &str = "renewing the lease's session";
+        let url = format!("{}/v1/session/renew/{id}", self.config.base_url);
+        let req = self.http.put(&url).timeout(timeout);
+        let resp = net::send(WHAT, &peer(&url), self.authorize(req), &[200, 404]).await?;
+        Ok(resp.status() == 200)
+    }
+
+    /// Ends session `id`: its locks are released (and the lock delay starts).
+    pub async fn destroy_session(&self, id: &str, timeout: Duration) -> Result<(), NetError> {
+        const WHAT: &str = "ending the lease's session";
+        let url = format!("{}/v1/session/destroy/{id}", self.config.base_url);
+        let req = self.http.put(&url).timeout(timeout);
+        self.send(WHAT, &url, req).await?;
+        Ok(())
+    }
+
+    /// Acquires `key` with `session`, writing `value`: true when the session holds it (also
+    /// when it held it already), false when another does or the lock delay is running.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        session: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<bool, NetError> {
+        const WHAT: &str = "acquiring the lease";
+        let url = format!("{}/v1/kv/{key}?acquire={session}", self.config.base_url);
+        let req = self.http.put(&url).body(value.to_owned()).timeout(timeout);
+        let resp = self.send(WHAT, &url, req).await?;
+        let body = self.small_body(WHAT, &url, resp).await?;
+        match body.trim_ascii() {
+            b"true" => Ok(true),
+            b"false" => Ok(false),
+            other => Err(NetError::bad_response(
+                WHAT,
+                &peer(&url),
+                format!("expected true or false, got {:?}", String::from_utf8_lossy(other)),
+            )),
+        }
+    }
+
+    /// The key as it stands, `None` when it does not exist.
+    pub async fn lock(&self, key: &str, timeout: Duration) -> Result<Option<KvLock>, NetError> {
+        const WHAT: &str = "reading the lease";
+        let url = format!("{}/v1/kv/{key}", self.config.base_url);
+        let req = self.http.get(&url).timeout(timeout);
+        let resp = net::send(WHAT, &peer(&url), self.authorize(req), &[200, 404]).await?;
+        if resp.status() == 404 {
+            return Ok(None);
+        }
+        let body = self.small_body(WHAT, &url, resp).await?;
+        let bad = |why: String| NetError::bad_response(WHAT, &peer(&url), why);
+        let entries: Vec<WireKv> = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        let Some(entry) = entries.into_iter().next() else {
+            return Ok(None);
+        };
+        let value = match entry.value {
+            Some(v) => {
+                let bytes = BASE64_STANDARD
+                    .decode(v)
+                    .map_err(|e| bad(format!("the value: {e}")))?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            None => String::new(),
+        };
+        Ok(Some(KvLock {
+            session: entry.session,
+            value,
+        }))
+    }
+
+    async fn small_body(
+        &self,
+        what: &'static str,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> Result<Vec<u8>, NetError> {
+        net::read_limited(resp, MAX_SMALL_BYTES)
+            .await
+            .map_err(|e| e.into_net(what, &peer(url)))
     }
 }
 
@@ -468,6 +641,29 @@ mod tests {
         assert!(members_from_health(b"{}").is_err());
     }
 
+    #[test]
+    fn an_instance_passes_when_every_check_does() {
+        let body = br#"[
+            {"Node": {"Address": "n"}, "Service": {"ID": "a", "Address": "10.0.0.1", "Port": 1},
+             "Checks": [{"Status": "passing"}, {"Status": "passing"}]},
+            {"Node": {"Address": "n"}, "Service": {"ID": "b", "Address": "10.0.0.2", "Port": 1},
+             "Checks": [{"Status": "critical"}, {"Status": "passing"}]},
+            {"Node": {"Address": "n"}, "Service": {"ID": "c", "Address": "10.0.0.3", "Port": 1},
+             "Checks": [{"Status": "passing"}, {"Status": "warning"}]},
+            {"Node": {"Address": "m"}, "Service": {"ID": "c-elsewhere", "Address": "10.0.0.3", "Port": 1},
+             "Checks": [{"Status": "passing"}]}
+        ]"#;
+        let i = instances_from_health(body).unwrap();
+        let names = |v: &[Member]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&i.passing),
+            ["10.0.0.1:1", "10.0.0.3:1"],
+            "a critical node or service check, or a warning, fails the instance; another passing \
+             instance of the same member keeps it"
+        );
+        assert_eq!(names(&i.present), ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"]);
+    }
+
     /// A one-connection HTTP server on loopback that answers every request with `head` and then
     /// `body_bytes` bytes of `fill` (or until the client goes away).
     fn serve_once(head: String, fill: u8, body_bytes: usize) -> String {
@@ -561,12 +757,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_huge_answer_is_refused_without_reading_it_all() {
-        let passing = |c: ConsulClient| async move { c.passing("pushgateway", 0, Duration::ZERO).await };
+        let passing = |c: ConsulClient| async move { c.health("pushgateway", 0, Duration::ZERO).await };
         huge_answers_refused(MAX_HEALTH_BYTES, passing).await;
         let big = MAX_HEALTH_BYTES * 4;
         let head = format!("HTTP/1.1 500 Oops\r\nContent-Length: {big}\r\n\r\n");
         let err = client(serve_once(head, b'x', big))
-            .passing("pushgateway", 0, Duration::ZERO)
+            .health("pushgateway", 0, Duration::ZERO)
             .await;
         let err = err.unwrap_err().to_string();
         assert!(
@@ -587,13 +783,13 @@ mod tests {
     async fn a_garbage_answer_is_an_error_naming_it() {
         let head = "HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nContent-Length: 9\r\n\r\n".to_owned();
         let err = client(serve_once(head, b'#', 9))
-            .passing("pushgateway", 0, Duration::ZERO)
+            .health("pushgateway", 0, Duration::ZERO)
             .await;
         let err = err.unwrap_err().to_string();
         assert!(err.contains("unexpected answer"), "{err}");
         let head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_owned();
         let err = client(serve_once(head, b'[', 2))
-            .passing("pushgateway", 0, Duration::ZERO)
+            .health("pushgateway", 0, Duration::ZERO)
             .await;
         assert!(err.unwrap_err().to_string().contains("X-Consul-Index"));
     }

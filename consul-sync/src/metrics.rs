@@ -6,6 +6,10 @@
 //! | `consul_sync_consul_errors_total{kind}` | those that failed (no answer, or not 200) |
 //! | `consul_sync_consul_up` | 1 when the last Consul request succeeded |
 //! | `consul_sync_last_consul_sync_timestamp_seconds` | Unix time of the last successful Consul read |
+//! | `consul_sync_consul_pushgateways_missing` | 1 while Consul shows none of the registered pushgateways (the list stays) |
+//! | `consul_sync_members_held` | pushgateways kept in the list against Consul's word: they answered when it took them out |
+//! | `consul_sync_member_holds_total` | times a pushgateway was kept so |
+//! | `consul_sync_leader` | 1 while this consul-sync holds the lease and may delete, move and deregister |
 //! | `consul_sync_member_changes_total` | changes of the member list after the first |
 //! | `consul_sync_members` | members in the current list |
 //! | `consul_sync_member_list_version` | version of the current list (Unix ms) |
@@ -144,6 +148,10 @@ pub struct Metrics {
     consul_errors: Family<KindLabels, Counter>,
     consul_up: Gauge,
     last_consul_sync: FloatGauge,
+    pub consul_pushgateways_missing: Gauge,
+    pub members_held: Gauge,
+    pub member_holds: Counter,
+    pub leader: Gauge,
     pub member_changes: Counter,
     members: Gauge,
     version: Gauge,
@@ -197,6 +205,10 @@ impl Metrics {
             consul_errors: Family::default(),
             consul_up: Gauge::default(),
             last_consul_sync: FloatGauge::default(),
+            consul_pushgateways_missing: Gauge::default(),
+            members_held: Gauge::default(),
+            member_holds: Counter::default(),
+            leader: Gauge::default(),
             member_changes: Counter::default(),
             members: Gauge::default(),
             version: Gauge::default(),
@@ -258,7 +270,15 @@ impl Metrics {
             consul_up: "consul_up",
                 "1 when the last request to Consul succeeded";
             last_consul_sync: "last_consul_sync_timestamp_seconds",
-                "Unix time of the last successful read of the passing pushgateways from Consul";
+                "Unix time of the last successful read of the pushgateways' health from Consul";
+            consul_pushgateways_missing: "consul_pushgateways_missing",
+                "1 while Consul shows none of the registered pushgateways (the last member list stays)";
+            members_held: "members_held",
+                "Pushgateways kept in the member list against Consul's word because they answered /-/healthy";
+            member_holds: "member_holds",
+                "Times a pushgateway Consul took out was kept in the member list because it answered /-/healthy";
+            leader: "leader",
+                "1 while this consul-sync holds the lease in Consul: only then does it delete, move and deregister";
             member_changes: "member_changes",
                 "Changes of the member list after the first list";
             members: "members",

@@ -17,6 +17,11 @@ use testkit::{free_port, http_request, wait_until, Consul, Pushgateway, TestDir}
 /// Three pushgateways, the third keeping its groups in a file; Consul; Envoy; one consul-sync
 /// that reconciles every second, whose list Envoy has taken.
 fn stack(name: &str, tombstone_ttl: &'static str) -> Stack {
+    stack_with(name, tombstone_ttl, |_| {})
+}
+
+/// [`stack`], calling `before_sync` once Consul runs and before consul-sync starts.
+fn stack_with(name: &str, tombstone_ttl: &'static str, before_sync: impl FnOnce(&Consul)) -> Stack {
     let dir = TestDir::new(name);
     let store = dir.join("pushgateway-3.store");
     let pgs = vec![
@@ -39,9 +44,11 @@ fn stack(name: &str, tombstone_ttl: &'static str) -> Stack {
         pgs,
         dir,
     };
+    before_sync(&s.consul);
     let mut options = s.options();
     options.reconcile = "1s";
     options.tombstone_ttl = tombstone_ttl;
+    options.extra_yaml = "lease: {ttl: 10s, lock_delay: 1s}\n".to_owned();
     s.syncs.push(ConsulSync::start(&s.dir, options));
     let all = s.all();
     wait_until("Envoy has consul-sync's list", Duration::from_secs(20), || {
@@ -186,4 +193,61 @@ fn a_tombstone_whose_pushgateway_stays_away_expires_logged_and_counted() {
         "{}",
         sync.proc.log_tail(30)
     );
+}
+
+/// The lease's key, held by a session of the test's own: consul-sync is a follower.
+const LEASE_KEY: &str = "dynamic-sharding/pushgateway/lease";
+
+#[test]
+fn a_consul_sync_without_the_lease_leaves_the_tombstones_in_envoy() {
+    let session = std::cell::RefCell::new(String::new());
+    let mut s = stack_with("tombstone-follower", "72h", |consul| {
+        let r = consul.request(
+            "PUT",
+            "/v1/session/create",
+            br#"{"Name": "other", "LockDelay": "1s"}"#,
+        );
+        let id = r.json()["ID"].as_str().unwrap().to_owned();
+        let r = consul.request(
+            "PUT",
+            &format!("/v1/kv/{LEASE_KEY}?acquire={id}"),
+            b"another consul-sync",
+        );
+        assert_eq!(r.body.trim(), "true");
+        *session.borrow_mut() = id;
+    });
+    let all = s.all();
+    let path = owned_elsewhere(&all, &s.pgs[2].addr(), "tomb_follower");
+    s.pgs[2].proc.kill();
+    let r = http_request("DELETE", &format!("{}{path}", s.envoy.proxy_url()), &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(in_envoy(&s), 1);
+    // Several rounds as a follower: nothing taken from Envoy, nothing written to Consul.
+    let sync = &s.syncs[0];
+    let rounds = || sync.metric("consul_sync_reconcile_duration_seconds_count");
+    let start = rounds();
+    wait_until("three rounds", Duration::from_secs(30), || {
+        (rounds() >= start + 3.0).then_some(())
+    });
+    assert_eq!(sync.metric("consul_sync_leader"), 0.0);
+    assert_eq!(
+        in_envoy(&s),
+        1,
+        "a follower acknowledged a tombstone it did not store"
+    );
+    let keys = s
+        .consul
+        .try_request("GET", "/v1/kv/dynamic-sharding/pushgateway/tombstones/?keys", b"")
+        .unwrap();
+    assert_eq!(keys.status, 404, "a follower wrote tombstones: {}", keys.body);
+    assert_eq!(sync.metric("consul_sync_tombstones_collected_total"), 0.0);
+    // The other's session ends: after the lock delay this one holds the lease and takes them.
+    let id = session.borrow().clone();
+    s.consul.request("PUT", &format!("/v1/session/destroy/{id}"), b"");
+    wait_until(
+        "the new holder keeps the tombstone",
+        Duration::from_secs(30),
+        || (sync.metric("consul_sync_tombstones") == 1.0 && in_envoy(&s) == 0).then_some(()),
+    );
+    assert_eq!(sync.metric("consul_sync_leader"), 1.0);
 }

@@ -19,7 +19,7 @@ pub mod pushgateway;
 pub mod victoria_metrics;
 pub mod vmagent;
 
-pub use consul::{Consul, ConsulPorts, ConsulService};
+pub use consul::{AclToken, Consul, ConsulOptions, ConsulPorts, ConsulService};
 pub use http::{http_get, http_request, try_http_get, try_http_request, HttpResponse};
 pub use proc::Proc;
 pub use prometheus::Prometheus;

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::pushgateway::labels;
-use testkit::{free_port, http_request, try_http_get, wait_until, Consul, Proc, Pushgateway, TestDir};
+use testkit::{
+    free_port, http_request, try_http_get, try_http_request, wait_until, Consul, Proc, Pushgateway, TestDir,
+};
 
 #[test]
 fn free_ports_are_never_handed_out_twice() {
@@ -119,4 +121,65 @@ fn consul_registers_and_survives_a_restart_on_the_same_ports() {
 #[should_panic(expected = "run ./build.sh deps (or set NOSUCHTHING_BIN=...)")]
 fn a_missing_binary_names_the_install_command() {
     testkit::bin("nosuchthing");
+}
+
+#[test]
+fn a_client_agent_with_acls_keeps_its_services_across_a_restart() {
+    let dir = TestDir::new("consul-client-acl");
+    let pg = Pushgateway::start(&dir);
+    let server = Consul::start_with_acl(&dir, "bootstrap-secret");
+    let mut client = Consul::start_client(&dir, &server);
+    let reg = format!(
+        r#"{{"ID":"pg1","Name":"pg","Address":"127.0.0.1","Port":{},
+            "Check":{{"HTTP":"{}/-/healthy","Interval":"1s","Timeout":"1s"}}}}"#,
+        pg.port,
+        pg.url()
+    );
+    // The anonymous token may do nothing; a token with the rights may.
+    let anonymous = try_http_request(
+        "PUT",
+        &format!("{}/v1/agent/service/register", client.url()),
+        &[],
+        reg.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(anonymous.status, 403, "{}", anonymous.body);
+    // Health answers need node:read too.
+    let token = server.create_token(
+        "pg-writer",
+        r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" }"#,
+    );
+    let r = try_http_request(
+        "PUT",
+        &format!("{}/v1/agent/service/register", client.url()),
+        &[("X-Consul-Token", &token.secret)],
+        reg.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until("the service passes", Duration::from_secs(15), || {
+        (server.passing_ids("pg") == ["pg1"]).then_some(())
+    });
+    client.restart(&dir);
+    wait_until(
+        "the service passes again after the client's restart",
+        Duration::from_secs(20),
+        || (client.passing_ids("pg") == ["pg1"]).then_some(()),
+    );
+    // Rights taken away: the service is hidden from that token.
+    let read = |t: &str| {
+        try_http_request(
+            "GET",
+            &format!("{}/v1/health/service/pg", client.url()),
+            &[("X-Consul-Token", t)],
+            b"",
+        )
+        .unwrap()
+    };
+    assert!(read(&token.secret).body.contains("pg1"));
+    server.set_rules(&token, r#"node_prefix "" { policy = "read" }"#);
+    wait_until("the token lost service:read", Duration::from_secs(10), || {
+        let r = read(&token.secret);
+        (r.status == 200 && r.body.trim() == "[]").then_some(())
+    });
 }

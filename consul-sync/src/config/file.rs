@@ -23,6 +23,16 @@ pub(super) struct RawConfig {
     pub(super) reconcile_interval: Option<Dur>,
     pub(super) drain_timeout: Option<Dur>,
     pub(super) tombstone_ttl: Option<Dur>,
+    pub(super) lease: RawLease,
+    pub(super) reload_token_file: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLease {
+    pub(super) key: Option<LeaseKey>,
+    pub(super) ttl: Option<LeaseTtl>,
+    pub(super) lock_delay: Option<LockDelay>,
 }
 
 #[derive(Default, Deserialize)]
@@ -159,6 +169,75 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {s:?}: must be above zero; {ACCEPTED}"));
     }
     Ok(d)
+}
+
+/// A session TTL as Consul takes it: 10s to 24h.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LeaseTtl(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for LeaseTtl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| {
+            let ttl = parse_duration(s)?;
+            if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400) {
+                return Err(format!(
+                    "{s:?} is out of range: Consul takes a session TTL from 10s to 24h"
+                ));
+            }
+            Ok(LeaseTtl(ttl))
+        })
+    }
+}
+
+/// A session lock delay as Consul takes it: 0s to 60s.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LockDelay(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for LockDelay {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| {
+            let delay = if s.trim() == "0" || s.trim() == "0s" {
+                Duration::ZERO
+            } else {
+                parse_duration(s)?
+            };
+            if delay > Duration::from_secs(60) {
+                return Err(format!(
+                    "{s:?} is out of range: Consul takes a lock delay from 0s to 60s"
+                ));
+            }
+            Ok(LockDelay(delay))
+        })
+    }
+}
+
+/// A Consul KV key: segments of letters, digits, `-`, `_` and `.` joined by `/`.
+#[derive(Clone, Debug)]
+pub(super) struct LeaseKey(pub(super) String);
+
+impl<'de> Deserialize<'de> for LeaseKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 256
+                && s.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                });
+            if ok {
+                Ok(LeaseKey(s.to_owned()))
+            } else {
+                Err(format!(
+                    "invalid key {s:?}: expected a Consul KV key, segments of letters, digits, '-', '_' or '.' \
+                     joined by '/' (e.g. dynamic-sharding/pushgateway/lease)"
+                ))
+            }
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -11,8 +11,11 @@ pub use file::{parse_duration, parse_server};
 
 use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::DEFAULT_VNODES;
-use file::{locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawPushgateway};
+use file::{
+    locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawLease, RawPushgateway,
+};
 use std::fmt;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +40,13 @@ pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 pub const CONSUL_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 /// Environment variable for the Envoy control token when `envoy.token_file` is not set.
 pub const CONTROL_TOKEN_ENV: &str = "SHARDING_CONTROL_TOKEN";
+/// Environment variable for the reload token when `reload_token_file` is not set.
+pub const RELOAD_TOKEN_ENV: &str = "CONSUL_SYNC_RELOAD_TOKEN";
+/// The lease's session TTL: Consul's least. A holder acts only within half of it after a renewal.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Consul's own default lock delay: after a holder's session is invalidated, nobody may take the
+/// lease for this long, so writes it sent just before end first.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 
 /// Consul clamps `DeregisterCriticalServiceAfter` below this to this.
 const CONSUL_MIN_DEREGISTER: Duration = Duration::from_secs(60);
@@ -79,8 +89,36 @@ pub struct Config {
     /// How long a tombstone (a `DELETE` that did not reach a pushgateway) is kept waiting for
     /// that pushgateway to be readable.
     pub tombstone_ttl: Duration,
+    /// The lease in Consul: only its holder deletes, moves and deregisters.
+    pub lease: LeaseConfig,
+    /// Bearer token `POST /-/reload` must carry; without one, reloads come only from SIGHUP.
+    pub reload_token: Option<Secret>,
     /// The file it was read from: a reload reads it again.
     pub source: Option<PathBuf>,
+}
+
+/// `lease`: a Consul session with this TTL and lock delay, and the KV key acquired with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub key: String,
+    pub ttl: Duration,
+    pub lock_delay: Duration,
+}
+
+/// A secret: compared and used, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<set>")
+    }
 }
 
 impl Config {
@@ -194,15 +232,19 @@ impl Config {
             source,
         })?;
         let read_file = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
-        let (mut config, warnings) = Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)?;
+        let (mut config, mut warnings) = Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)?;
+        let (servers, drain) = resolved_pushgateways(&config, &text, &mut warnings, resolve_host)
+            .map_err(|message| ConfigError::Invalid { file, message })?;
+        config.servers = servers;
+        config.drain = drain;
         config.source = Some(path.to_path_buf());
         Ok((config, warnings))
     }
 
     /// Refuses a reloaded configuration that changes what only a restart can change: the Consul
-    /// connection, the service name, the endpoint's address, the Envoys and the resync interval.
-    /// Everything else (servers, drain, checks, reconcile_interval, drain_timeout, tombstone_ttl,
-    /// vnodes) is taken live.
+    /// connection, the service name, the endpoint's address, the Envoys, the resync interval and
+    /// the lease. Everything else (servers, drain, checks, reconcile_interval, drain_timeout,
+    /// tombstone_ttl, vnodes, the reload token) is taken live.
     pub fn check_reload(&self, new: &Config) -> Result<(), String> {
         let mut changed = Vec::new();
         if self.consul != new.consul {
@@ -220,13 +262,15 @@ impl Config {
         if self.resync_interval != new.resync_interval {
             changed.push("resync_interval");
         }
+        if self.lease != new.lease {
+            changed.push("lease");
+        }
         if changed.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout, tombstone_ttl \
-                 and vnodes, \
-                 the rest needs a restart of consul-sync; nothing was changed",
+                "{} changed; a reload takes pushgateway.*, check.*, reconcile_interval, drain_timeout, tombstone_ttl, \
+                 vnodes and reload_token_file, the rest needs a restart of consul-sync; nothing was changed",
                 changed.join(", ")
             ))
         }
@@ -253,11 +297,14 @@ impl Config {
         let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
         let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
         let consul = consul(raw.consul_server, &env).map_err(invalid)?;
+        let service_name = raw
+            .register_service_name
+            .map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0);
+        let lease = lease(raw.lease, &service_name);
+        let reload_token = reload_token(raw.reload_token_file, &env, &read_file).map_err(invalid)?;
         let config = Config {
             consul,
-            service_name: raw
-                .register_service_name
-                .map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0),
+            service_name,
             servers,
             http_listen_addr,
             check,
@@ -268,6 +315,8 @@ impl Config {
             reconcile_interval: raw.reconcile_interval.map_or(DEFAULT_RECONCILE_INTERVAL, |d| d.0),
             drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
             tombstone_ttl: raw.tombstone_ttl.map_or(DEFAULT_TOMBSTONE_TTL, |d| d.0),
+            lease,
+            reload_token,
             source: None,
         };
         Ok((config, warnings))
@@ -283,19 +332,156 @@ fn pushgateways(
     let port = raw.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
     let servers = pushgateway_list(text, "servers", raw.servers, port)?;
     let drain = pushgateway_list(text, "drain", raw.drain, port)?;
-    for (i, m) in drain.iter().enumerate() {
-        if !servers.contains(m) {
-            warnings.push(format!(
-                "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained while it is registered in Consul (consul-sync keeps it registered if it registered it), and not registered anew"
-            ));
-        }
-    }
+    warnings.extend(drain_outside_servers(&servers, &drain));
     if servers.is_empty() {
         warnings.push(
             "pushgateway.servers is empty: nothing is registered; the member list is whatever Consul shows passing".to_owned(),
         );
     }
     Ok((servers, drain))
+}
+
+/// `lease`: the key defaults to one per service name, so consul-syncs of different services do
+/// not share it.
+fn lease(raw: RawLease, service_name: &str) -> LeaseConfig {
+    LeaseConfig {
+        key: raw
+            .key
+            .map_or_else(|| format!("dynamic-sharding/{service_name}/lease"), |k| k.0),
+        ttl: raw.ttl.map_or(DEFAULT_LEASE_TTL, |t| t.0),
+        lock_delay: raw.lock_delay.map_or(DEFAULT_LOCK_DELAY, |d| d.0),
+    }
+}
+
+/// `reload_token_file`, else the environment; none means `POST /-/reload` is refused.
+fn reload_token(
+    file: Option<PathBuf>,
+    env: &impl Fn(&str) -> Option<String>,
+    read_file: &impl Fn(&Path) -> Result<String, String>,
+) -> Result<Option<Secret>, String> {
+    match file {
+        Some(p) => {
+            let t =
+                read_file(&p).map_err(|e| format!("reload_token_file: cannot read {}: {e}", p.display()))?;
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(format!(
+                    "reload_token_file: {} is empty; it must hold the token POST /-/reload is to carry",
+                    p.display()
+                ));
+            }
+            Ok(Some(Secret(t.to_owned())))
+        }
+        None => Ok(env(RELOAD_TOKEN_ENV)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(Secret)),
+    }
+}
+
+/// The addresses a host name resolves to (the system's resolver).
+fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
+    (host, 0)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// `pushgateway.servers` and `drain` with every DNS name replaced by its address: Envoy routes
+/// (proxy mode, the `DELETE` fan-out) to IP addresses only, so a member must be one. A name must
+/// resolve to exactly one IPv4 address, or to none and exactly one IPv6 address (`localhost`'s
+/// `127.0.0.1` and `::1` give `127.0.0.1`); each resolution is noted in `warnings`. Entries that
+/// become the same address are refused, as the same entry twice is.
+fn resolved_pushgateways(
+    config: &Config,
+    text: &str,
+    warnings: &mut Vec<Warning>,
+    resolve: impl Fn(&str) -> Result<Vec<IpAddr>, String>,
+) -> Result<(Vec<Member>, Vec<Member>), String> {
+    let mut lists = Vec::new();
+    for (field, entries) in [("servers", &config.servers), ("drain", &config.drain)] {
+        let mut out: Vec<Member> = Vec::new();
+        for (i, m) in entries.iter().enumerate() {
+            let key = format!("pushgateway.{field}[{i}]");
+            let at = locate(text, &key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            let resolved = resolve_member(m, &resolve).map_err(|e| format!("{key}{at}: {e}"))?;
+            if &resolved != m {
+                warnings.push(format!(
+                    "{key}: {} resolves to {resolved}: that address is the member (names are resolved at start and at \
+                     every reload)",
+                    m.host()
+                ));
+            }
+            if let Some(j) = out.iter().position(|s| *s == resolved) {
+                return Err(format!(
+                    "{key}{at}: {m} is {resolved}, the same pushgateway as pushgateway.{field}[{j}]; list each once"
+                ));
+            }
+            out.push(resolved);
+        }
+        lists.push(out);
+    }
+    let drain = lists.pop().unwrap_or_default();
+    let servers = lists.pop().unwrap_or_default();
+    warnings.retain(|w| !w.contains("is not in pushgateway.servers"));
+    warnings.extend(drain_outside_servers(&servers, &drain));
+    Ok((servers, drain))
+}
+
+/// `m` with its host replaced by the one address it resolves to (as it is when an address).
+fn resolve_member(
+    m: &Member,
+    resolve: &impl Fn(&str) -> Result<Vec<IpAddr>, String>,
+) -> Result<Member, String> {
+    let host = m.host();
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return Ok(m.clone());
+    }
+    let addrs = resolve(host)
+        .map_err(|e| format!("{host} does not resolve ({e}); expected a name with one address"))?;
+    let v4: Vec<IpAddr> = addrs.iter().copied().filter(IpAddr::is_ipv4).collect();
+    let v6: Vec<IpAddr> = addrs.iter().copied().filter(IpAddr::is_ipv6).collect();
+    let pick = match (v4.as_slice(), v6.as_slice()) {
+        ([one], _) | ([], [one]) => *one,
+        ([], []) => {
+            return Err(format!(
+                "{host} resolves to no address; expected a name with one address, or an address"
+            ))
+        }
+        _ => {
+            let mut all = if v4.is_empty() { v6 } else { v4 };
+            all.sort();
+            all.dedup();
+            let all: Vec<String> = all.iter().map(IpAddr::to_string).collect();
+            return Err(format!(
+                "{host} resolves to several addresses ({}): each pushgateway is one member; list the addresses you \
+                 mean instead",
+                all.join(", ")
+            ));
+        }
+    };
+    let addr = match pick {
+        IpAddr::V4(a) => format!("{a}:{}", m.port()),
+        IpAddr::V6(a) => format!("[{a}]:{}", m.port()),
+    };
+    Member::parse(&addr)
+}
+
+/// A warning for each draining pushgateway that is not in `servers`.
+fn drain_outside_servers(servers: &[Member], drain: &[Member]) -> Vec<Warning> {
+    drain
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !servers.contains(m))
+        .map(|(i, m)| {
+            format!(
+                "pushgateway.drain[{i}]: {m} is not in pushgateway.servers; it is drained while it is registered in Consul \
+                 (consul-sync keeps it registered if it registered it), and not registered anew"
+            )
+        })
+        .collect()
 }
 
 /// `pushgateway.username` and `password`: both, or a username alone, or neither.
@@ -647,6 +833,138 @@ vnodes: 100
             e.contains("consul_server, http_listen_addr changed") && e.contains("nothing was changed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lease_keys() {
+        let (c, _) = parse("register_service_name: pg2\n").unwrap();
+        assert_eq!(
+            c.lease,
+            LeaseConfig {
+                key: "dynamic-sharding/pg2/lease".to_owned(),
+                ttl: DEFAULT_LEASE_TTL,
+                lock_delay: DEFAULT_LOCK_DELAY,
+            },
+            "one lease per service name by default"
+        );
+        let (c, _) = parse("lease: {key: ops/ds.lease, ttl: 30s, lock_delay: 0s}\n").unwrap();
+        assert_eq!(
+            (c.lease.key.as_str(), c.lease.ttl, c.lease.lock_delay),
+            ("ops/ds.lease", Duration::from_secs(30), Duration::ZERO)
+        );
+        for (text, needles) in [
+            ("lease: {ttl: 5s}\n", &["lease.ttl", "10s to 24h"][..]),
+            ("lease: {lock_delay: 2m}\n", &["lease.lock_delay", "0s to 60s"]),
+            ("lease: {key: '/abs'}\n", &["lease.key", "segments of letters"]),
+            ("lease: {key: 'a//b'}\n", &["lease.key"]),
+            (
+                "lease: {ttl: 10s, renew: 1s}\n",
+                &["lease", "unknown field `renew`"],
+            ),
+        ] {
+            let e = refused(text);
+            for n in needles {
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
+            }
+        }
+        let (old, _) = parse("").unwrap();
+        let (new, _) = parse("lease: {ttl: 20s}\n").unwrap();
+        assert!(old.check_reload(&new).unwrap_err().contains("lease changed"));
+    }
+
+    #[test]
+    fn the_reload_token_from_a_file_or_the_environment() {
+        let (c, _) = parse("reload_token_file: /tok\n").unwrap();
+        assert_eq!(c.reload_token.as_ref().map(Secret::expose), Some("file-token"));
+        assert!(!format!("{c:?}").contains("file-token"), "never in Debug");
+        let (c, _) = parse_env("", &[(RELOAD_TOKEN_ENV, " r1 ")]).unwrap();
+        assert_eq!(c.reload_token.as_ref().map(Secret::expose), Some("r1"));
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.reload_token, None, "no token: reloads over HTTP are off");
+        let e = refused("reload_token_file: /nope\n");
+        assert!(e.contains("reload_token_file: cannot read /nope"), "{e}");
+        // A new token is taken by a reload.
+        let (new, _) = parse("reload_token_file: /tok\n").unwrap();
+        assert_eq!(c.check_reload(&new), Ok(()));
+    }
+
+    /// Servers, drain, warnings.
+    type Resolved = (Vec<String>, Vec<String>, Vec<Warning>);
+
+    /// The servers and drain of `text` resolved with a fixed table of names.
+    fn resolved(text: &str) -> Result<Resolved, String> {
+        let (c, mut warnings) = parse(text)?;
+        let table = |host: &str| -> Result<Vec<IpAddr>, String> {
+            let ips: &[&str] = match host {
+                "pg-1.example" => &["10.0.0.1"],
+                "localhost" => &["::1", "127.0.0.1"],
+                "v6.example" => &["fd00::7"],
+                "rr.example" => &["10.0.0.9", "10.0.0.8"],
+                "none.example" => &[],
+                _ => return Err("Name or service not known".to_owned()),
+            };
+            Ok(ips.iter().map(|ip| ip.parse().unwrap()).collect())
+        };
+        let (servers, drain) = resolved_pushgateways(&c, text, &mut warnings, table)?;
+        let names = |v: Vec<Member>| v.iter().map(|m| m.to_string()).collect();
+        Ok((names(servers), names(drain), warnings))
+    }
+
+    #[test]
+    fn dns_names_become_their_one_address() {
+        let (servers, drain, warnings) = resolved(
+            "pushgateway:\n  servers: [pg-1.example, 'localhost:9092', 'v6.example:1', 10.0.0.5]\n  drain: [pg-1.example]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            servers,
+            ["10.0.0.1:9091", "127.0.0.1:9092", "[fd00::7]:1", "10.0.0.5:9091"]
+        );
+        assert_eq!(drain, ["10.0.0.1:9091"], "drained as the same member");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("pushgateway.servers[0]: pg-1.example resolves to 10.0.0.1:9091")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("not in pushgateway.servers")),
+            "{warnings:?}"
+        );
+        for (text, needles) in [
+            (
+                "pushgateway:\n  servers:\n    - a.example\n",
+                &[
+                    "pushgateway.servers[0] (line 3)",
+                    "a.example does not resolve",
+                    "Name or service not known",
+                ][..],
+            ),
+            (
+                "pushgateway: {servers: [none.example]}\n",
+                &["pushgateway.servers[0]", "resolves to no address"],
+            ),
+            (
+                "pushgateway: {servers: [rr.example]}\n",
+                &[
+                    "resolves to several addresses (10.0.0.8, 10.0.0.9)",
+                    "list the addresses",
+                ],
+            ),
+            (
+                "pushgateway: {servers: [10.0.0.1, pg-1.example]}\n",
+                &[
+                    "pushgateway.servers[1]",
+                    "is 10.0.0.1:9091",
+                    "same pushgateway as pushgateway.servers[0]",
+                ],
+            ),
+        ] {
+            let e = resolved(text).unwrap_err();
+            for n in needles {
+                assert!(e.contains(n), "{text:?}: {e:?} lacks {n:?}");
+            }
+        }
     }
 
     #[test]

@@ -8,13 +8,26 @@
 //!   every registered pushgateway passes or the settling time has passed, a list that lacks a
 //!   registered pushgateway is held back, so a (re)start pushes neither an empty nor a partial
 //!   list that would move groups twice.
+//! - Missing: Consul showing none of the registered pushgateways, in any state, is not "none
+//!   passes" but a Consul that does not know them (an agent that lost its state or is leaving
+//!   the cluster, a token without `service:read`, which reads `200 []`): the list stays.
+//! - Suspicious removals: a change that takes two or more pushgateways out at once, or the last
+//!   one, or any within `hold` after Consul came back (from an outage, a reset or showing none of
+//!   them; a restarted agent's checks start critical), is not believed at once: the removed ones
+//!   are probed ([`ListUpdate::Probe`]), and those that answer are held in the list for `hold`
+//!   while Consul's checks catch up. Each is held once: if its hold runs out before it passes
+//!   again, it leaves. A single pushgateway removed otherwise leaves at once: a dead one must
+//!   leave fast.
 //! - Pushgateways in `pushgateway.drain` leave the ring and travel beside it while they pass.
 //! - Registered pushgateways that do not pass travel beside it as `absent`: a `DELETE` cannot
 //!   reach them now, so it leaves a tombstone for each.
 
+use crate::consul::Instances;
 use crate::membership::versions::VersionClock;
 use dynamic_sharding::members::{Member, MemberDiff, MemberList, MAX_MEMBERS};
 use dynamic_sharding::ring::Ring;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// What to do with one answer from Consul.
@@ -24,6 +37,11 @@ pub enum ListUpdate {
     Unchanged,
     /// Settling: held back until `until` unless every registered pushgateway passes first.
     Hold { until: Instant },
+    /// Consul shows none of the registered pushgateways: the published list stays.
+    Missing,
+    /// Consul took these out in a way that is suspicious: probe them, then decide with
+    /// [`PublishedList::observe_probed`].
+    Probe { removed: Vec<Member> },
     /// A new list to publish.
     Publish {
         old: Option<MemberList>,
@@ -39,16 +57,36 @@ pub struct PublishedList {
     /// Pushgateways to keep out of the ring (`pushgateway.drain`).
     drain: Vec<Member>,
     settle_until: Option<Instant>,
+    /// How long a pushgateway that answers is kept against Consul's word, and how long removals
+    /// stay suspicious after Consul came back.
+    hold: Duration,
+    /// Until when every removal is suspicious.
+    suspect_until: Option<Instant>,
+    /// Pushgateways kept against Consul's word because they answered, and until when.
+    held: BTreeMap<Member, Instant>,
+    /// Pushgateways whose hold ran out: not held again before they pass again.
+    spent: BTreeSet<Member>,
+    /// Holds that ran out since the last [`PublishedList::take_expired`].
+    expired: Vec<Member>,
+    /// Consul showed none of the registered pushgateways at the last answer.
+    missing: bool,
     clock: VersionClock,
 }
 
 impl PublishedList {
-    pub fn new(registered: Vec<Member>) -> PublishedList {
+    /// `hold`: how long a pushgateway that answers a probe stays against Consul's word.
+    pub fn new(registered: Vec<Member>, hold: Duration) -> PublishedList {
         PublishedList {
             published: None,
             registered,
             drain: Vec::new(),
             settle_until: None,
+            hold,
+            suspect_until: None,
+            held: BTreeMap::new(),
+            spent: BTreeSet::new(),
+            expired: Vec::new(),
+            missing: false,
             clock: VersionClock::default(),
         }
     }
@@ -64,6 +102,11 @@ impl PublishedList {
         self.registered = registered;
     }
 
+    /// Sets how long a pushgateway that answers is held (the check settings changed).
+    pub fn set_hold(&mut self, hold: Duration) {
+        self.hold = hold;
+    }
+
     /// Holds back lists lacking a registered pushgateway until `until`.
     pub fn settle_until(&mut self, until: Instant) {
         if !self.registered.is_empty() {
@@ -71,8 +114,37 @@ impl PublishedList {
         }
     }
 
+    /// Consul came back (from an outage or a reset): every removal until `now + hold` is
+    /// suspicious.
+    pub fn suspect_from(&mut self, now: Instant) {
+        let until = now + self.hold;
+        self.suspect_until = Some(self.suspect_until.map_or(until, |t| t.max(until)));
+    }
+
     pub fn published(&self) -> Option<&MemberList> {
         self.published.as_ref()
+    }
+
+    /// Whether Consul lacks some registered pushgateway altogether (they need registering).
+    pub fn lacks_registered(&self, consul: &Instances) -> bool {
+        self.registered
+            .iter()
+            .any(|m| consul.present.binary_search(m).is_err())
+    }
+
+    /// The pushgateways held in the list against Consul's word.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When the first hold runs out: the answer must be looked at again then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.held.values().min().copied()
+    }
+
+    /// The pushgateways whose hold ran out since the last call.
+    pub fn take_expired(&mut self) -> Vec<Member> {
+        std::mem::take(&mut self.expired)
     }
 
     /// The published list again with a new version (`now_ms` or above): for an Envoy that refused
@@ -84,12 +156,71 @@ impl PublishedList {
         Some(list)
     }
 
-    /// Decides on the `passing` pushgateways (sorted, no duplicates) seen at `now` / `now_ms`:
-    /// the ring is those not being drained; the draining ones that pass travel beside it.
-    pub fn observe(&mut self, passing: Vec<Member>, now: Instant, now_ms: u64) -> ListUpdate {
+    /// Decides on what Consul shows at `now` / `now_ms`: the ring is the passing pushgateways
+    /// (and the held ones) not being drained; the draining ones travel beside it.
+    pub fn observe(&mut self, consul: &Instances, now: Instant, now_ms: u64) -> ListUpdate {
+        let missing = self.published.is_some()
+            && !self.registered.is_empty()
+            && !self
+                .registered
+                .iter()
+                .any(|m| consul.present.binary_search(m).is_ok());
+        if missing {
+            self.missing = true;
+            return ListUpdate::Missing;
+        }
+        if std::mem::take(&mut self.missing) {
+            self.suspect_from(now);
+        }
+        self.decide(consul, None, now, now_ms)
+    }
+
+    /// Decides after a [`ListUpdate::Probe`]: of the removed pushgateways, `alive` answered and
+    /// are held (unless their hold already ran out once).
+    pub fn observe_probed(
+        &mut self,
+        consul: &Instances,
+        alive: &[Member],
+        now: Instant,
+        now_ms: u64,
+    ) -> ListUpdate {
+        self.decide(consul, Some(alive), now, now_ms)
+    }
+
+    fn decide(
+        &mut self,
+        consul: &Instances,
+        probed: Option<&[Member]>,
+        now: Instant,
+        now_ms: u64,
+    ) -> ListUpdate {
+        let passing = &consul.passing;
+        let passes = |m: &Member| passing.binary_search(m).is_ok();
+        let ended: Vec<Member> = self
+            .held
+            .iter()
+            .filter(|(m, until)| passes(m) || now >= **until)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in ended {
+            self.held.remove(&m);
+            if !passes(&m) {
+                self.spent.insert(m.clone());
+                self.expired.push(m);
+            }
+        }
+        self.spent.retain(|m| !passes(m));
+        for m in probed.unwrap_or_default() {
+            if !self.spent.contains(m) {
+                self.held.insert(m.clone(), now + self.hold);
+            }
+        }
+        let mut effective: Vec<Member> = passing.iter().chain(self.held.keys()).cloned().collect();
+        effective.sort();
+        effective.dedup();
         let (draining, members): (Vec<Member>, Vec<Member>) =
-            passing.iter().cloned().partition(|m| self.drain.contains(m));
-        let absent = self.absent(&passing);
+            effective.iter().cloned().partition(|m| self.drain.contains(m));
+        let absent = self.absent(&effective);
         if self
             .published
             .as_ref()
@@ -98,11 +229,16 @@ impl PublishedList {
             return ListUpdate::Unchanged;
         }
         if let Some(until) = self.settle_until {
-            let all_registered_pass = self.registered.iter().all(|m| passing.binary_search(m).is_ok());
+            let all_registered_pass = self.registered.iter().all(|m| effective.binary_search(m).is_ok());
             if now < until && !all_registered_pass {
                 return ListUpdate::Hold { until };
             }
             self.settle_until = None;
+        }
+        if probed.is_none() {
+            if let Some(removed) = self.suspicious_removal(&effective, &consul.present, now) {
+                return ListUpdate::Probe { removed };
+            }
         }
         let new = MemberList {
             version: self.clock.next(now_ms),
@@ -114,16 +250,49 @@ impl PublishedList {
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
     }
+
+    /// The removed pushgateways to probe, when going from the published list to `effective`
+    /// removes them suspiciously; those whose hold already ran out are not probed again. A
+    /// registered pushgateway gone from Consul altogether (deregistered by hand: the registrar
+    /// registers it again) is suspicious alone.
+    fn suspicious_removal(
+        &self,
+        effective: &[Member],
+        present: &[Member],
+        now: Instant,
+    ) -> Option<Vec<Member>> {
+        let published = self.published.as_ref()?;
+        let before: Vec<&Member> = published.holders().collect();
+        let removed: Vec<&Member> = before
+            .iter()
+            .copied()
+            .filter(|m| effective.binary_search(m).is_err())
+            .collect();
+        let unregistered = removed
+            .iter()
+            .any(|m| self.registered.contains(m) && present.binary_search(m).is_err());
+        let suspicious = removed.len() >= 2
+            || (!removed.is_empty() && removed.len() == before.len())
+            || (!removed.is_empty() && self.suspect_until.is_some_and(|t| now < t))
+            || unregistered;
+        let to_probe: Vec<Member> = removed
+            .into_iter()
+            .filter(|m| !self.spent.contains(*m))
+            .cloned()
+            .collect();
+        (suspicious && !to_probe.is_empty()).then_some(to_probe)
+    }
 }
 
 impl PublishedList {
-    /// The registered pushgateways not in `passing` (sorted), at most as many as a list takes.
-    fn absent(&self, passing: &[Member]) -> Vec<Member> {
-        let room = MAX_MEMBERS.saturating_sub(passing.len());
+    /// The registered pushgateways not in `listed` (the passing and the held ones; sorted), at
+    /// most as many as a list takes.
+    fn absent(&self, listed: &[Member]) -> Vec<Member> {
+        let room = MAX_MEMBERS.saturating_sub(listed.len());
         let mut absent: Vec<Member> = self
             .registered
             .iter()
-            .filter(|m| passing.binary_search(m).is_err())
+            .filter(|m| listed.binary_search(m).is_err())
             .take(room)
             .cloned()
             .collect();
@@ -189,7 +358,8 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    const HOLD: Duration = Duration::from_secs(10);
 
     fn m(list: &[&str]) -> Vec<Member> {
         let mut v: Vec<Member> = list.iter().map(|s| Member::parse(s).unwrap()).collect();
@@ -197,24 +367,53 @@ mod tests {
         v
     }
 
+    /// Consul's answer: `passing` pass, `critical` are there and fail.
+    fn consul(passing: &[&str], critical: &[&str]) -> Instances {
+        let mut present = m(passing);
+        present.extend(m(critical));
+        present.sort();
+        Instances {
+            passing: m(passing),
+            present,
+            skipped: vec![],
+        }
+    }
+
+    /// Everything passing.
+    fn pass(passing: &[&str]) -> Instances {
+        consul(passing, &[])
+    }
+
+    fn published(update: ListUpdate) -> MemberList {
+        match update {
+            ListUpdate::Publish { new, .. } => new,
+            other => panic!("expected a new list, got {other:?}"),
+        }
+    }
+
     #[test]
     fn only_a_change_of_members_publishes() {
         let now = Instant::now();
-        let mut v = PublishedList::new(vec![]);
-        let ListUpdate::Publish { old: None, new } = v.observe(m(&["a:1", "b:1"]), now, 10) else {
+        let mut v = PublishedList::new(vec![], HOLD);
+        let ListUpdate::Publish { old: None, new } = v.observe(&pass(&["a:1", "b:1"]), now, 10) else {
             unreachable!()
         };
         assert_eq!((new.version, new.len()), (10, 2));
         // Same members (e.g. Consul's index moved for another service): nothing.
-        assert_eq!(v.observe(m(&["a:1", "b:1"]), now, 20), ListUpdate::Unchanged);
-        let ListUpdate::Publish { old: Some(old), new } = v.observe(m(&["a:1"]), now, 20) else {
+        assert_eq!(v.observe(&pass(&["a:1", "b:1"]), now, 20), ListUpdate::Unchanged);
+        // One pushgateway out: published at once.
+        let ListUpdate::Publish { old: Some(old), new } = v.observe(&pass(&["a:1"]), now, 20) else {
             unreachable!()
         };
         assert_eq!((old.version, new.version), (10, 20));
-        // Nothing passing while Consul answers: the empty list is published.
-        let ListUpdate::Publish { new, .. } = v.observe(vec![], now, 20) else {
-            unreachable!()
-        };
+        // Nothing passing while Consul answers: the last one is probed first, and when it does
+        // not answer, the empty list is published.
+        let none = consul(&[], &["a:1", "b:1"]);
+        assert_eq!(
+            v.observe(&none, now, 21),
+            ListUpdate::Probe { removed: m(&["a:1"]) }
+        );
+        let new = published(v.observe_probed(&none, &[], now, 21));
         assert!(new.is_empty());
         assert_eq!(new.version, 21);
         assert_eq!(v.published().map(|l| l.version), Some(21));
@@ -224,77 +423,165 @@ mod tests {
     fn settling_holds_back_lists_missing_a_registered_pushgateway() {
         let t0 = Instant::now();
         let until = t0 + Duration::from_secs(5);
-        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]));
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
         v.settle_until(until);
-        assert_eq!(v.observe(vec![], t0, 1), ListUpdate::Hold { until });
-        assert_eq!(v.observe(m(&["a:1", "b:1"]), t0, 1), ListUpdate::Hold { until });
+        assert_eq!(v.observe(&pass(&[]), t0, 1), ListUpdate::Hold { until });
+        assert_eq!(
+            v.observe(&consul(&["a:1", "b:1"], &["c:1"]), t0, 1),
+            ListUpdate::Hold { until }
+        );
         // All registered ones pass (others may too): published at once.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1", "x:1"]), t0, 2) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1", "x:1"]), t0, 2));
         assert_eq!(new.len(), 4);
         // Settling is over: a loss is published at once.
-        assert!(matches!(
-            v.observe(m(&["a:1"]), t0, 3),
-            ListUpdate::Publish { .. }
-        ));
+        published(v.observe(&consul(&["a:1", "b:1", "c:1"], &["x:1"]), t0, 3));
 
         // A pushgateway that really is down is published without it once the time is up.
-        let mut v = PublishedList::new(m(&["a:1", "b:1"]));
+        let mut v = PublishedList::new(m(&["a:1", "b:1"]), HOLD);
         v.settle_until(until);
-        assert!(matches!(v.observe(m(&["a:1"]), t0, 1), ListUpdate::Hold { .. }));
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1"]), until, 1) else {
-            unreachable!()
-        };
+        let down = consul(&["a:1"], &["b:1"]);
+        assert!(matches!(v.observe(&down, t0, 1), ListUpdate::Hold { .. }));
+        assert_eq!(published(v.observe(&down, until, 1)).members, m(&["a:1"]));
+    }
+
+    #[test]
+    fn a_consul_that_shows_none_of_the_registered_pushgateways_changes_nothing() {
+        let t0 = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "x:1"]), t0, 1));
+        // An agent that left the cluster, or a token without service:read: `[]`, or only
+        // what others registered.
+        assert_eq!(v.observe(&pass(&[]), t0, 2), ListUpdate::Missing);
+        assert_eq!(v.observe(&pass(&["x:1"]), t0, 2), ListUpdate::Missing);
+        assert_eq!(v.published().map(MemberList::len), Some(3));
+        // Back, with its checks critical at first: one missing pushgateway is suspicious now.
+        let back = consul(&["a:1", "x:1"], &["b:1"]);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            v.observe(&back, t1, 3),
+            ListUpdate::Probe { removed: m(&["b:1"]) }
+        );
+        // It answers: held, nothing changes.
+        assert_eq!(
+            v.observe_probed(&back, &m(&["b:1"]), t1, 3),
+            ListUpdate::Unchanged
+        );
+        assert_eq!(v.held(), 1);
+        assert_eq!(v.next_deadline(), Some(t1 + HOLD));
+        // Its check passes: no longer held.
+        assert_eq!(
+            v.observe(&pass(&["a:1", "b:1", "x:1"]), t1, 4),
+            ListUpdate::Unchanged
+        );
+        assert_eq!(v.held(), 0);
+        // Without registered pushgateways there is nothing to miss.
+        let mut v = PublishedList::new(vec![], HOLD);
+        published(v.observe(&pass(&["x:1"]), t0, 1));
+        assert!(matches!(v.observe(&pass(&[]), t0, 2), ListUpdate::Probe { .. }));
+    }
+
+    #[test]
+    fn two_removed_at_once_are_probed_and_those_that_answer_held_once() {
+        let t0 = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0, 1));
+        // A restarted agent: every check critical at first.
+        let restarted = consul(&["a:1"], &["b:1", "c:1"]);
+        assert_eq!(
+            v.observe(&restarted, t0, 2),
+            ListUpdate::Probe {
+                removed: m(&["b:1", "c:1"])
+            }
+        );
+        // b answers, c is dead: c leaves at once, b stays.
+        let new = published(v.observe_probed(&restarted, &m(&["b:1"]), t0, 2));
+        assert_eq!(new.members, m(&["a:1", "b:1"]));
+        // Within the hold, Consul's word on b changes nothing.
+        let later = t0 + HOLD - Duration::from_millis(1);
+        assert_eq!(v.observe(&restarted, later, 3), ListUpdate::Unchanged);
+        // The hold runs out while b still fails: it leaves, and is not held again.
+        let new = published(v.observe(&restarted, t0 + HOLD, 4));
         assert_eq!(new.members, m(&["a:1"]));
+        assert_eq!(v.take_expired(), m(&["b:1"]));
+        assert_eq!(v.held(), 0);
+        // Once it passed again it may be held again.
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0 + HOLD, 5));
+        assert!(matches!(
+            v.observe(&restarted, t0 + HOLD, 6),
+            ListUpdate::Probe { .. }
+        ));
+    }
+
+    #[test]
+    fn a_registered_pushgateway_gone_from_consul_is_probed_alone() {
+        let t0 = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0, 1));
+        // Deregistered by hand: it will be registered again, so it is asked first.
+        let gone = pass(&["a:1", "b:1"]);
+        assert!(v.lacks_registered(&gone));
+        assert_eq!(
+            v.observe(&gone, t0, 2),
+            ListUpdate::Probe { removed: m(&["c:1"]) }
+        );
+        // One that is there and fails leaves at once.
+        let failing = consul(&["a:1", "b:1"], &["c:1"]);
+        assert!(!v.lacks_registered(&failing));
+        published(v.observe(&failing, t0, 3));
+    }
+
+    #[test]
+    fn after_consul_came_back_even_one_removal_is_probed() {
+        let t0 = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0, 1));
+        let one_down = consul(&["a:1", "b:1"], &["c:1"]);
+        v.suspect_from(t0);
+        assert_eq!(
+            v.observe(&one_down, t0, 2),
+            ListUpdate::Probe { removed: m(&["c:1"]) }
+        );
+        // Past the suspicion, one removal is believed at once.
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), t0, 1));
+        v.suspect_from(t0);
+        published(v.observe(&one_down, t0 + HOLD, 2));
     }
 
     #[test]
     fn a_republished_list_keeps_its_members_and_gets_a_higher_version() {
         let now = Instant::now();
-        let mut v = PublishedList::new(vec![]);
+        let mut v = PublishedList::new(vec![], HOLD);
         assert_eq!(v.republish(5), None, "nothing to republish before the first list");
-        assert!(matches!(
-            v.observe(m(&["a:1"]), now, 10),
-            ListUpdate::Publish { .. }
-        ));
+        published(v.observe(&pass(&["a:1"]), now, 10));
         // Another writer's version 1000 was seen: the list goes out again above it.
         let again = v.republish(1001).unwrap();
         assert_eq!((again.version, again.members.clone()), (1001, m(&["a:1"])));
         assert_eq!(v.published(), Some(&again));
         // The next observation starts above it, whatever the clock says.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1"]), now, 20) else {
-            unreachable!()
-        };
-        assert_eq!(new.version, 1002);
+        assert_eq!(
+            published(v.observe(&pass(&["a:1", "b:1"]), now, 20)).version,
+            1002
+        );
     }
 
     #[test]
     fn drained_pushgateways_leave_the_ring_but_stay_listed() {
         let now = Instant::now();
-        let mut v = PublishedList::new(vec![]);
-        assert!(matches!(
-            v.observe(m(&["a:1", "b:1", "c:1"]), now, 1),
-            ListUpdate::Publish { .. }
-        ));
+        let mut v = PublishedList::new(vec![], HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 1));
         v.set_drain(m(&["c:1", "z:1"]));
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1"]), now, 2) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 2));
         assert_eq!((new.members, new.draining), (m(&["a:1", "b:1"]), m(&["c:1"])));
         assert_eq!(
-            v.observe(m(&["a:1", "b:1", "c:1"]), now, 3),
+            v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 3),
             ListUpdate::Unchanged
         );
         // A draining pushgateway that stops passing leaves the list altogether.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1"]), now, 4) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&consul(&["a:1", "b:1"], &["c:1"]), now, 4));
         assert!(new.draining.is_empty());
         v.set_drain(vec![]);
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1"]), now, 5) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 5));
         assert_eq!(
             new.members.len(),
             3,
@@ -305,56 +592,58 @@ mod tests {
     #[test]
     fn settling_after_a_reset_keeps_the_published_list() {
         let t0 = Instant::now();
-        let mut v = PublishedList::new(m(&["a:1", "b:1"]));
-        assert!(matches!(
-            v.observe(m(&["a:1", "b:1"]), t0, 1),
-            ListUpdate::Publish { .. }
-        ));
+        let mut v = PublishedList::new(m(&["a:1", "b:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1"]), t0, 1));
         v.settle_until(t0 + Duration::from_secs(5));
-        // A Consul that forgot everything shows nothing passing: held, not published.
-        assert!(matches!(v.observe(vec![], t0, 2), ListUpdate::Hold { .. }));
+        // A Consul that forgot everything shows them critical: held, not published.
+        let reset = consul(&[], &["a:1", "b:1"]);
+        assert!(matches!(v.observe(&reset, t0, 2), ListUpdate::Hold { .. }));
         assert_eq!(v.published().map(MemberList::len), Some(2));
-        assert_eq!(v.observe(m(&["a:1", "b:1"]), t0, 3), ListUpdate::Unchanged);
+        assert_eq!(v.observe(&pass(&["a:1", "b:1"]), t0, 3), ListUpdate::Unchanged);
     }
 
     #[test]
     fn registered_pushgateways_that_do_not_pass_are_listed_absent() {
         let now = Instant::now();
-        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]));
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
         v.set_drain(m(&["c:1"]));
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "b:1", "c:1", "x:1"]), now, 1) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1", "x:1"]), now, 1));
         assert!(new.absent.is_empty(), "{new:?}");
         // b dies: out of the ring, absent.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "c:1", "x:1"]), now, 2) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&consul(&["a:1", "c:1", "x:1"], &["b:1"]), now, 2));
         assert_eq!(
             (new.members, new.draining, new.absent),
             (m(&["a:1", "x:1"]), m(&["c:1"]), m(&["b:1"]))
         );
         // The draining one dies too: absent as well, still holding what it held.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1", "x:1"]), now, 3) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&consul(&["a:1", "x:1"], &["b:1", "c:1"]), now, 3));
         assert_eq!((new.draining, new.absent), (vec![], m(&["b:1", "c:1"])));
         // An unregistered one that stops passing is simply gone.
-        let ListUpdate::Publish { new, .. } = v.observe(m(&["a:1"]), now, 4) else {
-            unreachable!()
-        };
+        let new = published(v.observe(&consul(&["a:1"], &["b:1", "c:1"]), now, 4));
         assert_eq!((new.members, new.absent), (m(&["a:1"]), m(&["b:1", "c:1"])));
-        assert_eq!(v.observe(m(&["a:1"]), now, 5), ListUpdate::Unchanged);
+        assert_eq!(
+            v.observe(&consul(&["a:1"], &["b:1", "c:1"]), now, 5),
+            ListUpdate::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_held_pushgateway_is_in_the_ring_not_absent() {
+        let now = Instant::now();
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 1));
+        let critical = consul(&["a:1"], &["b:1", "c:1"]);
+        assert!(matches!(v.observe(&critical, now, 2), ListUpdate::Probe { .. }));
+        // b answered its probe, c did not: b stays a member, only c is absent.
+        let new = published(v.observe_probed(&critical, &m(&["b:1"]), now, 3));
+        assert_eq!((new.members, new.absent), (m(&["a:1", "b:1"]), m(&["c:1"])));
     }
 
     #[test]
     fn no_registered_servers_means_no_settling() {
-        let mut v = PublishedList::new(vec![]);
+        let mut v = PublishedList::new(vec![], HOLD);
         v.settle_until(Instant::now() + Duration::from_secs(60));
-        assert!(matches!(
-            v.observe(vec![], Instant::now(), 1),
-            ListUpdate::Publish { .. }
-        ));
+        published(v.observe(&pass(&[]), Instant::now(), 1));
     }
 
     #[test]

@@ -1,29 +1,44 @@
 //! Keeps every configured pushgateway registered in Consul, and only those.
 //!
 //! Consul deregisters a service whose check stayed critical for `check.deregister_after`; the Go
-//! original then never saw that pushgateway again. Every `reconcile_interval`, and at once after a
-//! reload, this task lists the agent's services and:
+//! original then never saw that pushgateway again. Every `reconcile_interval`, at once after a
+//! reload, and when the watcher finds Consul lacking one of them, this task lists the agent's
+//! services and:
 //! - registers each configured pushgateway that is missing (it is admitted again as soon as its
-//!   check passes), and registers again those whose check settings a reload changed;
-//! - deregisters the services consul-sync registered (meta `managed_by=consul-sync`) whose
-//!   pushgateway left `pushgateway.servers` and is not in `pushgateway.drain`: Prometheus stops
-//!   scraping them. A pushgateway moved from `servers` to `drain` in one edit stays registered
-//!   (and scraped) until it leaves `drain` too.
+//!   check passes), and registers again those whose check settings a reload changed. One missing
+//!   while it answers `/-/healthy`, and not with all the others (an agent that lost its state),
+//!   was deregistered by hand, the Go original's scale-in: that is undone, with a warning saying
+//!   what to do instead (drain it);
+//! - only while this consul-sync holds the lease ([`Leadership::may_act`]): deregisters the
+//!   services consul-sync registered (meta `managed_by=consul-sync`) whose pushgateway left
+//!   `pushgateway.servers` and is not in `pushgateway.drain`, so Prometheus stops scraping them.
+//!   Two consul-syncs whose configurations differ during a rollout do not undo each other. A
+//!   pushgateway moved from `servers` to `drain` in one edit stays registered (and scraped) until
+//!   it leaves `drain` too.
 
 use crate::config::Config;
-use crate::consul::{ConsulClient, Registration, META_MEMBER};
+use crate::consul::{AgentService, ConsulClient, Registration, META_MEMBER};
+use crate::leader::Leadership;
+use crate::membership::probe::Prober;
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
+use dynamic_sharding::members::Member;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
 
 pub struct Registrar {
     pub config: watch::Receiver<Arc<Config>>,
     pub client: ConsulClient,
     pub metrics: Arc<Metrics>,
+    /// Deregistrations only while this consul-sync holds the lease.
+    pub leadership: Arc<Leadership>,
+    /// Asks a missing pushgateway whether it lives: then a hand deregistered it.
+    pub prober: Prober,
+    /// Asks for a sweep now (Consul lacks a registered pushgateway).
+    pub register_now: Arc<Notify>,
 }
 
 impl Registrar {
@@ -39,6 +54,7 @@ impl Registrar {
             tokio::select! {
                 _ = shutdown.recv() => return,
                 _ = tokio::time::sleep(interval) => {}
+                _ = self.register_now.notified() => {}
                 changed = self.config.changed() => if changed.is_err() { return; },
             }
             let config = self.config.borrow_and_update().clone();
@@ -60,7 +76,8 @@ impl Registrar {
         self.metrics.consul_request("register");
         let services = self.client.agent_services().await?;
         let wanted = registrations(config);
-        let kept = kept_ids(config);
+        // None of them there: the agent lost its state (or the token its rights), not a hand.
+        let all_gone = wanted.iter().all(|r| !services.contains_key(&r.id));
         for reg in &wanted {
             let missing = !services.contains_key(&reg.id);
             let changed = registered.get(&reg.id) != Some(reg);
@@ -72,24 +89,26 @@ impl Registrar {
             registered.insert(reg.id.clone(), reg.clone());
             if missing {
                 self.metrics.registered("missing");
-                info!(
-                    "registered {} in Consul again as {}: Consul had dropped it (critical for longer than \
-                     check.deregister_after, or removed by hand); it rejoins the ring once its check passes",
-                    reg.meta.get(META_MEMBER).map_or("?", String::as_str),
-                    reg.id
-                );
+                self.log_registered_again(reg, all_gone, config).await;
             } else {
                 self.metrics.registered("reload");
                 info!("registered {} again with the reloaded check settings", reg.id);
             }
         }
-        for (id, svc) in &services {
-            if svc.service != config.service_name || !svc.managed_by_us() {
-                continue;
-            }
-            if kept.contains(id) {
-                continue;
-            }
+        let kept = kept_ids(config);
+        let stale: Vec<&String> = services
+            .iter()
+            .filter(|(id, svc)| is_stale(id, svc, config, &kept))
+            .map(|(id, _)| id)
+            .collect();
+        if !stale.is_empty() && !self.leadership.may_act() {
+            debug!(
+                "not deregistering {stale:?}: another consul-sync holds the lease (it deregisters what its \
+                 configuration no longer lists)"
+            );
+            return Ok(());
+        }
+        for id in stale {
             self.metrics.consul_request("register");
             self.client.deregister(id).await?;
             registered.remove(id);
@@ -100,6 +119,40 @@ impl Registrar {
         }
         Ok(())
     }
+
+    /// Says why `reg` was missing: Consul dropped it (critical too long, or an agent that lost its
+    /// state), or, for one that answers while the others were there, a hand deregistered it.
+    async fn log_registered_again(&self, reg: &Registration, all_gone: bool, config: &Config) {
+        let member = reg.meta.get(META_MEMBER).map_or("?", String::as_str);
+        let alive = match (all_gone, Member::parse(member)) {
+            (false, Ok(m)) => !self
+                .prober
+                .alive(&[m], config.check.timeout, config.pushgateway_auth())
+                .await
+                .is_empty(),
+            _ => false,
+        };
+        if alive {
+            warn!(
+                "registered {member} in Consul again as {}: it was deregistered (by hand?) while it is in \
+                 pushgateway.servers and answers; consul-sync keeps every pushgateway in pushgateway.servers \
+                 registered. To take one out, drain it (pushgateway.drain, then reload), stop it once drained, \
+                 then remove it from pushgateway.servers and pushgateway.drain",
+                reg.id
+            );
+        } else {
+            info!(
+                "registered {member} in Consul again as {}: Consul had dropped it (critical for longer than \
+                 check.deregister_after, or an agent that lost its state); it rejoins the ring once its check passes",
+                reg.id
+            );
+        }
+    }
+}
+
+/// A service consul-sync registered for this service name that the configuration no longer keeps.
+fn is_stale(id: &str, svc: &AgentService, config: &Config, kept: &BTreeSet<String>) -> bool {
+    svc.service == config.service_name && svc.managed_by_us() && !kept.contains(id)
 }
 
 /// The registrations the configuration asks for.

@@ -37,6 +37,21 @@ impl Stamps {
         self.push.max(self.failure)
     }
 
+    /// Orders two copies of a group by what they hold: newer metrics first (only a successful
+    /// push sets them), then the later failure. A failure alone never outranks metrics: the copy
+    /// beside it may hold the group's last acknowledged push.
+    pub fn cmp_holding(&self, other: &Stamps) -> std::cmp::Ordering {
+        self.push
+            .total_cmp(&other.push)
+            .then_with(|| self.failure.total_cmp(&other.failure))
+    }
+
+    /// True when `keeper` holds all this copy tells: metrics at least as new and no earlier
+    /// activity, so deleting this copy loses neither a push nor a failure alerts could read.
+    pub fn covered_by(&self, keeper: &Stamps) -> bool {
+        self.push <= keeper.push && self.latest() <= keeper.latest()
+    }
+
     /// True when the last push failed (what pushgateway shows as `last_push_successful: false`).
     pub fn last_push_failed(&self) -> bool {
         self.failure > self.push

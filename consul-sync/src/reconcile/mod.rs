@@ -487,7 +487,8 @@ impl Reconciler {
         let summary = format!(
             "reconciled {} groups on {} pushgateways ({} unreadable): {} copies deleted, {} kept for \
              the next round (changed meanwhile), {} moved at a drain deadline, {} repaired on standbys, {} failed, \
-             {} kept for clocks, {} left to the lease holder; longest window after a read {:.3}s; took {:.3}s",
+             {} kept for clocks, {} kept beside a copy with a later failed push, {} left to the lease holder; \
+             longest window after a read {:.3}s; took {:.3}s",
             plan.groups,
             report.read,
             report.unreadable,
@@ -497,6 +498,7 @@ impl Reconciler {
             report.repaired,
             report.failed,
             plan.clock_refusals.len(),
+            plan.kept_failures,
             report.not_acting,
             report.longest_window.as_secs_f64(),
             took.as_secs_f64()
@@ -1026,13 +1028,28 @@ fn check_move(
         // The standby's stamp may be the last copy's: it cannot tell which content is newer.
         return MoveCheck::Go(group.to_text(), *now);
     }
-    if let Some(o) = there {
-        if o.latest() + lead >= now.latest() {
+    let Some(o) = there else {
+        return MoveCheck::Go(group.to_text(), *now);
+    };
+    if m.kind == MoveKind::Drain {
+        if o.cmp_holding(now).is_ge() {
             return MoveCheck::Skip("newer");
         }
-        if !clock::order_holds(clocks, &m.from, now.latest(), &m.to, o.latest() + lead) {
+        if o.push > 0.0 && !clock::order_holds(clocks, &m.from, now.push, &m.to, o.push) {
             return MoveCheck::Skip("clock");
         }
+        // A failed push the owner recorded later than the source's stays the group's last failure.
+        let stamps = Stamps {
+            push: now.push,
+            failure: now.failure.max(o.failure),
+        };
+        return MoveCheck::Go(group.to_text(), stamps);
+    }
+    if o.latest() + lead >= now.latest() {
+        return MoveCheck::Skip("newer");
+    }
+    if !clock::order_holds(clocks, &m.from, now.latest(), &m.to, o.latest() + lead) {
+        return MoveCheck::Skip("clock");
     }
     MoveCheck::Go(group.to_text(), *now)
 }
@@ -1166,5 +1183,59 @@ mod tests {
             "the standby's newer stamp may be the raced copy's"
         );
         assert_eq!(reason(MoveKind::Recopy, &fresh(12.0, Some(11.9))), "newer");
+    }
+
+    #[test]
+    fn a_move_carries_an_owners_later_failed_push() {
+        let (from, to) = (m("d:1"), m("a:1"));
+        let key = GroupingKey::from_path("/metrics/job/j").unwrap();
+        let mv = Move {
+            from: from.clone(),
+            to: to.clone(),
+            key: key.clone(),
+            copy: Stamps {
+                push: 10.0,
+                failure: 0.0,
+            },
+            kind: MoveKind::Drain,
+        };
+        let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
+        let fresh = |owner: Stamps| {
+            BTreeMap::from([
+                (from.clone(), Holdings::from([(key.clone(), mv.copy)])),
+                (to.clone(), Holdings::from([(key.clone(), owner)])),
+            ])
+        };
+        let clocks = Clocks::default();
+        // Only a failure on the owner: the metrics move, and the failure stays the last word.
+        match check_move(
+            &mv,
+            &fresh(Stamps {
+                push: 0.0,
+                failure: 12.0,
+            }),
+            &contents,
+            &clocks,
+        ) {
+            MoveCheck::Go(_, s) => {
+                assert_eq!((s.push, s.failure), (10.0, 12.0));
+                assert!(s.last_push_failed());
+            }
+            MoveCheck::Skip(r) => panic!("skipped: {r}"),
+            MoveCheck::Done => panic!("a drain move is never done beforehand"),
+        }
+        // Newer metrics on the owner, even with no failure: nothing moves.
+        assert!(matches!(
+            check_move(
+                &mv,
+                &fresh(Stamps {
+                    push: 11.0,
+                    failure: 0.0
+                }),
+                &contents,
+                &clocks
+            ),
+            MoveCheck::Skip("newer")
+        ));
     }
 }

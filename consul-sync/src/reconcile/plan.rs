@@ -5,10 +5,12 @@
 //! of its owner slot ([`Owners`]). A standby's copies are its slot's replica, not copies in this
 //! sense: they are kept equal to the active's by [`repair`](super::repair), never planned here.
 //!
-//! - A group with more than one copy keeps the newest by its latest activity (its last push, or
-//!   its last failed push: a failure is news that alerts read); every other copy is deleted. Equal
-//!   times keep the owner's copy, else the copy on the member that sorts first, so two
-//!   consul-syncs agree.
+//! - A group with more than one copy keeps the one with the newest metrics (then the later failed
+//!   push); every other copy is deleted if the kept one covers it ([`Stamps::covered_by`]). A copy
+//!   that recorded a failed push after the kept copy's activity stays beside it: the failure is
+//!   news alerts read, and the kept copy holds the last metrics that were acknowledged, so neither
+//!   may go (both stay until the job pushes again). Equal stamps keep the owner's copy, else the
+//!   copy on the member that sorts first, so two consul-syncs agree.
 //! - A delete whose order the pushgateways' clocks could reverse (a skew seen in their `Date`
 //!   headers, [`clock`](super::clock)) is not planned: both copies stay until the group is pushed
 //!   again.
@@ -121,6 +123,8 @@ pub struct RoundPlan {
     pub held_moves: usize,
     /// Deletes and moves not planned because the clocks could reverse the order they rest on.
     pub clock_refusals: Vec<Delete>,
+    /// Copies kept beside the kept one because they recorded a later failed push.
+    pub kept_failures: usize,
 }
 
 /// Plans a round over what each readable slot's active holds (by address). `expired` are the
@@ -147,8 +151,7 @@ pub fn plan(
         let owner = owners.of(key);
         // Newest first; among equal times the owner, then the member that sorts first.
         list.sort_by(|a, b| {
-            b.1.latest()
-                .total_cmp(&a.1.latest())
+            b.1.cmp_holding(&a.1)
                 .then_with(|| (Some(b.0) == owner).cmp(&(Some(a.0) == owner)))
                 .then_with(|| a.0.cmp(b.0))
         });
@@ -172,7 +175,8 @@ pub fn plan(
             // The move replaces the owner's older copy: that order must hold too.
             let replaced = list.iter().find(|(m, _)| *m == to);
             match replaced {
-                Some((_, o)) if !order_holds(clocks, keeper, kept.latest(), to, o.latest()) => {
+                // A failure alone on the owner is carried over by the move, not replaced.
+                Some((_, o)) if o.push > 0.0 && !order_holds(clocks, keeper, kept.push, to, o.push) => {
                     out.clock_refusals.push(Delete {
                         holder: to.clone(),
                         key: key.clone(),
@@ -195,6 +199,10 @@ pub fn plan(
             // The copy moved to the owner replaces the owner's older one: deleting that one
             // could delete the moved copy.
             if moving_to == Some(*holder) {
+                continue;
+            }
+            if !copy.covered_by(&kept) {
+                out.kept_failures += 1;
                 continue;
             }
             let delete = Delete {
@@ -222,8 +230,8 @@ pub fn plan(
 
 /// True when a planned delete still holds after the holder was read again (`holder`) and the
 /// keeper was read (`kept`): the copy is unchanged (no push, no failed push arrived meanwhile) and
-/// the keeper still has a copy at least as new as planned, or, for a standby's extra copy, the
-/// keeper (its active) was read and still does not hold the group.
+/// the keeper still covers all it held when planned, or, for a standby's extra copy, the keeper
+/// (its active) was read and still does not hold the group.
 pub fn still_valid(d: &Delete, holder: &Holdings, kept: &BTreeMap<Member, Holdings>) -> bool {
     let copy = holder.get(&d.key);
     let keeper = kept.get(&d.keeper);
@@ -231,7 +239,7 @@ pub fn still_valid(d: &Delete, holder: &Holdings, kept: &BTreeMap<Member, Holdin
         && match d.kept {
             Some(planned) => keeper
                 .and_then(|h| h.get(&d.key))
-                .is_some_and(|k| k.latest() >= planned.latest()),
+                .is_some_and(|k| planned.covered_by(k)),
             None => keeper.is_some_and(|h| !h.contains_key(&d.key)),
         }
 }
@@ -520,5 +528,93 @@ mod tests {
             .iter()
             .all(|d| d.keeper == members[3] && d.holder != members[3]));
         assert_eq!(p, plan_read(&h, &ring, &BTreeSet::new()));
+    }
+
+    /// A group whose copies on `a:1` and `b:1` carry these stamps.
+    fn two_copies(g: &str, a: Stamps, b: Stamps) -> BTreeMap<Member, Holdings> {
+        BTreeMap::from([
+            (m("a:1"), Holdings::from([(k(g), a)])),
+            (m("b:1"), Holdings::from([(k(g), b)])),
+        ])
+    }
+
+    #[test]
+    fn a_later_failed_push_never_deletes_the_last_acknowledged_metrics() {
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
+        let g = owned_by(&ring, "a:1", "g");
+        let failed_only = Stamps {
+            push: 0.0,
+            failure: 30.0,
+        };
+        // The owner recorded only a failed push; b holds the metrics pushed at 20: both stay.
+        let p = plan_read(
+            &two_copies(&g, failed_only, pushed(20.0)),
+            &ring,
+            &BTreeSet::new(),
+        );
+        assert!(p.deletes.is_empty(), "{:?}", p.deletes);
+        assert_eq!((p.kept_failures, p.duplicates), (1, 1));
+        // Older metrics with a later failure: both stay too, whichever member holds which.
+        let older_failed = Stamps {
+            push: 10.0,
+            failure: 30.0,
+        };
+        let p = plan_read(
+            &two_copies(&g, pushed(20.0), older_failed),
+            &ring,
+            &BTreeSet::new(),
+        );
+        assert!(p.deletes.is_empty(), "{:?}", p.deletes);
+        // A failure older than the kept metrics is covered: that copy goes.
+        let stale_failure = Stamps {
+            push: 10.0,
+            failure: 15.0,
+        };
+        let p = plan_read(
+            &two_copies(&g, pushed(20.0), stale_failure),
+            &ring,
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.deletes.len(), 1);
+        assert_eq!((p.deletes[0].holder.as_str(), p.kept_failures), ("b:1", 0));
+        // And a copy with newer metrics and a later failure covers an older plain one.
+        let p = plan_read(
+            &two_copies(&g, older_failed, pushed(5.0)),
+            &ring,
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.deletes.len(), 1);
+        assert_eq!(p.deletes[0].holder.as_str(), "b:1");
+    }
+
+    #[test]
+    fn a_drain_moves_past_an_owners_failed_push() {
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
+        let g = owned_by(&ring, "a:1", "g");
+        // The owner recorded a failed push (a move's PUT refused, say); the drain holds the metrics.
+        let h = BTreeMap::from([
+            (
+                m("a:1"),
+                Holdings::from([(
+                    k(&g),
+                    Stamps {
+                        push: 0.0,
+                        failure: 30.0,
+                    },
+                )]),
+            ),
+            (m("b:1"), Holdings::new()),
+            (m("d:1"), Holdings::from([(k(&g), pushed(20.0))])),
+        ]);
+        let p = plan_read(&h, &ring, &BTreeSet::from([m("d:1")]));
+        assert!(
+            p.deletes.is_empty(),
+            "the drain's metrics are not deleted: {:?}",
+            p.deletes
+        );
+        assert_eq!(p.moves.len(), 1);
+        assert_eq!((p.moves[0].from.as_str(), p.moves[0].to.as_str()), ("d:1", "a:1"));
     }
 }

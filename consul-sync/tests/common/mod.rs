@@ -74,6 +74,8 @@ impl Stack {
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
     pub consul_addr: String,
+    /// `consul_server.token`.
+    pub consul_token: Option<String>,
     pub servers: Vec<String>,
     pub control_urls: Vec<String>,
     pub token: String,
@@ -85,6 +87,10 @@ pub struct SyncOptions {
     pub reconcile: &'static str,
     pub drain_timeout: &'static str,
     pub drain: Vec<String>,
+    /// The token `POST /-/reload` needs (`reload_token_file`).
+    pub reload_token: String,
+    /// Top-level YAML appended as it is (e.g. `lease: {...}`).
+    pub extra_yaml: String,
     pub tombstone_ttl: &'static str,
     /// `pushgateway.username` and `pushgateway.password`, for pushgateways behind basic auth.
     pub auth: Option<(String, String)>,
@@ -94,6 +100,7 @@ impl SyncOptions {
     pub fn new(consul_addr: String, servers: Vec<String>) -> SyncOptions {
         SyncOptions {
             consul_addr,
+            consul_token: None,
             servers,
             control_urls: Vec::new(),
             token: testkit::envoy::TEST_TOKEN.to_owned(),
@@ -105,23 +112,30 @@ impl SyncOptions {
             reconcile: "30s",
             drain_timeout: "1h",
             drain: Vec::new(),
+            reload_token: "reload-test-token".to_owned(),
+            extra_yaml: String::new(),
             tombstone_ttl: "72h",
             auth: None,
         }
     }
 
-    fn yaml(&self, http_port: u16, token_file: &str) -> String {
+    fn yaml(&self, http_port: u16, token_file: &str, reload_token_file: &str) -> String {
         let list = |v: &[String]| v.iter().map(|s| format!("\n    - '{s}'")).collect::<String>();
         let or_empty = |v: &[String]| if v.is_empty() { " []".to_owned() } else { list(v) };
+        let consul_token = self
+            .consul_token
+            .as_ref()
+            .map(|t| format!("\n  token: '{t}'"))
+            .unwrap_or_default();
         let auth = match &self.auth {
             Some((user, password)) => format!("  username: '{user}'\n  password: '{password}'\n"),
             None => String::new(),
         };
         format!(
-            "consul_server:\n  addr: {}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n{auth}\
+            "consul_server:\n  addr: {}{consul_token}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n{auth}\
              http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
              envoy:\n  control_urls:{}\n  token_file: {token_file}\nresync_interval: {}\n\
-             reconcile_interval: {}\ndrain_timeout: {}\ntombstone_ttl: {}\n",
+             reconcile_interval: {}\ndrain_timeout: {}\ntombstone_ttl: {}\nreload_token_file: {reload_token_file}\n{}",
             self.consul_addr,
             self.service,
             or_empty(&self.servers),
@@ -134,6 +148,7 @@ impl SyncOptions {
             self.reconcile,
             self.drain_timeout,
             self.tombstone_ttl,
+            self.extra_yaml,
         )
     }
 }
@@ -183,12 +198,13 @@ impl ConsulSync {
         }
     }
 
-    /// Writes `options` over its configuration file and asks it to reload (`POST /-/reload`);
-    /// returns the answer's status and body.
+    /// Writes `options` over its configuration file and asks it to reload (`POST /-/reload`
+    /// with the reload token); returns the answer's status and body.
     pub fn reload(&mut self, dir: &TestDir, options: SyncOptions) -> (u16, String) {
         write_config(dir, &options, self.http_port);
+        let auth = format!("Bearer {}", self.options.reload_token);
         self.options = options;
-        let r = testkit::http_request("POST", &self.url("/-/reload"), &[], b"");
+        let r = testkit::http_request("POST", &self.url("/-/reload"), &[("authorization", &auth)], b"");
         (r.status, r.body)
     }
 
@@ -251,12 +267,17 @@ impl ConsulSync {
     }
 }
 
-/// Writes the configuration file of the consul-sync on `http_port` (and its token file).
+/// Writes the configuration file of the consul-sync on `http_port` (and its token files).
 fn write_config(dir: &TestDir, options: &SyncOptions, http_port: u16) -> std::path::PathBuf {
     let token_file = dir.write("control-token", &options.token);
+    let reload_token_file = dir.write(&format!("reload-token-{http_port}"), &options.reload_token);
     dir.write(
         &format!("consul-sync-{http_port}.yml"),
-        options.yaml(http_port, &token_file.display().to_string()),
+        options.yaml(
+            http_port,
+            &token_file.display().to_string(),
+            &reload_token_file.display().to_string(),
+        ),
     )
 }
 

@@ -5,7 +5,7 @@
 
 use consul_sync::config::Config;
 use consul_sync::consul::ConsulClient;
-use consul_sync::leader::Leadership;
+use consul_sync::leader::{Leadership, Moment};
 use consul_sync::metrics::Metrics;
 use consul_sync::reconcile::pushgateway::PushgatewayClient;
 use consul_sync::reconcile::tombstones::Tombstones;
@@ -14,7 +14,7 @@ use consul_sync::shutdown::Trigger;
 use consul_sync::status::{Drains, Protection, SlotRepair};
 use dynamic_sharding::members::{Member, MemberList};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::wait_until;
 
 /// The reconciler on its own thread; stopped when dropped. It does not hold the lease until
@@ -80,7 +80,7 @@ impl Reconciling {
     /// From now on (for an hour) it holds the lease: it acts.
     pub fn take_lease(&self) {
         self.leadership
-            .renewed(Instant::now(), Duration::from_secs(2 * 3600));
+            .renewed(Moment::now().unwrap(), Duration::from_secs(2 * 3600));
     }
 
     /// The value of the series `series` (name and labels as exposed), 0 when absent.
