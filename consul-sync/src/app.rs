@@ -16,6 +16,7 @@ use crate::membership::envoy::Pusher;
 use crate::membership::lease::{self, LeaseHolder};
 use crate::membership::probe::Prober;
 use crate::membership::registrar::Registrar;
+use crate::membership::roles::Roles;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
 use crate::metrics::Metrics;
@@ -117,6 +118,7 @@ impl Wiring {
         let client = ConsulClient::new(self.config.consul.clone())?;
         let register_now = Arc::new(Notify::new());
         let prober = Prober::new()?;
+        let (roles_tx, roles_rx) = watch::channel(Roles::default());
         let watcher = Watcher {
             config: self.config.clone(),
             updates: self.config_rx.clone(),
@@ -126,6 +128,8 @@ impl Wiring {
             published,
             versions: self.versions.clone(),
             register_now: register_now.clone(),
+            leadership: self.leadership.clone(),
+            roles: roles_tx,
         };
         tasks.spawn(watcher.run(self.shutdown.clone()).map_ok());
         let registrar = Registrar {
@@ -135,6 +139,7 @@ impl Wiring {
             leadership: self.leadership.clone(),
             prober,
             register_now,
+            roles: roles_rx,
         };
         tasks.spawn(registrar.run(self.shutdown.clone()).map_ok());
         let holder = LeaseHolder {

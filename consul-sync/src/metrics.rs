@@ -43,6 +43,7 @@
 //! | `consul_sync_tombstone_errors_total{kind}` | failures: `collect`, `store`, `ack`, `apply`, `full` |
 //! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
 //! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
+//! | `consul_sync_slot_promotions_total` | standbys this consul-sync promoted (as the lease holder) |
 //! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
 //! | `consul_sync_config_last_reload_success_timestamp_seconds` | Unix time of the last good configuration |
 
@@ -185,6 +186,7 @@ pub struct Metrics {
     tombstone_errors: Family<KindLabels, Counter>,
     registrations: Family<ReasonLabels, Counter>,
     pub deregistrations: Counter,
+    pub slot_promotions: Counter,
     reload_ok: Gauge,
     reload_time: FloatGauge,
 }
@@ -245,6 +247,7 @@ impl Metrics {
             tombstone_errors: Family::default(),
             registrations: Family::default(),
             deregistrations: Counter::default(),
+            slot_promotions: Counter::default(),
             reload_ok: Gauge::default(),
             reload_time: FloatGauge::default(),
         };
@@ -345,6 +348,8 @@ impl Metrics {
                 "Registrations in Consul after the start, by reason (missing, reload)";
             deregistrations: "deregistrations",
                 "Services deregistered because they left pushgateway.servers";
+            slot_promotions: "slot_promotions",
+                "Standbys this consul-sync promoted to their slot's active (as the lease holder)";
             reload_ok: "config_last_reload_successful",
                 "1 when the last configuration reload succeeded";
             reload_time: "config_last_reload_success_timestamp_seconds",

@@ -126,6 +126,17 @@ impl fmt::Debug for Secret {
 }
 
 impl Config {
+    /// The Consul service the standbys are registered under while they stand by: not the
+    /// pushgateways' own, so no Prometheus configuration that scrapes that one scrapes them.
+    pub fn standby_service_name(&self) -> String {
+        format!("{}-standby", self.service_name)
+    }
+
+    /// The Consul KV key holding which address of each slot is active.
+    pub fn roles_key(&self) -> String {
+        format!("dynamic-sharding/{}/roles", self.service_name)
+    }
+
     /// The credentials every request to a pushgateway carries, if they need any.
     pub fn pushgateway_auth(&self) -> Option<&BasicAuth> {
         self.check.auth.as_ref()
@@ -237,10 +248,12 @@ impl Config {
         })?;
         let read_file = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
         let (mut config, mut warnings) = Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)?;
-        let (servers, drain) = resolved_pushgateways(&config, &text, &mut warnings, resolve_host)
-            .map_err(|message| ConfigError::Invalid {
-                file: file.clone(),
-                message,
+        let (servers, drain) =
+            resolved_pushgateways(&config, &text, &mut warnings, resolve_host).map_err(|message| {
+                ConfigError::Invalid {
+                    file: file.clone(),
+                    message,
+                }
             })?;
         let standbys = resolved_standbys(&config, &servers, &drain, &text, resolve_host)
             .map_err(|message| ConfigError::Invalid { file, message })?;
@@ -302,7 +315,8 @@ impl Config {
         let mut warnings = Vec::new();
         let auth = pushgateway_auth(raw.pushgateway.username.take(), raw.pushgateway.password.take())
             .map_err(invalid)?;
-        let (servers, drain, standbys) = pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
+        let (servers, drain, standbys) =
+            pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
         let check = check(raw.check, auth, &mut warnings);
         let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
         let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
@@ -334,12 +348,15 @@ impl Config {
     }
 }
 
+/// `pushgateway.servers`, `drain` and `standbys` (server -> standby).
+type Pushgateways = (Vec<Member>, Vec<Member>, BTreeMap<Member, Member>);
+
 /// `pushgateway`: the servers to register, the ones to drain and the servers' standbys.
 fn pushgateways(
     text: &str,
     raw: RawPushgateway,
     warnings: &mut Vec<Warning>,
-) -> Result<(Vec<Member>, Vec<Member>, BTreeMap<Member, Member>), String> {
+) -> Result<Pushgateways, String> {
     let port = raw.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
     let servers = pushgateway_list(text, "servers", raw.servers, port)?;
     let drain = pushgateway_list(text, "drain", raw.drain, port)?;
@@ -1008,24 +1025,53 @@ vnodes: 100
         let pairs: Vec<(&str, &str)> = c.standbys.iter().map(|(s, b)| (s.as_str(), b.as_str())).collect();
         assert_eq!(
             pairs,
-            [("10.0.0.1:9091", "10.0.1.1:9091"), ("10.0.0.2:9091", "10.0.1.2:9092")]
+            [
+                ("10.0.0.1:9091", "10.0.1.1:9091"),
+                ("10.0.0.2:9091", "10.0.1.2:9092")
+            ]
         );
-        assert!(parse("pushgateway: {servers: [a:1]}\n").unwrap().0.standbys.is_empty());
+        assert!(parse("pushgateway: {servers: [a:1]}\n")
+            .unwrap()
+            .0
+            .standbys
+            .is_empty());
         let base = "pushgateway:\n  servers: ['a:1', 'b:1']\n  drain: ['b:1', 'd:1']\n  standbys:\n";
         for (entries, needles) in [
             (
                 "    'x:1': 's:1'\n",
-                &["pushgateway.standbys[\"x:1\"] (line 4)", "x:1 is not in pushgateway.servers", "add x:1"][..],
+                &[
+                    "pushgateway.standbys[\"x:1\"] (line 4)",
+                    "x:1 is not in pushgateway.servers",
+                    "add x:1",
+                ][..],
             ),
-            ("    'b:1': 's:1'\n", &["b:1 is in pushgateway.drain", "takes no standby"]),
+            (
+                "    'b:1': 's:1'\n",
+                &["b:1 is in pushgateway.drain", "takes no standby"],
+            ),
             (
                 "    'a:1': 'b:1'\n",
-                &["the standby b:1 is also in pushgateway.servers", "a pushgateway of its own"],
+                &[
+                    "the standby b:1 is also in pushgateway.servers",
+                    "a pushgateway of its own",
+                ],
             ),
-            ("    'a:1': 'd:1'\n", &["the standby d:1 is also in pushgateway.drain"]),
-            ("    'a:1': 'a:1'\n", &["the standby a:1 is also in pushgateway.servers"]),
-            ("    'a:1': 'h:x'\n", &["pushgateway.standbys[\"a:1\"]", "the standby", "port"]),
-            ("    'a:1': ''\n", &["pushgateway.standbys[\"a:1\"]", "the standby"]),
+            (
+                "    'a:1': 'd:1'\n",
+                &["the standby d:1 is also in pushgateway.drain"],
+            ),
+            (
+                "    'a:1': 'a:1'\n",
+                &["the standby a:1 is also in pushgateway.servers"],
+            ),
+            (
+                "    'a:1': 'h:x'\n",
+                &["pushgateway.standbys[\"a:1\"]", "the standby", "port"],
+            ),
+            (
+                "    'a:1': ''\n",
+                &["pushgateway.standbys[\"a:1\"]", "the standby"],
+            ),
             ("    'a:1': ['s:1']\n", &["pushgateway.standbys", "string"]),
         ] {
             let e = refused(&format!("{base}{entries}"));
@@ -1033,7 +1079,8 @@ vnodes: 100
                 assert!(e.contains(n), "{entries:?}: {e:?} lacks {n:?}");
             }
         }
-        let e = refused("pushgateway:\n  servers: ['a:1', 'c:1']\n  standbys: {'a:1': 's:1', 'c:1': 's:1'}\n");
+        let e =
+            refused("pushgateway:\n  servers: ['a:1', 'c:1']\n  standbys: {'a:1': 's:1', 'c:1': 's:1'}\n");
         assert!(
             e.contains("s:1 is already the standby of a:1") && e.contains("a standby of its own"),
             "{e}"
@@ -1054,13 +1101,19 @@ vnodes: 100
             let (servers, drain) = resolved_pushgateways(&c, text, &mut warnings, table)?;
             resolved_standbys(&c, &servers, &drain, text, table)
         };
-        let ok = c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: sb-1.example}}\n").unwrap();
+        let ok =
+            c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: sb-1.example}}\n").unwrap();
         let pairs: Vec<(String, String)> = ok.iter().map(|(s, b)| (s.to_string(), b.to_string())).collect();
         assert_eq!(pairs, [("10.0.0.1:9091".to_owned(), "10.0.1.1:9091".to_owned())]);
         // Written apart, one address once resolved.
-        let e = c("pushgateway: {servers: [pg-1.example, 10.0.0.2], standbys: {10.0.0.2: 10.0.0.1}}\n").unwrap_err();
-        assert!(e.contains("the standby 10.0.0.1:9091 is also in pushgateway.servers"), "{e}");
-        let e = c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: nx.example}}\n").unwrap_err();
+        let e = c("pushgateway: {servers: [pg-1.example, 10.0.0.2], standbys: {10.0.0.2: 10.0.0.1}}\n")
+            .unwrap_err();
+        assert!(
+            e.contains("the standby 10.0.0.1:9091 is also in pushgateway.servers"),
+            "{e}"
+        );
+        let e =
+            c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: nx.example}}\n").unwrap_err();
         assert!(e.contains("the standby: nx.example does not resolve"), "{e}");
     }
 
