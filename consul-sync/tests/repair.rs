@@ -4,8 +4,9 @@
 //! draining slot empties both its addresses; pushes through Envoy while a repair runs are never
 //! lost or overwritten with older data.
 //!
-//! consul-sync's watcher publishes no slots yet: each test runs the reconciler in-process on the
-//! member list (with slots) a watcher would publish, as `reconcile.rs` does for the lease.
+//! Each test runs the reconciler in-process on the member list (with slots) a watcher would
+//! publish, as `reconcile.rs` does for the lease, so it sets the slots exactly; `standbys.rs`
+//! covers slots as consul-sync publishes them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/reconciling.rs"]
