@@ -3,7 +3,9 @@
 //! promoted standby within about a check interval, holding every group with its original push
 //! time; Consul's pushgateway service (what Prometheus scrapes) lists only actives, before and
 //! after; the former active, restarted empty, becomes the standby, is repaired to hold the
-//! active's groups, and is not promoted back. A standby that cannot be one is refused at start.
+//! active's groups, and is not promoted back. Only the lease holder promotes, the other
+//! consul-sync follows the roles, and a consul-sync started anew keeps them. A standby that
+//! cannot be one is refused at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -77,7 +79,9 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
     options.standbys = vec![(a.clone(), a2.clone()), (b.clone(), b2.clone())];
     options.control_urls = vec![envoy.control_url()];
     options.reconcile = "2s";
-    let sync = ConsulSync::start(&dir, options);
+    let mut sync = ConsulSync::start(&dir, options.clone());
+    // A second consul-sync: whichever does not hold the lease only reads the roles.
+    let other = ConsulSync::start(&dir, options.clone());
     let both_slots = BTreeMap::from([(a.clone(), slot(&a, Some(&a2))), (b.clone(), slot(&b, Some(&b2)))]);
     wait_until(
         "Envoy has both slots with their standbys",
@@ -175,8 +179,24 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
         .map(|s| s.id)
         .collect();
     assert_eq!(standby_ids, sorted(vec![id(&a), id(&b2)]));
-    assert_eq!(sync.targets(), Some(sorted(vec![a2.clone(), b.clone()])));
-    assert_eq!(sync.metric("consul_sync_slot_promotions_total"), 1.0);
+    let actives = Some(sorted(vec![a2.clone(), b.clone()]));
+    assert_eq!(sync.targets(), actives);
+    wait_until(
+        "the other consul-sync lists the promoted one",
+        Duration::from_secs(5),
+        || (other.targets() == actives).then_some(()),
+    );
+    let promotions = |syncs: &[&ConsulSync]| -> f64 {
+        syncs
+            .iter()
+            .map(|s| s.metric("consul_sync_slot_promotions_total"))
+            .sum()
+    };
+    assert_eq!(
+        promotions(&[&sync, &other]),
+        1.0,
+        "only the lease holder promotes"
+    );
     let (roles, _) = consul.kv("dynamic-sharding/pushgateway/roles").unwrap();
     assert_eq!(roles, format!(r#"{{"active":{{"{a}":"{a2}"}}}}"#));
 
@@ -202,9 +222,29 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
         },
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(envoy_slots(&envoy), Some(returned), "never promoted back");
+    assert_eq!(envoy_slots(&envoy), Some(returned.clone()), "never promoted back");
     assert_eq!(consul.passing_ids("pushgateway"), sorted(vec![id(&a2), id(&b)]));
-    assert_eq!(sync.metric("consul_sync_slot_promotions_total"), 1.0);
+    assert_eq!(promotions(&[&sync, &other]), 1.0);
+
+    // The roles survive a restart: a consul-sync started anew serves slot a at a2 from the start.
+    sync.proc.stop();
+    let restarted = ConsulSync::start(&dir, options);
+    wait_until(
+        "the restarted consul-sync lists the actives",
+        Duration::from_secs(15),
+        || (restarted.targets() == actives).then_some(()),
+    );
+    assert!(
+        !restarted.proc.log().contains("promoted"),
+        "{}",
+        restarted.proc.log_tail(20)
+    );
+    assert_eq!(consul.passing_ids("pushgateway"), sorted(vec![id(&a2), id(&b)]));
+    assert_eq!(
+        consul.passing_ids("pushgateway-standby"),
+        sorted(vec![id(&a), id(&b2)])
+    );
+    assert_eq!(envoy_slots(&envoy), Some(returned));
 }
 
 #[test]
