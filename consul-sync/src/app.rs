@@ -130,6 +130,7 @@ impl Wiring {
             register_now: register_now.clone(),
             leadership: self.leadership.clone(),
             roles: roles_tx,
+            protection: self.protection.clone(),
         };
         tasks.spawn(watcher.run(self.shutdown.clone()).map_ok());
         let registrar = Registrar {

@@ -38,6 +38,7 @@ use crate::membership::versions::{unix_millis, Versions};
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
+use crate::status::Protection;
 use dynamic_sharding::members::{Member, MemberList};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +79,9 @@ pub struct Watcher {
     /// The roles as last read or written: the registrar registers each address under the
     /// service of its role.
     pub roles: watch::Sender<Roles>,
+    /// Whether each standby held what its active held at the last reconcile round: a promotion
+    /// of one that did not is warned about.
+    pub protection: Protection,
 }
 
 /// What the loop carries from one answer to the next.
@@ -360,6 +364,7 @@ impl Watcher {
                         "promoted {active} to the active of slot {slot}: its active failed its check while {active} \
                          passes; no group changes owner, and the former active stays the standby when it returns"
                     );
+                    self.warn_if_behind(slot, active);
                 }
                 self.metrics.slot_promotions.inc_by(promotions.len() as u64);
                 st.roles = roles.clone();
@@ -380,6 +385,24 @@ impl Watcher {
                 warn!("{e} (the promotion is tried again at the next answer)");
                 false
             }
+        }
+    }
+
+    /// Warns when the last reconcile round did not find `slot`'s standby holding what its active
+    /// held: the promoted one may lack groups or hold older ones.
+    fn warn_if_behind(&self, slot: &Member, promoted: &Member) {
+        let repair = self.protection.lock().ok().and_then(|p| p.get(slot).cloned());
+        match repair {
+            Some(r) if r.in_sync => {}
+            Some(r) => warn!(
+                "{promoted} was not in sync with slot {slot}'s active at the last reconcile round (differing since \
+                 Unix time {:.0}): groups the repair had not copied yet are missing or older on it",
+                r.differs_since.unwrap_or(r.last_checked)
+            ),
+            None => warn!(
+                "{promoted} was promoted before any reconcile round compared it with slot {slot}'s active: \
+                 writes it missed before then are missing on it"
+            ),
         }
     }
 
