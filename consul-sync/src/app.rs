@@ -322,9 +322,15 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
     }
     let join = |v: &[Member]| v.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",");
     let summary = format!(
-        "configuration reloaded from {}: servers [{}], drain [{}], reconcile_interval {:?}, drain_timeout {:?}",
+        "configuration reloaded from {}: servers [{}], standbys [{}], drain [{}], reconcile_interval {:?}, \
+         drain_timeout {:?}",
         path.display(),
         join(&new.servers),
+        new.standbys
+            .iter()
+            .map(|(server, standby)| format!("{server}: {standby}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         join(&new.drain),
         new.reconcile_interval,
         new.drain_timeout
