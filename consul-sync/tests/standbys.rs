@@ -4,8 +4,8 @@
 //! time; Consul's pushgateway service (what Prometheus scrapes) lists only actives, before and
 //! after; the former active, restarted empty, becomes the standby, is repaired to hold the
 //! active's groups, and is not promoted back. Only the lease holder promotes, the other
-//! consul-sync follows the roles, and a consul-sync started anew keeps them. A standby that
-//! cannot be one is refused at start.
+//! consul-sync follows the roles, and a consul-sync started anew keeps them. A standby added by a
+//! reload joins its slot and is filled. A standby that cannot be one is refused at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -245,6 +245,46 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
         sorted(vec![id(&a), id(&b2)])
     );
     assert_eq!(envoy_slots(&envoy), Some(returned));
+}
+
+#[test]
+fn a_standby_added_by_a_reload_joins_its_slot_and_is_filled() {
+    let dir = TestDir::new("standbys-reload");
+    let pgs: Vec<Pushgateway> = (0..3).map(|_| Pushgateway::start(&dir)).collect();
+    let consul = Consul::start(&dir);
+    let envoy = Envoy::start(&dir, EnvoyOptions::default());
+    let (a, b, a2) = (pgs[0].addr(), pgs[1].addr(), pgs[2].addr());
+    let mut options = SyncOptions::new(consul.addr(), vec![a.clone(), b.clone()]);
+    options.control_urls = vec![envoy.control_url()];
+    options.reconcile = "2s";
+    let mut sync = ConsulSync::start(&dir, options.clone());
+    wait_until("Envoy has both", Duration::from_secs(20), || {
+        (envoy.try_members().ok()?.1 == sorted(vec![a.clone(), b.clone()])).then_some(())
+    });
+    assert_eq!(envoy_slots(&envoy), Some(BTreeMap::new()), "no standby, no slots");
+    for i in 0..20 {
+        let url = format!("{}/metrics/job/rl{i}", envoy.proxy_url());
+        let r = http_request("PUT", &url, &[], format!("rl_value {i}\n").as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let on_a: Vec<Labels> = push_times(&pgs[0]).into_keys().collect();
+    assert!(!on_a.is_empty());
+
+    options.standbys = vec![(a.clone(), a2.clone())];
+    let (status, body) = sync.reload(&dir, options);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("standbys [{a}: {a2}]")), "{body}");
+    wait_until("the standby is in its slot", Duration::from_secs(15), || {
+        (envoy_slots(&envoy)? == BTreeMap::from([(a.clone(), slot(&a, Some(&a2)))])).then_some(())
+    });
+    assert_eq!(consul.passing_ids("pushgateway-standby"), vec![id(&a2)]);
+    assert_eq!(consul.passing_ids("pushgateway"), sorted(vec![id(&a), id(&b)]));
+    assert_eq!(sync.targets(), Some(sorted(vec![a.clone(), b.clone()])));
+    wait_until(
+        "the repair fills the new standby",
+        Duration::from_secs(20),
+        || (push_times(&pgs[2]).into_keys().collect::<Vec<_>>() == on_a).then_some(()),
+    );
 }
 
 #[test]
