@@ -377,7 +377,9 @@ impl Watcher {
             }
             Ok(false) => {
                 info!("the roles in Consul key {key} changed since they were read; reading them again");
-                let _ = self.read_roles(st).await;
+                if let Err(e) = self.read_roles(st).await {
+                    debug!("{e} (the roles are read again at the next answer)");
+                }
                 false
             }
             Err(e) => {
