@@ -150,17 +150,20 @@ fn a_standby_that_was_down_comes_back_and_is_repaired_within_one_interval() {
     let on_active = held(&active);
 
     let standby = Pushgateway::start_persistent(&dir, port, Some(&persistence));
-    let back = Instant::now();
-    wait_until("the standby holds what the active holds", r.interval * 3, || {
-        let s = held(&standby);
-        (s.keys().eq(on_active.keys()) && s.iter().all(|(g, h)| on_active[g].value == h.value)).then_some(())
-    });
-    let took = back.elapsed();
-    assert!(
-        took <= r.interval + Duration::from_secs(2),
-        "repaired {took:?} after it came back; the reconcile interval is {:?}",
-        r.interval
+    let back = r.rounds();
+    wait_until(
+        "the standby holds what the active holds",
+        r.interval * 3 + Duration::from_secs(20),
+        || {
+            let s = held(&standby);
+            (s.keys().eq(on_active.keys()) && s.iter().all(|(g, h)| on_active[g].value == h.value))
+                .then_some(())
+        },
     );
+    // Within one reconcile interval: by the first round that started after it was back (a round
+    // already running may have found it down). Counted in rounds, not seconds: this machine is noisy.
+    let took = r.rounds() - back;
+    assert!(took <= 2.0, "repaired {took} rounds after it came back");
     assert_eq!(held(&active), on_active, "the active was written to");
     let s = held(&standby);
     assert_eq!(
@@ -412,11 +415,18 @@ fn a_former_active_returning_as_the_standby_ends_holding_the_actives_groups() {
         || (!held(&other).contains_key(&group(&kept))).then_some(()),
     );
     let former = Pushgateway::start_persistent(&dir, port, Some(&persistence));
-    wait_until("the former active is repaired", r.interval * 4, || {
-        let f = held(&former);
-        (f.keys().eq(on_promoted.keys()) && f.iter().all(|(g, h)| on_promoted[g].value == h.value))
-            .then_some(())
-    });
+    let back = r.rounds();
+    wait_until(
+        "the former active is repaired",
+        r.interval * 4 + Duration::from_secs(20),
+        || {
+            let f = held(&former);
+            (f.keys().eq(on_promoted.keys()) && f.iter().all(|(g, h)| on_promoted[g].value == h.value))
+                .then_some(())
+        },
+    );
+    let took = r.rounds() - back;
+    assert!(took <= 2.0, "repaired {took} rounds after it came back");
     assert_eq!(
         held(&promoted),
         on_promoted,
