@@ -16,6 +16,7 @@ use crate::membership::envoy::Pusher;
 use crate::membership::lease::{self, LeaseHolder};
 use crate::membership::probe::Prober;
 use crate::membership::registrar::Registrar;
+use crate::membership::roles::Roles;
 use crate::membership::versions::Versions;
 use crate::membership::watcher::Watcher;
 use crate::metrics::Metrics;
@@ -23,7 +24,7 @@ use crate::reconcile::pushgateway::PushgatewayClient;
 use crate::reconcile::tombstones::Tombstones;
 use crate::reconcile::Reconciler;
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::status::{Drains, Readiness};
+use crate::status::{Drains, Protection, Readiness};
 use dynamic_sharding::members::{Member, MemberList};
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ struct Wiring {
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     drains: Drains,
+    /// Whether each slot's standby holds what its active holds (the reconciler writes it).
+    protection: Protection,
     versions: Arc<Versions>,
     /// Whether this consul-sync holds the lease and may act on the pushgateways.
     leadership: Arc<Leadership>,
@@ -80,6 +83,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         config_rx,
         published: published_rx,
         drains: Drains::default(),
+        protection: Protection::default(),
         versions: Arc::new(Versions::default()),
         leadership: Arc::new(Leadership::new()),
         shutdown: stop,
@@ -114,6 +118,7 @@ impl Wiring {
         let client = ConsulClient::new(self.config.consul.clone())?;
         let register_now = Arc::new(Notify::new());
         let prober = Prober::new()?;
+        let (roles_tx, roles_rx) = watch::channel(Roles::default());
         let watcher = Watcher {
             config: self.config.clone(),
             updates: self.config_rx.clone(),
@@ -123,6 +128,9 @@ impl Wiring {
             published,
             versions: self.versions.clone(),
             register_now: register_now.clone(),
+            leadership: self.leadership.clone(),
+            roles: roles_tx,
+            protection: self.protection.clone(),
         };
         tasks.spawn(watcher.run(self.shutdown.clone()).map_ok());
         let registrar = Registrar {
@@ -132,6 +140,7 @@ impl Wiring {
             leadership: self.leadership.clone(),
             prober,
             register_now,
+            roles: roles_rx,
         };
         tasks.spawn(registrar.run(self.shutdown.clone()).map_ok());
         let holder = LeaseHolder {
@@ -158,6 +167,7 @@ impl Wiring {
             PushgatewayClient::new()?,
             self.metrics.clone(),
             self.drains.clone(),
+            self.protection.clone(),
             self.leadership.clone(),
             tombstones,
         );
@@ -312,9 +322,15 @@ fn reload(current: &Config) -> Result<(Config, String), String> {
     }
     let join = |v: &[Member]| v.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",");
     let summary = format!(
-        "configuration reloaded from {}: servers [{}], drain [{}], reconcile_interval {:?}, drain_timeout {:?}",
+        "configuration reloaded from {}: servers [{}], standbys [{}], drain [{}], reconcile_interval {:?}, \
+         drain_timeout {:?}",
         path.display(),
         join(&new.servers),
+        new.standbys
+            .iter()
+            .map(|(server, standby)| format!("{server}: {standby}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         join(&new.drain),
         new.reconcile_interval,
         new.drain_timeout

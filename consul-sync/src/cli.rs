@@ -26,10 +26,14 @@ pub fn check_config(file: &Path) -> ExitCode {
                 println!("  WARNING: {w}");
             }
             println!(
-                "  SUCCESS: {} pushgateways to register, {} Envoys, Consul {}",
+                "  SUCCESS: {} pushgateways to register, {} Envoys, Consul {}{}",
                 config.servers.len(),
                 config.envoy.control_urls.len(),
-                config.consul.base_url
+                config.consul.base_url,
+                match config.standbys.len() {
+                    0 => String::new(),
+                    n => format!(", {n} of them with a standby"),
+                }
             );
             ExitCode::SUCCESS
         }

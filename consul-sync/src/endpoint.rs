@@ -200,7 +200,11 @@ async fn targets(State(s): State<Arc<EndpointState>>) -> Response {
 /// `[{"targets": ["host:port", ...], "labels": {"service": <name>}}]`: the members and the
 /// draining pushgateways, which Prometheus must keep scraping until they are drained.
 pub fn targets_json(list: &MemberList, service_name: &str) -> String {
-    let targets: Vec<&str> = list.holders().map(|m| m.as_str()).collect();
+    // A slot is scraped at its active: its standby holds the same groups.
+    let targets: Vec<&str> = list
+        .holders()
+        .map(|m| list.placement(m).active.as_str())
+        .collect();
     serde_json::json!([{ "targets": targets, "labels": { "service": service_name } }]).to_string()
 }
 

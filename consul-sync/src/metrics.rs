@@ -34,12 +34,16 @@
 //! | `consul_sync_drain_move_window_seconds` | from the reads a move was checked against to its copy (histogram) |
 //! | `consul_sync_drain_state{pushgateway}` | 1 draining, 2 drained |
 //! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
+//! | `consul_sync_repaired_groups_total` | groups copied to a standby from its active, or deleted from a standby its active does not hold them |
+//! | `consul_sync_repair_oldest_difference_seconds` | age of the oldest difference between a slot's standby and its active not repaired yet (0 when every standby is repaired) |
+//! | `consul_sync_repair_errors_total{kind}` | failed repairs: `read` (the active or standby could not be read), `copy`, `delete` |
 //! | `consul_sync_tombstones` | tombstones kept in Consul (`DELETE`s that did not reach a pushgateway) |
 //! | `consul_sync_tombstones_collected_total` | tombstones taken from the Envoys (after they were kept in Consul) |
 //! | `consul_sync_tombstones_closed_total{result}` | a tombstone done with on one pushgateway: `deleted`, `absent`, `newer`, `unclear`, `expired` |
 //! | `consul_sync_tombstone_errors_total{kind}` | failures: `collect`, `store`, `ack`, `apply`, `full` |
 //! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
 //! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
+//! | `consul_sync_slot_promotions_total` | standbys this consul-sync promoted (as the lease holder) |
 //! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
 //! | `consul_sync_config_last_reload_success_timestamp_seconds` | Unix time of the last good configuration |
 
@@ -173,12 +177,16 @@ pub struct Metrics {
     pub drain_move_window: Histogram,
     drain_state: Family<PushgatewayLabels, Gauge>,
     drain_deadline: Family<PushgatewayLabels, FloatGauge>,
+    pub repaired_groups: Counter,
+    pub repair_oldest_difference: FloatGauge,
+    repair_errors: Family<KindLabels, Counter>,
     tombstones: Gauge,
     pub tombstones_collected: Counter,
     tombstones_closed: Family<ResultLabels, Counter>,
     tombstone_errors: Family<KindLabels, Counter>,
     registrations: Family<ReasonLabels, Counter>,
     pub deregistrations: Counter,
+    pub slot_promotions: Counter,
     reload_ok: Gauge,
     reload_time: FloatGauge,
 }
@@ -230,12 +238,16 @@ impl Metrics {
             drain_move_window: Histogram::new(window_buckets()),
             drain_state: Family::default(),
             drain_deadline: Family::default(),
+            repaired_groups: Counter::default(),
+            repair_oldest_difference: FloatGauge::default(),
+            repair_errors: Family::default(),
             tombstones: Gauge::default(),
             tombstones_collected: Counter::default(),
             tombstones_closed: Family::default(),
             tombstone_errors: Family::default(),
             registrations: Family::default(),
             deregistrations: Counter::default(),
+            slot_promotions: Counter::default(),
             reload_ok: Gauge::default(),
             reload_time: FloatGauge::default(),
         };
@@ -318,6 +330,12 @@ impl Metrics {
                 "Drain state per pushgateway: 1 draining, 2 drained";
             drain_deadline: "drain_deadline_timestamp_seconds",
                 "Unix time after which a drain moves the groups left";
+            repaired_groups: "repaired_groups",
+                "Groups copied to a slot's standby from its active (their push time on the standby became the copy's), or deleted from a standby whose active does not hold them";
+            repair_oldest_difference: "repair_oldest_difference_seconds",
+                "Age of the oldest difference between a slot's standby and its active not repaired yet; 0 when every standby holds what its active holds";
+            repair_errors: "repair_errors",
+                "Failed repairs of standbys, by kind (read: the active or the standby could not be read; copy; delete)";
             tombstones: "tombstones",
                 "Tombstones kept in Consul: DELETEs that did not reach a pushgateway, waiting for it to be readable";
             tombstones_collected: "tombstones_collected",
@@ -330,6 +348,8 @@ impl Metrics {
                 "Registrations in Consul after the start, by reason (missing, reload)";
             deregistrations: "deregistrations",
                 "Services deregistered because they left pushgateway.servers";
+            slot_promotions: "slot_promotions",
+                "Standbys this consul-sync promoted to their slot's active (as the lease holder)";
             reload_ok: "config_last_reload_successful",
                 "1 when the last configuration reload succeeded";
             reload_time: "config_last_reload_success_timestamp_seconds",
@@ -461,6 +481,14 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc_by(n);
+    }
+
+    pub fn repair_error(&self, kind: &str) {
+        self.repair_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reconcile_error(&self, kind: &str) {

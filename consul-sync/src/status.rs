@@ -1,7 +1,10 @@
-//! What consul-sync says about itself beyond its metrics: readiness (`/-/ready`) and the drains
-//! (`/-/drain`). The tasks that know write it; the endpoint reads it.
+//! What consul-sync says about itself beyond its metrics: readiness (`/-/ready`), the drains
+//! (`/-/drain`) and whether each slot's standby holds what its active holds. The tasks that know
+//! write it; the endpoint and the watcher read it.
 
+use dynamic_sharding::members::Member;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -74,3 +77,19 @@ pub struct DrainStatus {
 
 /// The drains as the last reconcile round left them.
 pub type Drains = Arc<Mutex<Vec<DrainStatus>>>;
+
+/// Whether one slot's standby holds what its active holds, as the last reconcile round saw it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SlotRepair {
+    /// True when the last round found the standby holding what the active holds, or made it so
+    /// (every copy and delete it planned went through).
+    pub in_sync: bool,
+    /// Unix seconds since when the standby has not been seen in sync (a difference found, or it
+    /// or its active could not be read); `None` while in sync.
+    pub differs_since: Option<f64>,
+    /// Unix seconds of the round that last looked at the slot.
+    pub last_checked: f64,
+}
+
+/// Each slot with a standby, by name, as the last reconcile round left it.
+pub type Protection = Arc<Mutex<BTreeMap<Member, SlotRepair>>>;

@@ -10,12 +10,15 @@
 mod common;
 #[path = "common/front.rs"]
 mod front;
+#[path = "common/reconciling.rs"]
+mod reconciling;
 
 use common::{sorted, ConsulSync, SyncOptions};
 use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::Member;
+use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::Ring;
 use front::Front;
+use reconciling::Reconciling;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use testkit::pushgateway::{BASIC_AUTH_HEADER, BASIC_AUTH_PASSWORD, BASIC_AUTH_USER};
@@ -533,16 +536,6 @@ fn pushgateways_behind_basic_auth_are_checked_and_reconciled() {
 
 #[test]
 fn nothing_is_written_without_the_lease() {
-    use consul_sync::config::Config;
-    use consul_sync::consul::ConsulClient;
-    use consul_sync::leader::{Leadership, Moment};
-    use consul_sync::metrics::Metrics;
-    use consul_sync::reconcile::pushgateway::PushgatewayClient;
-    use consul_sync::reconcile::tombstones::Tombstones;
-    use consul_sync::reconcile::Reconciler;
-    use dynamic_sharding::members::MemberList;
-    use std::sync::Arc;
-
     let dir = TestDir::new("lease");
     let pgs: Vec<Pushgateway> = (0..2).map(|_| Pushgateway::start(&dir)).collect();
     let addrs = sorted(pgs.iter().map(Pushgateway::addr).collect());
@@ -551,61 +544,17 @@ fn nothing_is_written_without_the_lease() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(request(&pgs[1], "PUT", &path(&g), "lease_value 2\n", false), 200);
     // The reconciler alone, on the list a watcher would publish.
-    let (config, _) = Config::parse(
-        "reconcile_interval: 200ms\n",
-        "t.yml",
-        |_| None,
-        |_| Err(String::new()),
-    )
-    .unwrap();
-    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
-    let list = MemberList::new(1, &addrs).unwrap();
-    let (_list_tx, list_rx) = tokio::sync::watch::channel(Some(list));
-    let metrics = Arc::new(Metrics::new(&[]));
-    let leadership = Arc::new(Leadership::new());
-    let tombstones = Tombstones::new(
-        &config_rx.borrow(),
-        ConsulClient::new(config_rx.borrow().consul.clone()).unwrap(),
-        metrics.clone(),
-        leadership.clone(),
-    )
-    .unwrap();
-    let reconciler = Reconciler::new(
-        config_rx,
-        list_rx,
-        PushgatewayClient::new().unwrap(),
-        metrics.clone(),
-        Default::default(),
-        leadership.clone(),
-        tombstones,
-    );
-    let (trigger, stop) = consul_sync::shutdown::channel();
-    let task = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(reconciler.run(stop));
-    });
-    let rounds = || {
-        let text = metrics.encode().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("consul_sync_reconcile_duration_seconds_count "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let r = Reconciling::start("reconcile_interval: 200ms\n", MemberList::new(1, &addrs).unwrap());
     wait_until("three rounds without the lease", Duration::from_secs(20), || {
-        (rounds() >= 3.0).then_some(())
+        (r.rounds() >= 3.0).then_some(())
     });
     assert!(
         held(&pgs[0], false).contains_key(&g),
         "a consul-sync that does not hold the lease deleted a copy"
     );
     // Given the lease, it acts.
-    leadership.renewed(Moment::now().unwrap(), Duration::from_secs(60));
+    r.take_lease();
     wait_until("the older copy is deleted", Duration::from_secs(20), || {
         (!held(&pgs[0], false).contains_key(&g)).then_some(())
     });
-    trigger.fire();
-    task.join().unwrap();
 }

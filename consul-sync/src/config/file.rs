@@ -50,6 +50,8 @@ pub(super) struct RawPushgateway {
     pub(super) port: Option<Port>,
     pub(super) servers: Option<Vec<String>>,
     pub(super) drain: Option<Vec<String>>,
+    /// Server → its standby, as written.
+    pub(super) standbys: Option<std::collections::BTreeMap<String, String>>,
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
 }

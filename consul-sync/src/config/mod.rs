@@ -14,6 +14,7 @@ use dynamic_sharding::ring::DEFAULT_VNODES;
 use file::{
     locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawLease, RawPushgateway,
 };
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -71,6 +72,9 @@ pub struct Config {
     pub service_name: String,
     /// The pushgateways to register, canonical `host:port`, in file order, no duplicates.
     pub servers: Vec<Member>,
+    /// Each server's standby (`pushgateway.standbys`): a pushgateway of its own, not in `servers`
+    /// or `drain`, standing by for one server that is not draining.
+    pub standbys: BTreeMap<Member, Member>,
     /// Where consul-sync's own HTTP endpoint listens (`host:port`).
     pub http_listen_addr: String,
     pub check: CheckConfig,
@@ -122,6 +126,17 @@ impl fmt::Debug for Secret {
 }
 
 impl Config {
+    /// The Consul service the standbys are registered under while they stand by: not the
+    /// pushgateways' own, so no Prometheus configuration that scrapes that one scrapes them.
+    pub fn standby_service_name(&self) -> String {
+        format!("{}-standby", self.service_name)
+    }
+
+    /// The Consul KV key holding which address of each slot is active.
+    pub fn roles_key(&self) -> String {
+        format!("dynamic-sharding/{}/roles", self.service_name)
+    }
+
     /// The credentials every request to a pushgateway carries, if they need any.
     pub fn pushgateway_auth(&self) -> Option<&BasicAuth> {
         self.check.auth.as_ref()
@@ -233,10 +248,18 @@ impl Config {
         })?;
         let read_file = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
         let (mut config, mut warnings) = Config::parse(&text, &file, |k| std::env::var(k).ok(), read_file)?;
-        let (servers, drain) = resolved_pushgateways(&config, &text, &mut warnings, resolve_host)
+        let (servers, drain) =
+            resolved_pushgateways(&config, &text, &mut warnings, resolve_host).map_err(|message| {
+                ConfigError::Invalid {
+                    file: file.clone(),
+                    message,
+                }
+            })?;
+        let standbys = resolved_standbys(&config, &servers, &drain, &text, resolve_host)
             .map_err(|message| ConfigError::Invalid { file, message })?;
         config.servers = servers;
         config.drain = drain;
+        config.standbys = standbys;
         config.source = Some(path.to_path_buf());
         Ok((config, warnings))
     }
@@ -292,7 +315,8 @@ impl Config {
         let mut warnings = Vec::new();
         let auth = pushgateway_auth(raw.pushgateway.username.take(), raw.pushgateway.password.take())
             .map_err(invalid)?;
-        let (servers, drain) = pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
+        let (servers, drain, standbys) =
+            pushgateways(text, raw.pushgateway, &mut warnings).map_err(invalid)?;
         let check = check(raw.check, auth, &mut warnings);
         let http_listen_addr = listen_addr(raw.http_listen_addr, &mut warnings);
         let envoy = envoy(raw.envoy, &env, &read_file, &mut warnings).map_err(invalid)?;
@@ -306,6 +330,7 @@ impl Config {
             consul,
             service_name,
             servers,
+            standbys,
             http_listen_addr,
             check,
             envoy,
@@ -323,22 +348,105 @@ impl Config {
     }
 }
 
-/// `pushgateway`: the servers to register and the ones to drain.
+/// `pushgateway.servers`, `drain` and `standbys` (server -> standby).
+type Pushgateways = (Vec<Member>, Vec<Member>, BTreeMap<Member, Member>);
+
+/// `pushgateway`: the servers to register, the ones to drain and the servers' standbys.
 fn pushgateways(
     text: &str,
     raw: RawPushgateway,
     warnings: &mut Vec<Warning>,
-) -> Result<(Vec<Member>, Vec<Member>), String> {
+) -> Result<Pushgateways, String> {
     let port = raw.port.map_or(DEFAULT_PUSHGATEWAY_PORT, |p| p.0);
     let servers = pushgateway_list(text, "servers", raw.servers, port)?;
     let drain = pushgateway_list(text, "drain", raw.drain, port)?;
+    let at = locate(text, "pushgateway.standbys")
+        .map(|l| format!(" (line {l})"))
+        .unwrap_or_default();
+    let mut pairs = Vec::new();
+    for (server, standby) in raw.standbys.unwrap_or_default() {
+        let key = format!("pushgateway.standbys[{server:?}]{at}");
+        let s = parse_server(&server, port).map_err(|e| format!("{key}: {e}"))?;
+        let b = parse_server(&standby, port).map_err(|e| format!("{key}: the standby: {e}"))?;
+        pairs.push((server, s, b));
+    }
+    let standbys = checked_standbys(&servers, &drain, &pairs, &at)?;
     warnings.extend(drain_outside_servers(&servers, &drain));
     if servers.is_empty() {
         warnings.push(
             "pushgateway.servers is empty: nothing is registered; the member list is whatever Consul shows passing".to_owned(),
         );
     }
-    Ok((servers, drain))
+    Ok((servers, drain, standbys))
+}
+
+/// `pushgateway.standbys` checked against the servers and drain: each standby stands by for one
+/// server that is not draining, and is a pushgateway of its own (in neither list, the standby of
+/// no other server). `pairs` are (the key as written, the server, its standby); `at` says where
+/// the key is.
+fn checked_standbys(
+    servers: &[Member],
+    drain: &[Member],
+    pairs: &[(String, Member, Member)],
+    at: &str,
+) -> Result<BTreeMap<Member, Member>, String> {
+    let mut out: BTreeMap<Member, Member> = BTreeMap::new();
+    for (written, server, standby) in pairs {
+        let key = format!("pushgateway.standbys[{written:?}]{at}");
+        if !servers.contains(server) {
+            return Err(format!(
+                "{key}: {server} is not in pushgateway.servers; a standby stands by for a server: add {server} to \
+                 servers or remove this entry"
+            ));
+        }
+        if drain.contains(server) {
+            return Err(format!(
+                "{key}: {server} is in pushgateway.drain; a draining server takes no standby: remove this entry \
+                 before draining it"
+            ));
+        }
+        for (list, name) in [(servers, "servers"), (drain, "drain")] {
+            if list.contains(standby) {
+                return Err(format!(
+                    "{key}: the standby {standby} is also in pushgateway.{name}; a standby is a pushgateway of its \
+                     own, in neither servers nor drain"
+                ));
+            }
+        }
+        if let Some((other, _)) = out.iter().find(|(_, s)| *s == standby) {
+            return Err(format!(
+                "{key}: {standby} is already the standby of {other}; each server needs a standby of its own"
+            ));
+        }
+        if out.insert(server.clone(), standby.clone()).is_some() {
+            return Err(format!(
+                "{key}: names {server} again (written another way); each server may have one standby"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `pushgateway.standbys` with every DNS name resolved as the servers' are, checked again against
+/// the resolved servers and drain (two names may be one address).
+fn resolved_standbys(
+    config: &Config,
+    servers: &[Member],
+    drain: &[Member],
+    text: &str,
+    resolve: impl Fn(&str) -> Result<Vec<IpAddr>, String>,
+) -> Result<BTreeMap<Member, Member>, String> {
+    let at = locate(text, "pushgateway.standbys")
+        .map(|l| format!(" (line {l})"))
+        .unwrap_or_default();
+    let mut pairs = Vec::new();
+    for (server, standby) in &config.standbys {
+        let key = format!("pushgateway.standbys[{:?}]{at}", server.as_str());
+        let s = resolve_member(server, &resolve).map_err(|e| format!("{key}: {e}"))?;
+        let b = resolve_member(standby, &resolve).map_err(|e| format!("{key}: the standby: {e}"))?;
+        pairs.push((server.to_string(), s, b));
+    }
+    checked_standbys(servers, drain, &pairs, &at)
 }
 
 /// `lease`: the key defaults to one per service name, so consul-syncs of different services do
@@ -908,6 +1016,105 @@ vnodes: 100
         let (servers, drain) = resolved_pushgateways(&c, text, &mut warnings, table)?;
         let names = |v: Vec<Member>| v.iter().map(|m| m.to_string()).collect();
         Ok((names(servers), names(drain), warnings))
+    }
+
+    #[test]
+    fn standbys_stand_by_for_servers() {
+        let text = "pushgateway:\n  port: 9091\n  servers: [10.0.0.1, 10.0.0.2]\n  standbys:\n    10.0.0.1: 10.0.1.1\n    '10.0.0.2:9091': '10.0.1.2:9092'\n";
+        let (c, _) = parse(text).unwrap();
+        let pairs: Vec<(&str, &str)> = c.standbys.iter().map(|(s, b)| (s.as_str(), b.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("10.0.0.1:9091", "10.0.1.1:9091"),
+                ("10.0.0.2:9091", "10.0.1.2:9092")
+            ]
+        );
+        assert!(parse("pushgateway: {servers: [a:1]}\n")
+            .unwrap()
+            .0
+            .standbys
+            .is_empty());
+        let base = "pushgateway:\n  servers: ['a:1', 'b:1']\n  drain: ['b:1', 'd:1']\n  standbys:\n";
+        for (entries, needles) in [
+            (
+                "    'x:1': 's:1'\n",
+                &[
+                    "pushgateway.standbys[\"x:1\"] (line 4)",
+                    "x:1 is not in pushgateway.servers",
+                    "add x:1",
+                ][..],
+            ),
+            (
+                "    'b:1': 's:1'\n",
+                &["b:1 is in pushgateway.drain", "takes no standby"],
+            ),
+            (
+                "    'a:1': 'b:1'\n",
+                &[
+                    "the standby b:1 is also in pushgateway.servers",
+                    "a pushgateway of its own",
+                ],
+            ),
+            (
+                "    'a:1': 'd:1'\n",
+                &["the standby d:1 is also in pushgateway.drain"],
+            ),
+            (
+                "    'a:1': 'a:1'\n",
+                &["the standby a:1 is also in pushgateway.servers"],
+            ),
+            (
+                "    'a:1': 'h:x'\n",
+                &["pushgateway.standbys[\"a:1\"]", "the standby", "port"],
+            ),
+            (
+                "    'a:1': ''\n",
+                &["pushgateway.standbys[\"a:1\"]", "the standby"],
+            ),
+            ("    'a:1': ['s:1']\n", &["pushgateway.standbys", "string"]),
+        ] {
+            let e = refused(&format!("{base}{entries}"));
+            for n in needles {
+                assert!(e.contains(n), "{entries:?}: {e:?} lacks {n:?}");
+            }
+        }
+        let e =
+            refused("pushgateway:\n  servers: ['a:1', 'c:1']\n  standbys: {'a:1': 's:1', 'c:1': 's:1'}\n");
+        assert!(
+            e.contains("s:1 is already the standby of a:1") && e.contains("a standby of its own"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn standbys_are_resolved_and_checked_again() {
+        let c = |text: &str| {
+            let (c, mut warnings) = parse(text)?;
+            let table = |host: &str| -> Result<Vec<IpAddr>, String> {
+                match host {
+                    "pg-1.example" => Ok(vec!["10.0.0.1".parse().unwrap()]),
+                    "sb-1.example" => Ok(vec!["10.0.1.1".parse().unwrap()]),
+                    _ => Err("Name or service not known".to_owned()),
+                }
+            };
+            let (servers, drain) = resolved_pushgateways(&c, text, &mut warnings, table)?;
+            resolved_standbys(&c, &servers, &drain, text, table)
+        };
+        let ok =
+            c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: sb-1.example}}\n").unwrap();
+        let pairs: Vec<(String, String)> = ok.iter().map(|(s, b)| (s.to_string(), b.to_string())).collect();
+        assert_eq!(pairs, [("10.0.0.1:9091".to_owned(), "10.0.1.1:9091".to_owned())]);
+        // Written apart, one address once resolved.
+        let e = c("pushgateway: {servers: [pg-1.example, 10.0.0.2], standbys: {10.0.0.2: 10.0.0.1}}\n")
+            .unwrap_err();
+        assert!(
+            e.contains("the standby 10.0.0.1:9091 is also in pushgateway.servers"),
+            "{e}"
+        );
+        let e =
+            c("pushgateway: {servers: [pg-1.example], standbys: {pg-1.example: nx.example}}\n").unwrap_err();
+        assert!(e.contains("the standby: nx.example does not resolve"), "{e}");
     }
 
     #[test]

@@ -21,10 +21,16 @@
 //! - Pushgateways in `pushgateway.drain` leave the ring and travel beside it while they pass.
 //! - Registered pushgateways that do not pass travel beside it as `absent`: a `DELETE` cannot
 //!   reach them now, so it leaves a tombstone for each.
+//! - Slots with a standby ([`SlotState`], from [`super::roles`]) are observed by name; the list's
+//!   `slots` says where each is served. A standby is published only while it passes: one that is
+//!   down costs the filter nothing then (no write waits for it), a `DELETE` leaves a tombstone for
+//!   it (it is `absent`, unless it is the slot's own name), and the repair copies what it missed
+//!   once it is back.
 
 use crate::consul::Instances;
+use crate::membership::roles::SlotState;
 use crate::membership::versions::VersionClock;
-use dynamic_sharding::members::{Member, MemberDiff, MemberList, MAX_MEMBERS};
+use dynamic_sharding::members::{Member, MemberDiff, MemberList, Slot, MAX_MEMBERS};
 use dynamic_sharding::ring::Ring;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -70,6 +76,8 @@ pub struct PublishedList {
     expired: Vec<Member>,
     /// Consul showed none of the registered pushgateways at the last answer.
     missing: bool,
+    /// The slots with a standby, by name: where each is served and whether its standby passes.
+    slots: BTreeMap<Member, SlotState>,
     clock: VersionClock,
 }
 
@@ -87,6 +95,7 @@ impl PublishedList {
             spent: BTreeSet::new(),
             expired: Vec::new(),
             missing: false,
+            slots: BTreeMap::new(),
             clock: VersionClock::default(),
         }
     }
@@ -95,6 +104,11 @@ impl PublishedList {
     pub fn set_drain(&mut self, mut drain: Vec<Member>) {
         drain.sort();
         self.drain = drain;
+    }
+
+    /// Sets the slots with a standby; the next [`PublishedList::observe`] applies them.
+    pub fn set_slots(&mut self, slots: BTreeMap<Member, SlotState>) {
+        self.slots = slots;
     }
 
     /// Sets the registered pushgateways (the settling waits for them).
@@ -119,6 +133,12 @@ impl PublishedList {
     pub fn suspect_from(&mut self, now: Instant) {
         let until = now + self.hold;
         self.suspect_until = Some(self.suspect_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Whether Consul's word is in doubt at `now`: settling, or just back from an outage. No
+    /// standby is promoted then (a restarted agent's checks start critical).
+    pub fn in_doubt(&self, now: Instant) -> bool {
+        self.settle_until.is_some_and(|t| now < t) || self.suspect_until.is_some_and(|t| now < t)
     }
 
     pub fn published(&self) -> Option<&MemberList> {
@@ -220,12 +240,10 @@ impl PublishedList {
         effective.dedup();
         let (draining, members): (Vec<Member>, Vec<Member>) =
             effective.iter().cloned().partition(|m| self.drain.contains(m));
-        let absent = self.absent(&effective);
-        if self
-            .published
-            .as_ref()
-            .is_some_and(|p| p.members == members && p.draining == draining && p.absent == absent)
-        {
+        let (slots, absent) = self.placed(&members, &draining, &effective);
+        if self.published.as_ref().is_some_and(|p| {
+            p.members == members && p.draining == draining && p.absent == absent && p.slots == slots
+        }) {
             return ListUpdate::Unchanged;
         }
         if let Some(until) = self.settle_until {
@@ -245,7 +263,7 @@ impl PublishedList {
             members,
             draining,
             absent,
-            ..MemberList::default()
+            slots,
         };
         let old = self.published.replace(new.clone());
         ListUpdate::Publish { old, new }
@@ -285,20 +303,48 @@ impl PublishedList {
 }
 
 impl PublishedList {
-    /// The registered pushgateways not in `listed` (the passing and the held ones; sorted), at
-    /// most as many as a list takes.
-    fn absent(&self, listed: &[Member]) -> Vec<Member> {
-        let room = MAX_MEMBERS.saturating_sub(listed.len());
-        let mut absent: Vec<Member> = self
+    /// The `slots` of the holders (`members` and `draining`) and the `absent` addresses: every
+    /// address of a registered slot not in `listed` (the passing and the held ones, by name;
+    /// sorted), and each listed slot's standby that does not pass (unless it is the slot's name),
+    /// at most as many as a list takes.
+    fn placed(
+        &self,
+        members: &[Member],
+        draining: &[Member],
+        listed: &[Member],
+    ) -> (BTreeMap<Member, Slot>, Vec<Member>) {
+        let mut slots = BTreeMap::new();
+        let mut absent: Vec<Member> = Vec::new();
+        for name in members.iter().chain(draining) {
+            let Some(s) = self.slots.get(name) else { continue };
+            let standby = s.standby_passes.then(|| s.standby.clone());
+            if !s.standby_passes && s.standby != *name {
+                absent.push(s.standby.clone());
+            }
+            if s.active != *name || standby.is_some() {
+                slots.insert(
+                    name.clone(),
+                    Slot {
+                        active: s.active.clone(),
+                        standby,
+                    },
+                );
+            }
+        }
+        for name in self
             .registered
             .iter()
             .filter(|m| listed.binary_search(m).is_err())
-            .take(room)
-            .cloned()
-            .collect();
+        {
+            match self.slots.get(name) {
+                Some(s) => absent.extend([s.active.clone(), s.standby.clone()]),
+                None => absent.push(name.clone()),
+            }
+        }
         absent.sort();
         absent.dedup();
-        absent
+        absent.truncate(MAX_MEMBERS.saturating_sub(listed.len()));
+        (slots, absent)
     }
 }
 
@@ -345,8 +391,18 @@ pub fn describe_change(old: Option<&MemberList>, new: &MemberList, vnodes: u32) 
     } else {
         format!(", absent [{}] (was [{}])", join(&new.absent), join(&old.absent))
     };
+    let slots = if old.slots == new.slots {
+        String::new()
+    } else {
+        let placed: Vec<String> = new
+            .slots
+            .keys()
+            .map(|name| new.placement(name).to_string())
+            .collect();
+        format!(", slots [{}]", placed.join(", "))
+    };
     format!(
-        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}{absent}; old [{}] new [{}]",
+        "member list changed: version {}, {} -> {} members, {diff}{moved}{draining}{absent}{slots}; old [{}] new [{}]",
         new.version,
         old.len(),
         new.len(),
@@ -637,6 +693,53 @@ mod tests {
         // b answered its probe, c did not: b stays a member, only c is absent.
         let new = published(v.observe_probed(&critical, &m(&["b:1"]), now, 3));
         assert_eq!((new.members, new.absent), (m(&["a:1", "b:1"]), m(&["c:1"])));
+    }
+
+    #[test]
+    fn slots_carry_their_active_and_a_passing_standby_only() {
+        let now = Instant::now();
+        let state = |active: &str, standby: &str, passes: bool| SlotState {
+            active: Member::parse(active).unwrap(),
+            standby: Member::parse(standby).unwrap(),
+            standby_passes: passes,
+        };
+        let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
+        v.set_slots(BTreeMap::from([
+            (Member::parse("a:1").unwrap(), state("a:1", "a2:1", true)),
+            (Member::parse("b:1").unwrap(), state("b:1", "b2:1", false)),
+        ]));
+        let new = published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 1));
+        let a = Member::parse("a:1").unwrap();
+        assert_eq!(new.placement(&a).standby.map(Member::as_str), Some("a2:1"));
+        assert!(!new.slots.contains_key(&Member::parse("b:1").unwrap()));
+        assert_eq!(
+            new.absent,
+            m(&["b2:1"]),
+            "a DELETE leaves a tombstone for the down standby"
+        );
+        // Promoted: same ring, a served at a2, its former active down (it is a's name: not absent).
+        v.set_slots(BTreeMap::from([(a.clone(), state("a2:1", "a:1", false))]));
+        let promoted = published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 2));
+        assert_eq!(promoted.members, new.members, "no group changes owner");
+        assert_eq!(promoted.placement(&a).active.as_str(), "a2:1");
+        assert_eq!(promoted.placement(&a).standby, None);
+        assert!(promoted.absent.is_empty());
+        let wire = serde_json::to_vec(&promoted).unwrap();
+        assert_eq!(
+            MemberList::from_json(&wire).unwrap(),
+            promoted,
+            "the filter takes it"
+        );
+        // The former active is back: it is the standby.
+        v.set_slots(BTreeMap::from([(a.clone(), state("a2:1", "a:1", true))]));
+        let back = published(v.observe(&pass(&["a:1", "b:1", "c:1"]), now, 3));
+        assert_eq!(back.placement(&a).standby.map(Member::as_str), Some("a:1"));
+        // The whole slot down: both of its addresses are absent.
+        let down = published(v.observe(&consul(&["b:1", "c:1"], &["a:1"]), now, 4));
+        assert_eq!(
+            (down.members, down.absent),
+            (m(&["b:1", "c:1"]), m(&["a2:1", "a:1"]))
+        );
     }
 
     #[test]

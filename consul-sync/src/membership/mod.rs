@@ -6,6 +6,7 @@
 //! - [`probe`]: asks pushgateways directly whether they live, when Consul's word is in doubt;
 //! - [`versions`]: list versions, the clock that numbers them and those the Envoys hold;
 //! - [`registrar`]: keeps the configured pushgateways registered, and only those;
+//! - [`roles`]: which address of each slot with a standby is active, and promotions (pure);
 //! - [`lease`]: holds the lease in Consul that lets one consul-sync act on the pushgateways;
 //! - [`envoy`]: one pusher per Envoy control listener.
 //!
@@ -16,5 +17,6 @@ pub mod lease;
 pub mod list;
 pub mod probe;
 pub mod registrar;
+pub mod roles;
 pub mod versions;
 pub mod watcher;

@@ -16,18 +16,29 @@
 //! - Settling: held-back lists wait until every registered pushgateway passes or the hold time has
 //!   passed (Consul staggers a new check's first run over an interval and syncs its result to the
 //!   catalog afterwards; 3 s was measured under load for a 1 s interval).
+//! - Slots with a standby (`pushgateway.standbys`): the standbys' service is read after every
+//!   answer, and the actives' query blocks at most a check interval, so a standby's change is seen
+//!   within one. The roles (which address of a slot is active) are read from Consul KV with it;
+//!   the lease holder promotes a slot's passing standby when its active fails ([`SlotTable`]),
+//!   writes the roles (check-and-set) and wakes the registrar, which registers both addresses
+//!   under their new services. Every consul-sync keeps such a slot in the ring meanwhile, and
+//!   reads the roles again every [`PROMOTION_RECHECK`] until the promotion is there.
 //! - Consul's index going backwards means its state was reset (e.g. an agent that lost its data):
 //!   the index is reset to 0, the pushgateways are registered again and the list settles again.
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::consul::{ConsulClient, Health, Instances, Registration};
+use crate::consul::{ConsulClient, Health, Instances};
+use crate::leader::Leadership;
 use crate::membership::list::{describe_change, ListUpdate, PublishedList};
 use crate::membership::probe::Prober;
+use crate::membership::registrar::registrations;
+use crate::membership::roles::{passing_anywhere, Roles, SlotTable};
 use crate::membership::versions::{unix_millis, Versions};
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
+use crate::status::Protection;
 use dynamic_sharding::members::{Member, MemberList};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +55,9 @@ const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
 const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 /// Consul failures logged at warn: the first, then one in this many.
 const WARN_EVERY: u64 = 10;
+/// While a slot's active fails and its standby passes, the roles are read again this often until
+/// the lease holder's promotion is there.
+pub const PROMOTION_RECHECK: Duration = Duration::from_millis(500);
 
 /// Everything the watch loop needs.
 pub struct Watcher {
@@ -60,6 +74,14 @@ pub struct Watcher {
     pub versions: Arc<Versions>,
     /// Wakes the registrar when Consul lacks a registered pushgateway.
     pub register_now: Arc<Notify>,
+    /// Only the lease holder promotes standbys.
+    pub leadership: Arc<Leadership>,
+    /// The roles as last read or written: the registrar registers each address under the
+    /// service of its role.
+    pub roles: watch::Sender<Roles>,
+    /// Whether each standby held what its active held at the last reconcile round: a promotion
+    /// of one that did not is warned about.
+    pub protection: Protection,
 }
 
 /// What the loop carries from one answer to the next.
@@ -80,16 +102,24 @@ struct WatchState {
     missing: bool,
     /// Consul lacked some registered pushgateway at the last answer.
     lacking: bool,
+    /// The standbys' service at the last answer.
+    last_standbys: Instances,
+    /// The roles as last read or written.
+    roles: Roles,
+    /// The roles key's modify index at the last read: what a write must name (0: no key).
+    roles_index: u64,
+    /// While a slot waits for its promotion: when to read the roles again.
+    recheck_at: Option<Instant>,
 }
 
 impl WatchState {
     /// When the last answer must be looked at again without waiting for Consul: the settling
     /// ends, or a hold runs out.
     fn wake_at(&self) -> Option<Instant> {
-        match (self.hold_until, self.list.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.hold_until, self.list.next_deadline(), self.recheck_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -106,8 +136,16 @@ impl Watcher {
             hold_until: None,
             missing: false,
             lacking: false,
+            last_standbys: Instances::default(),
+            roles: Roles::default(),
+            roles_index: 0,
+            recheck_at: None,
         };
         st.list.set_drain(self.updates.borrow_and_update().drain.clone());
+        // The roles first: each address is registered under the service of its role.
+        if !self.read_roles_at_start(&mut st, &mut shutdown).await {
+            return;
+        }
         // Registration first: a watch that starts before it would only see old state.
         if !self
             .register_all(&mut st.backoff, &mut st.failures, &mut shutdown)
@@ -131,10 +169,13 @@ impl Watcher {
                 st.index
             };
             // While Consul shows none of them, read it every check interval to see them back.
-            let wait = if st.missing {
-                self.updates.borrow().check.interval
-            } else {
-                BLOCKING_WAIT
+            let wait = {
+                let config = self.updates.borrow();
+                if st.missing || !config.standbys.is_empty() {
+                    config.check.interval
+                } else {
+                    BLOCKING_WAIT
+                }
             };
             let query = self.client.health(&self.config.service_name, query_index, wait);
             let deadline = wake_at.unwrap_or_else(|| Instant::now() + BLOCKING_WAIT * 2);
@@ -231,19 +272,173 @@ impl Watcher {
             warn!("ignoring an instance of {}: {s}", self.config.service_name);
         }
         st.last = Some(health.instances.clone());
+        self.read_standbys(st).await;
         self.decide(&health.instances, st, health.index).await;
         true
     }
 
+    /// Reads the roles until they are read (with standbys configured); false on shutdown.
+    async fn read_roles_at_start(&self, st: &mut WatchState, shutdown: &mut Shutdown) -> bool {
+        if self.updates.borrow().standbys.is_empty() {
+            return true;
+        }
+        loop {
+            match self.read_roles(st).await {
+                Ok(()) => {
+                    st.backoff.reset();
+                    return true;
+                }
+                Err(e) => {
+                    st.failures += 1;
+                    self.log_failure(&e, st.failures, "nothing is registered before the roles are read");
+                    if sleep_or_shutdown(st.backoff.next_delay(), shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the roles from Consul KV; a change is handed to the registrar.
+    async fn read_roles(&self, st: &mut WatchState) -> Result<(), NetError> {
+        let key = self.config.roles_key();
+        self.metrics.consul_request("roles");
+        let entries = self.client.kv_list(&key).await.inspect_err(|_| {
+            self.metrics.consul_error("roles");
+        })?;
+        let (roles, index) = match entries.into_iter().find(|e| e.key == key) {
+            None => (Roles::default(), 0),
+            Some(e) => match Roles::decode(&e.value) {
+                Ok(r) => (r, e.modify_index),
+                Err(why) => {
+                    warn!("Consul key {key} does not hold roles ({why}); the last roles stay");
+                    return Ok(());
+                }
+            },
+        };
+        st.roles_index = index;
+        if roles != st.roles {
+            info!(
+                "roles read from Consul key {key}: {}",
+                String::from_utf8_lossy(&roles.encode())
+            );
+            st.roles = roles.clone();
+            self.roles.send_replace(roles);
+        }
+        Ok(())
+    }
+
+    /// Reads the standbys' service and the roles (with standbys configured); a failure keeps
+    /// what was read last.
+    async fn read_standbys(&self, st: &mut WatchState) {
+        if self.updates.borrow().standbys.is_empty() {
+            st.last_standbys = Instances::default();
+            return;
+        }
+        let service = self.config.standby_service_name();
+        self.metrics.consul_request("health");
+        match self.client.health(&service, 0, BLOCKING_WAIT).await {
+            Ok(h) => st.last_standbys = h.instances,
+            Err(e) => {
+                self.metrics.consul_error("health");
+                debug!("{e} (the standbys' last health stays)");
+            }
+        }
+        if let Err(e) = self.read_roles(st).await {
+            debug!("{e} (the last roles stay)");
+        }
+    }
+
+    /// Promotes each slot's standby of `promotions` (name, new active): writes the roles with a
+    /// check-and-set on the last read, then registers both addresses anew. True when written.
+    async fn promote(&self, promotions: &[(Member, Member)], st: &mut WatchState) -> bool {
+        let key = self.config.roles_key();
+        let roles = promotions
+            .iter()
+            .fold(st.roles.clone(), |r, (slot, active)| r.with_active(slot, active));
+        self.metrics.consul_request("roles");
+        match self.client.kv_put(&key, roles.encode(), st.roles_index).await {
+            Ok(true) => {
+                for (slot, active) in promotions {
+                    warn!(
+                        "promoted {active} to the active of slot {slot}: its active failed its check while {active} \
+                         passes; no group changes owner, and the former active stays the standby when it returns"
+                    );
+                    self.warn_if_behind(slot, active);
+                }
+                self.metrics.slot_promotions.inc_by(promotions.len() as u64);
+                st.roles = roles.clone();
+                self.roles.send_replace(roles);
+                self.register_now.notify_one();
+                if let Err(e) = self.read_roles(st).await {
+                    debug!("{e} (the roles are read again at the next answer)");
+                }
+                true
+            }
+            Ok(false) => {
+                info!("the roles in Consul key {key} changed since they were read; reading them again");
+                if let Err(e) = self.read_roles(st).await {
+                    debug!("{e} (the roles are read again at the next answer)");
+                }
+                false
+            }
+            Err(e) => {
+                self.metrics.consul_error("roles");
+                warn!("{e} (the promotion is tried again at the next answer)");
+                false
+            }
+        }
+    }
+
+    /// Warns when the last reconcile round did not find `slot`'s standby holding what its active
+    /// held: the promoted one may lack groups or hold older ones.
+    fn warn_if_behind(&self, slot: &Member, promoted: &Member) {
+        let repair = self.protection.lock().ok().and_then(|p| p.get(slot).cloned());
+        match repair {
+            Some(r) if r.in_sync => {}
+            Some(r) => warn!(
+                "{promoted} was not in sync with slot {slot}'s active at the last reconcile round (differing since \
+                 Unix time {:.0}): groups the repair had not copied yet are missing or older on it",
+                r.differs_since.unwrap_or(r.last_checked)
+            ),
+            None => warn!(
+                "{promoted} was promoted before any reconcile round compared it with slot {slot}'s active: \
+                 writes it missed before then are missing on it"
+            ),
+        }
+    }
+
     /// Decides on what Consul shows, probing the pushgateways it took out suspiciously.
-    async fn decide(&self, consul: &Instances, st: &mut WatchState, index: u64) {
+    async fn decide(&self, actives: &Instances, st: &mut WatchState, index: u64) {
+        let standbys = self.updates.borrow().standbys.clone();
+        let mut table = SlotTable::new(&standbys, &st.roles);
+        let passing = passing_anywhere(actives, &st.last_standbys);
+        let promotions = table.promotions(&passing);
+        if !promotions.is_empty()
+            && !st.list.in_doubt(Instant::now())
+            && self.leadership.may_act()
+            && self.promote(&promotions, st).await
+        {
+            table = SlotTable::new(&standbys, &st.roles);
+        }
+        st.recheck_at = (!table.promotions(&passing).is_empty()).then(|| Instant::now() + PROMOTION_RECHECK);
+        let (view, states) = table.view(actives, &st.last_standbys);
+        st.list.set_slots(states);
+        let consul = &view;
         let mut update = st.list.observe(consul, Instant::now(), self.now_ms());
         if let ListUpdate::Probe { removed } = &update {
             let (timeout, auth) = {
                 let config = self.updates.borrow();
                 (config.check.timeout, config.pushgateway_auth().cloned())
             };
-            let alive = self.prober.alive(removed, timeout, auth.as_ref()).await;
+            // A slot is asked at its active's address.
+            let addresses: Vec<Member> = removed.iter().map(|n| table.active(n).clone()).collect();
+            let answered = self.prober.alive(&addresses, timeout, auth.as_ref()).await;
+            let alive: Vec<Member> = removed
+                .iter()
+                .filter(|n| answered.contains(table.active(n)))
+                .cloned()
+                .collect();
             if !alive.is_empty() {
                 self.metrics.member_holds.inc_by(alive.len() as u64);
                 warn!(
@@ -309,7 +504,9 @@ impl Watcher {
             }
         };
         st.last = Some(health.instances.clone());
-        match st.list.observe(&health.instances, Instant::now(), self.now_ms()) {
+        let table = SlotTable::new(&self.updates.borrow().standbys, &st.roles);
+        let (view, _) = table.view(&health.instances, &st.last_standbys);
+        match st.list.observe(&view, Instant::now(), self.now_ms()) {
             ListUpdate::Unchanged | ListUpdate::Missing => {
                 if let Some(list) = st.list.republish(self.now_ms()) {
                     info!(
@@ -372,8 +569,13 @@ impl Watcher {
     /// Registers every configured pushgateway, retrying with backoff. False on shutdown.
     async fn register_all(&self, backoff: &mut Backoff, failures: &mut u64, shutdown: &mut Shutdown) -> bool {
         let config = self.updates.borrow().clone();
-        for member in &config.servers {
-            let reg = Registration::for_member(member, &config.service_name, &config.check);
+        let roles = self.roles.borrow().clone();
+        for reg in registrations(&config, &roles) {
+            let member = reg
+                .meta
+                .get(crate::consul::META_MEMBER)
+                .cloned()
+                .unwrap_or_default();
             loop {
                 self.metrics.consul_request("register");
                 let result = tokio::select! {

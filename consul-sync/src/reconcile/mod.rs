@@ -1,14 +1,15 @@
 //! The reconciler: after every member change and every `reconcile_interval`, it leaves each group
 //! on exactly one pushgateway, the newest copy, without re-pushing what it can avoid.
 //!
-//! Owns the loop and carrying out a round; the rules are pure, in [`plan`](mod@plan), [`clock`]
-//! and [`drain`]. A round is a list of steps over what it read:
-//! 1. Every passing pushgateway (ring members and draining ones) is read: its groups, when each
-//!    last changed (push or failed push), and a bound on its clock from the `Date` header.
-//! 2. The plan: a group with more than one copy keeps the newest; every other copy is deleted,
-//!    unless a clock skew seen between the two could reverse their order. A draining
-//!    pushgateway past its deadline has its groups moved to their owners, in a round that read
-//!    every holder.
+//! Owns the loop and carrying out a round; the rules are pure, in [`plan`](mod@plan), [`repair`],
+//! [`clock`] and [`drain`]. A round is a list of steps over what it read:
+//! 1. Every address serving a slot (ring members and draining ones; actives and standbys) is
+//!    read: its groups, when each last changed (push or failed push), and a bound on its clock
+//!    from the `Date` header.
+//! 2. The plan, over the slots' actives (a standby's copies are its slot's replica, not
+//!    copies): a group with more than one copy keeps the newest; every other copy is deleted,
+//!    unless a clock skew seen between the two could reverse their order. A draining slot past
+//!    its deadline has its groups moved to their owners, in a round that read every active.
 //! 3. Deletes: the keepers are read first; then each holder is read again and its still-valid
 //!    copies are deleted right away, holders concurrently, for at most [`WRITE_BUDGET`] after
 //!    that read (and at least one batch) before it is read again. A copy that changed since the
@@ -18,7 +19,11 @@
 //!    is copied only if its owner has no copy as new or newer and the source still holds it
 //!    unchanged (a client's `DELETE` is never undone). A group whose last push failed is copied
 //!    with its failure recorded on the owner as well. The source's copy is deleted after.
-//! 5. Drain states, from what each draining pushgateway holds now.
+//! 5. Repair, for each slot with a standby: what the standby lacks or holds older than the active
+//!    is copied to it, what the active does not hold is deleted from it ([`repair`]), by the
+//!    same batched, re-checked copies and deletes as steps 3 and 4. A draining slot is repaired
+//!    too: as its active empties, so does its standby.
+//! 6. Drain states, from what both addresses of each draining slot hold now.
 //!
 //! Nothing is written unless this consul-sync holds the lease ([`Leadership::may_act`]), asked
 //! before each batch. What remains is each write's window after the read it was checked
@@ -35,6 +40,7 @@ pub mod drain;
 pub mod exposition;
 pub mod plan;
 pub mod pushgateway;
+pub mod repair;
 pub mod tombstones;
 
 use crate::config::Config;
@@ -42,15 +48,15 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::shutdown::{sleep_or_shutdown, Shutdown};
-use crate::status::{DrainState, Drains};
+use crate::status::{DrainState, Drains, Protection, SlotRepair};
 use clock::Clocks;
 use drain::DrainTracker;
 use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::{Member, MemberList};
-use dynamic_sharding::ring::Ring;
+use dynamic_sharding::members::{Member, MemberList, Placement};
 use exposition::{ApiGroup, Stamps};
-use plan::{plan, still_valid, Delete, Holdings, Move, RoundPlan};
+use plan::{plan, split_standbys, still_valid, Delete, Holdings, Move, MoveKind, Owners, RoundPlan};
 use pushgateway::PushgatewayClient;
+use repair::plan_repair;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -83,10 +89,28 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     /// What `/-/drain` shows.
     drains: Drains,
+    /// Whether each slot's standby holds what its active holds.
+    protection: Protection,
     leadership: Arc<Leadership>,
     clocks: Arc<Mutex<Clocks>>,
     /// The `DELETE`s through Envoy that did not reach every pushgateway.
     tombstones: Tombstones,
+}
+
+/// What the round's first read found, by address.
+struct Reads {
+    /// What each slot's active holds.
+    actives: BTreeMap<Member, Holdings>,
+    /// What each slot's standby holds.
+    standbys: BTreeMap<Member, Holdings>,
+    /// When the read started (Unix seconds).
+    at: f64,
+}
+
+impl Reads {
+    fn get(&self, address: &Member) -> Option<&Holdings> {
+        self.actives.get(address).or_else(|| self.standbys.get(address))
+    }
 }
 
 /// What one round did, for the log.
@@ -97,11 +121,17 @@ struct RoundReport {
     deleted: usize,
     skipped: usize,
     moved: usize,
+    /// Groups copied to a standby or deleted from it.
+    repaired: usize,
     failed: usize,
     /// Writes left undone because this consul-sync does not hold the lease.
     not_acting: usize,
     /// Pushgateways a copy was deleted from this round.
     touched: BTreeSet<Member>,
+    /// Pushgateways a group was copied to this round.
+    written: BTreeSet<Member>,
+    /// The copies made to standbys.
+    copied: Vec<Copied>,
     /// Groups each pushgateway read holds that no push path can name (left alone, but held).
     unnamed: BTreeMap<Member, usize>,
     /// The longest time between a read and a write checked against it.
@@ -113,11 +143,24 @@ impl RoundReport {
         self.deleted += other.deleted;
         self.skipped += other.skipped;
         self.moved += other.moved;
+        self.repaired += other.repaired;
         self.failed += other.failed;
         self.not_acting += other.not_acting;
         self.touched.extend(other.touched);
+        self.written.extend(other.written);
+        self.copied.extend(other.copied);
         self.longest_window = self.longest_window.max(other.longest_window);
     }
+}
+
+/// A group copied to a standby: the stamps of the active's copy it was made from, and when the
+/// copy ended (Unix seconds).
+#[derive(Debug)]
+struct Copied {
+    standby: Member,
+    key: GroupingKey,
+    from: Stamps,
+    done: f64,
 }
 
 /// What the reconciler keeps from one round to the next.
@@ -126,6 +169,10 @@ struct Memory {
     tracker: DrainTracker,
     /// Groups with copies at the last round: one still there a round later outlived a delete.
     last_duplicated: HashSet<GroupingKey>,
+    /// Each slot with a standby: since when it differs from its active.
+    protection: BTreeMap<Member, SlotRepair>,
+    /// The copies the last round made to each standby, by standby.
+    copied: HashMap<Member, HashMap<GroupingKey, (Stamps, f64)>>,
 }
 
 /// What a round's concurrent steps share: the client with the round's credentials, the clocks
@@ -139,12 +186,14 @@ struct Hands {
 }
 
 impl Reconciler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: watch::Receiver<Arc<Config>>,
         published: watch::Receiver<Option<MemberList>>,
         client: PushgatewayClient,
         metrics: Arc<Metrics>,
         drains: Drains,
+        protection: Protection,
         leadership: Arc<Leadership>,
         tombstones: Tombstones,
     ) -> Reconciler {
@@ -154,6 +203,7 @@ impl Reconciler {
             client,
             metrics,
             drains,
+            protection,
             leadership,
             clocks: Arc::default(),
             tombstones,
@@ -201,30 +251,40 @@ impl Reconciler {
         for gone in memory.tracker.follow(&config.drain, now, config.drain_timeout) {
             info!("pushgateway {gone} is no longer draining");
         }
-        let ring = Ring::new(&list.members, config.vnodes);
-        let holders: Vec<Member> = list.holders().cloned().collect();
+        let owners = Owners::new(list, config.vnodes);
+        let addresses: Vec<Member> = list.addresses().cloned().collect();
         if let Ok(mut c) = self.clocks.lock() {
-            c.retain(|m| holders.contains(m) || config.servers.contains(m) || config.drain.contains(m));
+            c.retain(|m| addresses.contains(m) || config.servers.contains(m) || config.drain.contains(m));
         }
         let mut report = RoundReport::default();
 
-        // 1. Read every holder.
-        let holdings = hands.read_all(&holders, &mut report).await;
-        hands.publish_clocks(&holders);
+        // 1. Read every address.
+        let read_at = unix_now();
+        let mut read = hands.read_all(&addresses, &mut report).await;
+        hands.publish_clocks(&addresses);
         // The DELETEs through Envoy that missed a pushgateway, applied where this read allows.
         self.tombstones
-            .round(&hands.client, &holdings, config.tombstone_ttl)
+            .round(&hands.client, &read, config.tombstone_ttl)
             .await;
-        // 2. Plan.
+        // 2. Plan, over what the slots' actives hold.
+        let standbys = split_standbys(list, &mut read);
+        let reads = Reads {
+            actives: read,
+            standbys,
+            at: read_at,
+        };
+        let all_read = list
+            .holders()
+            .all(|slot| reads.actives.contains_key(list.placement(slot).active));
+        let expired: BTreeSet<Member> = memory
+            .tracker
+            .expired(now)
+            .iter()
+            .map(|slot| list.placement(slot).active.clone())
+            .collect();
         let clocks = hands.clocks();
-        let mut plan = plan(
-            &holdings,
-            &ring,
-            &memory.tracker.expired(now),
-            report.unreadable == 0,
-            &clocks,
-        );
-        self.follow_duplicates(&holdings, &mut plan, &mut memory.last_duplicated);
+        let mut plan = plan(&reads.actives, &owners, &expired, all_read, &clocks);
+        self.follow_duplicates(&reads, &mut plan, &mut memory.last_duplicated);
         self.refused_for_clocks(&plan, &clocks);
         if plan.held_moves > 0 {
             warn!(
@@ -241,8 +301,11 @@ impl Reconciler {
             .await;
         // 4. Move what drains left at their deadline.
         hands.move_all(std::mem::take(&mut plan.moves), &mut report).await;
-        // 5. Drain states.
-        self.follow_drains(&hands, &config, &mut memory.tracker, &holdings, &report)
+        // 5. Repair the standbys.
+        let repairs = self.repair_all(&hands, list, &reads, &report, memory).await;
+        report.add(repairs);
+        // 6. Drain states.
+        self.follow_drains(&hands, list, &config, &mut memory.tracker, &reads, &report)
             .await;
         self.log_round(&plan, &report, started);
     }
@@ -250,7 +313,7 @@ impl Reconciler {
     /// Sets what the round saw, and warns about groups that had copies at two rounds in a row.
     fn follow_duplicates(
         &self,
-        holdings: &BTreeMap<Member, Holdings>,
+        reads: &Reads,
         plan: &mut RoundPlan,
         last_duplicated: &mut HashSet<GroupingKey>,
     ) {
@@ -265,11 +328,73 @@ impl Reconciler {
         }
         *last_duplicated = duplicated;
         self.metrics.reconciled(
-            holdings.iter().map(|(m, groups)| (m.as_str(), groups.len())),
+            reads
+                .actives
+                .iter()
+                .chain(&reads.standbys)
+                .map(|(m, groups)| (m.as_str(), groups.len())),
             plan.duplicates,
             lasting,
             plan.misplaced,
         );
+    }
+
+    /// Repairs each slot's standby from its active, then records where each slot stands (in
+    /// [`Protection`] and the metrics). A slot is in sync when the round found no difference, or
+    /// made every copy and delete it planned.
+    async fn repair_all(
+        &self,
+        hands: &Hands,
+        list: &MemberList,
+        reads: &Reads,
+        report: &RoundReport,
+        memory: &mut Memory,
+    ) -> RoundReport {
+        let mut repairs = RoundReport::default();
+        let mut status = BTreeMap::new();
+        for slot in list.holders() {
+            let p = list.placement(slot);
+            let Some(standby) = p.standby else { continue };
+            // The active may have changed in this round's deletes and moves: read it again then.
+            let again = report.touched.contains(p.active) || report.written.contains(p.active);
+            let recent = memory.copied.get(standby).cloned().unwrap_or_default();
+            let in_sync = hands
+                .repair(p, standby, reads, &recent, again, &mut repairs)
+                .await;
+            let since = memory.protection.get(slot).and_then(|r| r.differs_since);
+            status.insert(
+                slot.clone(),
+                SlotRepair {
+                    in_sync,
+                    differs_since: if in_sync {
+                        None
+                    } else {
+                        Some(since.unwrap_or(reads.at))
+                    },
+                    last_checked: reads.at,
+                },
+            );
+        }
+        let now = unix_now();
+        let oldest = status
+            .values()
+            .filter_map(|r| r.differs_since)
+            .map(|since| now - since)
+            .fold(0.0, f64::max);
+        self.metrics.repair_oldest_difference.set(oldest);
+        if let Ok(mut p) = self.protection.lock() {
+            p.clone_from(&status);
+        }
+        memory.protection = status;
+        memory.copied.clear();
+        for c in std::mem::take(&mut repairs.copied) {
+            memory
+                .copied
+                .entry(c.standby)
+                .or_default()
+                .insert(c.key, (c.from, c.done));
+        }
+        repairs
     }
 
     /// Counts and logs the deletes and moves the clocks could reverse.
@@ -296,36 +421,44 @@ impl Reconciler {
         );
     }
 
-    /// Drain states from what each draining pushgateway holds now: read again where this round
-    /// deleted from it, so "drained" is said as soon as it is true. One not read this round keeps
-    /// what it was last seen to hold.
+    /// Drain states from what both addresses of each draining slot hold now: read again where
+    /// this round deleted from one, so "drained" is said as soon as it is true. A slot whose
+    /// addresses were not all read this round keeps what it was last seen to hold.
     async fn follow_drains(
         &self,
         hands: &Hands,
+        list: &MemberList,
         config: &Config,
         tracker: &mut DrainTracker,
-        holdings: &BTreeMap<Member, Holdings>,
+        reads: &Reads,
         report: &RoundReport,
     ) {
+        let addresses = |slot: &Member| -> Vec<Member> {
+            let p = list.placement(slot);
+            std::iter::once(p.active).chain(p.standby).cloned().collect()
+        };
         let touched: Vec<Member> = config
             .drain
             .iter()
-            .filter(|m| report.touched.contains(*m))
-            .cloned()
+            .flat_map(&addresses)
+            .filter(|m| report.touched.contains(m))
             .collect();
         let mut after_report = RoundReport::default();
         let after = hands.read_all(&touched, &mut after_report).await;
-        for member in &config.drain {
-            // Groups no push path can name count too: they are still on it, and stopping it would
-            // lose them.
-            let (held, unnamed) = match after.get(member) {
-                Some(held) => (held, after_report.unnamed.get(member)),
-                None => match holdings.get(member) {
-                    Some(held) => (held, report.unnamed.get(member)),
-                    None => continue,
-                },
-            };
-            let count = held.len() + unnamed.copied().unwrap_or(0);
+        'slots: for member in &config.drain {
+            // Groups no push path can name count too: they are still there, and stopping it
+            // would lose them.
+            let mut count = 0;
+            for address in addresses(member) {
+                let (held, unnamed) = match after.get(&address) {
+                    Some(held) => (held, after_report.unnamed.get(&address)),
+                    None => match reads.get(&address) {
+                        Some(held) => (held, report.unnamed.get(&address)),
+                        None => continue 'slots,
+                    },
+                };
+                count += held.len() + unnamed.copied().unwrap_or(0);
+            }
             match tracker.observe(member, count) {
                 Some(DrainState::Drained) => info!(
                     "pushgateway {member} is drained: it holds no group; it can be stopped, then removed \
@@ -353,14 +486,16 @@ impl Reconciler {
         self.metrics.reconcile_duration.observe(took.as_secs_f64());
         let summary = format!(
             "reconciled {} groups on {} pushgateways ({} unreadable): {} copies deleted, {} kept for \
-             the next round (changed meanwhile), {} moved at a drain deadline, {} failed, {} kept for clocks, \
-             {} kept beside a copy with a later failed push, {} left to the lease holder; longest window after a read {:.3}s; took {:.3}s",
+             the next round (changed meanwhile), {} moved at a drain deadline, {} repaired on standbys, {} failed, \
+             {} kept for clocks, {} kept beside a copy with a later failed push, {} left to the lease holder; \
+             longest window after a read {:.3}s; took {:.3}s",
             plan.groups,
             report.read,
             report.unreadable,
             report.deleted,
             report.skipped,
             report.moved,
+            report.repaired,
             report.failed,
             plan.clock_refusals.len(),
             plan.kept_failures,
@@ -368,7 +503,7 @@ impl Reconciler {
             report.longest_window.as_secs_f64(),
             took.as_secs_f64()
         );
-        if report.deleted + report.moved + report.failed + report.unreadable > 0 {
+        if report.deleted + report.moved + report.repaired + report.failed + report.unreadable > 0 {
             info!("{summary}");
         } else {
             debug!("{summary}");
@@ -382,6 +517,8 @@ enum MoveCheck {
     Go(String, Stamps),
     /// Not this round, for a reason counted under that name.
     Skip(&'static str),
+    /// Not needed any more: the destination's copy is as new as the source's now.
+    Done,
 }
 
 impl Hands {
@@ -457,6 +594,71 @@ impl Hands {
         out
     }
 
+    /// Repairs a slot's `standby` from its active, from this round's reads of both, the active
+    /// read `again` first; true when the standby holds what the active holds, as far as this
+    /// round can tell.
+    async fn repair(
+        &self,
+        p: Placement<'_>,
+        standby: &Member,
+        reads: &Reads,
+        recent: &HashMap<GroupingKey, (Stamps, f64)>,
+        again: bool,
+        report: &mut RoundReport,
+    ) -> bool {
+        let (slot, active) = (p.slot, p.active);
+        let reread;
+        let (on_active, active_read_at) = if again {
+            let at = unix_now();
+            reread = self.read_one(active).await.map(|(held, _)| held);
+            (reread.as_ref(), at)
+        } else {
+            (reads.actives.get(active), reads.at)
+        };
+        let (Some(on_active), Some(on_standby)) = (on_active, reads.standbys.get(standby)) else {
+            self.metrics.repair_error("read");
+            warn!(
+                "slot {slot}: its standby {standby} is not repaired this round: it or the active {active} could \
+                 not be read"
+            );
+            return false;
+        };
+        let plan = plan_repair(
+            active,
+            standby,
+            on_active,
+            on_standby,
+            recent,
+            active_read_at,
+            &self.clocks(),
+        );
+        if plan.differences == 0 {
+            return true;
+        }
+        if plan.clock_refusals > 0 {
+            self.metrics
+                .reconcile_clock_refusals
+                .inc_by(plan.clock_refusals as u64);
+            warn!(
+                "slot {slot}: {} groups on the standby {standby} look older than on the active {active}, but \
+                 their clocks differ enough to reverse the order: not copied (see \
+                 consul_sync_pushgateway_clock_skew_seconds)",
+                plan.clock_refusals
+            );
+        }
+        info!(
+            "slot {slot}: repairing the standby {standby} from the active {active}: {} groups to copy, {} to delete",
+            plan.copies.len(),
+            plan.deletes.len()
+        );
+        let mut r = RoundReport::default();
+        self.move_all(plan.copies, &mut r).await;
+        self.delete_checked(plan.deletes, &mut r).await;
+        let done = r.failed + r.skipped + r.not_acting == 0 && plan.clock_refusals == 0;
+        report.add(r);
+        done
+    }
+
     /// Reads the keepers, then deletes from each holder what is still as planned.
     async fn delete_checked(&self, deletes: Vec<Delete>, report: &mut RoundReport) {
         if deletes.is_empty() {
@@ -510,13 +712,15 @@ impl Hands {
                 pending.into_iter().partition(|d| still_valid(d, &fresh, kept));
             for d in &stale {
                 debug!(
-                    "not deleting {} on {}: it changed since it was read, or its keeper {} did (kept for the \
-                     next round)",
+                    "not deleting {} on {}: it changed since it was read, or {} did (kept for the next round)",
                     d.key, d.holder, d.keeper
                 );
             }
             report.skipped += stale.len();
-            self.metrics.reconcile_skipped_deletes.inc_by(stale.len() as u64);
+            let planned_as_copies = stale.iter().filter(|d| d.kept.is_some()).count();
+            self.metrics
+                .reconcile_skipped_deletes
+                .inc_by(planned_as_copies as u64);
             if !self.may_act("deleting older copies") {
                 report.not_acting += valid.len();
                 break;
@@ -532,23 +736,37 @@ impl Hands {
                 let Ok(((d, result), window)) = done else { continue };
                 report.longest_window = report.longest_window.max(window);
                 self.metrics.reconcile_delete_window.observe(window.as_secs_f64());
-                match result {
-                    Ok(()) => {
+                match (result, d.kept) {
+                    (Ok(()), Some(kept)) => {
                         debug!(
                             "deleted {} on {} (last changed {:.3}); the newest copy is on {} (last changed {:.3})",
                             d.key,
                             d.holder,
                             d.copy.latest(),
                             d.keeper,
-                            d.kept.latest()
+                            kept.latest()
                         );
                         self.metrics.reconcile_deleted.inc();
                         report.deleted += 1;
                         report.touched.insert(d.holder);
                     }
-                    Err(e) => {
+                    (Ok(()), None) => {
+                        debug!(
+                            "deleted {} on the standby {}: its active {} does not hold it",
+                            d.key, d.holder, d.keeper
+                        );
+                        self.metrics.repaired_groups.inc();
+                        report.repaired += 1;
+                        report.touched.insert(d.holder);
+                    }
+                    (Err(e), Some(_)) => {
                         self.metrics.reconcile_error("delete");
                         warn!("deleting the older copy of {}: {e}", d.key);
+                        report.failed += 1;
+                    }
+                    (Err(e), None) => {
+                        self.metrics.repair_error("delete");
+                        warn!("deleting {} from the standby {}: {e}", d.key, d.holder);
                         report.failed += 1;
                     }
                 }
@@ -557,12 +775,13 @@ impl Hands {
         report
     }
 
-    /// Copies each group to its owner, one draining pushgateway after another.
+    /// Copies each group, one source after another: to its owner from a draining slot, or to a
+    /// standby from its active.
     async fn move_all(&self, moves: Vec<Move>, report: &mut RoundReport) {
         if moves.is_empty() {
             return;
         }
-        if !self.may_act("moving groups at a drain deadline") {
+        if !self.may_act("copying groups (drain deadlines, standby repairs)") {
             report.not_acting += moves.len();
             return;
         }
@@ -575,15 +794,15 @@ impl Hands {
         }
     }
 
-    /// The moves out of one draining pushgateway, `from`: its groups' contents are read once (a
-    /// slow read at scale), then each batch is checked against fresh reads of `from` and the
-    /// owners right before it is written.
+    /// The copies out of one pushgateway, `from`: its groups' contents are read once (a slow read
+    /// at scale), then each batch is checked against fresh reads of `from` and the destinations
+    /// right before it is written.
     async fn move_from(&self, from: &Member, moves: Vec<Move>, report: &mut RoundReport) {
         let contents: HashMap<GroupingKey, ApiGroup> = match self.client.api_groups(from).await {
             Ok(groups) => groups.into_iter().map(|g| (g.key.clone(), g)).collect(),
             Err(e) => {
-                self.metrics.reconcile_error("move");
-                warn!("{e}; the groups to move stay on {from} this round");
+                self.copy_error(&moves);
+                warn!("{e}; the groups to copy from {from} wait for the next round");
                 report.failed += moves.len();
                 return;
             }
@@ -605,7 +824,7 @@ impl Hands {
                     MoveCheck::Go(text, stamps) => go.push((m, text, stamps)),
                     MoveCheck::Skip(reason) => {
                         debug!(
-                            "not moving {} from draining {} to {} this round: {}",
+                            "not copying {} from {} to {} this round: {}",
                             m.key,
                             m.from,
                             m.to,
@@ -616,16 +835,20 @@ impl Hands {
                                 _ => "a pushgateway involved could not be read",
                             }
                         );
-                        if reason == "clock" {
-                            self.metrics.reconcile_clock_refusals.inc();
-                        } else {
-                            self.metrics.drain_skipped_moves(reason, 1);
+                        match (reason, m.kind) {
+                            ("clock", _) => {
+                                self.metrics.reconcile_clock_refusals.inc();
+                            }
+                            (_, MoveKind::Drain) => self.metrics.drain_skipped_moves(reason, 1),
+                            (_, MoveKind::Repair | MoveKind::Recopy) => {}
                         }
                         report.skipped += 1;
                     }
+                    // The push that changed the source reached the destination too.
+                    MoveCheck::Done => {}
                 }
             }
-            if !self.may_act("moving groups at a drain deadline") {
+            if !self.may_act("copying groups (drain deadlines, standby repairs)") {
                 report.not_acting += go.len();
                 return;
             }
@@ -647,6 +870,30 @@ impl Hands {
                 report.longest_window = report.longest_window.max(window);
                 self.metrics.drain_move_window.observe(window.as_secs_f64());
                 match result {
+                    Ok(()) if m.kind.is_repair() => {
+                        debug!(
+                            "copied {} from the active {} to the standby {}; its push time there is now the time \
+                             of this copy (last pushed {:.3} on the active{})",
+                            m.key,
+                            m.from,
+                            m.to,
+                            stamps.push,
+                            if stamps.last_push_failed() {
+                                "; its last push failed, and the standby records a failed push too"
+                            } else {
+                                ""
+                            }
+                        );
+                        self.metrics.repaired_groups.inc();
+                        report.repaired += 1;
+                        report.copied.push(Copied {
+                            standby: m.to.clone(),
+                            key: m.key,
+                            from: stamps,
+                            done: unix_now(),
+                        });
+                        report.written.insert(m.to);
+                    }
                     Ok(()) => {
                         info!(
                             "moved {} from draining {} to its owner {} at the drain deadline; its push time \
@@ -667,10 +914,11 @@ impl Hands {
                         }
                         report.moved += 1;
                         report.touched.insert(m.from);
+                        report.written.insert(m.to);
                     }
                     Err(e) => {
-                        self.metrics.reconcile_error("move");
-                        warn!("moving {} from draining {} to {}: {e}", m.key, m.from, m.to);
+                        self.copy_error(std::slice::from_ref(&m));
+                        warn!("copying {} from {} to {}: {e}", m.key, m.from, m.to);
                         report.failed += 1;
                     }
                 }
@@ -678,10 +926,20 @@ impl Hands {
         }
     }
 
-    /// Copies one group to its owner with what pushgateway can reproduce of its stamps: the
-    /// metrics (a `PUT`), and a failed push where the group had one, in the same order as the
-    /// group's own last push and last failure (the times become those of the copy). Then the
-    /// draining pushgateway's copy goes.
+    /// Counts failed copies under their kind's metric.
+    fn copy_error(&self, moves: &[Move]) {
+        for m in moves {
+            match m.kind {
+                MoveKind::Drain => self.metrics.reconcile_error("move"),
+                MoveKind::Repair | MoveKind::Recopy => self.metrics.repair_error("copy"),
+            }
+        }
+    }
+
+    /// Copies one group to its destination with what pushgateway can reproduce of its stamps:
+    /// the metrics (a `PUT`), and a failed push where the group had one, in the same order as
+    /// the group's own last push and last failure (the times become those of the copy). Then,
+    /// for a drain, the source's copy goes.
     async fn copy(&self, m: &Move, text: String, s: Stamps) -> Result<(), NetError> {
         let client = &self.client;
         if s.push == 0.0 {
@@ -696,7 +954,10 @@ impl Hands {
         } else {
             client.put(&m.to, &m.key, text).await?;
         }
-        client.delete(&m.from, &m.key).await
+        match m.kind {
+            MoveKind::Drain => client.delete(&m.from, &m.key).await,
+            MoveKind::Repair | MoveKind::Recopy => Ok(()),
+        }
     }
 
     /// Starts `write` for the items in order, at most [`MAX_IN_FLIGHT`] at once, until
@@ -740,8 +1001,9 @@ impl Hands {
 }
 
 /// Whether a planned move is still to be made, checked against fresh reads of its source and
-/// owner and the contents read from the source: the source still holds the group unchanged since
-/// its contents were read, and the owner holds no copy as new or newer.
+/// destination and the contents read from the source: the source still holds the group unchanged
+/// since its contents were read, and the destination holds no copy as new or newer (within the
+/// kind's [`lead`](repair::lead)).
 fn check_move(
     m: &Move,
     fresh: &BTreeMap<Member, Holdings>,
@@ -754,24 +1016,42 @@ fn check_move(
     let (Some(now), Some(group)) = (source.get(&m.key), contents.get(&m.key)) else {
         return MoveCheck::Skip("deleted");
     };
+    let lead = repair::lead(m.kind);
+    let there = owner.get(&m.key);
+    if m.kind == MoveKind::Repair && there.is_some_and(|o| o.latest() + lead >= now.latest()) {
+        return MoveCheck::Done;
+    }
     if group.stamps() != *now {
         return MoveCheck::Skip("newer");
     }
-    let Some(o) = owner.get(&m.key) else {
+    if m.kind == MoveKind::Recopy {
+        // The standby's stamp may be the last copy's: it cannot tell which content is newer.
+        return MoveCheck::Go(group.to_text(), *now);
+    }
+    let Some(o) = there else {
         return MoveCheck::Go(group.to_text(), *now);
     };
-    if o.cmp_holding(now).is_ge() {
+    if m.kind == MoveKind::Drain {
+        if o.cmp_holding(now).is_ge() {
+            return MoveCheck::Skip("newer");
+        }
+        if o.push > 0.0 && !clock::order_holds(clocks, &m.from, now.push, &m.to, o.push) {
+            return MoveCheck::Skip("clock");
+        }
+        // A failed push the owner recorded later than the source's stays the group's last failure.
+        let stamps = Stamps {
+            push: now.push,
+            failure: now.failure.max(o.failure),
+        };
+        return MoveCheck::Go(group.to_text(), stamps);
+    }
+    if o.latest() + lead >= now.latest() {
         return MoveCheck::Skip("newer");
     }
-    if o.push > 0.0 && !clock::order_holds(clocks, &m.from, now.push, &m.to, o.push) {
+    if !clock::order_holds(clocks, &m.from, now.latest(), &m.to, o.latest() + lead) {
         return MoveCheck::Skip("clock");
     }
-    // A failed push the owner recorded later than the source's stays the group's last failure.
-    let stamps = Stamps {
-        push: now.push,
-        failure: now.failure.max(o.failure),
-    };
-    MoveCheck::Go(group.to_text(), stamps)
+    MoveCheck::Go(group.to_text(), *now)
 }
 
 #[cfg(test)]
@@ -801,6 +1081,7 @@ mod tests {
             to: to.clone(),
             key: key.clone(),
             copy: stamps(10.0),
+            kind: MoveKind::Drain,
         };
         let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
         let fresh = |source: Option<f64>, owner: Option<f64>| {
@@ -825,6 +1106,7 @@ mod tests {
         let reason = |f: &BTreeMap<Member, Holdings>| match check_move(&mv, f, &contents, &clocks) {
             MoveCheck::Go(..) => "go",
             MoveCheck::Skip(r) => r,
+            MoveCheck::Done => "done",
         };
         assert_eq!(reason(&fresh(Some(10.0), None)), "go");
         assert_eq!(
@@ -851,6 +1133,59 @@ mod tests {
     }
 
     #[test]
+    fn a_repair_copy_is_made_only_where_the_standby_is_behind() {
+        let (active, standby) = (m("a:1"), m("s:1"));
+        let key = GroupingKey::from_path("/metrics/job/j").unwrap();
+        let stamps = |push| Stamps { push, failure: 0.0 };
+        let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
+        let fresh = |on_active: f64, on_standby: Option<f64>| {
+            BTreeMap::from([
+                (active.clone(), Holdings::from([(key.clone(), stamps(on_active))])),
+                (
+                    standby.clone(),
+                    on_standby
+                        .map(|t| (key.clone(), stamps(t)))
+                        .into_iter()
+                        .collect::<Holdings>(),
+                ),
+            ])
+        };
+        let reason = |kind, f: &BTreeMap<Member, Holdings>| {
+            let mv = Move {
+                from: active.clone(),
+                to: standby.clone(),
+                key: key.clone(),
+                copy: stamps(10.0),
+                kind,
+            };
+            match check_move(&mv, f, &contents, &Clocks::default()) {
+                MoveCheck::Go(..) => "go",
+                MoveCheck::Skip(r) => r,
+                MoveCheck::Done => "done",
+            }
+        };
+        assert_eq!(reason(MoveKind::Repair, &fresh(10.0, None)), "go");
+        assert_eq!(reason(MoveKind::Repair, &fresh(10.0, Some(8.5))), "go");
+        assert_eq!(
+            reason(MoveKind::Repair, &fresh(10.0, Some(9.5))),
+            "done",
+            "the same push, stamped first on the standby"
+        );
+        assert_eq!(
+            reason(MoveKind::Repair, &fresh(12.0, Some(11.9))),
+            "done",
+            "pushed meanwhile, through the filter: the standby has it"
+        );
+        assert_eq!(reason(MoveKind::Repair, &fresh(12.0, Some(8.0))), "newer");
+        assert_eq!(
+            reason(MoveKind::Recopy, &fresh(10.0, Some(10.5))),
+            "go",
+            "the standby's newer stamp may be the raced copy's"
+        );
+        assert_eq!(reason(MoveKind::Recopy, &fresh(12.0, Some(11.9))), "newer");
+    }
+
+    #[test]
     fn a_move_carries_an_owners_later_failed_push() {
         let (from, to) = (m("d:1"), m("a:1"));
         let key = GroupingKey::from_path("/metrics/job/j").unwrap();
@@ -862,6 +1197,7 @@ mod tests {
                 push: 10.0,
                 failure: 0.0,
             },
+            kind: MoveKind::Drain,
         };
         let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
         let fresh = |owner: Stamps| {
@@ -886,6 +1222,7 @@ mod tests {
                 assert!(s.last_push_failed());
             }
             MoveCheck::Skip(r) => panic!("skipped: {r}"),
+            MoveCheck::Done => panic!("a drain move is never done beforehand"),
         }
         // Newer metrics on the owner, even with no failure: nothing moves.
         assert!(matches!(

@@ -1,6 +1,10 @@
 //! The plan of one reconcile round (pure, tested directly): which copies to delete, which groups
 //! to move at a drain deadline, from what every readable pushgateway holds.
 //!
+//! The rule is over slots: a slot holds what its active holds, and a group belongs to the active
+//! of its owner slot ([`Owners`]). A standby's copies are its slot's replica, not copies in this
+//! sense: they are kept equal to the active's by [`repair`](super::repair), never planned here.
+//!
 //! - A group with more than one copy keeps the one with the newest metrics (then the later failed
 //!   push); every other copy is deleted if the kept one covers it ([`Stamps::covered_by`]). A copy
 //!   that recorded a failed push after the kept copy's activity stays beside it: the failure is
@@ -19,12 +23,45 @@
 use super::clock::{order_holds, Clocks};
 use super::exposition::Stamps;
 use dynamic_sharding::grouping_key::GroupingKey;
-use dynamic_sharding::members::Member;
+use dynamic_sharding::members::{Member, MemberList};
 use dynamic_sharding::ring::Ring;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The groups one pushgateway holds and when each last changed there.
 pub type Holdings = HashMap<GroupingKey, Stamps>;
+
+/// Where the ring puts each group: the active address of its owner slot.
+pub struct Owners<'l> {
+    ring: Ring,
+    list: &'l MemberList,
+}
+
+impl<'l> Owners<'l> {
+    pub fn new(list: &'l MemberList, vnodes: u32) -> Owners<'l> {
+        Owners {
+            ring: Ring::new(&list.members, vnodes),
+            list,
+        }
+    }
+
+    /// The address that holds `key` when all is in place.
+    pub fn of(&self, key: &GroupingKey) -> Option<&Member> {
+        let slot = self.ring.owner(key.hash())?;
+        Some(self.list.placement(slot).active)
+    }
+}
+
+/// Takes the standbys' holdings out of `holdings` (read by address) and returns them: what is left
+/// is what each slot's active holds, the input of [`plan`].
+pub fn split_standbys(
+    list: &MemberList,
+    holdings: &mut BTreeMap<Member, Holdings>,
+) -> BTreeMap<Member, Holdings> {
+    list.holders()
+        .filter_map(|slot| list.placement(slot).standby)
+        .filter_map(|standby| holdings.remove_entry(standby))
+        .collect()
+}
 
 /// A copy to delete, with what was read when it was planned.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,18 +69,41 @@ pub struct Delete {
     pub holder: Member,
     pub key: GroupingKey,
     pub copy: Stamps,
-    /// Where the newest copy is kept, and its stamps.
+    /// Where the newest copy is kept, and its stamps; with no stamps, `keeper` is the active of
+    /// the slot whose standby `holder` is, and must still not hold the group.
     pub keeper: Member,
-    pub kept: Stamps,
+    pub kept: Option<Stamps>,
 }
 
-/// A group to copy from a draining pushgateway past its deadline to its owner.
+/// A group to copy from one pushgateway to another, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Move {
     pub from: Member,
     pub to: Member,
     pub key: GroupingKey,
     pub copy: Stamps,
+    pub kind: MoveKind,
+}
+
+/// Why a group is copied, which decides what happens to the source's copy and how much older
+/// the destination's copy must be to be replaced ([`lead`](super::repair::lead)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveKind {
+    /// From a draining slot's active past its deadline to the group's owner; the source's copy
+    /// goes after.
+    Drain,
+    /// From a slot's active to its standby; the active keeps its copy.
+    Repair,
+    /// A repair again, of a group pushed while its last repair copy was being made: that push may
+    /// have reached the standby before the copy, which then overwrote it with the older content.
+    Recopy,
+}
+
+impl MoveKind {
+    /// True for a copy to a standby (the source keeps its copy).
+    pub fn is_repair(self) -> bool {
+        self != MoveKind::Drain
+    }
 }
 
 /// What one round will do, and what it saw.
@@ -67,12 +127,12 @@ pub struct RoundPlan {
     pub kept_failures: usize,
 }
 
-/// Plans a round over what each readable pushgateway holds. `expired` are the draining
-/// pushgateways past their deadline; `all_read` says whether every holder was read; `clocks`
-/// bound how far each pushgateway's clock is from ours.
+/// Plans a round over what each readable slot's active holds (by address). `expired` are the
+/// actives of draining slots past their deadline; `all_read` says whether every active was read;
+/// `clocks` bound how far each pushgateway's clock is from ours.
 pub fn plan(
     holdings: &BTreeMap<Member, Holdings>,
-    ring: &Ring,
+    owners: &Owners,
     expired: &BTreeSet<Member>,
     all_read: bool,
     clocks: &Clocks,
@@ -88,7 +148,7 @@ pub fn plan(
         ..RoundPlan::default()
     };
     for (key, mut list) in copies {
-        let owner = ring.owner(key.hash());
+        let owner = owners.of(key);
         // Newest first; among equal times the owner, then the member that sorts first.
         list.sort_by(|a, b| {
             b.1.cmp_holding(&a.1)
@@ -122,7 +182,7 @@ pub fn plan(
                         key: key.clone(),
                         copy: *o,
                         keeper: keeper.clone(),
-                        kept,
+                        kept: Some(kept),
                     });
                     moving_to = None;
                 }
@@ -131,6 +191,7 @@ pub fn plan(
                     to: to.clone(),
                     key: key.clone(),
                     copy: kept,
+                    kind: MoveKind::Drain,
                 }),
             }
         }
@@ -149,7 +210,7 @@ pub fn plan(
                 key: key.clone(),
                 copy: *copy,
                 keeper: keeper.clone(),
-                kept,
+                kept: Some(kept),
             };
             if order_holds(clocks, keeper, kept.latest(), holder, copy.latest()) {
                 out.deletes.push(delete);
@@ -169,11 +230,18 @@ pub fn plan(
 
 /// True when a planned delete still holds after the holder was read again (`holder`) and the
 /// keeper was read (`kept`): the copy is unchanged (no push, no failed push arrived meanwhile) and
-/// the keeper still covers all it held when planned.
+/// the keeper still covers all it held when planned, or, for a standby's extra copy, the keeper
+/// (its active) was read and still does not hold the group.
 pub fn still_valid(d: &Delete, holder: &Holdings, kept: &BTreeMap<Member, Holdings>) -> bool {
     let copy = holder.get(&d.key);
-    let keeper = kept.get(&d.keeper).and_then(|h| h.get(&d.key));
-    copy == Some(&d.copy) && keeper.is_some_and(|k| d.kept.covered_by(k))
+    let keeper = kept.get(&d.keeper);
+    copy == Some(&d.copy)
+        && match d.kept {
+            Some(planned) => keeper
+                .and_then(|h| h.get(&d.key))
+                .is_some_and(|k| planned.covered_by(k)),
+            None => keeper.is_some_and(|h| !h.contains_key(&d.key)),
+        }
 }
 
 #[cfg(test)]
@@ -205,21 +273,27 @@ mod tests {
     }
 
     /// Plans with every holder read and no clock skew seen.
-    fn plan_read(h: &BTreeMap<Member, Holdings>, ring: &Ring, expired: &BTreeSet<Member>) -> RoundPlan {
-        plan(h, ring, expired, true, &Clocks::default())
+    fn plan_read(h: &BTreeMap<Member, Holdings>, owners: &Owners, expired: &BTreeSet<Member>) -> RoundPlan {
+        plan(h, owners, expired, true, &Clocks::default())
     }
 
-    /// A path whose group `owner` owns on `ring`.
-    fn owned_by(ring: &Ring, owner: &str, tag: &str) -> String {
+    /// A list of slots served at their names, without standbys.
+    fn list(members: &[&str]) -> MemberList {
+        MemberList::new(1, members).unwrap()
+    }
+
+    /// A path whose group belongs to the address `owner`.
+    fn owned_by(owners: &Owners, owner: &str, tag: &str) -> String {
         (0..10_000)
             .map(|i| format!("/metrics/job/{tag}/i/{i}"))
-            .find(|p| ring.owner(k(p).hash()) == Some(&m(owner)))
+            .find(|p| owners.of(&k(p)) == Some(&m(owner)))
             .unwrap()
     }
 
     #[test]
     fn the_newest_copy_is_kept_wherever_it_is() {
-        let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "a:1", "g");
         // The owner's copy is the older one: it goes, the newer copy on b stays.
         let h = holdings(&[("a:1", &[(&g, 10.0)]), ("b:1", &[(&g, 20.0)])]);
@@ -231,7 +305,7 @@ mod tests {
                 key: k(&g),
                 copy: pushed(10.0),
                 keeper: m("b:1"),
-                kept: pushed(20.0)
+                kept: Some(pushed(20.0))
             }]
         );
         assert_eq!((p.groups, p.duplicates, p.misplaced), (1, 1, 1));
@@ -244,7 +318,8 @@ mod tests {
 
     #[test]
     fn a_single_copy_on_a_non_owner_stays() {
-        let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "a:1", "g");
         let h = holdings(&[("a:1", &[]), ("b:1", &[(&g, 20.0)])]);
         let p = plan_read(&h, &ring, &BTreeSet::new());
@@ -254,7 +329,8 @@ mod tests {
 
     #[test]
     fn ties_keep_the_owner_then_the_first_member() {
-        let ring = Ring::new(&[m("a:1"), m("b:1"), m("c:1")], 50);
+        let list = list(&["a:1", "b:1", "c:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "b:1", "g");
         let h = holdings(&[
             ("a:1", &[(&g, 5.0)]),
@@ -272,7 +348,8 @@ mod tests {
 
     #[test]
     fn expired_drains_move_their_newest_copies_to_the_owner() {
-        let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "a:1", "g");
         let only = owned_by(&ring, "b:1", "only");
         // d drains: its copy of g is the newest (a holds an older one), `only` lives on d alone.
@@ -311,7 +388,7 @@ mod tests {
             key: k("/metrics/job/j"),
             copy: pushed(10.0),
             keeper: m("b:1"),
-            kept: pushed(20.0),
+            kept: Some(pushed(20.0)),
         };
         let valid = |fresh: &BTreeMap<Member, Holdings>| {
             still_valid(&d, fresh.get(&m("a:1")).unwrap_or(&Holdings::new()), fresh)
@@ -355,15 +432,87 @@ mod tests {
         }
     }
 
+    /// Slot a:1 is served by a2:1 with standby as:1; slot b:1 by itself with standby bs:1.
+    fn slotted() -> MemberList {
+        list(&["a:1", "b:1"])
+            .with_slots([("a:1", "a2:1", Some("as:1")), ("b:1", "b:1", Some("bs:1"))])
+            .unwrap()
+    }
+
+    #[test]
+    fn a_standbys_copy_is_not_a_duplicate_another_slots_is() {
+        let slots = slotted();
+        let owners = Owners::new(&slots, 50);
+        let g = owned_by(&owners, "a2:1", "g");
+        assert!(
+            (0..200).all(|i| {
+                let o = owners.of(&k(&format!("/metrics/job/x/i/{i}"))).unwrap();
+                o == &m("a2:1") || o == &m("b:1")
+            }),
+            "a group belongs to its slot's active, never to a slot name or a standby"
+        );
+        // Every address holds g: the active of its slot, its standby, the other slot's two.
+        let mut h = holdings(&[
+            ("a2:1", &[(&g, 20.0)]),
+            ("as:1", &[(&g, 20.0)]),
+            ("b:1", &[(&g, 10.0)]),
+            ("bs:1", &[(&g, 10.0)]),
+        ]);
+        let standbys = split_standbys(&slots, &mut h);
+        assert_eq!(standbys.keys().collect::<Vec<_>>(), [&m("as:1"), &m("bs:1")]);
+        let p = plan_read(&h, &owners, &BTreeSet::new());
+        let deleted: Vec<&str> = p.deletes.iter().map(|d| d.holder.as_str()).collect();
+        assert_eq!(deleted, ["b:1"], "the copy on the other slot's active goes");
+        assert_eq!((p.groups, p.duplicates, p.misplaced), (1, 1, 0));
+        // Its own standby alone beside it: one copy, in place.
+        let mut h = holdings(&[("a2:1", &[(&g, 20.0)]), ("as:1", &[(&g, 19.5)]), ("b:1", &[])]);
+        split_standbys(&slots, &mut h);
+        let p = plan_read(&h, &owners, &BTreeSet::new());
+        assert!(p.deletes.is_empty());
+        assert_eq!((p.groups, p.duplicates, p.misplaced), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_draining_slot_moves_from_its_active_to_the_owners_active() {
+        let slots = list(&["a:1"])
+            .with_draining(&["d:1"])
+            .unwrap()
+            .with_slots([("a:1", "a2:1", Some("as:1")), ("d:1", "d2:1", Some("ds:1"))])
+            .unwrap();
+        let owners = Owners::new(&slots, 50);
+        let g = k("/metrics/job/g");
+        let mut h = holdings(&[
+            ("a2:1", &[]),
+            ("as:1", &[]),
+            ("d2:1", &[("/metrics/job/g", 5.0)]),
+            ("ds:1", &[("/metrics/job/g", 5.0)]),
+        ]);
+        split_standbys(&slots, &mut h);
+        let p = plan_read(&h, &owners, &BTreeSet::from([m("d2:1")]));
+        assert_eq!(
+            p.moves,
+            vec![Move {
+                from: m("d2:1"),
+                to: m("a2:1"),
+                key: g,
+                copy: pushed(5.0),
+                kind: MoveKind::Drain
+            }]
+        );
+        assert!(p.deletes.is_empty());
+    }
+
     #[test]
     fn planning_is_deterministic_over_many_groups() {
         let members: Vec<Member> = (1..=4).map(|i| m(&format!("p{i}:1"))).collect();
-        let ring = Ring::new(&members[..3], 500);
+        let names: Vec<&str> = members[..3].iter().map(Member::as_str).collect();
+        let slots = list(&names);
+        let ring = Owners::new(&slots, 500);
         let mut h: BTreeMap<Member, Holdings> =
             members.iter().map(|x| (x.clone(), Holdings::new())).collect();
         for i in 0..2000 {
             let key = k(&format!("/metrics/job/j/i/{i}"));
-            let owner = ring.owner(key.hash()).unwrap().clone();
+            let owner = ring.of(&key).unwrap().clone();
             h.get_mut(&owner).unwrap().insert(key.clone(), pushed(i as f64));
             if i % 4 == 0 {
                 // A newer copy on p4 for a quarter of them.
@@ -391,7 +540,8 @@ mod tests {
 
     #[test]
     fn a_later_failed_push_never_deletes_the_last_acknowledged_metrics() {
-        let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "a:1", "g");
         let failed_only = Stamps {
             push: 0.0,
@@ -440,7 +590,8 @@ mod tests {
 
     #[test]
     fn a_drain_moves_past_an_owners_failed_push() {
-        let ring = Ring::new(&[m("a:1"), m("b:1")], 50);
+        let list = list(&["a:1", "b:1"]);
+        let ring = Owners::new(&list, 50);
         let g = owned_by(&ring, "a:1", "g");
         // The owner recorded a failed push (a move's PUT refused, say); the drain holds the metrics.
         let h = BTreeMap::from([

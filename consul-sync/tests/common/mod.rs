@@ -94,6 +94,8 @@ pub struct SyncOptions {
     pub tombstone_ttl: &'static str,
     /// `pushgateway.username` and `pushgateway.password`, for pushgateways behind basic auth.
     pub auth: Option<(String, String)>,
+    /// `pushgateway.standbys`: (server, its standby).
+    pub standbys: Vec<(String, String)>,
 }
 
 impl SyncOptions {
@@ -116,6 +118,7 @@ impl SyncOptions {
             extra_yaml: String::new(),
             tombstone_ttl: "72h",
             auth: None,
+            standbys: Vec::new(),
         }
     }
 
@@ -127,10 +130,16 @@ impl SyncOptions {
             .as_ref()
             .map(|t| format!("\n  token: '{t}'"))
             .unwrap_or_default();
-        let auth = match &self.auth {
+        let mut auth = match &self.auth {
             Some((user, password)) => format!("  username: '{user}'\n  password: '{password}'\n"),
             None => String::new(),
         };
+        if !self.standbys.is_empty() {
+            auth.push_str("  standbys:\n");
+            for (server, standby) in &self.standbys {
+                auth.push_str(&format!("    '{server}': '{standby}'\n"));
+            }
+        }
         format!(
             "consul_server:\n  addr: {}{consul_token}\nregister_service_name: {}\npushgateway:\n  servers:{}\n  drain:{}\n{auth}\
              http_listen_addr: 127.0.0.1:{http_port}\ncheck:\n  interval: {}\n  timeout: {}\n  deregister_after: {}\n\
