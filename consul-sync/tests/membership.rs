@@ -142,12 +142,7 @@ impl Stack {
                 continue;
             }
             for g in r.json()["data"].as_array().into_iter().flatten() {
-                let labels: Labels = g["labels"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                    .collect();
+                let labels: Labels = testkit::group_labels(g);
                 let value = g[metric]["metrics"][0]["value"]
                     .as_str()
                     .and_then(|v| v.parse().ok())

@@ -76,12 +76,7 @@ fn held(pg: &Pushgateway, auth: bool) -> BTreeMap<Labels, Held> {
     assert_eq!(r.status, 200, "{}", r.body);
     let mut out = BTreeMap::new();
     for g in r.json()["data"].as_array().into_iter().flatten() {
-        let labels: Labels = g["labels"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
+        let labels: Labels = testkit::group_labels(g);
         let number = |family: &serde_json::Value| {
             family["metrics"][0]["value"]
                 .as_str()

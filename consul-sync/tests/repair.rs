@@ -39,12 +39,7 @@ fn number(v: &serde_json::Value) -> Option<f64> {
 fn held(pg: &Pushgateway) -> BTreeMap<Labels, Held> {
     let mut out = BTreeMap::new();
     for g in pg.api_groups() {
-        let labels: Labels = g["labels"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
+        let labels: Labels = testkit::group_labels(&g);
         let value = g
             .as_object()
             .unwrap()

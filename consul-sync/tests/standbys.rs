@@ -24,12 +24,7 @@ fn push_times(pg: &Pushgateway) -> BTreeMap<Labels, f64> {
     pg.api_groups()
         .into_iter()
         .map(|g| {
-            let labels: Labels = g["labels"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect();
+            let labels: Labels = testkit::group_labels(&g);
             let push = g["push_time_seconds"]["metrics"][0]["value"]
                 .as_str()
                 .and_then(|v| v.parse().ok())

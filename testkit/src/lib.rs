@@ -23,7 +23,7 @@ pub use consul::{AclToken, Consul, ConsulOptions, ConsulPorts, ConsulService};
 pub use http::{http_get, http_request, try_http_get, try_http_request, HttpResponse};
 pub use proc::Proc;
 pub use prometheus::Prometheus;
-pub use pushgateway::Pushgateway;
+pub use pushgateway::{group_labels, Pushgateway};
 
 use std::collections::HashSet;
 use std::net::TcpListener;

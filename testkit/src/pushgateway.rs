@@ -141,7 +141,8 @@ impl Pushgateway {
     }
 }
 
-fn group_labels(g: &serde_json::Value) -> BTreeMap<String, String> {
+/// The grouping labels of one group of `GET /api/v1/metrics`.
+pub fn group_labels(g: &serde_json::Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(serde_json::Value::Object(m)) = g.get("labels") {
         for (k, v) in m {
