@@ -2,14 +2,15 @@
 //! `deploy/scraping/ha/prometheus.yml` run twice (replica `a` and `b`) by Prometheus 2.24.1 with
 //! Consul discovery, over the real push side (Consul, consul-sync registering three pushgateways,
 //! Envoy in proxy mode). Either server alone has every group once with its value, also while the
-//! other is down and after it is back; the shipped alert rules load and evaluate on both.
+//! other is down and after it is back; the shipped alert rules load and evaluate on both. Every
+//! pushgateway has a standby holding the same groups, which neither server scrapes.
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 use std::time::Duration;
 use testkit::pipeline::{self, Pipeline};
-use testkit::prometheus::{Prometheus, PrometheusRun};
+use testkit::prometheus::{up_targets_of, Prometheus, PrometheusRun};
 use testkit::{bin, free_port, poll_for, repo_root, shipped_file, TestDir};
 
 const GROUPS: usize = 500;
@@ -79,7 +80,7 @@ fn wait_rules_ok(prometheus: &Prometheus, name: &str) {
 #[test]
 fn either_server_of_the_ha_pair_alone_has_every_group_once() {
     let dir = TestDir::new("scrape-ha");
-    let pipeline = Pipeline::start(&dir, 3);
+    let pipeline = Pipeline::start_with_standbys(&dir, 3, 3);
     let runs: Vec<PrometheusRun> = ["a", "b"]
         .iter()
         .map(|replica| PrometheusRun {
@@ -107,10 +108,18 @@ fn either_server_of_the_ha_pair_alone_has_every_group_once() {
     let b = Prometheus::start_with(&dir, &runs[1]);
 
     pipeline.push(METRIC, GROUPS, |i| i as f64);
+    pipeline.assert_standbys_hold_their_actives_groups();
+    let mut actives: Vec<String> = pipeline.pgs.iter().map(|p| p.addr()).collect();
+    actives.sort();
     for (p, name) in [(&a, "a"), (&b, "b")] {
         let took = wait_groups(p, name, |i| i as f64);
         eprintln!("Prometheus {name}: {GROUPS} groups after {took:?}");
         wait_rules_ok(p, name);
+        assert_eq!(
+            up_targets_of(&p.url(), "pushgateway"),
+            Some(actives.clone()),
+            "Prometheus {name} must scrape the actives only, never a standby"
+        );
     }
 
     // a stops: b alone follows new pushes.

@@ -5,6 +5,8 @@
 //! vmagent's scrape clustering (`deploy/scraping/vmagent/`, vmagent 1.79.5 with its own Consul
 //! discovery, run as its systemd unit runs it), and plain Prometheus with `hashmod` relabelling
 //! (`deploy/scraping/hashmod/`, Prometheus 2.42 in agent mode with consul-sync's HTTP discovery).
+//! Two of the six pushgateways have a standby, which no scraper may scrape (it holds the same
+//! groups: the store would deduplicate them away, so the scrapers' targets are checked).
 //! Also what each engine does with a bad cluster setting, and that the shipped forms refuse it.
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,6 +21,8 @@ use testkit::vmagent::{env_file, VmAgent};
 use testkit::{bin, free_port, poll_for, repo_root, shipped_file, try_http_get, Proc, TestDir};
 
 const PUSHGATEWAYS: usize = 6;
+/// Of them, this many have a standby.
+const STANDBYS: usize = 2;
 const GROUPS: usize = 3000;
 const SCRAPERS: usize = 3;
 const REPLICATION: usize = 2;
@@ -53,11 +57,13 @@ fn wait_scraped_by_replication(bases: &[String], pipeline: &Pipeline) {
                 last.entry(t).or_default().push(n);
             }
         }
-        last.values().all(|s| s.len() == REPLICATION).then_some(())
+        (last.len() == pipeline.pgs.len() && last.values().all(|s| s.len() == REPLICATION)).then_some(())
     });
     assert!(
         ok.is_some(),
-        "each pushgateway must be scraped by exactly {REPLICATION} scrapers; pushgateway -> scrapers: {last:?}"
+        "each active pushgateway must be scraped by exactly {REPLICATION} scrapers, no standby by any \
+         (standbys {:?}); pushgateway -> scrapers: {last:?}",
+        pipeline.standbys.iter().map(|s| s.addr()).collect::<Vec<_>>()
     );
     eprintln!("pushgateway -> scrapers: {last:?}");
 }
@@ -76,6 +82,7 @@ fn scrapes_every_group_once_and_survives_a_lost_scraper(
     flush: Duration,
 ) {
     pipeline.push(metric, GROUPS, |i| i as f64);
+    pipeline.assert_standbys_hold_their_actives_groups();
     let took = wait_store(vm, metric, FIRST_SCRAPE, |i| i as f64);
     eprintln!("{metric}: {GROUPS} groups once in the store after {took:?}");
     wait_scraped_by_replication(bases, pipeline);
@@ -140,7 +147,7 @@ fn vmagent_env(write_url: &str) -> Vec<(String, String)> {
 #[test]
 fn vmagent_cluster_with_replication_2_keeps_every_group_once_when_a_member_dies() {
     let dir = TestDir::new("scrape-vmagent");
-    let pipeline = Pipeline::start(&dir, PUSHGATEWAYS);
+    let pipeline = Pipeline::start_with_standbys(&dir, PUSHGATEWAYS, STANDBYS);
     let vm = VictoriaMetrics::start(&dir, INTERVAL_TEXT);
     let config = vmagent_config(&dir, &pipeline);
     let env = vmagent_env(&vm.write_url());
@@ -191,7 +198,7 @@ fn hashmod_config(n: usize, pipeline: &Pipeline, vm: &VictoriaMetrics) -> String
 #[test]
 fn hashmod_prometheus_agents_with_replication_2_keep_every_group_once_when_one_dies() {
     let dir = TestDir::new("scrape-hashmod");
-    let pipeline = Pipeline::start(&dir, PUSHGATEWAYS);
+    let pipeline = Pipeline::start_with_standbys(&dir, PUSHGATEWAYS, STANDBYS);
     let vm = VictoriaMetrics::start(&dir, INTERVAL_TEXT);
     let mut agents: Vec<Prometheus> = (0..SCRAPERS)
         .map(|n| {

@@ -20,12 +20,16 @@ const PUSHERS: usize = 8;
 pub const JOB: &str = "scrape";
 
 /// Consul, `n` pushgateways registered in it by consul-sync under the service `pushgateway`,
-/// Envoy sharding over them. Fields drop in order: processes first.
+/// Envoy sharding over them, and optionally a standby for some of them (registered under
+/// `pushgateway-standby`, written by the filter with every push). Fields drop in order:
+/// processes first.
 pub struct Pipeline {
     pub sync: Proc,
     pub sync_port: u16,
     pub envoy: Envoy,
     pub pgs: Vec<Pushgateway>,
+    /// The standby of `pgs[i]` for the first `standbys.len()` servers.
+    pub standbys: Vec<Pushgateway>,
     pub consul: Consul,
 }
 
@@ -34,7 +38,25 @@ impl Pipeline {
     /// and consul-sync's HTTP discovery lists them. The pushgateways run with
     /// `--push.disable-consistency-check`: the tests push thousands of groups of one metric.
     pub fn start(dir: &TestDir, n: usize) -> Pipeline {
+        Pipeline::start_with_standbys(dir, n, 0)
+    }
+
+    /// [`Pipeline::start`], with a standby for each of the first `k` servers; also waits until
+    /// Envoy writes to every standby.
+    pub fn start_with_standbys(dir: &TestDir, n: usize, k: usize) -> Pipeline {
+        assert!(k <= n, "{k} standbys for {n} servers");
         let pgs: Vec<Pushgateway> = (0..n).map(|_| Pushgateway::start_unchecked(dir)).collect();
+        let standbys: Vec<Pushgateway> = (0..k).map(|_| Pushgateway::start_unchecked(dir)).collect();
+        let standby_map: String = pgs
+            .iter()
+            .zip(&standbys)
+            .map(|(p, s)| format!("\n    '{}': '{}'", p.addr(), s.addr()))
+            .collect();
+        let standbys_yaml = if k == 0 {
+            String::new()
+        } else {
+            format!("\n  standbys:{standby_map}")
+        };
         let consul = Consul::start(dir);
         let envoy = Envoy::start(dir, EnvoyOptions::default());
         let sync_port = free_port();
@@ -43,7 +65,7 @@ impl Pipeline {
         let config = dir.write(
             &format!("consul-sync-{sync_port}.yml"),
             format!(
-                "consul_server:\n  addr: {}\nregister_service_name: pushgateway\npushgateway:\n  servers:{servers}\n  drain: []\n\
+                "consul_server:\n  addr: {}\nregister_service_name: pushgateway\npushgateway:\n  servers:{servers}{standbys_yaml}\n  drain: []\n\
                  http_listen_addr: 127.0.0.1:{sync_port}\ncheck:\n  interval: 1s\n  timeout: 1s\n  deregister_after: 10m\n\
                  envoy:\n  control_urls:\n    - {}\n  token_file: {}\nresync_interval: 2s\nreconcile_interval: 30s\ndrain_timeout: 1h\n",
                 consul.addr(),
@@ -68,7 +90,13 @@ impl Pipeline {
                 members.sort();
                 let (status, body) = try_http_get(&targets).ok()?;
                 let listed = status == 200 && want.iter().all(|a| body.contains(&format!("\"{a}\"")));
-                (members == want && listed && consul.passing_ids("pushgateway").len() == n).then_some(())
+                let slots = slot_standbys(&envoy);
+                let protected = pgs
+                    .iter()
+                    .zip(&standbys)
+                    .all(|(p, s)| slots.get(&p.addr()) == Some(&s.addr()));
+                (members == want && listed && protected && consul.passing_ids("pushgateway").len() == n)
+                    .then_some(())
             },
         );
         Pipeline {
@@ -76,7 +104,28 @@ impl Pipeline {
             sync_port,
             envoy,
             pgs,
+            standbys,
             consul,
+        }
+    }
+
+    /// Panics unless every standby holds the groups its active holds (so a scraper that scraped
+    /// standbys would see every such group twice).
+    pub fn assert_standbys_hold_their_actives_groups(&self) {
+        for (active, standby) in self.pgs.iter().zip(&self.standbys) {
+            let mut on_active = active.groups();
+            let mut on_standby = standby.groups();
+            on_active.sort();
+            on_standby.sort();
+            assert!(!on_active.is_empty(), "{} holds no group", active.addr());
+            assert_eq!(
+                on_active.len(),
+                on_standby.len(),
+                "standby {} of {}: not every push reached it",
+                standby.addr(),
+                active.addr()
+            );
+            assert_eq!(on_active, on_standby);
         }
     }
 
@@ -89,6 +138,21 @@ impl Pipeline {
     pub fn push(&self, metric: &str, groups: usize, value: impl Fn(usize) -> f64 + Sync) {
         push_groups(&self.envoy.proxy_url(), metric, groups, value);
     }
+}
+
+/// Each slot's standby as Envoy's member list names it (slot name -> standby address).
+fn slot_standbys(envoy: &Envoy) -> BTreeMap<String, String> {
+    let url = format!("{}/-/sharding/members", envoy.control_url());
+    let Ok((200, body)) = try_http_get(&url) else {
+        return BTreeMap::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["slots"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(slot, s)| Some((slot.clone(), s["standby"].as_str()?.to_owned())))
+        .collect()
 }
 
 /// Pushes groups `g0` to `g<groups-1>` of job [`JOB`] through Envoy's proxy mode at `base`, each
