@@ -3,6 +3,8 @@
 #
 #   Consul dev agent          127.0.0.1:8500
 #   three pushgateways        127.0.0.1:9091, 9092, 9093
+#   with DEMO_STANDBYS=1, a standby for each: 127.0.0.1:9191, 9192, 9193 (DEMO_STANDBY_PORTS), in
+#                             pushgateway.standbys: kill -9 an active and its standby takes over
 #   Envoy with the filter     :9292 redirect mode, :9290 proxy mode, 127.0.0.1:9293 control, 127.0.0.1:9901 admin
 #   consul-sync               127.0.0.1:9294 (registers the pushgateways, keeps Envoy's member list true)
 #   Prometheus                127.0.0.1:9090 (scrapes the passing pushgateways through Consul discovery,
@@ -28,6 +30,9 @@ CONSUL_SERVER_PORT=${DEMO_CONSUL_SERVER_PORT:-8300}
 CONSUL_SERF_LAN_PORT=${DEMO_CONSUL_SERF_LAN_PORT:-8301}
 CONSUL_SERF_WAN_PORT=${DEMO_CONSUL_SERF_WAN_PORT:-8302}
 read -r -a PG_PORTS <<<"${DEMO_PUSHGATEWAY_PORTS:-9091 9092 9093}"
+# A standby for each pushgateway (docs/consul-sync.md#standbys), in the same order.
+STANDBYS=${DEMO_STANDBYS:-0}
+read -r -a SB_PORTS <<<"${DEMO_STANDBY_PORTS:-9191 9192 9193}"
 REDIRECT_PORT=${DEMO_REDIRECT_PORT:-9292}
 PROXY_PORT=${DEMO_PROXY_PORT:-9290}
 CONTROL_PORT=${DEMO_CONTROL_PORT:-9293}
@@ -81,6 +86,19 @@ vmagent)
     exit 1
     ;;
 esac
+case $STANDBYS in
+0) SB_PORTS=() ;;
+1)
+    if [ "${#SB_PORTS[@]}" -ne "${#PG_PORTS[@]}" ]; then
+        echo "demo: DEMO_STANDBY_PORTS=\"${SB_PORTS[*]}\" names ${#SB_PORTS[@]} ports; one per pushgateway of DEMO_PUSHGATEWAY_PORTS=\"${PG_PORTS[*]}\" is needed" >&2
+        exit 1
+    fi
+    ;;
+*)
+    echo "demo: DEMO_STANDBYS=$STANDBYS: expected 0 (the default) or 1 (a standby for each pushgateway)" >&2
+    exit 1
+    ;;
+esac
 WASM=$ROOT/target/wasm32-wasip1/release/dynamic_sharding.wasm
 CONSUL_SYNC=$ROOT/target/release/consul-sync
 if [ ! -f "$RULES_FILE" ]; then
@@ -113,6 +131,9 @@ for spec in "Consul HTTP:DEMO_CONSUL_PORT:$CONSUL_PORT" "Consul server:DEMO_CONS
 done
 for port in "${PG_PORTS[@]}"; do
     refuse_busy "$port" pushgateway 'DEMO_PUSHGATEWAY_PORTS="<p1> <p2> <p3>"'
+done
+for port in "${SB_PORTS[@]}"; do
+    refuse_busy "$port" "standby pushgateway" 'DEMO_STANDBY_PORTS="<p1> <p2> <p3>"'
 done
 if [ "$SCRAPERS" = vmagent ]; then
     refuse_busy "$VM_PORT" VictoriaMetrics "DEMO_VM_PORT=<port>"
@@ -176,6 +197,10 @@ for port in "${PG_PORTS[@]}"; do
         --web.enable-admin-api
     MEMBERS+=("127.0.0.1:$port")
 done
+for port in "${SB_PORTS[@]}"; do
+    start "pushgateway-$port" "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$port" --persistence.file= \
+        --web.enable-admin-api
+done
 
 # Envoy: the shipped config, with this demo's ports and the absolute wasm path.
 MEMBER_LIST=$(IFS=,; echo "${MEMBERS[*]}")
@@ -185,9 +210,14 @@ SHARDING_CONTROL_TOKEN=$TOKEN start envoy "$ENVOY" -c "$DEMO_DIR/envoy.yaml" --d
     --concurrency 2 --log-level warning --component-log-level wasm:info
 
 wait_http consul "http://127.0.0.1:$CONSUL_PORT/v1/status/leader"
-for port in "${PG_PORTS[@]}"; do wait_http "pushgateway-$port" "http://127.0.0.1:$port/-/ready"; done
+for port in "${PG_PORTS[@]}" "${SB_PORTS[@]}"; do wait_http "pushgateway-$port" "http://127.0.0.1:$port/-/ready"; done
 wait_http envoy "http://127.0.0.1:$ADMIN_PORT/ready"
 
+# server -> standby, as a YAML flow mapping.
+STANDBY_MAP=""
+for i in "${!SB_PORTS[@]}"; do
+    STANDBY_MAP+="${STANDBY_MAP:+, }${MEMBERS[$i]}: 127.0.0.1:${SB_PORTS[$i]}"
+done
 cat >"$DEMO_DIR/dynamic-sharding.yml" <<EOF
 # consul-sync's configuration for the demo (the keys are documented in consul-sync/dynamic-sharding.yml).
 consul_server:
@@ -199,6 +229,7 @@ pushgateway:
 $(for m in "${MEMBERS[@]}"; do echo "    - $m"; done)
   # Scale in: list a pushgateway here and reload (kill -HUP the consul-sync PID in pids).
   drain: []
+  standbys: {$STANDBY_MAP}
 http_listen_addr: 127.0.0.1:$SYNC_PORT
 check:
   interval: $CHECK_INTERVAL
@@ -322,7 +353,11 @@ while true; do
             REPORTED[$name]=1
             case $name in
             pushgateway-*)
-                echo "demo: $name (pid $pid) is gone; its groups now go to the other pushgateways" >&2
+                if [ "$STANDBYS" = 1 ]; then
+                    echo "demo: $name (pid $pid) is gone; if it was a slot's active, its standby takes over" >&2
+                else
+                    echo "demo: $name (pid $pid) is gone; its groups now go to the other pushgateways" >&2
+                fi
                 ;;
             vmagent-*)
                 echo "demo: $name (pid $pid) is gone; every pushgateway is still scraped by another vmagent" >&2

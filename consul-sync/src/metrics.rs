@@ -36,6 +36,7 @@
 //! | `consul_sync_drain_deadline_timestamp_seconds{pushgateway}` | when a drain moves what is left |
 //! | `consul_sync_repaired_groups_total` | groups copied to a standby from its active, or deleted from a standby its active does not hold them |
 //! | `consul_sync_repair_oldest_difference_seconds` | age of the oldest difference between a slot's standby and its active not repaired yet (0 when every standby is repaired) |
+//! | `consul_sync_slots_unprotected` | slots whose standby did not hold what their active holds at the last reconcile round (behind, unreadable, or not passing its check) |
 //! | `consul_sync_repair_errors_total{kind}` | failed repairs: `read` (the active or standby could not be read), `copy`, `delete` |
 //! | `consul_sync_tombstones` | tombstones kept in Consul (`DELETE`s that did not reach a pushgateway) |
 //! | `consul_sync_tombstones_collected_total` | tombstones taken from the Envoys (after they were kept in Consul) |
@@ -44,6 +45,7 @@
 //! | `consul_sync_registrations_total{reason}` | registrations in Consul after the start (`missing`, `reload`) |
 //! | `consul_sync_deregistrations_total` | services deregistered because they left `pushgateway.servers` |
 //! | `consul_sync_slot_promotions_total` | standbys this consul-sync promoted (as the lease holder) |
+//! | `consul_sync_slots_active_failing` | slots whose active fails its check in Consul after the promotion was tried: no lease holder, standby not passing, or roles not written |
 //! | `consul_sync_config_last_reload_successful` | 1 when the last reload succeeded (or none was tried) |
 //! | `consul_sync_config_last_reload_success_timestamp_seconds` | Unix time of the last good configuration |
 
@@ -179,6 +181,7 @@ pub struct Metrics {
     drain_deadline: Family<PushgatewayLabels, FloatGauge>,
     pub repaired_groups: Counter,
     pub repair_oldest_difference: FloatGauge,
+    pub slots_unprotected: Gauge,
     repair_errors: Family<KindLabels, Counter>,
     tombstones: Gauge,
     pub tombstones_collected: Counter,
@@ -187,6 +190,7 @@ pub struct Metrics {
     registrations: Family<ReasonLabels, Counter>,
     pub deregistrations: Counter,
     pub slot_promotions: Counter,
+    pub slots_active_failing: Gauge,
     reload_ok: Gauge,
     reload_time: FloatGauge,
 }
@@ -240,6 +244,7 @@ impl Metrics {
             drain_deadline: Family::default(),
             repaired_groups: Counter::default(),
             repair_oldest_difference: FloatGauge::default(),
+            slots_unprotected: Gauge::default(),
             repair_errors: Family::default(),
             tombstones: Gauge::default(),
             tombstones_collected: Counter::default(),
@@ -248,6 +253,7 @@ impl Metrics {
             registrations: Family::default(),
             deregistrations: Counter::default(),
             slot_promotions: Counter::default(),
+            slots_active_failing: Gauge::default(),
             reload_ok: Gauge::default(),
             reload_time: FloatGauge::default(),
         };
@@ -334,6 +340,8 @@ impl Metrics {
                 "Groups copied to a slot's standby from its active (their push time on the standby became the copy's), or deleted from a standby whose active does not hold them";
             repair_oldest_difference: "repair_oldest_difference_seconds",
                 "Age of the oldest difference between a slot's standby and its active not repaired yet; 0 when every standby holds what its active holds";
+            slots_unprotected: "slots_unprotected",
+                "Slots whose standby did not hold what their active holds at the last reconcile round: behind, unreadable, or not passing its check";
             repair_errors: "repair_errors",
                 "Failed repairs of standbys, by kind (read: the active or the standby could not be read; copy; delete)";
             tombstones: "tombstones",
@@ -350,6 +358,8 @@ impl Metrics {
                 "Services deregistered because they left pushgateway.servers";
             slot_promotions: "slot_promotions",
                 "Standbys this consul-sync promoted to their slot's active (as the lease holder)";
+            slots_active_failing: "slots_active_failing",
+                "Slots whose active fails its check in Consul once the promotion was tried: no lease holder, standby not passing, or the roles not written";
             reload_ok: "config_last_reload_successful",
                 "1 when the last configuration reload succeeded";
             reload_time: "config_last_reload_success_timestamp_seconds",

@@ -12,6 +12,8 @@ pub struct Demo {
     pub proc: Proc,
     pub dir: TestDir,
     pub pg_ports: Vec<u16>,
+    /// Each pushgateway's standby, with `DEMO_STANDBYS=1`.
+    pub standby_ports: Vec<u16>,
     pub redirect_port: u16,
     pub proxy_port: u16,
     pub prometheus_port: u16,
@@ -26,6 +28,7 @@ impl Demo {
     pub fn start(name: &str, env: &[(&str, &str)]) -> Demo {
         let dir = TestDir::new(name);
         let pg_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let standby_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let (redirect_port, proxy_port, prometheus_port, sync_port) =
             (free_port(), free_port(), free_port(), free_port());
         let vm_port = free_port();
@@ -40,6 +43,14 @@ impl Demo {
             .env(
                 "DEMO_PUSHGATEWAY_PORTS",
                 pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
+            )
+            .env(
+                "DEMO_STANDBY_PORTS",
+                standby_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
             )
             .env("DEMO_REDIRECT_PORT", redirect_port.to_string())
             .env("DEMO_PROXY_PORT", proxy_port.to_string())
@@ -70,6 +81,7 @@ impl Demo {
             proc,
             dir,
             pg_ports,
+            standby_ports,
             redirect_port,
             proxy_port,
             prometheus_port,

@@ -155,6 +155,15 @@ impl SlotTable {
             .collect()
     }
 
+    /// How many slots have an active that does not pass (whether or not their standby does).
+    /// `passing`: every address passing in either service, sorted.
+    pub fn failing(&self, passing: &[Member]) -> usize {
+        self.0
+            .values()
+            .filter(|s| passing.binary_search(&s.active).is_err())
+            .count()
+    }
+
     /// What Consul says, by slot: the actives' service (`actives`) and the standbys'
     /// (`standbys`) merged, each slot with a standby listed under its name, passing when its
     /// active passes, or when only its standby does (the lease holder is promoting it: the slot
@@ -310,6 +319,17 @@ mod tests {
         assert!(promoted.promotions(&ms(&["a:1", "a2:1", "b:1"])).is_empty());
         // The promoted one fails in turn while the former active passes: promoted again.
         assert_eq!(promoted.promotions(&ms(&["a:1", "b:1"])), [(m("a:1"), m("a:1"))]);
+    }
+
+    #[test]
+    fn a_slot_fails_while_its_active_does_not_pass_whatever_its_standby() {
+        let t = SlotTable::new(&standbys(), &Roles::default());
+        assert_eq!(t.failing(&ms(&["a:1", "a2:1", "b:1", "b2:1"])), 0);
+        assert_eq!(t.failing(&ms(&["a2:1", "b:1"])), 1, "a's standby could take over");
+        assert_eq!(t.failing(&ms(&["b2:1"])), 2, "a's standby is down too");
+        // Once promoted, the slot's active is the former standby.
+        let promoted = SlotTable::new(&standbys(), &Roles::default().with_active(&m("a:1"), &m("a2:1")));
+        assert_eq!(promoted.failing(&ms(&["a2:1", "b:1"])), 0);
     }
 
     #[test]

@@ -422,6 +422,9 @@ impl Watcher {
             table = SlotTable::new(&standbys, &st.roles);
         }
         st.recheck_at = (!table.promotions(&passing).is_empty()).then(|| Instant::now() + PROMOTION_RECHECK);
+        self.metrics
+            .slots_active_failing
+            .set(table.failing(&passing) as i64);
         let (view, states) = table.view(actives, &st.last_standbys);
         st.list.set_slots(states);
         let consul = &view;

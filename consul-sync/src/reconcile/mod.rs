@@ -302,7 +302,9 @@ impl Reconciler {
         // 4. Move what drains left at their deadline.
         hands.move_all(std::mem::take(&mut plan.moves), &mut report).await;
         // 5. Repair the standbys.
-        let repairs = self.repair_all(&hands, list, &reads, &report, memory).await;
+        let repairs = self
+            .repair_all(&hands, list, &config.standbys, &reads, &report, memory)
+            .await;
         report.add(repairs);
         // 6. Drain states.
         self.follow_drains(&hands, list, &config, &mut memory.tracker, &reads, &report)
@@ -341,11 +343,13 @@ impl Reconciler {
 
     /// Repairs each slot's standby from its active, then records where each slot stands (in
     /// [`Protection`] and the metrics). A slot is in sync when the round found no difference, or
-    /// made every copy and delete it planned.
+    /// made every copy and delete it planned. A slot whose configured standby is not in the list
+    /// (it does not pass its check) is out of sync: nothing is written to it.
     async fn repair_all(
         &self,
         hands: &Hands,
         list: &MemberList,
+        configured: &BTreeMap<Member, Member>,
         reads: &Reads,
         report: &RoundReport,
         memory: &mut Memory,
@@ -354,13 +358,19 @@ impl Reconciler {
         let mut status = BTreeMap::new();
         for slot in list.holders() {
             let p = list.placement(slot);
-            let Some(standby) = p.standby else { continue };
-            // The active may have changed in this round's deletes and moves: read it again then.
-            let again = report.touched.contains(p.active) || report.written.contains(p.active);
-            let recent = memory.copied.get(standby).cloned().unwrap_or_default();
-            let in_sync = hands
-                .repair(p, standby, reads, &recent, again, &mut repairs)
-                .await;
+            let in_sync = match p.standby {
+                Some(standby) => {
+                    // The active may have changed in this round's deletes and moves: read it
+                    // again then.
+                    let again = report.touched.contains(p.active) || report.written.contains(p.active);
+                    let recent = memory.copied.get(standby).cloned().unwrap_or_default();
+                    hands
+                        .repair(p, standby, reads, &recent, again, &mut repairs)
+                        .await
+                }
+                None if configured.contains_key(slot) => false,
+                None => continue,
+            };
             let since = memory.protection.get(slot).and_then(|r| r.differs_since);
             status.insert(
                 slot.clone(),
@@ -382,6 +392,8 @@ impl Reconciler {
             .map(|since| now - since)
             .fold(0.0, f64::max);
         self.metrics.repair_oldest_difference.set(oldest);
+        let unprotected = status.values().filter(|r| !r.in_sync).count();
+        self.metrics.slots_unprotected.set(unprotected as i64);
         if let Ok(mut p) = self.protection.lock() {
             p.clone_from(&status);
         }
