@@ -247,7 +247,12 @@ impl PublishedList {
             return ListUpdate::Unchanged;
         }
         if let Some(until) = self.settle_until {
-            let all_registered_pass = self.registered.iter().all(|m| effective.binary_search(m).is_ok());
+            // A slot passes by its active here: one listed only because its standby passes (as
+            // when the standby's first check ran before the active's) has not settled, and a
+            // promotion after settling would demote a live active.
+            let all_registered_pass = self.registered.iter().all(|m| {
+                effective.binary_search(m).is_ok() && self.slots.get(m).is_none_or(|s| s.active_passes)
+            });
             if now < until && !all_registered_pass {
                 return ListUpdate::Hold { until };
             }
@@ -501,6 +506,31 @@ mod tests {
     }
 
     #[test]
+    fn settling_waits_for_a_slots_active_not_only_its_standby() {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(5);
+        let a = Member::parse("a:1").unwrap();
+        let state = |active_passes: bool| SlotState {
+            active: a.clone(),
+            standby: Member::parse("a2:1").unwrap(),
+            standby_passes: true,
+            active_passes,
+        };
+        let mut v = PublishedList::new(m(&["a:1", "b:1"]), HOLD);
+        v.settle_until(until);
+        // The standby's first check ran before its active's: the view lists the slot as passing.
+        v.set_slots(BTreeMap::from([(a.clone(), state(false))]));
+        assert_eq!(
+            v.observe(&pass(&["a:1", "b:1"]), t0, 1),
+            ListUpdate::Hold { until }
+        );
+        assert!(v.in_doubt(t0), "no promotion before the active's first check");
+        v.set_slots(BTreeMap::from([(a.clone(), state(true))]));
+        published(v.observe(&pass(&["a:1", "b:1"]), t0, 2));
+        assert!(!v.in_doubt(t0));
+    }
+
+    #[test]
     fn a_consul_that_shows_none_of_the_registered_pushgateways_changes_nothing() {
         let t0 = Instant::now();
         let mut v = PublishedList::new(m(&["a:1", "b:1"]), HOLD);
@@ -702,6 +732,7 @@ mod tests {
             active: Member::parse(active).unwrap(),
             standby: Member::parse(standby).unwrap(),
             standby_passes: passes,
+            active_passes: true,
         };
         let mut v = PublishedList::new(m(&["a:1", "b:1", "c:1"]), HOLD);
         v.set_slots(BTreeMap::from([

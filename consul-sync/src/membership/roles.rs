@@ -83,6 +83,9 @@ pub struct SlotState {
     pub standby: Member,
     /// The standby passes its check: only then is it published as the slot's standby.
     pub standby_passes: bool,
+    /// The active passes its check. A slot whose standby alone passes is kept in the ring, but
+    /// it has not settled: its active may be one whose first check has not run yet.
+    pub active_passes: bool,
 }
 
 /// Every slot with a configured standby, by name, placed by the roles.
@@ -202,7 +205,8 @@ impl SlotTable {
         let mut states = BTreeMap::new();
         for (name, s) in &self.0 {
             let standby_passes = has(&passing, &s.standby);
-            if has(&passing, &s.active) || standby_passes {
+            let active_passes = has(&passing, &s.active);
+            if active_passes || standby_passes {
                 out.passing.push(name.clone());
             }
             if has(&present, &s.active) || has(&present, &s.standby) {
@@ -214,6 +218,7 @@ impl SlotTable {
                     active: s.active.clone(),
                     standby: s.standby.clone(),
                     standby_passes,
+                    active_passes,
                 },
             );
         }
@@ -346,10 +351,12 @@ mod tests {
             SlotState {
                 active: m("b:1"),
                 standby: m("b2:1"),
-                standby_passes: false
+                standby_passes: false,
+                active_passes: true,
             }
         );
         assert!(states[&m("a:1")].standby_passes);
+        assert!(!states[&m("a:1")].active_passes);
         // Promoted: a2 is a's active even while it is still registered as a standby, and the
         // former active registered under the actives' service is not a member of its own.
         let t = SlotTable::new(&standbys(), &Roles::default().with_active(&m("a:1"), &m("a2:1")));
