@@ -76,6 +76,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     let (published_tx, published_rx) = watch::channel(None);
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    let (roles_tx, roles_rx) = watch::channel(Roles::default());
     let w = Wiring {
         metrics: Arc::new(Metrics::new(&config.envoy.control_urls)),
         ready: Arc::new(Readiness::new(config.envoy.control_urls.len())),
@@ -89,9 +90,18 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         shutdown: stop,
     };
     let mut tasks = Tasks::new();
-    w.spawn_membership(&mut tasks, published_tx, &addr)?;
+    w.spawn_membership(&mut tasks, published_tx, roles_tx, &addr)?;
     w.spawn_reconciler(&mut tasks)?;
-    tasks.spawn(reloader(config_tx, reload_rx, w.metrics.clone(), w.shutdown.clone()).map_ok());
+    tasks.spawn(
+        reloader(
+            config_tx,
+            reload_rx,
+            roles_rx,
+            w.metrics.clone(),
+            w.shutdown.clone(),
+        )
+        .map_ok(),
+    );
     w.spawn_readiness_without_envoys(&mut tasks);
     w.spawn_pushers(&mut tasks)?;
     w.spawn_endpoint(&mut tasks, listener, reload_tx, addr.clone());
@@ -113,12 +123,13 @@ impl Wiring {
         &self,
         tasks: &mut Tasks,
         published: watch::Sender<Option<MemberList>>,
+        roles_tx: watch::Sender<Roles>,
         endpoint: &str,
     ) -> Result<(), Error> {
         let client = ConsulClient::new(self.config.consul.clone())?;
         let register_now = Arc::new(Notify::new());
         let prober = Prober::new()?;
-        let (roles_tx, roles_rx) = watch::channel(Roles::default());
+        let roles_rx = roles_tx.subscribe();
         let watcher = Watcher {
             config: self.config.clone(),
             updates: self.config_rx.clone(),
@@ -268,6 +279,7 @@ async fn stop_after(shutdown: impl Future, trigger: Trigger, mut tasks: Tasks) -
 async fn reloader(
     config: watch::Sender<Arc<Config>>,
     mut requests: mpsc::Receiver<ReloadRequest>,
+    roles: watch::Receiver<Roles>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
@@ -289,7 +301,7 @@ async fn reloader(
             },
         };
         let current = config.borrow().clone();
-        let result = reload(&current).map(|(new, summary)| {
+        let result = reload(&current, &roles.borrow().clone()).map(|(new, summary)| {
             if new == *current {
                 return format!(
                     "configuration unchanged ({}): nothing to do",
@@ -310,13 +322,15 @@ async fn reloader(
     }
 }
 
-/// Reads the configuration file again; the new configuration and a line for the log.
-fn reload(current: &Config) -> Result<(Config, String), String> {
+/// Reads the configuration file again and checks it may replace `current` while `roles` hold
+/// (a promoted slot keeps its standby); the new configuration and a line for the log.
+fn reload(current: &Config, roles: &Roles) -> Result<(Config, String), String> {
     let Some(path) = current.source.clone() else {
         return Err("consul-sync was not started from a configuration file".to_owned());
     };
     let (new, warnings) = Config::load(&path).map_err(|e| e.to_string())?;
     current.check_reload(&new)?;
+    roles.check_standbys(&new.standbys)?;
     for w in warnings {
         warn!("{}: {w}", path.display());
     }

@@ -223,7 +223,7 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
 
     // The roles survive a restart: a consul-sync started anew serves slot a at a2 from the start.
     sync.proc.stop();
-    let restarted = ConsulSync::start(&dir, options);
+    let mut restarted = ConsulSync::start(&dir, options.clone());
     wait_until(
         "the restarted consul-sync lists the actives",
         Duration::from_secs(15),
@@ -239,7 +239,18 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
         consul.passing_ids("pushgateway-standby"),
         sorted(vec![id(&a), id(&b2)])
     );
+    assert_eq!(envoy_slots(&envoy), Some(returned.clone()));
+
+    // Giving the promoted slot another standby would serve it at its server again (it died) and
+    // drop what a2 holds: refused, nothing changes.
+    let mut changed = options;
+    changed.standbys = vec![(a.clone(), "127.0.0.1:1".to_owned()), (b.clone(), b2.clone())];
+    let (status, body) = restarted.reload(&dir, changed);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(&format!("must keep '{a}': '{a2}'")), "{body}");
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(envoy_slots(&envoy), Some(returned));
+    assert_eq!(consul.passing_ids("pushgateway"), sorted(vec![id(&a2), id(&b)]));
 }
 
 #[test]

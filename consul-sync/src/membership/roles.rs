@@ -50,6 +50,29 @@ impl Roles {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
+    /// Refuses `standbys` (a configuration's) when it changes or removes the standby of a slot
+    /// served at its promoted standby: the slot would be served at its name again, which failed
+    /// its check when the standby was promoted, and the groups the promoted one holds would
+    /// leave the ring. Names each such slot and what is accepted.
+    pub fn check_standbys(&self, standbys: &BTreeMap<Member, Member>) -> Result<(), String> {
+        let broken: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(slot, active)| standbys.get(*slot) != Some(*active))
+            .map(|(slot, active)| format!("'{slot}': '{active}'"))
+            .collect();
+        if broken.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "pushgateway.standbys must keep {}: each of these slots is served by its promoted standby, \
+             and changing or removing that standby would make the slot's server active again (it failed \
+             its check when the standby was promoted) and drop the groups the standby holds; a slot \
+             keeps its two addresses, whichever of them is active",
+            broken.join(", ")
+        ))
+    }
+
     /// The roles with `slot` served at `active`.
     pub fn with_active(&self, slot: &Member, active: &Member) -> Roles {
         let mut out = self.0.clone();
@@ -244,6 +267,19 @@ mod tests {
 
     fn m(s: &str) -> Member {
         Member::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_promoted_slots_standby_may_not_change() {
+        let promoted = Roles::default().with_active(&m("a:1"), &m("s:1"));
+        let keeps = BTreeMap::from([(m("a:1"), m("s:1")), (m("b:1"), m("t:1"))]);
+        assert_eq!(promoted.check_standbys(&keeps), Ok(()));
+        for changed in [BTreeMap::from([(m("a:1"), m("u:1"))]), BTreeMap::new()] {
+            let err = promoted.check_standbys(&changed).unwrap_err();
+            assert!(err.contains("must keep 'a:1': 's:1'"), "{err}");
+        }
+        // Nothing promoted: any standbys do.
+        assert_eq!(Roles::default().check_standbys(&BTreeMap::new()), Ok(()));
     }
 
     fn ms(list: &[&str]) -> Vec<Member> {

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How long one blocking query may wait in Consul.
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(300);
@@ -318,6 +318,10 @@ impl Watcher {
         };
         st.roles_index = index;
         if roles != st.roles {
+            if let Err(why) = roles.check_standbys(&self.updates.borrow().standbys) {
+                // A reload is refused in this case; a start with such a file gets here.
+                error!("{why}; with this configuration those slots are served at their servers again");
+            }
             info!(
                 "roles read from Consul key {key}: {}",
                 String::from_utf8_lossy(&roles.encode())
