@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use testkit::envoy::{Envoy, EnvoyOptions};
-use testkit::{try_http_get, wait_until, Consul, Pushgateway, TestDir};
+use testkit::{wait_until, Consul, Pushgateway, TestDir};
 
 /// Groups the pusher cycles over (the issue asks for 2,000; 600 keep a test well under a minute
 /// on 2 shared cores with pushgateway's consistency check on).
@@ -227,23 +227,8 @@ fn failover_figures(log: &[Push], killed_at: f64, slot_groups: &[usize]) -> Fail
 type Slots = BTreeMap<String, (String, Option<String>)>;
 
 /// Envoy's slots: name -> (active, standby).
-fn envoy_slots(envoy: &Envoy) -> Option<Slots> {
-    let (status, body) = try_http_get(&format!("{}/-/sharding/members", envoy.control_url())).ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out = BTreeMap::new();
-    for (name, s) in v["slots"].as_object().into_iter().flatten() {
-        out.insert(
-            name.clone(),
-            (
-                s["active"].as_str()?.to_owned(),
-                s["standby"].as_str().map(str::to_owned),
-            ),
-        );
-    }
-    Some(out)
+fn envoy_slots(envoy: &Envoy) -> Option<BTreeMap<String, (String, Option<String>)>> {
+    envoy.try_slots()
 }
 
 fn slot(active: &str, standby: Option<&str>) -> (String, Option<String>) {

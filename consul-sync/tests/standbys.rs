@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::envoy::{Envoy, EnvoyOptions};
-use testkit::{http_request, try_http_get, wait_until, Consul, Pushgateway, TestDir};
+use testkit::{http_request, wait_until, Consul, Pushgateway, TestDir};
 
 type Labels = BTreeMap<String, String>;
 
@@ -36,22 +36,7 @@ fn push_times(pg: &Pushgateway) -> BTreeMap<Labels, f64> {
 
 /// Envoy's slots: name -> (active, standby).
 fn envoy_slots(envoy: &Envoy) -> Option<BTreeMap<String, (String, Option<String>)>> {
-    let (status, body) = try_http_get(&format!("{}/-/sharding/members", envoy.control_url())).ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out = BTreeMap::new();
-    for (name, s) in v["slots"].as_object().into_iter().flatten() {
-        out.insert(
-            name.clone(),
-            (
-                s["active"].as_str()?.to_owned(),
-                s["standby"].as_str().map(str::to_owned),
-            ),
-        );
-    }
-    Some(out)
+    envoy.try_slots()
 }
 
 /// The Consul service ID of a pushgateway address.

@@ -6,6 +6,7 @@
 
 use crate::http::{try_http_request, HttpResponse};
 use crate::{bin, free_port, repo_root, wait_until, Proc, TestDir};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -186,6 +187,23 @@ impl Envoy {
     /// The member list in use: (version, members), from `GET /-/sharding/members`.
     pub fn members(&self) -> (u64, Vec<String>) {
         self.try_members().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The slots of the member list in use, from `GET /-/sharding/members`: slot name ->
+    /// (active, standby); `None` while Envoy does not answer.
+    pub fn try_slots(&self) -> Option<BTreeMap<String, (String, Option<String>)>> {
+        let url = format!("{}/-/sharding/members", self.control_url());
+        let r = try_http_request("GET", &url, &[], b"").ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let mut out = BTreeMap::new();
+        for (name, s) in v["slots"].as_object().into_iter().flatten() {
+            let active = s["active"].as_str()?.to_owned();
+            out.insert(name.clone(), (active, s["standby"].as_str().map(str::to_owned)));
+        }
+        Some(out)
     }
 
     pub fn try_members(&self) -> Result<(u64, Vec<String>), String> {

@@ -142,16 +142,11 @@ impl Pipeline {
 
 /// Each slot's standby as Envoy's member list names it (slot name -> standby address).
 fn slot_standbys(envoy: &Envoy) -> BTreeMap<String, String> {
-    let url = format!("{}/-/sharding/members", envoy.control_url());
-    let Ok((200, body)) = try_http_get(&url) else {
-        return BTreeMap::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["slots"]
-        .as_object()
+    envoy
+        .try_slots()
         .into_iter()
         .flatten()
-        .filter_map(|(slot, s)| Some((slot.clone(), s["standby"].as_str()?.to_owned())))
+        .filter_map(|(slot, (_, standby))| Some((slot, standby?)))
         .collect()
 }
 
