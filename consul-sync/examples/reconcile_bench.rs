@@ -35,6 +35,8 @@ use testkit::{bin, free_port, try_http_get, try_http_request, wait_until, Consul
 
 const PUSHGATEWAYS: usize = 4;
 const STEADY_ROUNDS: u64 = 4;
+/// The bearer token the bench sends to `/-/reload`, which refuses a reload without one.
+const RELOAD_TOKEN: &str = "reconcile-bench";
 
 /// CPU seconds (user + system) of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -306,7 +308,8 @@ fn windows(groups: usize) {
     assert!(exe.is_file(), "{} is missing: run ./build.sh", exe.display());
     let mut cmd = Command::new(exe);
     cmd.arg(format!("--config.file={}", file.display()))
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env("CONSUL_SYNC_RELOAD_TOKEN", RELOAD_TOKEN);
     let sync = Proc::spawn("consul-sync", cmd, &dir);
     let m = |series: &str| metric(sync_port, series);
     wait_until("the older copies are deleted", Duration::from_secs(300), || {
@@ -324,7 +327,7 @@ fn windows(groups: usize) {
     let r = try_http_request(
         "POST",
         &format!("http://127.0.0.1:{sync_port}/-/reload"),
-        &[],
+        &[("authorization", &format!("Bearer {RELOAD_TOKEN}"))],
         b"",
     )
     .unwrap();
