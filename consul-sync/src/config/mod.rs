@@ -13,6 +13,7 @@ use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::DEFAULT_VNODES;
 use file::{
     locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawLease, RawPushgateway,
+    MAX_SERVICE_NAME_LEN,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_FILE: &str = "dynamic-sharding.yml";
 pub const DEFAULT_CONSUL_ADDR: &str = "localhost:8500";
 pub const DEFAULT_SERVICE_NAME: &str = "pushgateway";
+/// What the standbys' Consul service name adds to `register_service_name`.
+const STANDBY_SERVICE_SUFFIX: &str = "-standby";
 pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
 pub const DEFAULT_HTTP_LISTEN_ADDR: &str = "127.0.0.1:9294";
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -129,7 +132,7 @@ impl Config {
     /// The Consul service the standbys are registered under while they stand by: not the
     /// pushgateways' own, so no Prometheus configuration that scrapes that one scrapes them.
     pub fn standby_service_name(&self) -> String {
-        format!("{}-standby", self.service_name)
+        format!("{}{STANDBY_SERVICE_SUFFIX}", self.service_name)
     }
 
     /// The Consul KV key holding which address of each slot is active.
@@ -324,6 +327,7 @@ impl Config {
         let service_name = raw
             .register_service_name
             .map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0);
+        standby_service_name_fits(text, &service_name, &standbys).map_err(invalid)?;
         let lease = lease(raw.lease, &service_name);
         let reload_token = reload_token(raw.reload_token_file, &env, &read_file).map_err(invalid)?;
         let config = Config {
@@ -447,6 +451,33 @@ fn resolved_standbys(
         pairs.push((server.to_string(), s, b));
     }
     checked_standbys(servers, drain, &pairs, &at)
+}
+
+/// With standbys, `<register_service_name>-standby` is a Consul service name too, and must fit
+/// where the pushgateways' own does: in one DNS label.
+fn standby_service_name_fits(
+    text: &str,
+    service_name: &str,
+    standbys: &BTreeMap<Member, Member>,
+) -> Result<(), String> {
+    let name = format!("{service_name}{STANDBY_SERVICE_SUFFIX}");
+    if standbys.is_empty() || name.len() <= MAX_SERVICE_NAME_LEN {
+        return Ok(());
+    }
+    let line = |key: &str| {
+        locate(text, key)
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default()
+    };
+    Err(format!(
+        "register_service_name{}: with pushgateway.standbys{} the standbys are registered in Consul as {name:?}, \
+         {} characters, above the limit of {MAX_SERVICE_NAME_LEN} for a DNS-compatible service name; \
+         expected a register_service_name of at most {} characters",
+        line("register_service_name"),
+        line("pushgateway.standbys"),
+        name.len(),
+        MAX_SERVICE_NAME_LEN - STANDBY_SERVICE_SUFFIX.len(),
+    ))
 }
 
 /// `lease`: the key defaults to one per service name, so consul-syncs of different services do
@@ -1085,6 +1116,37 @@ vnodes: 100
             e.contains("s:1 is already the standby of a:1") && e.contains("a standby of its own"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_standbys_service_name_must_fit_a_dns_label_too() {
+        let name = |n: usize| "p".repeat(n);
+        let with_standbys = |n: usize| {
+            format!(
+                "register_service_name: {}\npushgateway:\n  servers: ['a:1']\n  standbys:\n    'a:1': 's:1'\n",
+                name(n)
+            )
+        };
+        let (c, _) = parse(&with_standbys(55)).unwrap();
+        assert_eq!(c.standby_service_name().len(), 63);
+        let e = refused(&with_standbys(56));
+        for n in [
+            "register_service_name (line 1)",
+            "pushgateway.standbys (line 4)",
+            &format!("\"{}-standby\"", name(56)),
+            "64 characters",
+            "limit of 63",
+            "at most 55 characters",
+        ] {
+            assert!(e.contains(n), "{e:?} lacks {n:?}");
+        }
+        // Without standbys there is no such service: the name may use all 63 characters.
+        parse(&format!("register_service_name: {}\n", name(63))).unwrap();
+        parse(&format!(
+            "register_service_name: {}\npushgateway:\n  standbys: {{}}\n",
+            name(63)
+        ))
+        .unwrap();
     }
 
     #[test]
