@@ -8,6 +8,7 @@
 //! reload joins its slot and is filled. A slot added to a ring of slots and a plain member, then
 //! a slot and the plain member drained, while every group keeps being pushed through Envoy: each
 //! group ends on one slot (its active and standby alike), with its last acknowledged value. A
+//! slot whose server died is drained at its promoted standby and taken out of the file. A
 //! standby that cannot be one is refused at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -55,6 +56,12 @@ fn slot(active: &str, standby: Option<&str>) -> (String, Option<String>) {
     (active.to_owned(), standby.map(str::to_owned))
 }
 
+/// Pushes `body` to `job`'s group through Envoy's proxy port at `proxy`; it must be taken.
+fn put(proxy: &str, job: &str, body: &str) {
+    let r = http_request("PUT", &format!("{proxy}/metrics/job/{job}"), &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 #[test]
 fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
     let dir = TestDir::new("standbys-failover");
@@ -86,13 +93,7 @@ fn a_killed_active_is_replaced_by_its_standby_which_keeps_the_slot() {
     // Groups through Envoy: each lands on its slot's active and standby.
     let proxy = envoy.proxy_url();
     for i in 0..40 {
-        let r = http_request(
-            "PUT",
-            &format!("{proxy}/metrics/job/sb{i}"),
-            &[],
-            format!("sb_value {i}\n").as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        put(&proxy, &format!("sb{i}"), &format!("sb_value {i}\n"));
     }
     let on_a = push_times(&pgs[0]);
     assert!(!on_a.is_empty() && on_a.len() < 40, "{}", on_a.len());
@@ -488,11 +489,10 @@ fn a_slot_added_to_and_drained_from_a_mixed_ring_under_pushes_keeps_one_copy_per
         sorted(vec![id(&a2), id(&b2), id(&d2)])
     );
 
-    // Scale in: drain the plain member and slot b. A draining server takes no standby, so the
-    // same reload takes b's standby away.
+    // Scale in: drain the plain member and slot b, which keeps its standby while it drains (Envoy
+    // lists it beside the ring, for a DELETE to reach both of its addresses).
     options.drain = vec![b.clone(), c.clone()];
-    options.standbys = vec![(a.clone(), a2.clone()), (d.clone(), d2.clone())];
-    let in_slots = BTreeMap::from([(a.clone(), slot(&a, Some(&a2))), (d.clone(), slot(&d, Some(&d2)))]);
+    let in_slots = out_slots.clone();
     let left = sorted(vec![a.clone(), d.clone()]);
     let first = pushed.sent.values().copied().fold(0.0, f64::max);
     stop.store(false, Ordering::Relaxed);
@@ -501,15 +501,16 @@ fn a_slot_added_to_and_drained_from_a_mixed_ring_under_pushes_keeps_one_copy_per
         passes_after(1);
         let (status, body) = sync.reload(&dir, options.clone());
         assert_eq!(status, 200, "{body}");
-        wait_until("Envoy has the two slots left", Duration::from_secs(20), || {
-            (envoy_slots(&envoy)? == in_slots && envoy.try_members().ok()?.1 == left).then_some(())
-        });
+        wait_until(
+            "Envoy's ring has the two slots left",
+            Duration::from_secs(20),
+            || (envoy_slots(&envoy)? == in_slots && envoy.try_members().ok()?.1 == left).then_some(()),
+        );
         passes_after(3);
         stop.store(true, Ordering::Relaxed);
         pusher.join().unwrap()
     });
-    // b2 is no standby any more: what it held stays there, unscraped, until it is stopped.
-    let watched = [pa, pa2, pb, pc, pd, pd2];
+    let watched = [pa, pa2, pb, pb2, pc, pd, pd2];
     let wrong = poll_for(Duration::from_secs(20), || {
         misplaced(&jobs, &left, &in_slots, &watched, &pushed)
             .is_empty()
@@ -520,7 +521,7 @@ fn a_slot_added_to_and_drained_from_a_mixed_ring_under_pushes_keeps_one_copy_per
         "after the drain: {:#?}",
         misplaced(&jobs, &left, &in_slots, &watched, &pushed)
     );
-    assert!(mx_values(pb).is_empty() && mx_values(pc).is_empty());
+    assert!(mx_values(pb).is_empty() && mx_values(pb2).is_empty() && mx_values(pc).is_empty());
     wait_until("both drains say drained", Duration::from_secs(20), || {
         let (status, body) = testkit::http_get(&sync.url("/-/drain"));
         assert_eq!(status, 200, "{body}");
@@ -550,7 +551,108 @@ fn a_slot_added_to_and_drained_from_a_mixed_ring_under_pushes_keeps_one_copy_per
         Some(four.clone()),
         "draining pushgateways are scraped until they are removed"
     );
-    wait_until("b's standby is deregistered", Duration::from_secs(10), || {
-        (consul.passing_ids("pushgateway-standby") == sorted(vec![id(&a2), id(&d2)])).then_some(())
+    assert_eq!(
+        consul.passing_ids("pushgateway-standby"),
+        sorted(vec![id(&a2), id(&b2), id(&d2)])
+    );
+}
+
+#[test]
+fn a_promoted_slot_is_drained_and_retired() {
+    let dir = TestDir::new("standbys-retire-promoted");
+    let mut pgs: Vec<Pushgateway> = (0..4).map(|_| Pushgateway::start(&dir)).collect();
+    let (a, a2, b, b2) = (pgs[0].addr(), pgs[1].addr(), pgs[2].addr(), pgs[3].addr());
+    let consul = Consul::start(&dir);
+    let envoy = Envoy::start(&dir, EnvoyOptions::default());
+    let mut options = SyncOptions::new(consul.addr(), vec![a.clone(), b.clone()]);
+    options.standbys = vec![(a.clone(), a2.clone()), (b.clone(), b2.clone())];
+    options.control_urls = vec![envoy.control_url()];
+    options.reconcile = "2s";
+    options.drain_timeout = "3s";
+    let mut sync = ConsulSync::start(&dir, options.clone());
+    let both_slots = BTreeMap::from([(a.clone(), slot(&a, Some(&a2))), (b.clone(), slot(&b, Some(&b2)))]);
+    wait_until("Envoy has both slots", Duration::from_secs(20), || {
+        (envoy_slots(&envoy)? == both_slots).then_some(())
     });
+    let proxy = envoy.proxy_url();
+    let jobs: Vec<String> = (0..40).map(|i| format!("rt{i:02}")).collect();
+    for (i, job) in jobs.iter().enumerate() {
+        put(&proxy, job, &format!("mx_value {i}\n"));
+    }
+    let on_a = mx_values(&pgs[0]);
+    assert!(!on_a.is_empty() && on_a.len() < jobs.len(), "{}", on_a.len());
+
+    // Slot a's server dies for good: its standby is promoted.
+    pgs[0].proc.kill();
+    wait_until("slot a is served at its standby", Duration::from_secs(10), || {
+        (envoy_slots(&envoy)?.get(&a)? == &slot(&a2, None)).then_some(())
+    });
+
+    // Retire slot a as it is: drained at its promoted standby, its standby entry kept.
+    options.drain = vec![a.clone()];
+    let (status, body) = sync.reload(&dir, options.clone());
+    assert_eq!(status, 200, "{body}");
+    wait_until("slot a leaves the ring", Duration::from_secs(10), || {
+        (envoy.try_members().ok()?.1 == vec![b.clone()]).then_some(())
+    });
+    wait_until("slot a is drained", Duration::from_secs(30), || {
+        let (status, body) = testkit::http_get(&sync.url("/-/drain"));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["drains"]
+            .as_array()?
+            .iter()
+            .any(|d| d["pushgateway"] == a.as_str() && d["state"] == "drained")
+            .then_some(())
+    });
+    assert!(
+        mx_values(&pgs[1]).is_empty(),
+        "the promoted standby holds nothing"
+    );
+    assert!(
+        sync.proc
+            .log()
+            .contains(&format!("pushgateway {a} is drained with its standby {a2}")),
+        "{}",
+        sync.proc.log_tail(20)
+    );
+    let want: BTreeMap<String, f64> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.clone(), i as f64))
+        .collect();
+    wait_until(
+        "slot b holds every group, at both addresses",
+        Duration::from_secs(20),
+        || (mx_values(&pgs[2]) == want && mx_values(&pgs[3]) == want).then_some(()),
+    );
+
+    // Then it is stopped and taken out of the file altogether.
+    pgs[1].proc.stop();
+    options.servers = vec![b.clone()];
+    options.drain = Vec::new();
+    options.standbys = vec![(b.clone(), b2.clone())];
+    let (status, body) = sync.reload(&dir, options.clone());
+    assert_eq!(status, 200, "{body}");
+    wait_until("only slot b is registered", Duration::from_secs(15), || {
+        (consul
+            .services("pushgateway")
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+            == vec![id(&b)]
+            && consul
+                .services("pushgateway-standby")
+                .into_iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
+                == vec![id(&b2)])
+        .then_some(())
+    });
+    assert_eq!(sync.targets(), Some(vec![b.clone()]));
+    assert_eq!(
+        envoy_slots(&envoy),
+        Some(BTreeMap::from([(b.clone(), slot(&b, Some(&b2)))]))
+    );
+    assert_eq!(envoy.members().1, vec![b.clone()]);
 }

@@ -135,6 +135,11 @@ impl Config {
         format!("{}{STANDBY_SERVICE_SUFFIX}", self.service_name)
     }
 
+    /// The configured slots by name: `pushgateway.servers` and `pushgateway.drain`.
+    pub fn slot_names(&self) -> Vec<Member> {
+        self.servers.iter().chain(&self.drain).cloned().collect()
+    }
+
     /// The Consul KV key holding which address of each slot is active.
     pub fn roles_key(&self) -> String {
         format!("dynamic-sharding/{}/roles", self.service_name)
@@ -385,8 +390,8 @@ fn pushgateways(
 }
 
 /// `pushgateway.standbys` checked against the servers and drain: each standby stands by for one
-/// server that is not draining, and is a pushgateway of its own (in neither list, the standby of
-/// no other server). `pairs` are (the key as written, the server, its standby); `at` says where
+/// server (a draining one too: a slot drains as one, at whichever address is active), and is a
+/// pushgateway of its own (in neither list, the standby of no other server). `pairs` are (the key as written, the server, its standby); `at` says where
 /// the key is.
 fn checked_standbys(
     servers: &[Member],
@@ -401,12 +406,6 @@ fn checked_standbys(
             return Err(format!(
                 "{key}: {server} is not in pushgateway.servers; a standby stands by for a server: add {server} to \
                  servers or remove this entry"
-            ));
-        }
-        if drain.contains(server) {
-            return Err(format!(
-                "{key}: {server} is in pushgateway.drain; a draining server takes no standby: remove this entry \
-                 before draining it"
             ));
         }
         for (list, name) in [(servers, "servers"), (drain, "drain")] {
@@ -1077,10 +1076,6 @@ vnodes: 100
                 ][..],
             ),
             (
-                "    'b:1': 's:1'\n",
-                &["b:1 is in pushgateway.drain", "takes no standby"],
-            ),
-            (
                 "    'a:1': 'b:1'\n",
                 &[
                     "the standby b:1 is also in pushgateway.servers",
@@ -1110,6 +1105,12 @@ vnodes: 100
                 assert!(e.contains(n), "{entries:?}: {e:?} lacks {n:?}");
             }
         }
+        // A draining server keeps its standby: the slot drains as one.
+        let (c, _) = parse(&format!("{base}    'b:1': 's:1'\n")).unwrap();
+        assert_eq!(
+            c.standbys.get(&Member::parse("b:1").unwrap()),
+            Some(&Member::parse("s:1").unwrap())
+        );
         let e =
             refused("pushgateway:\n  servers: ['a:1', 'c:1']\n  standbys: {'a:1': 's:1', 'c:1': 's:1'}\n");
         assert!(
