@@ -330,7 +330,7 @@ fn reload(current: &Config, roles: &Roles) -> Result<(Config, String), String> {
     };
     let (new, warnings) = Config::load(&path).map_err(|e| e.to_string())?;
     current.check_reload(&new)?;
-    roles.check_standbys(&new.standbys)?;
+    roles.check_standbys(&new.standbys, &new.slot_names())?;
     for w in warnings {
         warn!("{}: {w}", path.display());
     }

@@ -79,6 +79,24 @@ fn check_config_accepts_a_good_file_and_names_every_problem_of_a_bad_one() {
         assert!(line.contains("bad.yml"), "the file is named: {line}");
     }
 
+    // With standbys, the name they are registered under must fit Consul's limit as well.
+    let long = dir.write(
+        "long.yml",
+        format!(
+            "register_service_name: {}\npushgateway:\n  servers: [10.0.0.1]\n  standbys: {{10.0.0.1: 10.0.1.1}}\n",
+            "p".repeat(56)
+        ),
+    );
+    let out = consul_sync(&["check-config", long.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("long.yml")
+            && stderr.contains("register_service_name (line 1)")
+            && stderr.contains("64 characters, above the limit of 63"),
+        "{stderr}"
+    );
+
     let out = consul_sync(&["check-config", dir.join("missing.yml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -1,6 +1,7 @@
 //! `POST /-/reload` against the real binary: it needs the reload token, refuses what a browser
 //! marks as another site's request, and an unchanged file is a no-op (no reconcile round, no
-//! registration), while a changed one is taken.
+//! registration), while a changed one is taken. A file refused at a reload leaves the running
+//! configuration in place.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -70,4 +71,40 @@ fn a_reload_needs_the_token_and_an_unchanged_one_does_nothing() {
         || (sync.targets() == Some(both.clone())).then_some(()),
     );
     assert!(rounds(&sync) > rounds_before);
+}
+
+#[test]
+fn a_reload_refused_for_the_standbys_service_name_keeps_the_running_configuration() {
+    let dir = TestDir::new("reload-refused");
+    let pgs: Vec<Pushgateway> = (0..2).map(|_| Pushgateway::start(&dir)).collect();
+    let consul = Consul::start(&dir);
+    let mut options = SyncOptions::new(consul.addr(), vec![pgs[0].addr()]);
+    // 56 characters: it fits, but "<it>-standby" (64) does not.
+    const SERVICE: &str = "pushgateways-of-the-metrics-platform-in-the-eu-west-zone";
+    assert_eq!(SERVICE.len(), 56);
+    options.service = SERVICE;
+    let mut sync = ConsulSync::start(&dir, options.clone());
+    wait_until("the pushgateway is listed", Duration::from_secs(20), || {
+        (sync.targets() == Some(vec![pgs[0].addr()])).then_some(())
+    });
+
+    let mut changed = options.clone();
+    changed.standbys = vec![(pgs[0].addr(), pgs[1].addr())];
+    let (status, body) = sync.reload(&dir, changed);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("register_service_name")
+            && body.contains(&format!(
+                "\"{SERVICE}-standby\", 64 characters, above the limit of 63"
+            )),
+        "{body}"
+    );
+    assert_eq!(sync.metric("consul_sync_config_last_reload_successful"), 0.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sync.targets(), Some(vec![pgs[0].addr()]));
+    assert!(
+        consul.services(&format!("{SERVICE}-standby")).is_empty(),
+        "nothing is registered under the name that does not fit"
+    );
+    assert_eq!(consul.passing_ids(SERVICE), vec![pgs[0].addr().replace(':', "_")]);
 }

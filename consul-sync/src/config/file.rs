@@ -268,6 +268,9 @@ impl<'de> Deserialize<'de> for Vnodes {
     }
 }
 
+/// The longest Consul service name: one DNS label, so that Consul's DNS interface can serve it.
+pub(super) const MAX_SERVICE_NAME_LEN: usize = 63;
+
 #[derive(Clone, Debug)]
 pub(super) struct ServiceName(pub(super) String);
 
@@ -275,14 +278,14 @@ impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked(d, |s| {
             let ok = !s.is_empty()
-                && s.len() <= 63
+                && s.len() <= MAX_SERVICE_NAME_LEN
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if ok {
                 Ok(ServiceName(s.to_owned()))
             } else {
                 Err(format!(
-                    "invalid service name {s:?}: expected 1 to 63 letters, digits, '-' or '_' (a DNS-compatible Consul service name)"
+                    "invalid service name {s:?}: expected 1 to {MAX_SERVICE_NAME_LEN} letters, digits, '-' or '_' (a DNS-compatible Consul service name)"
                 ))
             }
         })

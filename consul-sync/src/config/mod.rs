@@ -13,6 +13,7 @@ use dynamic_sharding::members::Member;
 use dynamic_sharding::ring::DEFAULT_VNODES;
 use file::{
     locate, parse_consul_addr, read_raw, ListenAddr, RawCheck, RawConsul, RawEnvoy, RawLease, RawPushgateway,
+    MAX_SERVICE_NAME_LEN,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_FILE: &str = "dynamic-sharding.yml";
 pub const DEFAULT_CONSUL_ADDR: &str = "localhost:8500";
 pub const DEFAULT_SERVICE_NAME: &str = "pushgateway";
+/// What the standbys' Consul service name adds to `register_service_name`.
+const STANDBY_SERVICE_SUFFIX: &str = "-standby";
 pub const DEFAULT_PUSHGATEWAY_PORT: u16 = 9091;
 pub const DEFAULT_HTTP_LISTEN_ADDR: &str = "127.0.0.1:9294";
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -129,7 +132,12 @@ impl Config {
     /// The Consul service the standbys are registered under while they stand by: not the
     /// pushgateways' own, so no Prometheus configuration that scrapes that one scrapes them.
     pub fn standby_service_name(&self) -> String {
-        format!("{}-standby", self.service_name)
+        format!("{}{STANDBY_SERVICE_SUFFIX}", self.service_name)
+    }
+
+    /// The configured slots by name: `pushgateway.servers` and `pushgateway.drain`.
+    pub fn slot_names(&self) -> Vec<Member> {
+        self.servers.iter().chain(&self.drain).cloned().collect()
     }
 
     /// The Consul KV key holding which address of each slot is active.
@@ -324,6 +332,7 @@ impl Config {
         let service_name = raw
             .register_service_name
             .map_or_else(|| DEFAULT_SERVICE_NAME.to_owned(), |n| n.0);
+        standby_service_name_fits(text, &service_name, &standbys).map_err(invalid)?;
         let lease = lease(raw.lease, &service_name);
         let reload_token = reload_token(raw.reload_token_file, &env, &read_file).map_err(invalid)?;
         let config = Config {
@@ -381,8 +390,8 @@ fn pushgateways(
 }
 
 /// `pushgateway.standbys` checked against the servers and drain: each standby stands by for one
-/// server that is not draining, and is a pushgateway of its own (in neither list, the standby of
-/// no other server). `pairs` are (the key as written, the server, its standby); `at` says where
+/// server (a draining one too: a slot drains as one, at whichever address is active), and is a
+/// pushgateway of its own (in neither list, the standby of no other server). `pairs` are (the key as written, the server, its standby); `at` says where
 /// the key is.
 fn checked_standbys(
     servers: &[Member],
@@ -397,12 +406,6 @@ fn checked_standbys(
             return Err(format!(
                 "{key}: {server} is not in pushgateway.servers; a standby stands by for a server: add {server} to \
                  servers or remove this entry"
-            ));
-        }
-        if drain.contains(server) {
-            return Err(format!(
-                "{key}: {server} is in pushgateway.drain; a draining server takes no standby: remove this entry \
-                 before draining it"
             ));
         }
         for (list, name) in [(servers, "servers"), (drain, "drain")] {
@@ -447,6 +450,33 @@ fn resolved_standbys(
         pairs.push((server.to_string(), s, b));
     }
     checked_standbys(servers, drain, &pairs, &at)
+}
+
+/// With standbys, `<register_service_name>-standby` is a Consul service name too, and must fit
+/// where the pushgateways' own does: in one DNS label.
+fn standby_service_name_fits(
+    text: &str,
+    service_name: &str,
+    standbys: &BTreeMap<Member, Member>,
+) -> Result<(), String> {
+    let name = format!("{service_name}{STANDBY_SERVICE_SUFFIX}");
+    if standbys.is_empty() || name.len() <= MAX_SERVICE_NAME_LEN {
+        return Ok(());
+    }
+    let line = |key: &str| {
+        locate(text, key)
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default()
+    };
+    Err(format!(
+        "register_service_name{}: with pushgateway.standbys{} the standbys are registered in Consul as {name:?}, \
+         {} characters, above the limit of {MAX_SERVICE_NAME_LEN} for a DNS-compatible service name; \
+         expected a register_service_name of at most {} characters",
+        line("register_service_name"),
+        line("pushgateway.standbys"),
+        name.len(),
+        MAX_SERVICE_NAME_LEN - STANDBY_SERVICE_SUFFIX.len(),
+    ))
 }
 
 /// `lease`: the key defaults to one per service name, so consul-syncs of different services do
@@ -1046,10 +1076,6 @@ vnodes: 100
                 ][..],
             ),
             (
-                "    'b:1': 's:1'\n",
-                &["b:1 is in pushgateway.drain", "takes no standby"],
-            ),
-            (
                 "    'a:1': 'b:1'\n",
                 &[
                     "the standby b:1 is also in pushgateway.servers",
@@ -1079,12 +1105,49 @@ vnodes: 100
                 assert!(e.contains(n), "{entries:?}: {e:?} lacks {n:?}");
             }
         }
+        // A draining server keeps its standby: the slot drains as one.
+        let (c, _) = parse(&format!("{base}    'b:1': 's:1'\n")).unwrap();
+        assert_eq!(
+            c.standbys.get(&Member::parse("b:1").unwrap()),
+            Some(&Member::parse("s:1").unwrap())
+        );
         let e =
             refused("pushgateway:\n  servers: ['a:1', 'c:1']\n  standbys: {'a:1': 's:1', 'c:1': 's:1'}\n");
         assert!(
             e.contains("s:1 is already the standby of a:1") && e.contains("a standby of its own"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_standbys_service_name_must_fit_a_dns_label_too() {
+        let name = |n: usize| "p".repeat(n);
+        let with_standbys = |n: usize| {
+            format!(
+                "register_service_name: {}\npushgateway:\n  servers: ['a:1']\n  standbys:\n    'a:1': 's:1'\n",
+                name(n)
+            )
+        };
+        let (c, _) = parse(&with_standbys(55)).unwrap();
+        assert_eq!(c.standby_service_name().len(), 63);
+        let e = refused(&with_standbys(56));
+        for n in [
+            "register_service_name (line 1)",
+            "pushgateway.standbys (line 4)",
+            &format!("\"{}-standby\"", name(56)),
+            "64 characters",
+            "limit of 63",
+            "at most 55 characters",
+        ] {
+            assert!(e.contains(n), "{e:?} lacks {n:?}");
+        }
+        // Without standbys there is no such service: the name may use all 63 characters.
+        parse(&format!("register_service_name: {}\n", name(63))).unwrap();
+        parse(&format!(
+            "register_service_name: {}\npushgateway:\n  standbys: {{}}\n",
+            name(63)
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -51,14 +51,20 @@ impl Roles {
     }
 
     /// Refuses `standbys` (a configuration's) when it changes or removes the standby of a slot
-    /// served at its promoted standby: the slot would be served at its name again, which failed
-    /// its check when the standby was promoted, and the groups the promoted one holds would
-    /// leave the ring. Names each such slot and what is accepted.
-    pub fn check_standbys(&self, standbys: &BTreeMap<Member, Member>) -> Result<(), String> {
+    /// served at its promoted standby while the slot stays in `configured` (its servers and
+    /// drain): the slot would be served at its name again, which failed its check when the
+    /// standby was promoted, and the groups the promoted one holds would leave the ring. A slot
+    /// taken out of the configuration altogether takes its standby with it, as a server taken
+    /// out does. Names each such slot and what is accepted.
+    pub fn check_standbys(
+        &self,
+        standbys: &BTreeMap<Member, Member>,
+        configured: &[Member],
+    ) -> Result<(), String> {
         let broken: Vec<String> = self
             .0
             .iter()
-            .filter(|(slot, active)| standbys.get(*slot) != Some(*active))
+            .filter(|(slot, active)| configured.contains(slot) && standbys.get(*slot) != Some(*active))
             .map(|(slot, active)| format!("'{slot}': '{active}'"))
             .collect();
         if broken.is_empty() {
@@ -68,7 +74,9 @@ impl Roles {
             "pushgateway.standbys must keep {}: each of these slots is served by its promoted standby, \
              and changing or removing that standby would make the slot's server active again (it failed \
              its check when the standby was promoted) and drop the groups the standby holds; a slot \
-             keeps its two addresses, whichever of them is active",
+             keeps its two addresses, whichever of them is active; to retire such a slot, add its server \
+             to pushgateway.drain with this entry kept, and once it is drained take the server out of \
+             pushgateway.servers, pushgateway.drain and pushgateway.standbys in one reload",
             broken.join(", ")
         ))
     }
@@ -273,13 +281,22 @@ mod tests {
     fn a_promoted_slots_standby_may_not_change() {
         let promoted = Roles::default().with_active(&m("a:1"), &m("s:1"));
         let keeps = BTreeMap::from([(m("a:1"), m("s:1")), (m("b:1"), m("t:1"))]);
-        assert_eq!(promoted.check_standbys(&keeps), Ok(()));
+        let configured = [m("a:1"), m("b:1")];
+        assert_eq!(promoted.check_standbys(&keeps, &configured), Ok(()));
         for changed in [BTreeMap::from([(m("a:1"), m("u:1"))]), BTreeMap::new()] {
-            let err = promoted.check_standbys(&changed).unwrap_err();
-            assert!(err.contains("must keep 'a:1': 's:1'"), "{err}");
+            let err = promoted.check_standbys(&changed, &configured).unwrap_err();
+            assert!(
+                err.contains("must keep 'a:1': 's:1'") && err.contains("to retire such a slot"),
+                "{err}"
+            );
         }
+        // The slot taken out of servers and drain: its standby goes with it.
+        assert_eq!(promoted.check_standbys(&BTreeMap::new(), &[m("b:1")]), Ok(()));
         // Nothing promoted: any standbys do.
-        assert_eq!(Roles::default().check_standbys(&BTreeMap::new()), Ok(()));
+        assert_eq!(
+            Roles::default().check_standbys(&BTreeMap::new(), &configured),
+            Ok(())
+        );
     }
 
     fn ms(list: &[&str]) -> Vec<Member> {

@@ -318,7 +318,8 @@ impl Watcher {
         };
         st.roles_index = index;
         if roles != st.roles {
-            if let Err(why) = roles.check_standbys(&self.updates.borrow().standbys) {
+            let config = self.updates.borrow().clone();
+            if let Err(why) = roles.check_standbys(&config.standbys, &config.slot_names()) {
                 // A reload is refused in this case; a start with such a file gets here.
                 error!("{why}; with this configuration those slots are served at their servers again");
             }

@@ -472,10 +472,17 @@ impl Reconciler {
                 count += held.len() + unnamed.copied().unwrap_or(0);
             }
             match tracker.observe(member, count) {
-                Some(DrainState::Drained) => info!(
-                    "pushgateway {member} is drained: it holds no group; it can be stopped, then removed \
-                     from pushgateway.servers and pushgateway.drain"
-                ),
+                Some(DrainState::Drained) => match config.standbys.get(member) {
+                    None => info!(
+                        "pushgateway {member} is drained: it holds no group; it can be stopped, then removed \
+                         from pushgateway.servers and pushgateway.drain"
+                    ),
+                    Some(standby) => info!(
+                        "pushgateway {member} is drained with its standby {standby}: neither holds a group; both \
+                         can be stopped, then {member} removed from pushgateway.servers, pushgateway.drain and \
+                         pushgateway.standbys"
+                    ),
+                },
                 Some(DrainState::Draining) => {
                     warn!("pushgateway {member} holds groups again ({count}) while draining")
                 }
