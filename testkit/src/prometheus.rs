@@ -15,6 +15,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// One series of an instant query: its labels and value.
 pub type Sample = (serde_json::Map<String, serde_json::Value>, f64);
 
+/// One series of a range-vector query (`metric[5m]`): its labels and its raw samples, (Unix
+/// seconds, value), oldest first.
+pub type Series = (serde_json::Map<String, serde_json::Value>, Vec<(f64, f64)>);
+
 /// What [`Prometheus::start_with`] runs.
 #[derive(Clone, Debug)]
 pub struct PrometheusRun {
@@ -102,6 +106,23 @@ impl Prometheus {
         query(&self.url(), promql)
     }
 
+    /// The series of a range-vector query (`metric[5m]`) with their raw samples, as scraped;
+    /// empty on any error.
+    pub fn query_samples(&self, promql: &str) -> Vec<Series> {
+        results(&self.url(), promql)
+            .iter()
+            .filter_map(|r| {
+                let labels = r["metric"].as_object()?.clone();
+                let samples = r["values"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|s| Some((s[0].as_f64()?, s[1].as_str()?.parse().ok()?)))
+                    .collect();
+                Some((labels, samples))
+            })
+            .collect()
+    }
+
     /// Every rule of every loaded rule group: (group, rule name, health, last error), from
     /// `/api/v1/rules`; empty on any error.
     pub fn rules(&self) -> Vec<(String, String, String, String)> {
@@ -139,21 +160,27 @@ impl Prometheus {
 /// An instant query against any Prometheus-compatible API at `base` (Prometheus,
 /// VictoriaMetrics): (labels, value) per series; empty on any error.
 pub fn query(base: &str, promql: &str) -> Vec<Sample> {
-    let url = format!("{base}/api/v1/query?query={}", encode(promql));
-    let Ok((200, body)) = try_http_get(&url) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    results(base, promql)
+        .iter()
         .filter_map(|r| {
             let labels = r["metric"].as_object()?.clone();
             let value = r["value"][1].as_str()?.parse().ok()?;
             Some((labels, value))
         })
         .collect()
+}
+
+/// The `result` list of a query at `base`; empty on any error.
+fn results(base: &str, promql: &str) -> Vec<serde_json::Value> {
+    let url = format!("{base}/api/v1/query?query={}", encode(promql));
+    let Ok((200, body)) = try_http_get(&url) else {
+        return Vec::new();
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    match v["data"]["result"].take() {
+        serde_json::Value::Array(results) => results,
+        _ => Vec::new(),
+    }
 }
 
 /// The `host:port` of every target of `job` that the scraper at `base` (Prometheus, also in agent
