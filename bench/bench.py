@@ -181,7 +181,8 @@ HASHED_CLUSTER = """\
 
 # Envoy's own cheapest copy of a push (baseline-proxy-mirror): the route mirrors every request to
 # a second cluster, the standbys, and answers the client without waiting for the copy's answer.
-# The copy is hashed as the request is (the route's hash policy), so each group has one standby.
+# The mirror does not apply the route's hash policy: each copy goes to a standby at random, so a
+# group can be on several (see distinct-groups).
 MIRROR = """\
                   request_mirror_policies:
                   - cluster: standbys
