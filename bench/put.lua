@@ -39,13 +39,10 @@ local next_slot
 -- wrk itself on a busy machine): beyond that, the missed slots are dropped and the run falls
 -- short of the rate.
 local CATCH_UP_S = 1.0
-local ffi = require("ffi")
-ffi.cdef [[
-  typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-  int clock_gettime(int clock, bench_timespec *t);
-]]
+-- Lua has no wall clock finer than a second: pacing reads CLOCK_MONOTONIC through LuaJIT's ffi
+-- (wrk is built on LuaJIT), set up only when paced.
+local ffi, now_ts
 local CLOCK_MONOTONIC = 1
-local now_ts = ffi.new("bench_timespec")
 
 local function now_s()
   ffi.C.clock_gettime(CLOCK_MONOTONIC, now_ts)
@@ -77,6 +74,12 @@ function init(args)
   local rate = tonumber(args[4] or 0)
   if rate > 0 then
     interval = 1.0 / rate
+    ffi = require("ffi")
+    ffi.cdef [[
+      typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+      int clock_gettime(int clock, bench_timespec *t);
+    ]]
+    now_ts = ffi.new("bench_timespec")
     -- wrk paces only a script that has a global delay() once init() ran (checked in thread 1's
     -- state; every thread is given the same arguments).
     delay = paced_delay
