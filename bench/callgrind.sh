@@ -47,22 +47,26 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Three pushgateways for the proxy scenarios (redirect never connects to its members), and three
-# more as their standbys for the replicated ones and baseline-proxy-mirror.
+# more as their standbys for the replicated ones and baseline-proxy-mirror; sets LIST
+# (host:port,...). Not called in $(...): the PIDs must reach this shell's PIDS, or the cleanup
+# never stops them.
 pushgateways() {
-    local port list=""
+    local port
+    LIST=""
     for port in $("${HELPER[@]}" ports 3); do
         "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" --persistence.file= \
             --push.disable-consistency-check >"$WORK/pg-$port.log" 2>&1 </dev/null &
         PIDS+=($!)
-        list+="${list:+,}127.0.0.1:$port"
+        LIST+="${LIST:+,}127.0.0.1:$port"
     done
-    for port in ${list//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 >&2; done
-    echo "$list"
+    for port in ${LIST//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 >&2; done
 }
-MEMBERS=$(pushgateways)
+pushgateways
+MEMBERS=$LIST
 STANDBYS=""
 if [[ " ${SCENARIOS[*]} " == *"-replicated "* || " ${SCENARIOS[*]} " == *" baseline-proxy-mirror "* ]]; then
-    STANDBYS=$(pushgateways)
+    pushgateways
+    STANDBYS=$LIST
 fi
 
 for scen in "${SCENARIOS[@]}"; do
