@@ -159,22 +159,34 @@ static_resources:
                   # which the sharding filter's grouping key prevents.
                   hash_policy:
                   - header: {{ header_name: ":path" }}
-          http_filters:
+{mirror}          http_filters:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: pushgateways
+{clusters}"""
+)
+
+HASHED_CLUSTER = """\
+  - name: {name}
     type: STATIC
     lb_policy: RING_HASH
     connect_timeout: 2s
     per_connection_buffer_limit_bytes: 1048576
     load_assignment:
-      cluster_name: pushgateways
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
 {endpoints}"""
-)
+
+# Envoy's own cheapest copy of a push (baseline-proxy-mirror): the route mirrors every request to
+# a second cluster, the standbys, and answers the client without waiting for the copy's answer.
+# The mirror does not apply the route's hash policy: each copy goes to a standby at random, so a
+# group can be on several (see distinct-groups).
+MIRROR = """\
+                  request_mirror_policies:
+                  - cluster: standbys
+"""
 
 
 def cmd_render_baseline_redirect(a):
@@ -192,9 +204,17 @@ def cmd_render_baseline_redirect(a):
 
 def cmd_render_baseline_proxy(a):
     endpoint = "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n"
-    endpoints = "".join(endpoint.format(*m.rsplit(":", 1)) for m in a.members.split(","))
+
+    def cluster(name, members):
+        endpoints = "".join(endpoint.format(*m.rsplit(":", 1)) for m in members.split(","))
+        return HASHED_CLUSTER.format(name=name, endpoints=endpoints)
+
+    clusters = cluster("pushgateways", a.members)
+    if a.mirror:
+        clusters += cluster("standbys", a.mirror)
     text = BASELINE_PROXY.format(
-        admin=a.admin, port=a.port, prefix="baseline_proxy", endpoints=endpoints
+        admin=a.admin, port=a.port, prefix="baseline_proxy", clusters=clusters,
+        mirror=MIRROR if a.mirror else "",
     )
     with open(a.out, "w") as f:
         f.write(text)
@@ -328,6 +348,31 @@ def cmd_put_slots(a):
         die(f"PUT {a.url}: {r.status} {text[:300]!r}")
 
 
+def group_names(member):
+    """The grouping labels of every group a pushgateway holds, each as one hashable value."""
+    with urllib.request.urlopen(f"http://{member}/api/v1/metrics", timeout=120) as r:
+        data = json.load(r).get("data") or []
+    return {tuple(sorted(g.get("labels", {}).items())) for g in data}
+
+
+def cmd_distinct_groups(a):
+    """How many distinct groups some pushgateways hold between them (baseline-proxy-mirror's
+    standbys: the mirror picks one at random per push, so a group can be on several). Waits up to
+    `timeout` for `want` (the mirror's copies are sent after the client's answer), then prints
+    the count; fewer than `want` fails."""
+    deadline = time.monotonic() + a.timeout
+    while True:
+        names = set()
+        for m in a.members.split(","):
+            names |= group_names(m)
+        if len(names) >= a.want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if len(names) < a.want:
+        die(f"the pushgateways {a.members} hold {len(names)} distinct groups, expected {a.want}")
+    print(len(names))
+
+
 def cmd_groups(a):
     """Group count per pushgateway: each of the 10,000 paths is one group and must exist on
     exactly one pushgateway, so the sum tells whether every push landed once."""
@@ -390,6 +435,7 @@ def cmd_meta(a):
         "redirect_members": a.members,
         "groups": a.groups,
         "body_bytes": a.body_bytes,
+        "rate": a.rate,
         "wrk": {
             "threads": a.threads,
             "connections": a.connections,
@@ -491,12 +537,20 @@ def cmd_record(a):
     if a.groups:
         r["groups_per_pushgateway"] = json.loads(a.groups)
         r["copies"] = a.copies
+    if a.standby_groups is not None:
+        r["standby_groups_distinct"] = a.standby_groups
+    r["rate"] = a.rate
     if "wasmcustom.dynamic_sharding.replications_total" in after["stats"]:
         r["replications"] = delta("wasmcustom.dynamic_sharding.replications_total")
         r["replication_failures"] = delta("wasmcustom.dynamic_sharding.replication_failures_total")
     with open(a.out, "a") as f:
         f.write(json.dumps(r) + "\n")
     # run.sh fails the run on this, after the record is written (so the JSON shows what came).
+    if a.rate and r["rps"] < 0.98 * a.rate:
+        die(
+            f"{a.scenario}: {r['rps']:.0f} req/s achieved, short of the {a.rate} req/s asked "
+            "(BENCH_RATE): this scenario cannot sustain that rate here; lower it"
+        )
     bad = r["unexpected_status"]
     errs = sum(w["errors"][k] for k in ("connect", "read", "write"))
     if bad or errs:
@@ -552,6 +606,9 @@ def cmd_report(a):
         # What replication to a standby costs, per push (the goal is at most 1.6 in CPU).
         ("redirect-replicated", "redirect"),
         ("proxy-replicated", "proxy"),
+        # Envoy's own mirror: the least a copy of each push costs in Envoy (it is not waited for).
+        ("baseline-proxy-mirror", "baseline-proxy"),
+        ("proxy-replicated", "baseline-proxy-mirror"),
     )
     for scen, base in pairs:
         if scen in summary and base in summary:
@@ -585,6 +642,7 @@ def cmd_report(a):
         f"wrk: {m['wrk']['threads']} thread(s), {m['wrk']['connections']} connections, "
         f"{m['wrk']['duration_s']} s after {m['wrk']['warmup_s']} s warm-up, "
         f"{m['rounds']} round(s){' (medians)' if m['rounds'] > 1 else ''}; "
+        f"{'paced at ' + str(m['rate']) + ' req/s, ' if m.get('rate') else ''}"
         f"PUT of {m['body_bytes']} B to {m['groups']:,} groups, {m['redirect_members']} members in redirect "
         f"scenarios; pushgateway consistency check "
         f"{'on' if m['pushgateway_consistency_check'] else 'off'}"
@@ -634,6 +692,10 @@ def cmd_report(a):
             want = (m["groups"] + 1) * r.get("copies", 1)
             verdict = {True: "every group once", False: f"expected {want}"}[sum(g) == want]
             notes.append(f"{s}: groups per pushgateway {g} (sum {sum(g)}: {verdict})")
+        if "standby_groups_distinct" in r:
+            d, want = r["standby_groups_distinct"], sum(r.get("groups_per_pushgateway", []))
+            verdict = "every group of the actives" if d == want else f"expected {want}"
+            notes.append(f"{s}: the standbys hold {d} distinct groups between them ({verdict})")
         if r.get("replication_failures"):
             notes.append(
                 f"{s}: {r['replication_failures']} of {r['replications']} replications failed: "
@@ -760,7 +822,8 @@ def cmd_instruction_ratios(a):
         ipr = {r["scenario"]: r["instructions_per_request"] for r in map(json.loads, f) if r}
     pairs = (("redirect", "floor-redirect"), ("floor-redirect", "baseline-redirect"),
              ("redirect", "baseline-redirect"), ("proxy", "baseline-proxy"),
-             ("redirect-replicated", "redirect"), ("proxy-replicated", "proxy"))
+             ("redirect-replicated", "redirect"), ("proxy-replicated", "proxy"),
+             ("baseline-proxy-mirror", "baseline-proxy"), ("proxy-replicated", "baseline-proxy-mirror"))
     for scen, base in pairs:
         if scen in ipr and base in ipr:
             print(f"{scen}/{base}: instructions per request x{ipr[scen] / ipr[base]:.3f} "
@@ -1038,6 +1101,7 @@ def main():
     s.add_argument("--port", required=True)
     s.add_argument("--admin", required=True)
     s.add_argument("--members", required=True)
+    s.add_argument("--mirror", help="host:port,... of standbys every request is mirrored to")
     s.set_defaults(f=cmd_render_baseline_proxy)
 
     s = sub.add_parser("wait-http")
@@ -1062,6 +1126,12 @@ def main():
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     s.set_defaults(f=cmd_wrk)
 
+    s = sub.add_parser("distinct-groups")
+    s.add_argument("--members", required=True)
+    s.add_argument("--want", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=10)
+    s.set_defaults(f=cmd_distinct_groups)
+
     s = sub.add_parser("groups")
     s.add_argument("--members", required=True)
     s.set_defaults(f=cmd_groups)
@@ -1082,13 +1152,15 @@ def main():
     s.add_argument("--cluster")
     s.add_argument("--groups")
     s.add_argument("--copies", type=int, default=1, help="copies of each group among the pushgateways")
+    s.add_argument("--standby-groups", type=int, help="distinct groups on the mirror's standbys")
+    s.add_argument("--rate", type=int, default=0, help="requests/s asked (BENCH_RATE; 0: not paced)")
     s.set_defaults(f=cmd_record)
 
     s = sub.add_parser("meta")
     for name in ("out", "root", "envoy", "wrk", "wasm"):
         s.add_argument(f"--{name}", required=True)
     numbers = ("concurrency", "threads", "connections", "duration", "warmup", "rounds", "pushgateway-check",
-               "members", "groups", "body-bytes")
+               "members", "groups", "body-bytes", "rate")
     for name in numbers:
         s.add_argument(f"--{name}", type=int, required=True)
     s.set_defaults(f=cmd_meta)

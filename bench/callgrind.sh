@@ -3,6 +3,8 @@
 # bench/run.sh's CPU time on a shared machine (bench/README.md, "Profile").
 #
 #   bench/callgrind.sh [scenario...]     (default: redirect floor-redirect baseline-redirect proxy baseline-proxy)
+#   bench/callgrind.sh redirect redirect-replicated proxy proxy-replicated baseline-proxy baseline-proxy-mirror
+#                                        (what a standby costs, against Envoy's own mirror)
 #
 # Scenarios as in bench/run.sh (floor-redirect: bench/floor.sh builds it). Envoy runs under
 # `valgrind --tool=callgrind` with one worker; after 3,000 uncounted requests (the wasm code is
@@ -45,21 +47,27 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Three pushgateways for the proxy scenarios (redirect never connects to its members), and three
-# more as their standbys for the replicated ones.
+# more as their standbys for the replicated ones and baseline-proxy-mirror; sets LIST
+# (host:port,...). Not called in $(...): the PIDs must reach this shell's PIDS, or the cleanup
+# never stops them.
 pushgateways() {
-    local port list=""
+    local port
+    LIST=""
     for port in $("${HELPER[@]}" ports 3); do
         "$PUSHGATEWAY" "--web.listen-address=127.0.0.1:$port" --persistence.file= \
             --push.disable-consistency-check >"$WORK/pg-$port.log" 2>&1 </dev/null &
         PIDS+=($!)
-        list+="${list:+,}127.0.0.1:$port"
+        LIST+="${LIST:+,}127.0.0.1:$port"
     done
-    for port in ${list//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 >&2; done
-    echo "$list"
+    for port in ${LIST//,/ }; do "${HELPER[@]}" wait-http GET "http://$port/-/ready" 200 >&2; done
 }
-MEMBERS=$(pushgateways)
+pushgateways
+MEMBERS=$LIST
 STANDBYS=""
-if [[ " ${SCENARIOS[*]} " == *"-replicated "* ]]; then STANDBYS=$(pushgateways); fi
+if [[ " ${SCENARIOS[*]} " == *"-replicated "* || " ${SCENARIOS[*]} " == *" baseline-proxy-mirror "* ]]; then
+    pushgateways
+    STANDBYS=$LIST
+fi
 
 for scen in "${SCENARIOS[@]}"; do
     read -r redirect proxy control admin < <("${HELPER[@]}" ports 4)
@@ -82,6 +90,11 @@ for scen in "${SCENARIOS[@]}"; do
         baseline-proxy)
             "${HELPER[@]}" render-baseline-proxy --out "$WORK/$scen.yaml" --port "$port" --admin "$admin" \
                 --members "$MEMBERS"
+            status=202
+            ;;
+        baseline-proxy-mirror)
+            "${HELPER[@]}" render-baseline-proxy --out "$WORK/$scen.yaml" --port "$port" --admin "$admin" \
+                --members "$MEMBERS" --mirror "$STANDBYS"
             status=202
             ;;
         *) echo "bench/callgrind.sh: unknown scenario $scen" >&2; exit 2 ;;

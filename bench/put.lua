@@ -2,7 +2,13 @@
 -- distinct groups /metrics/job/bench_<n> (by default 10,000), cycling, over keep-alive connections
 -- (wrk's HTTP/1.1 default).
 --
---   wrk -t1 -c16 -d10s -s bench/put.lua http://127.0.0.1:PORT -- <expected status> [groups] [body bytes]
+--   wrk -t1 -c16 -d10s -s bench/put.lua http://127.0.0.1:PORT -- <expected status> [groups] [body bytes] [rate]
+--
+-- With a rate (requests per second of each wrk thread; 0 or absent: none) the requests are paced
+-- on a fixed schedule instead of sent as soon as a connection is free: each one takes the next
+-- free slot of the schedule and waits for it (wrk's delay()), so the rate does not depend on how
+-- fast the server answers as long as a connection is free when a slot comes. A server that cannot
+-- keep up falls behind the schedule, and the run achieves less than the rate: run.sh checks it.
 --
 -- wrk itself only reports statuses >= 400 ("Non-2xx or 3xx responses"), so a redirect listener
 -- that answered 200, 404 or 503 would look healthy. Every response is checked here against the
@@ -26,9 +32,37 @@ end
 local requests = {}
 local next_index
 local expected
+-- Pacing: seconds between two requests of this thread (nil: not paced), and the next free slot.
+local interval
+local next_slot
+-- How far behind the schedule a thread may be and still catch up (a stall of the server, or of
+-- wrk itself on a busy machine): beyond that, the missed slots are dropped and the run falls
+-- short of the rate.
+local CATCH_UP_S = 1.0
+-- Lua has no wall clock finer than a second: pacing reads CLOCK_MONOTONIC through LuaJIT's ffi
+-- (wrk is built on LuaJIT), set up only when paced.
+local ffi, now_ts
+local CLOCK_MONOTONIC = 1
+
+local function now_s()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, now_ts)
+  return tonumber(now_ts.tv_sec) + tonumber(now_ts.tv_nsec) * 1e-9
+end
+
 -- Globals, not locals: done() reads them with thread:get().
 unexpected = 0
 statuses = {}
+
+-- The milliseconds to wait before the next request: until the next free slot of the schedule.
+local function paced_delay()
+  local now = now_s()
+  if next_slot == nil or next_slot < now - CATCH_UP_S then
+    next_slot = now
+  end
+  local wait_ms = (next_slot - now) * 1000
+  next_slot = next_slot + interval
+  return wait_ms > 0 and wait_ms or 0
+end
 
 function init(args)
   expected = tonumber(args[1])
@@ -37,6 +71,19 @@ function init(args)
   end
   GROUPS = tonumber(args[2] or GROUPS)
   local size = tonumber(args[3] or #BODY)
+  local rate = tonumber(args[4] or 0)
+  if rate > 0 then
+    interval = 1.0 / rate
+    ffi = require("ffi")
+    ffi.cdef [[
+      typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+      int clock_gettime(int clock, bench_timespec *t);
+    ]]
+    now_ts = ffi.new("bench_timespec")
+    -- wrk paces only a script that has a global delay() once init() ran (checked in thread 1's
+    -- state; every thread is given the same arguments).
+    delay = paced_delay
+  end
   if size > #BODY then
     -- Still valid text format: the sample, then one comment line as long as needed.
     BODY = BODY .. "#" .. string.rep("x", size - #BODY - 2) .. "\n"

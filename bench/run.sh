@@ -15,6 +15,8 @@
 #   proxy                    shipped envoy/envoy.yaml, proxy listener, three real pushgateways; every answer
 #                            202 (pushgateway's answer without its consistency check; 200 with it)
 #   baseline-proxy           Envoy alone: RING_HASH on :path to three such pushgateways; same answers
+#   baseline-proxy-mirror    baseline-proxy with Envoy's request mirroring to three more pushgateways
+#                            (the standbys): Envoy's own cheapest copy of a push, not waited for
 #   redirect-replicated      redirect, each of the three members with a real pushgateway as its
 #                            standby: every push is also sent to the standby before its 307
 #   proxy-replicated         proxy, each of the three pushgateways with another as its standby
@@ -25,7 +27,9 @@
 # run with --push.disable-consistency-check; 1: with their default check, see bench/README.md),
 # BENCH_MEMBERS (3: members of the redirect scenario's ring; redirect never connects to them),
 # BENCH_GROUPS (10000 distinct groups pushed, cycling), BENCH_BODY_BYTES (4),
-# BENCH_PERF (a directory: Envoy is sampled with perf record during each measured run).
+# BENCH_PERF (a directory: Envoy is sampled with perf record during each measured run),
+# BENCH_RATE (requests/s in all; 0, the default: as fast as answers come): the measured run is
+# paced at this rate (the warm-up is not) and fails if a scenario achieves less than 98 % of it.
 # Binaries: ENVOY_BIN, PUSHGATEWAY_BIN, WRK_BIN, else .deps/bin/<name>; BENCH_FLOOR_WASM (else
 # bench/floor.sh builds the floor).
 #
@@ -37,7 +41,7 @@ BENCH=$ROOT/bench
 HELPER=(python3 "$BENCH/bench.py")
 
 SCENARIO_NAMES=(redirect floor-redirect baseline-redirect baseline-redirect-close proxy baseline-proxy
-    redirect-replicated proxy-replicated)
+    redirect-replicated proxy-replicated baseline-proxy-mirror)
 DEFAULT_SCENARIOS=("${SCENARIO_NAMES[@]}")
 
 say() { printf '==> %s\n' "$*"; }
@@ -77,6 +81,8 @@ CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
 MEMBER_COUNT=${BENCH_MEMBERS:-3}
 GROUP_COUNT=${BENCH_GROUPS:-10000}
 BODY_BYTES=${BENCH_BODY_BYTES:-4}
+RATE=${BENCH_RATE:-0}
+[[ $RATE =~ ^[0-9]+$ ]] || die "BENCH_RATE must be a whole number of requests/s (0: not paced), got '$RATE'"
 # Pushgateway 1.5.1 checks every push against all the groups it holds (an O(groups) gather):
 # about 200 pushes/s with 1,000 groups on this machine, so with the check on both proxy scenarios
 # measure the pushgateways, not Envoy. Off by default so the proxy path itself is compared.
@@ -94,6 +100,8 @@ for v in DURATION WARMUP CONNECTIONS THREADS ROUNDS CONCURRENCY MEMBER_COUNT GRO
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_${v/CONCURRENCY/ENVOY_CONCURRENCY} (or the matching BENCH_ setting) must be a positive whole number, got '${!v}'"
 done
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS ($CONNECTIONS) must be >= BENCH_THREADS ($THREADS)"
+# put.lua paces each wrk thread; the threads share the rate.
+THREAD_RATE=$(python3 -c "print($RATE / $THREADS)")
 
 ENVOY=${ENVOY_BIN:-$ROOT/.deps/bin/envoy}
 PUSHGATEWAY=${PUSHGATEWAY_BIN:-$ROOT/.deps/bin/pushgateway}
@@ -154,14 +162,15 @@ start_pushgateways() {
     done
 }
 
-# wrk_run NAME URL STATUS SECONDS: one wrk run with put.lua; its output is $WORK/NAME.txt.
+# wrk_run NAME URL STATUS SECONDS [RATE]: one wrk run with put.lua (RATE: requests/s of each wrk
+# thread, paced); its output is $WORK/NAME.txt.
 wrk_run() {
-    local name=$1 url=$2 status=$3 seconds=$4 pid
+    local name=$1 url=$2 status=$3 seconds=$4 rate=${5:-0} pid
     # In the background and waited for, so Ctrl-C reaches the trap at once; the helper stops wrk
     # when it is stopped, and adds wrk's own CPU time to the output.
     "${HELPER[@]}" wrk --out "$WORK/$name.txt" -- \
         "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "${seconds}s" -s "$BENCH/put.lua" "$url" -- "$status" \
-        "$GROUP_COUNT" "$BODY_BYTES" \
+        "$GROUP_COUNT" "$BODY_BYTES" "$rate" \
         </dev/null &
     pid=$!
     PIDS+=("$pid")
@@ -177,11 +186,13 @@ wrk_run() {
 # record to $WORK/records.jsonl. Uses ENVOY_PID, ADMIN, PG_PIDS, MEMBERS.
 measure() {
     local scen=$1 url=$2 status=$3 prefix=$4 cluster=$5 tag="$1-r$ROUND" backends=() groups=() p
+    local standby_groups=() counts=""
     for p in "${PG_PIDS[@]}"; do backends+=(--backend-pid "$p"); done
     say "$scen (round $ROUND/$ROUNDS): warm-up ${WARMUP}s, then ${DURATION}s of PUTs to $url"
     # The warm-up pushes every one of the 10,000 groups at least once (at the rates seen here)
     # and warms Envoy's upstream connection pools, so both proxy scenarios are measured with
     # full pushgateways, whatever their speed. The report shows the group counts to check it.
+    # Not paced, for that reason.
     wrk_run "$tag-warmup" "$url" "$status" "$WARMUP"
     "${HELPER[@]}" snapshot --out "$WORK/$tag-before.json" --envoy-pid "$ENVOY_PID" \
         --admin "$ADMIN" "${backends[@]}"
@@ -194,7 +205,7 @@ measure() {
         perf_pid=$!
         PIDS+=("$perf_pid")
     fi
-    wrk_run "$tag" "$url" "$status" "$DURATION"
+    wrk_run "$tag" "$url" "$status" "$DURATION" "$THREAD_RATE"
     if [ -n "$perf_pid" ]; then
         wait "$perf_pid" || true
         stop "$perf_pid"
@@ -203,13 +214,20 @@ measure() {
         --admin "$ADMIN" "${backends[@]}"
     kill -0 "$ENVOY_PID" 2>/dev/null || die "Envoy exited during $scen"
     if [ -n "$cluster" ]; then
-        groups=(--cluster "$cluster" --groups "$("${HELPER[@]}" groups --members "$MEMBERS")")
+        counts=$("${HELPER[@]}" groups --members "$MEMBERS")
+        groups=(--cluster "$cluster" --groups "$counts")
+    fi
+    if [ -n "${STANDBY_MEMBERS:-}" ]; then
+        # Every group on the actives (each on one) must be on a standby too. The mirror's copies
+        # are sent after the client's answer: the last ones get a moment.
+        standby_groups=(--standby-groups "$("${HELPER[@]}" distinct-groups --members "$STANDBY_MEMBERS" \
+            --want "$(python3 -c 'import json, sys; print(sum(json.loads(sys.argv[1])))' "$counts")")")
     fi
     "${HELPER[@]}" record --scenario "$scen" --round "$ROUND" --url "$url" --status "$status" \
-        --connections "$CONNECTIONS" --prefix "$prefix" --copies "${COPIES:-1}" \
+        --connections "$CONNECTIONS" --prefix "$prefix" --copies "${COPIES:-1}" --rate "$RATE" \
         --wrk "$WORK/$tag.txt" --warmup "$WORK/$tag-warmup.txt" \
         --before "$WORK/$tag-before.json" --after "$WORK/$tag-after.json" \
-        --out "$WORK/records.jsonl" "${groups[@]}" ||
+        --out "$WORK/records.jsonl" "${groups[@]}" "${standby_groups[@]}" ||
         {
             sed -n '1,20p' "$WORK/$tag.txt" >&2
             die "$scen failed (bench/results/ is not updated)"
@@ -280,15 +298,31 @@ scenario_proxy() {
     stop "$ENVOY_PID" "${PG_PIDS[@]}"
 }
 
+# baseline_proxy SCENARIO: baseline-proxy, or baseline-proxy-mirror (three more pushgateways as
+# standbys, each push mirrored to one of them).
 baseline_proxy() {
-    local port
-    start_pushgateways baseline-proxy
+    local scen=$1 port actives active_pids mirror=()
+    start_pushgateways "$scen"
+    if [ "$scen" = baseline-proxy-mirror ]; then
+        actives=$MEMBERS
+        active_pids=("${PG_PIDS[@]}")
+        start_pushgateways "$scen-standby"
+        STANDBY_MEMBERS=$MEMBERS
+        mirror=(--mirror "$STANDBY_MEMBERS")
+        MEMBERS=$actives
+        PG_PIDS=("${active_pids[@]}" "${PG_PIDS[@]}")
+    fi
     read -r port ADMIN < <(ports 2)
-    "${HELPER[@]}" render-baseline-proxy --out "$WORK/baseline-proxy.yaml" --port "$port" \
-        --admin "$ADMIN" --members "$MEMBERS"
-    start_envoy envoy-baseline-proxy "$WORK/baseline-proxy.yaml" "$ADMIN"
+    "${HELPER[@]}" render-baseline-proxy --out "$WORK/$scen.yaml" --port "$port" \
+        --admin "$ADMIN" --members "$MEMBERS" "${mirror[@]}"
+    start_envoy "envoy-$scen" "$WORK/$scen.yaml" "$ADMIN"
     probe "http://127.0.0.1:$port" "$PUSH_STATUS"
-    measure baseline-proxy "http://127.0.0.1:$port" "$PUSH_STATUS" baseline_proxy pushgateways
+    if [ -n "${STANDBY_MEMBERS:-}" ]; then
+        # The mirror works: the probe's group reached a standby.
+        "${HELPER[@]}" distinct-groups --members "$STANDBY_MEMBERS" --want 1 >/dev/null
+    fi
+    measure "$scen" "http://127.0.0.1:$port" "$PUSH_STATUS" baseline_proxy pushgateways
+    STANDBY_MEMBERS=""
     stop "$ENVOY_PID" "${PG_PIDS[@]}"
 }
 
@@ -333,8 +367,10 @@ START=$(date +%s)
     --wasm "$WASM" --concurrency "$CONCURRENCY" --threads "$THREADS" --connections "$CONNECTIONS" \
     --duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" \
     --pushgateway-check "${BENCH_PUSHGATEWAY_CHECK:-0}" --members "$MEMBER_COUNT" \
-    --groups "$GROUP_COUNT" --body-bytes "$BODY_BYTES"
-say "scenarios: ${SCENARIOS[*]}; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s (+${WARMUP}s warm-up), $ROUNDS round(s); state in $WORK"
+    --groups "$GROUP_COUNT" --body-bytes "$BODY_BYTES" --rate "$RATE"
+PACE=""
+[ "$RATE" = 0 ] || PACE=" at $RATE req/s"
+say "scenarios: ${SCENARIOS[*]}; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s$PACE (+${WARMUP}s warm-up), $ROUNDS round(s); state in $WORK"
 
 for ROUND in $(seq "$ROUNDS"); do
     for scen in "${SCENARIOS[@]}"; do
@@ -342,7 +378,7 @@ for ROUND in $(seq "$ROUNDS"); do
             redirect) scenario_redirect ;;
             baseline-redirect | baseline-redirect-close | floor-redirect) baseline_redirect "$scen" ;;
             proxy) scenario_proxy ;;
-            baseline-proxy) baseline_proxy ;;
+            baseline-proxy | baseline-proxy-mirror) baseline_proxy "$scen" ;;
             redirect-replicated) scenario_replicated redirect ;;
             proxy-replicated) scenario_replicated proxy ;;
         esac
