@@ -11,6 +11,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import socket
 import statistics
 import sys
@@ -30,15 +31,27 @@ def die(msg):
 
 
 def cmd_ports(a):
-    # All sockets are held open until every port is chosen, so one call never returns a port
-    # twice. Another program can still take one before we bind it: the readiness probes then
-    # fail loudly instead of measuring the wrong server.
+    # Ports below the kernel's ephemeral range (32768 and up), where outgoing connections take
+    # theirs, so a busy client cannot take a server's port between its pick and its bind. All
+    # sockets are held open until every port is chosen, so one call never returns a port twice.
+    # Another program can still take one before we bind it: the readiness probes then fail
+    # loudly instead of measuring the wrong server.
+    first, span = 10_000, 22_000
+    start = random.randrange(span)
     socks = []
     try:
-        for _ in range(a.count):
+        for i in range(span):
+            if len(socks) == a.count:
+                break
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", first + (start + i * 7919) % span))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < a.count:
+            sys.exit(f"no {a.count} free ports between {first} and {first + span}")
         print(" ".join(str(s.getsockname()[1]) for s in socks))
     finally:
         for s in socks:
