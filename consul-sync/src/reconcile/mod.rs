@@ -23,7 +23,8 @@
 //!    (or newer, but too long ago to be a write on its way) is copied to it, what the active does
 //!    not hold is deleted from it ([`repair`]), by the same batched, re-checked copies and deletes
 //!    as steps 3 and 4. A draining slot is repaired too: as its active empties, so does its
-//!    standby.
+//!    standby. A slot the published list places elsewhere by then (a promotion during a stalled
+//!    round) waits for the next round.
 //! 6. Drain states, from what both addresses of each draining slot hold now.
 //!
 //! Nothing is written unless this consul-sync holds the lease ([`Leadership::may_act`]), asked
@@ -361,6 +362,25 @@ impl Reconciler {
         let mut remembered = HashMap::new();
         for slot in list.holders() {
             let p = list.placement(slot);
+            // A round that stalled (reading a frozen active) may end after a promotion: its
+            // placement would copy from the former active onto the promoted one. The round the
+            // new list starts repairs the slot.
+            if self.placement_changed(p) {
+                warn!(
+                    "slot {slot}: not repaired in this round, whose member list placed it at {p}: it has \
+                     changed since (a promotion); the next round repairs it"
+                );
+                self.metrics.repair_error("changed");
+                if let Some(standby) = p.standby {
+                    if let Some(copied) = memory.copied.remove(standby) {
+                        remembered.insert(standby.clone(), copied);
+                    }
+                }
+                if let Some(r) = memory.protection.get(slot) {
+                    status.insert(slot.clone(), r.clone());
+                }
+                continue;
+            }
             let in_sync = match p.standby {
                 Some(standby) => {
                     // The active may have changed in this round's deletes and moves: read it
@@ -406,6 +426,14 @@ impl Reconciler {
         }
         memory.copied = remembered;
         repairs
+    }
+
+    /// True when the published member list no longer places `p`'s slot at `p`'s addresses.
+    fn placement_changed(&self, p: Placement<'_>) -> bool {
+        self.published.borrow().as_ref().is_some_and(|now| {
+            let q = now.placement(p.slot);
+            q.active != p.active || q.standby != p.standby
+        })
     }
 
     /// Counts and logs the deletes and moves the clocks could reverse.
