@@ -2,7 +2,8 @@
 //! through the filter) Envoy: a standby that was down comes back and is repaired within one
 //! reconcile interval; a copy on another slot's active is a duplicate, the standby's is not; a
 //! draining slot empties both its addresses; pushes through Envoy while a repair runs are never
-//! lost or overwritten with older data.
+//! lost or overwritten with older data; a late stale write on the standby is replaced once, and
+//! the repair's own copy is left alone after.
 //!
 //! Each test runs the reconciler in-process on the member list (with slots) a watcher would
 //! publish, as `reconcile.rs` does for the lease, so it sets the slots exactly; `standbys.rs`
@@ -428,5 +429,52 @@ fn a_former_active_returning_as_the_standby_ends_holding_the_actives_groups() {
         "the active (served at another address than the slot's name) is never written"
     );
     r.wait_rounds(1.0);
+    assert!(r.slot(&slot).unwrap().in_sync);
+}
+
+#[test]
+fn a_late_stale_write_on_the_standby_is_replaced_once_and_the_copy_left_alone() {
+    let dir = TestDir::new("repair-late-write");
+    let consul = Consul::start(&dir);
+    let (active, standby) = (Pushgateway::start(&dir), Pushgateway::start(&dir));
+    push_both(&standby, &active, "late", 2.0);
+    push_both(&standby, &active, "same", 2.0);
+    // A write the standby applies late (a former active woken from a freeze): an older value,
+    // stamped after the active's last push.
+    std::thread::sleep(Duration::from_millis(1500));
+    push(&standby, "late", 1.0);
+    let late = held(&standby)[&group("late")].clone();
+    let on_active = held(&active);
+    assert!(late.push > on_active[&group("late")].push + 1.0, "{late:?}");
+
+    let slot = active.addr();
+    let r = reconcile(
+        &consul,
+        "reconcile_interval: 1s\n",
+        list(&[&slot], &[], &[(&slot, &slot, Some(&standby.addr()))]),
+    );
+    let started = r.rounds();
+    wait_until(
+        "the standby holds the active's value again",
+        Duration::from_secs(30),
+        || (held(&standby)[&group("late")].value == Some(2.0)).then_some(()),
+    );
+    // Left alone for GRACE (3 s) after its stamp, as a write that may be on its way: at most the
+    // rounds of that, and one more.
+    let took = r.rounds() - started;
+    assert!(took <= 6.0, "replaced {took} rounds after the reconciler started");
+    assert_eq!(r.metric("consul_sync_repaired_groups_total"), 1.0);
+    let same = held(&standby)[&group("same")].clone();
+    // The copy is stamped at its own time, newer than the active's: it is known for the copy.
+    r.wait_rounds(5.0);
+    assert_eq!(
+        r.metric("consul_sync_repaired_groups_total"),
+        1.0,
+        "the repair's own copy was copied again"
+    );
+    let s = held(&standby);
+    assert_eq!(s[&group("late")].value, Some(2.0));
+    assert_eq!(s[&group("same")], same, "the same push on both is never copied");
+    assert_eq!(held(&active), on_active, "the active was written to");
     assert!(r.slot(&slot).unwrap().in_sync);
 }

@@ -20,9 +20,11 @@
 //!    unchanged (a client's `DELETE` is never undone). A group whose last push failed is copied
 //!    with its failure recorded on the owner as well. The source's copy is deleted after.
 //! 5. Repair, for each slot with a standby: what the standby lacks or holds older than the active
-//!    is copied to it, what the active does not hold is deleted from it ([`repair`]), by the
-//!    same batched, re-checked copies and deletes as steps 3 and 4. A draining slot is repaired
-//!    too: as its active empties, so does its standby.
+//!    (or newer, but too long ago to be a write on its way) is copied to it, what the active does
+//!    not hold is deleted from it ([`repair`]), by the same batched, re-checked copies and deletes
+//!    as steps 3 and 4. A draining slot is repaired too: as its active empties, so does its
+//!    standby. A slot the published list places elsewhere by then (a promotion during a stalled
+//!    round) waits for the next round.
 //! 6. Drain states, from what both addresses of each draining slot hold now.
 //!
 //! Nothing is written unless this consul-sync holds the lease ([`Leadership::may_act`]), asked
@@ -56,7 +58,7 @@ use dynamic_sharding::members::{Member, MemberList, Placement};
 use exposition::{ApiGroup, Stamps};
 use plan::{plan, split_standbys, still_valid, Delete, Holdings, Move, MoveKind, Owners, RoundPlan};
 use pushgateway::PushgatewayClient;
-use repair::plan_repair;
+use repair::{plan_repair, Copied, GRACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -131,7 +133,7 @@ struct RoundReport {
     /// Pushgateways a group was copied to this round.
     written: BTreeSet<Member>,
     /// The copies made to standbys.
-    copied: Vec<Copied>,
+    copied: Vec<CopyMade>,
     /// Groups each pushgateway read holds that no push path can name (left alone, but held).
     unnamed: BTreeMap<Member, usize>,
     /// The longest time between a read and a write checked against it.
@@ -153,14 +155,12 @@ impl RoundReport {
     }
 }
 
-/// A group copied to a standby: the stamps of the active's copy it was made from, and when the
-/// copy ended (Unix seconds).
+/// A group copied to a standby.
 #[derive(Debug)]
-struct Copied {
+struct CopyMade {
     standby: Member,
     key: GroupingKey,
-    from: Stamps,
-    done: f64,
+    copy: Copied,
 }
 
 /// What the reconciler keeps from one round to the next.
@@ -171,8 +171,9 @@ struct Memory {
     last_duplicated: HashSet<GroupingKey>,
     /// Each slot with a standby: since when it differs from its active.
     protection: BTreeMap<Member, SlotRepair>,
-    /// The copies the last round made to each standby, by standby.
-    copied: HashMap<Member, HashMap<GroupingKey, (Stamps, f64)>>,
+    /// The repair's copies to each standby, by standby, until the active's copy changes
+    /// ([`repair`]).
+    copied: HashMap<Member, HashMap<GroupingKey, Copied>>,
 }
 
 /// What a round's concurrent steps share: the client with the round's credentials, the clocks
@@ -356,17 +357,39 @@ impl Reconciler {
     ) -> RoundReport {
         let mut repairs = RoundReport::default();
         let mut status = BTreeMap::new();
+        // Only for the slots' standbys of this round: a slot no longer configured, or whose
+        // standby is out of the list, is forgotten.
+        let mut remembered = HashMap::new();
         for slot in list.holders() {
             let p = list.placement(slot);
+            // A round that stalled (reading a frozen active) may end after a promotion: its
+            // placement would copy from the former active onto the promoted one. The round the
+            // new list starts repairs the slot.
+            if self.placement_changed(p) {
+                warn!(
+                    "slot {slot}: not repaired in this round, whose member list placed it at {p}: it has \
+                     changed since (a promotion); the next round repairs it"
+                );
+                self.metrics.repair_error("changed");
+                if let Some(standby) = p.standby {
+                    if let Some(copied) = memory.copied.remove(standby) {
+                        remembered.insert(standby.clone(), copied);
+                    }
+                }
+                if let Some(r) = memory.protection.get(slot) {
+                    status.insert(slot.clone(), r.clone());
+                }
+                continue;
+            }
             let in_sync = match p.standby {
                 Some(standby) => {
                     // The active may have changed in this round's deletes and moves: read it
                     // again then.
                     let again = report.touched.contains(p.active) || report.written.contains(p.active);
-                    let recent = memory.copied.get(standby).cloned().unwrap_or_default();
-                    hands
-                        .repair(p, standby, reads, &recent, again, &mut repairs)
-                        .await
+                    let copied = memory.copied.remove(standby).unwrap_or_default();
+                    let (in_sync, kept) = hands.repair(p, standby, reads, copied, again, &mut repairs).await;
+                    remembered.insert(standby.clone(), kept);
+                    in_sync
                 }
                 None if configured.contains_key(slot) => false,
                 None => continue,
@@ -398,15 +421,19 @@ impl Reconciler {
             p.clone_from(&status);
         }
         memory.protection = status;
-        memory.copied.clear();
         for c in std::mem::take(&mut repairs.copied) {
-            memory
-                .copied
-                .entry(c.standby)
-                .or_default()
-                .insert(c.key, (c.from, c.done));
+            remembered.entry(c.standby).or_default().insert(c.key, c.copy);
         }
+        memory.copied = remembered;
         repairs
+    }
+
+    /// True when the published member list no longer places `p`'s slot at `p`'s addresses.
+    fn placement_changed(&self, p: Placement<'_>) -> bool {
+        self.published.borrow().as_ref().is_some_and(|now| {
+            let q = now.placement(p.slot);
+            q.active != p.active || q.standby != p.standby
+        })
     }
 
     /// Counts and logs the deletes and moves the clocks could reverse.
@@ -614,17 +641,18 @@ impl Hands {
     }
 
     /// Repairs a slot's `standby` from its active, from this round's reads of both, the active
-    /// read `again` first; true when the standby holds what the active holds, as far as this
-    /// round can tell.
+    /// read `again` first, with the repair's `copied` to it remembered; true when the standby
+    /// holds what the active holds, as far as this round can tell, and the remembered copies
+    /// still to remember (this round's are added by the caller).
     async fn repair(
         &self,
         p: Placement<'_>,
         standby: &Member,
         reads: &Reads,
-        recent: &HashMap<GroupingKey, (Stamps, f64)>,
+        copied: HashMap<GroupingKey, Copied>,
         again: bool,
         report: &mut RoundReport,
-    ) -> bool {
+    ) -> (bool, HashMap<GroupingKey, Copied>) {
         let (slot, active) = (p.slot, p.active);
         let reread;
         let (on_active, active_read_at) = if again {
@@ -640,19 +668,20 @@ impl Hands {
                 "slot {slot}: its standby {standby} is not repaired this round: it or the active {active} could \
                  not be read"
             );
-            return false;
+            return (false, copied);
         };
-        let plan = plan_repair(
+        let mut plan = plan_repair(
             active,
             standby,
             on_active,
             on_standby,
-            recent,
+            &copied,
             active_read_at,
             &self.clocks(),
         );
+        let remembered = std::mem::take(&mut plan.remembered);
         if plan.differences == 0 {
-            return true;
+            return (true, remembered);
         }
         if plan.clock_refusals > 0 {
             self.metrics
@@ -666,8 +695,11 @@ impl Hands {
             );
         }
         info!(
-            "slot {slot}: repairing the standby {standby} from the active {active}: {} groups to copy, {} to delete",
+            "slot {slot}: repairing the standby {standby} from the active {active}: {} groups to copy ({} over a \
+             standby copy newer than the active's, stamped more than {GRACE} s before the active was read), {} to \
+             delete",
             plan.copies.len(),
+            plan.replaced,
             plan.deletes.len()
         );
         let mut r = RoundReport::default();
@@ -675,7 +707,7 @@ impl Hands {
         self.delete_checked(plan.deletes, &mut r).await;
         let done = r.failed + r.skipped + r.not_acting == 0 && plan.clock_refusals == 0;
         report.add(r);
-        done
+        (done, remembered)
     }
 
     /// Reads the keepers, then deletes from each holder what is still as planned.
@@ -859,7 +891,7 @@ impl Hands {
                                 self.metrics.reconcile_clock_refusals.inc();
                             }
                             (_, MoveKind::Drain) => self.metrics.drain_skipped_moves(reason, 1),
-                            (_, MoveKind::Repair | MoveKind::Recopy) => {}
+                            (_, MoveKind::Repair | MoveKind::Recopy | MoveKind::Replace) => {}
                         }
                         report.skipped += 1;
                     }
@@ -876,14 +908,15 @@ impl Hands {
                     go,
                     read_at,
                     |hands, (m, text, stamps): (Move, String, Stamps)| async move {
+                        let start = unix_now();
                         let r = hands.copy(&m, text, stamps).await;
-                        (m, stamps, r)
+                        (m, stamps, start, r)
                     },
                 )
                 .await;
             pending = rest.into_iter().map(|(m, _, _)| m).collect();
             while let Some(done) = tasks.join_next().await {
-                let Ok(((m, stamps, result), window)) = done else {
+                let Ok(((m, stamps, start, result), window)) = done else {
                     continue;
                 };
                 report.longest_window = report.longest_window.max(window);
@@ -905,11 +938,15 @@ impl Hands {
                         );
                         self.metrics.repaired_groups.inc();
                         report.repaired += 1;
-                        report.copied.push(Copied {
+                        report.copied.push(CopyMade {
                             standby: m.to.clone(),
                             key: m.key,
-                            from: stamps,
-                            done: unix_now(),
+                            copy: Copied {
+                                from: stamps,
+                                start,
+                                done: unix_now(),
+                                replaced: m.kind == MoveKind::Replace,
+                            },
                         });
                         report.written.insert(m.to);
                     }
@@ -950,7 +987,7 @@ impl Hands {
         for m in moves {
             match m.kind {
                 MoveKind::Drain => self.metrics.reconcile_error("move"),
-                MoveKind::Repair | MoveKind::Recopy => self.metrics.repair_error("copy"),
+                MoveKind::Repair | MoveKind::Recopy | MoveKind::Replace => self.metrics.repair_error("copy"),
             }
         }
     }
@@ -975,7 +1012,7 @@ impl Hands {
         }
         match m.kind {
             MoveKind::Drain => client.delete(&m.from, &m.key).await,
-            MoveKind::Repair | MoveKind::Recopy => Ok(()),
+            MoveKind::Repair | MoveKind::Recopy | MoveKind::Replace => Ok(()),
         }
     }
 
@@ -1047,6 +1084,14 @@ fn check_move(
         // The standby's stamp may be the last copy's: it cannot tell which content is newer.
         return MoveCheck::Go(group.to_text(), *now);
     }
+    if m.kind == MoveKind::Replace {
+        // Only over the copy it was planned against: a write since may be on its way.
+        return if there.is_some() && there.copied() == m.replaces {
+            MoveCheck::Go(group.to_text(), *now)
+        } else {
+            MoveCheck::Skip("newer")
+        };
+    }
     let Some(o) = there else {
         return MoveCheck::Go(group.to_text(), *now);
     };
@@ -1101,6 +1146,7 @@ mod tests {
             key: key.clone(),
             copy: stamps(10.0),
             kind: MoveKind::Drain,
+            replaces: None,
         };
         let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
         let fresh = |source: Option<f64>, owner: Option<f64>| {
@@ -1176,6 +1222,7 @@ mod tests {
                 key: key.clone(),
                 copy: stamps(10.0),
                 kind,
+                replaces: (kind == MoveKind::Replace).then(|| stamps(20.0)),
             };
             match check_move(&mv, f, &contents, &Clocks::default()) {
                 MoveCheck::Go(..) => "go",
@@ -1202,6 +1249,13 @@ mod tests {
             "the standby's newer stamp may be the raced copy's"
         );
         assert_eq!(reason(MoveKind::Recopy, &fresh(12.0, Some(11.9))), "newer");
+        assert_eq!(reason(MoveKind::Replace, &fresh(10.0, Some(20.0))), "go");
+        assert_eq!(
+            reason(MoveKind::Replace, &fresh(10.0, Some(20.5))),
+            "newer",
+            "written since the plan: it may be on its way to the active"
+        );
+        assert_eq!(reason(MoveKind::Replace, &fresh(10.0, None)), "newer");
     }
 
     #[test]
@@ -1217,6 +1271,7 @@ mod tests {
                 failure: 0.0,
             },
             kind: MoveKind::Drain,
+            replaces: None,
         };
         let contents = HashMap::from([(key.clone(), group("/metrics/job/j", 10.0, 0.0))]);
         let fresh = |owner: Stamps| {

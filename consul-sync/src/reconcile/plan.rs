@@ -83,6 +83,9 @@ pub struct Move {
     pub key: GroupingKey,
     pub copy: Stamps,
     pub kind: MoveKind,
+    /// For a [`MoveKind::Replace`], the destination's copy it replaces: the copy is made only if
+    /// that is still what the destination holds.
+    pub replaces: Option<Stamps>,
 }
 
 /// Why a group is copied, which decides what happens to the source's copy and how much older
@@ -97,6 +100,9 @@ pub enum MoveKind {
     /// A repair again, of a group pushed while its last repair copy was being made: that push may
     /// have reached the standby before the copy, which then overwrote it with the older content.
     Recopy,
+    /// A repair over a standby copy newer than the active's that is no write on its way to the
+    /// active: one stamped well before the active was read (a former active's late write).
+    Replace,
 }
 
 impl MoveKind {
@@ -192,6 +198,7 @@ pub fn plan(
                     key: key.clone(),
                     copy: kept,
                     kind: MoveKind::Drain,
+                    replaces: None,
                 }),
             }
         }
@@ -496,7 +503,8 @@ mod tests {
                 to: m("a2:1"),
                 key: g,
                 copy: pushed(5.0),
-                kind: MoveKind::Drain
+                kind: MoveKind::Drain,
+                replaces: None,
             }]
         );
         assert!(p.deletes.is_empty());
