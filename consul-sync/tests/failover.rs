@@ -600,7 +600,7 @@ struct Shown {
 /// waits (bounded) until it scrapes exactly the actives, then until every group is there once,
 /// with a value no older than its last acknowledged push, one its pusher sent it, and the push
 /// time of that push; panics with what differs.
-fn assert_in_prometheus(stack: &Stack, log: &[Push]) {
+fn assert_in_prometheus(stack: &Stack, log: &[Push], groups: usize) {
     let prometheus = stack.prometheus.as_ref().unwrap();
     let actives = sorted(stack.actives().iter().map(|i| stack.addr(*i)).collect());
     wait_until(
@@ -609,7 +609,7 @@ fn assert_in_prometheus(stack: &Stack, log: &[Push]) {
         || (prometheus.up_targets() == actives).then_some(()),
     );
     let by_value: BTreeMap<u64, &Push> = log.iter().map(|p| (p.value, p)).collect();
-    let last_acked = last_acked(log, GROUPS);
+    let last_acked = last_acked(log, groups);
     let mut problems = Vec::new();
     let shown = poll_for(Duration::from_secs(20), || {
         // One query, so that a group's value and push time come from one scrape.
@@ -649,7 +649,7 @@ fn assert_in_prometheus(stack: &Stack, log: &[Push]) {
                 },
             }
         }
-        if by_group.len() > GROUPS {
+        if by_group.len() > groups {
             problems.push(format!("{} groups in Prometheus", by_group.len()));
         }
         if problems.is_empty() {
@@ -659,7 +659,7 @@ fn assert_in_prometheus(stack: &Stack, log: &[Push]) {
         None
     });
     assert!(
-        shown == Some(GROUPS),
+        shown == Some(groups),
         "Prometheus: {} problems, first ones:\n{}",
         problems.len(),
         problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
@@ -757,7 +757,7 @@ fn kill_under_load(mode: Mode, again: bool) {
     }
     let log = pusher.stop();
     stack.assert_nothing_lost(&log, GROUPS, &deleted);
-    assert_in_prometheus(&stack, &log);
+    assert_in_prometheus(&stack, &log, GROUPS);
     let pushes = log.len();
     let failed = log.iter().filter(|p| !p.acked).count();
     for (n, failover) in failovers.iter().enumerate() {
@@ -808,7 +808,7 @@ fn a_killed_active_loses_no_group_in_redirect_mode() {
 #[test]
 fn a_frozen_active_and_a_stopped_standby_lose_nothing() {
     let _serial = common::serial();
-    let mut stack = Stack::start("failover-frozen", false);
+    let mut stack = Stack::start("failover-frozen", true);
     let (a, a2) = (stack.addr(0), stack.addr(1));
     let mut pusher = Pusher::start(Mode::Proxy, &stack.envoy, FROZEN_GROUPS, 1);
     pusher.wait_full_cycle("every group was pushed once", 0.0);
@@ -827,6 +827,15 @@ fn a_frozen_active_and_a_stopped_standby_lose_nothing() {
         assert!(
             !both.iter().all(|i| ids.contains(i)),
             "both addresses of slot a under the pushgateway service: {ids:?}"
+        );
+        let scraped = stack
+            .prometheus
+            .as_ref()
+            .map(|p| p.scraped_targets())
+            .unwrap_or_default();
+        assert!(
+            !(scraped.contains(&a) && scraped.contains(&a2)),
+            "Prometheus scrapes both addresses of slot a: {scraped:?}"
         );
         if let Some(slots) = stack.slots() {
             assert_eq!(slots.len(), 3, "{slots:?}");
@@ -879,6 +888,7 @@ fn a_frozen_active_and_a_stopped_standby_lose_nothing() {
         log.iter().filter(|p| !p.acked).count()
     );
     stack.assert_nothing_lost(&log, FROZEN_GROUPS, &[]);
+    assert_in_prometheus(&stack, &log, FROZEN_GROUPS);
     // The woken standby ends holding every group of its active with the active's value, the
     // writes Envoy had handed it while it was frozen (applied on waking, stamped then, newer than
     // the active's copies) included: the repair replaces those once they are older than its grace
@@ -968,4 +978,5 @@ fn a_frozen_active_and_a_stopped_standby_lose_nothing() {
     );
     eprintln!("standby back: repaired {:?} after its start", restarted.elapsed());
     stack.assert_nothing_lost(&log, FROZEN_GROUPS, &[]);
+    assert_in_prometheus(&stack, &log, FROZEN_GROUPS);
 }

@@ -147,8 +147,31 @@ impl Prometheus {
 
     /// The addresses of the pushgateways it scrapes and finds up.
     pub fn up_targets(&self) -> Vec<String> {
+        self.instances("up{job=\"pushgateway\"} == 1")
+    }
+
+    /// The addresses of the pushgateways among its active targets (`/api/v1/targets`), up or
+    /// not: what it scrapes now, as its discovery last told it; empty on any error.
+    pub fn scraped_targets(&self) -> Vec<String> {
+        let Ok((200, body)) = try_http_get(&format!("{}/api/v1/targets?state=active", self.url())) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let mut t: Vec<String> = v["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["labels"]["job"] == "pushgateway")
+            .filter_map(|t| t["labels"]["instance"].as_str().map(str::to_owned))
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// The sorted `instance` labels of what `promql` yields.
+    fn instances(&self, promql: &str) -> Vec<String> {
         let mut t: Vec<String> = self
-            .query("up{job=\"pushgateway\"} == 1")
+            .query(promql)
             .into_iter()
             .filter_map(|(l, _)| l.get("instance")?.as_str().map(str::to_owned))
             .collect();
