@@ -124,7 +124,9 @@ impl Consul {
             .args(["-dns-port", "-1", "-grpc-port", "-1"])
             .arg(format!("-http-port={}", ports.http))
             .arg(format!("-serf-lan-port={}", ports.serf_lan))
-            .arg("-log-level=info");
+            // Debug, so that a failed test's log shows each check's runs and results ("Check
+            // status updated"), not only their failures and the syncs of a changed status.
+            .arg("-log-level=debug");
         match options.join {
             None => {
                 cmd.arg("-server")
