@@ -259,14 +259,14 @@ case "${1:-build}" in
         elif [ "${1:-}" = reconcile ]; then
             # The reconciler alone: round time, CPU and memory at 10k and 100k groups.
             shift
-            cargo run --release --locked -q -p consul-sync --example reconcile_bench -- "$@"
+            cargo run --profile bench-tools --locked -q -p consul-sync --example reconcile_bench -- "$@"
         else
             bench/run.sh "$@"
-            say "the reconciler (cargo run --release -p consul-sync --example reconcile_bench)"
+            say "the reconciler (cargo run --profile bench-tools -p consul-sync --example reconcile_bench)"
             if [[ " $* " == *" --quick "* ]]; then
-                cargo run --release --locked -q -p consul-sync --example reconcile_bench -- 10000
+                cargo run --profile bench-tools --locked -q -p consul-sync --example reconcile_bench -- 10000
             else
-                cargo run --release --locked -q -p consul-sync --example reconcile_bench
+                cargo run --profile bench-tools --locked -q -p consul-sync --example reconcile_bench
             fi
         fi
         ;;

@@ -1,7 +1,7 @@
 //! Benchmark of the reconciler: round time, consul-sync CPU and memory with 10k and 100k groups
 //! over 4 real pushgateways, and what reading the groups costs both ways pushgateway offers.
 //!
-//!   cargo run --release -p consul-sync --example reconcile_bench [windows] [GROUPS...]   (default 10000 100000)
+//!   cargo run --profile bench-tools -p consul-sync --example reconcile_bench [windows] [GROUPS...]   (default 10000 100000)
 //!
 //! Run by `./build.sh bench` (and `./build.sh bench reconcile` alone). Needs `./build.sh` first
 //! (target/release/consul-sync) and `./build.sh deps` (Consul, pushgateway).
