@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 use testkit::demo::Demo;
 use testkit::envoy::run_python_clients;
@@ -48,15 +48,7 @@ fn demo_becomes_ready_and_sigterm_leaves_no_process_behind() {
 fn prometheus_sees_each_group_once_and_follows_a_failover() {
     let demo = Demo::start("demo-e2e", &[]);
     let base = format!("http://127.0.0.1:{}", demo.redirect_port);
-    let pushes: Vec<Value> = (0..200)
-        .map(|i| {
-            json!({"client": "requests", "base": base, "method": "PUT",
-                   "path": format!("/metrics/job/e2e/group/g{i}"), "body": format!("e2e_value {i}\n")})
-        })
-        .collect();
-    for r in run_python_clients(&pushes) {
-        assert_eq!(r["status"], 200, "{r}");
-    }
+    demo.push_groups("e2e", "e2e_value", 200);
     // Exactly one series per group, from the owner, with the pushed value.
     let series = wait_until(
         "Prometheus has scraped 200 groups",

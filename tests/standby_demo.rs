@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
 use testkit::demo::Demo;
-use testkit::envoy::run_python_clients;
 use testkit::{bin, wait_until, Proc};
 
 const GROUPS: usize = 30;
@@ -60,16 +58,7 @@ fn a_killed_active_loses_no_group_and_its_unprotected_slot_alerts_until_it_retur
         "demo-standbys",
         &[("DEMO_STANDBYS", "1"), ("DEMO_RECONCILE_INTERVAL", "2s")],
     );
-    let base = format!("http://127.0.0.1:{}", demo.redirect_port);
-    let pushes: Vec<Value> = (0..GROUPS)
-        .map(|i| {
-            json!({"client": "requests", "base": base, "method": "PUT",
-                   "path": format!("/metrics/job/standby/group/g{i}"), "body": format!("standby_value {i}\n")})
-        })
-        .collect();
-    for r in run_python_clients(&pushes) {
-        assert_eq!(r["status"], 200, "{r}");
-    }
+    demo.push_groups("standby", "standby_value", GROUPS);
     wait_until("Prometheus has every group once", Duration::from_secs(30), || {
         every_group_once(&demo, "").then_some(())
     });

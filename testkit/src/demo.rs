@@ -40,18 +40,8 @@ impl Demo {
             .env("DEMO_CONSUL_SERVER_PORT", free_port().to_string())
             .env("DEMO_CONSUL_SERF_LAN_PORT", free_port().to_string())
             .env("DEMO_CONSUL_SERF_WAN_PORT", free_port().to_string())
-            .env(
-                "DEMO_PUSHGATEWAY_PORTS",
-                pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
-            )
-            .env(
-                "DEMO_STANDBY_PORTS",
-                standby_ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            .env("DEMO_PUSHGATEWAY_PORTS", port_list(&pg_ports))
+            .env("DEMO_STANDBY_PORTS", port_list(&standby_ports))
             .env("DEMO_REDIRECT_PORT", redirect_port.to_string())
             .env("DEMO_PROXY_PORT", proxy_port.to_string())
             .env("DEMO_CONTROL_PORT", free_port().to_string())
@@ -59,14 +49,7 @@ impl Demo {
             .env("DEMO_CONSUL_SYNC_PORT", sync_port.to_string())
             .env("DEMO_PROMETHEUS_PORT", prometheus_port.to_string())
             .env("DEMO_VM_PORT", vm_port.to_string())
-            .env(
-                "DEMO_VMAGENT_PORTS",
-                vmagent_ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            .env("DEMO_VMAGENT_PORTS", port_list(&vmagent_ports))
             .env("DEMO_CHECK_INTERVAL", "1s")
             .env("DEMO_SCRAPE_INTERVAL", "1s");
         for (k, v) in env {
@@ -114,11 +97,32 @@ impl Demo {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"].clone()
     }
 
+    /// Pushes `<metric> <i>` to the group `/metrics/job/<job>/group/g<i>` for each `i` below
+    /// `groups`, through the redirect listener with Python's `requests` (it follows the 307 with
+    /// the body), and asserts each was stored (200).
+    pub fn push_groups(&self, job: &str, metric: &str, groups: usize) {
+        let base = format!("http://127.0.0.1:{}", self.redirect_port);
+        let pushes: Vec<serde_json::Value> = (0..groups)
+            .map(|i| {
+                serde_json::json!({"client": "requests", "base": base, "method": "PUT",
+                    "path": format!("/metrics/job/{job}/group/g{i}"), "body": format!("{metric} {i}\n")})
+            })
+            .collect();
+        for r in crate::envoy::run_python_clients(&pushes) {
+            assert_eq!(r["status"], 200, "{r}");
+        }
+    }
+
     /// An instant query's result vector.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let data = self.api(&format!("query?query={}", crate::prometheus::encode(promql)));
         data["result"].as_array().cloned().unwrap_or_default()
     }
+}
+
+/// Ports as the demo's `*_PORTS` variables take them: separated by spaces.
+fn port_list(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
 }
 
 impl Drop for Demo {
